@@ -1,0 +1,1 @@
+"""VLM-AD annotators: rule-based (privileged), OpenAI-compatible server, local transformers VLM."""

@@ -1,0 +1,195 @@
+"""Dataclass configs: YAML files plus dotted command-line overrides, strictly validated.
+
+    cfg = load_config(StudyConfig, "configs/default.yaml", ["--world.num_episodes=20"])
+
+- Unknown keys fail with the full dotted path and a "did you mean" suggestion.
+- Values are converted to the annotated field type (int, float, bool, str, list, tuple, nested dataclass).
+- `to_dict` / `config_hash` give the resolved form that is saved beside every artifact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid; the message names the key and the fix."""
+
+
+def _did_you_mean(key: str, options: Iterable[str]) -> str:
+    close = difflib.get_close_matches(key, list(options), n=1, cutoff=0.5)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def _convert(value: Any, tp: Any, path: str) -> Any:
+    """Convert `value` (from YAML or a CLI string) to the annotated type `tp`."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, path)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{path}: cannot read {value!r} as {tp}: {'; '.join(errors)}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(f"{path}: {value!r} is not one of {list(args)}.{_did_you_mean(str(value), map(str, args))}")
+        return value
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}: expected a mapping for {tp.__name__}, got {value!r}")
+        return from_dict(tp, value, path)
+    if origin in (list, tuple) or tp in (list, tuple):
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise ConfigError(f"{path}: expected {len(args)} values, got {len(value)}")
+            return tuple(_convert(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        inner = args[0] if args else Any
+        items = [_convert(v, inner, f"{path}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if (origin is tuple or tp is tuple) else items
+    if origin is dict or tp is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in {"true", "1", "yes", "on", "false", "0", "no", "off"}:
+            return value.lower() in {"true", "1", "yes", "on"}
+        raise ConfigError(f"{path}: expected true/false, got {value!r}")
+    if tp in (int, float, str):
+        if isinstance(value, bool) and tp is not str:
+            raise ConfigError(f"{path}: expected {tp.__name__}, got a boolean {value!r}")
+        try:
+            out = tp(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{path}: expected {tp.__name__}, got {value!r}") from None
+        if tp is int and isinstance(value, float) and not float(value).is_integer():
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        return out
+    return value
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:
+    """Build dataclass `cls` from a mapping; unknown keys and bad values raise `ConfigError`."""
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        full = f"{path}.{key}" if path else key
+        if key not in known:
+            raise ConfigError(f"unknown config key '{full}'.{_did_you_mean(key, known)} Known keys: {sorted(known)}")
+        kwargs[key] = _convert(value, hints[key], full)
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"{path or cls.__name__}: {e}") from None
+
+
+def to_dict(cfg: Any) -> Any:
+    """Resolved plain-data form of a config (dataclasses → dicts, tuples → lists)."""
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, list | tuple):
+        return [to_dict(v) for v in cfg]
+    if isinstance(cfg, Mapping):
+        return {str(k): to_dict(v) for k, v in cfg.items()}
+    if isinstance(cfg, Path):
+        return str(cfg)
+    return cfg
+
+
+def config_hash(*parts: Any, length: int = 12) -> str:
+    """Stable content hash of configs / plain data (order-independent for dict keys)."""
+    blob = json.dumps([to_dict(p) for p in parts], sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:length]
+
+
+def parse_overrides(args: Iterable[str]) -> dict[str, Any]:
+    """`["--a.b=1", "c=x"]` → `{"a": {"b": "1"}, "c": "x"}` (values stay strings; types come later)."""
+    out: dict[str, Any] = {}
+    for arg in args:
+        text = arg[2:] if arg.startswith("--") else arg
+        if "=" not in text:
+            raise ConfigError(f"override '{arg}' must look like --section.key=value")
+        key, value = text.split("=", 1)
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{arg}' conflicts with an earlier override of '{p}'")
+        node[parts[-1]] = value
+    return out
+
+
+def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"config file {p} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: invalid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def load_config(
+    cls: type[T],
+    *sources: str | Path | Mapping[str, Any] | None,
+    overrides: Iterable[str] = (),
+) -> T:
+    """Merge YAML files / mappings in order, then dotted overrides, into dataclass `cls`."""
+    data: dict[str, Any] = {}
+    for src in sources:
+        if src is None:
+            continue
+        layer = dict(src) if isinstance(src, Mapping) else load_yaml(src)
+        data = deep_merge(data, layer)
+    data = deep_merge(data, parse_overrides(overrides))
+    return from_dict(cls, data)
+
+
+def save_resolved(cfg: Any, path: str | Path) -> None:
+    """Write the resolved config as YAML (atomically) beside an artifact."""
+    from drivedistill.utils.io import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -1,0 +1,1 @@
+"""Data: the SceneStore (sharded Parquet), torch Dataset/collate, and source adapters."""

@@ -1,0 +1,1 @@
+"""Neural components: backbones, students (deployable planners), teachers, latent action model."""

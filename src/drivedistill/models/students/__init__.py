@@ -1,0 +1,1 @@
+"""Students: deployable planners. Each takes `AgentInputBatch` only and returns `PlanOutput`."""

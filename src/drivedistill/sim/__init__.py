@@ -1,0 +1,1 @@
+"""Simulation for scoring: kinematic bicycle, batch LQR tracker, PDM-Closed reference planner."""

@@ -1,0 +1,1 @@
+"""Reference planners for metric scenes (human log replay, constant velocity, PDM-Closed)."""

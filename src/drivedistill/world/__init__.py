@@ -1,0 +1,1 @@
+"""The embedded default world on highway-env: scenarios, expert, sensors, collection, closed loop."""

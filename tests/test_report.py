@@ -1,0 +1,63 @@
+"""The report renders offline in headless Chromium: every image decodes, nothing is blank."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from drivedistill.report import ReportAssets, markdown_table, table_rows, update_readme, write_report
+
+from .browser import render
+
+
+def _results() -> dict:
+    def model(l2: float, pdms: float) -> dict:
+        block = {"l2": {"1s": l2 / 2, "2s": l2, "3s": 1.5 * l2, "avg": l2}, "collision": {"1s": 0.0, "2s": 0.1, "3s": 0.2, "avg": 0.1}}
+        return {
+            "student": "transfuser",
+            "method": "imitation",
+            "params_m": 1.2,
+            "seeds": [0, 1],
+            "openloop": {"stp3": block, "uniad": block},
+            "pdms": {"pdms": pdms, "nc": 1.0, "dac": 0.9, "ddc": 1.0, "ttc": 0.9, "ep": 0.8, "c": 1.0},
+            "closedloop": {"collision_rate": 0.1, "offroad_rate": 0.0, "progress_m": 120.0, "driving_score": 0.7},
+            "latency_ms": {"p50": 5.0, "p90": 7.0},
+            "std": {"openloop": {"stp3": {"l2": {"avg": 0.05}}}, "pdms": {"pdms": 0.01}},
+        }
+
+    return {"schema": 1, "preset": "test", "seeds": [0, 1], "config_hash": "abc", "versions": {"torch": "x"},
+            "models": {"transfuser/imitation": model(0.9, 0.8), "transfuser/vlm_ad": model(0.8, 0.82)}, "config": {"a": 1}}
+
+
+def test_tables_name_protocols() -> None:
+    tables = table_rows(_results())
+    headers = [h for hs, _ in tables.values() for h in hs]
+    assert any("(ST-P3)" in h for h in headers) and any("(UniAD)" in h for h in headers)
+    assert any("NAVSIM v1.1" in h for h in headers)
+    assert "0.90 ± 0.05" in markdown_table(_results())
+
+
+def test_readme_update_requires_markers(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- results:begin -->\nold\n<!-- results:end -->\nend\n")
+    update_readme(readme, _results())
+    text = readme.read_text()
+    assert "old" not in text and "`transfuser/vlm_ad`" in text and text.endswith("end\n")
+
+
+def test_report_opens_in_chromium(tmp_path: Path) -> None:
+    png = tmp_path / "panel.png"
+    Image.fromarray((np.random.default_rng(0).random((60, 120, 3)) * 255).astype(np.uint8)).save(png)
+    gif = tmp_path / "ep.gif"
+    frames = [Image.fromarray(np.full((40, 40, 3), 40 * i, np.uint8)) for i in range(3)]
+    frames[0].save(gif, save_all=True, append_images=frames[1:], duration=200, loop=0)
+    assets = ReportAssets(scene_panels=[("scene", png)], curves={"m": [(0, 2.0), (10, 1.0)]}, gif=gif, gif_caption="ep")
+    page = write_report(tmp_path, _results(), assets)
+    loaded, total = render(page, tmp_path / "shot.png")
+    assert total >= 6 and loaded == total
+    shot = np.asarray(Image.open(tmp_path / "shot.png").convert("L"), dtype=np.float32)
+    assert shot.std() > 5.0, "screenshot is blank"
+    json.dumps(_results())

@@ -1,0 +1,256 @@
+"""Two-stage VQ latent action model (LAPO-style, LatentVLA §2): environment latent, then ego latent.
+
+Frames: the front camera at t = 0 and the privileged future frames at +1, +2, +3 s → 3 transitions of
+1 s. Each transition is quantised into `tokens_per_step` codes, so a sample's latent action sequence has
+3 × tokens_per_step tokens (default 3 × 4 = 12, the paper's length), in time order. The BEV is not used:
+the world records it at t = 0 only, so it carries no dynamics.
+
+Stage "env":  IDM_env(frames, GT motion + ego state per transition) → VQ_env (64 codes) → FDM_env(frame k,
+              env action, GT motion) reconstructs frame k+1. The decoder is told the ego motion, so the env
+              codes only need to carry what the ego motion does not explain (other agents).
+Stage "ego":  env encoder and codebook frozen. IDM_ego(frames, env action) → VQ_ego (16 codes) → FDM_ego(
+              frame k, env action, ego action) reconstructs frame k+1 without the GT motion: the ego codes
+              must explain the rest, i.e. the ego motion.
+
+Training goes through the shared loop (`losses(batch)`); switch stages explicitly with `set_stage("ego")`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from drivedistill.models.latent_action.networks import ForwardDynamicsDecoder, InverseDynamicsEncoder
+from drivedistill.models.latent_action.quantizer import VectorQuantizer, perplexity
+from drivedistill.types import FUTURE_FRAME_STEPS, Batch
+
+NUM_FRAMES = 1 + len(FUTURE_FRAME_STEPS)  # t = 0, +1, +2, +3 s
+NUM_TRANSITIONS = NUM_FRAMES - 1
+COND_DIM = (
+    9  # per transition: (x, y, yaw) at +0.5 s and +1 s in the frame of its start, speed, accel, yaw rate
+)
+# scales that bring the conditioning to O(1): metres/10, yaw·5 rad⁻¹, speed/10, accel/3, yaw rate·5
+_COND_SCALE = (0.1, 0.1, 5.0, 0.1, 0.1, 5.0, 0.1, 1 / 3, 5.0)
+
+
+@dataclass
+class LatentActionConfig:
+    """Latent action model. Defaults sized for the 2-core default run (~0.4 M parameters)."""
+
+    frame_hw: tuple[int, int] = (32, 64)  # frames are area-resized to (H, W) [px]; divisible by `patch`
+    patch: int = 8  # patch side [px] → (32/8)·(64/8) = 32 patch tokens per frame
+    dim: int = 64  # transformer width
+    heads: int = 4
+    encoder_layers: int = 2
+    decoder_layers: int = 2
+    tokens_per_step: int = 4  # codes per 1-s transition; 3 transitions × 4 = 12 tokens (paper: 12)
+    code_dim: int = 32  # dimension of a codebook vector
+    env_codebook_size: int = 64
+    ego_codebook_size: int = 16  # paper: 16 ego codes
+    commitment: float = 0.25  # β of the commitment loss (VQ-VAE default)
+    ema_decay: float = 0.99  # EMA codebook decay
+    restart_threshold: float = 0.03  # restart a code whose usage share is < threshold / K
+
+    def __post_init__(self) -> None:
+        if self.frame_hw[0] % self.patch or self.frame_hw[1] % self.patch:
+            raise ValueError(
+                f"LatentActionConfig.frame_hw={self.frame_hw}: both sides must be divisible by patch={self.patch}"
+            )
+        if self.dim % self.heads:
+            raise ValueError(f"LatentActionConfig.dim={self.dim} must be divisible by heads={self.heads}")
+        if self.ego_codebook_size < 2 or self.env_codebook_size < 2:
+            raise ValueError("LatentActionConfig: codebook sizes must be ≥ 2")
+
+    @property
+    def sequence_length(self) -> int:
+        """Latent action tokens per sample (per latent: env or ego)."""
+        return NUM_TRANSITIONS * self.tokens_per_step
+
+
+@dataclass
+class LatentActions:
+    """Codes (B, 3, K) long and straight-through vectors (B, 3, K, C) of both latents (ego None in stage env)."""
+
+    env_codes: torch.Tensor
+    env_z: torch.Tensor
+    ego_codes: torch.Tensor | None
+    ego_z: torch.Tensor | None
+
+
+def frame_sequence(batch: Batch, frame_hw: tuple[int, int]) -> torch.Tensor:
+    """(B, 4, 3, h, w) camera at t = 0, +1, +2, +3 s, area-resized to frame_hw, in [0, 1]."""
+    priv = batch.require_privileged("latent action model (future frames)")
+    frames = torch.cat([batch.inputs.camera[:, None], priv.future_frames], 1)
+    b, f = frames.shape[:2]
+    return F.interpolate(frames.flatten(0, 1), size=frame_hw, mode="area").unflatten(0, (b, f))
+
+
+def _se2_relative(ref: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
+    """pose (..., 3) expressed in the frame of ref (..., 3); both (x, y, yaw) in one frame [m, m, rad]."""
+    dx, dy = pose[..., 0] - ref[..., 0], pose[..., 1] - ref[..., 1]
+    c, s = torch.cos(ref[..., 2]), torch.sin(ref[..., 2])
+    dyaw = torch.atan2(torch.sin(pose[..., 2] - ref[..., 2]), torch.cos(pose[..., 2] - ref[..., 2]))
+    return torch.stack([c * dx + s * dy, -s * dx + c * dy, dyaw], -1)
+
+
+def motion_condition(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-transition GT ego motion + ego state (B, 3, COND_DIM) and validity (B, 3) bool.
+
+    Transition k spans grid steps 2k → 2k+2 (0.5 s steps): poses at 2k+1, 2k+2 relative to the pose at 2k,
+    and the ego status at 2k (the current status for k = 0, else the privileged future status).
+    """
+    priv = batch.require_privileged("latent action model (GT motion)")
+    traj = torch.cat([torch.zeros_like(priv.trajectory[:, :1]), priv.trajectory], 1)  # (B, 9, 3), step s
+    status = torch.cat([batch.inputs.ego_status[:, None], priv.future_ego_status], 1)  # (B, 9, 3)
+    starts = [2 * k for k in range(NUM_TRANSITIONS)]
+    rel1 = torch.stack([_se2_relative(traj[:, s], traj[:, s + 1]) for s in starts], 1)
+    rel2 = torch.stack([_se2_relative(traj[:, s], traj[:, s + 2]) for s in starts], 1)
+    cond = torch.cat([rel1, rel2, status[:, starts]], -1) * rel1.new_tensor(_COND_SCALE)
+    valid = priv.valid[:, [s + 1 for s in starts]]  # the future index of step 2k+2
+    return cond, valid
+
+
+def _masked_mse(pred: torch.Tensor, target: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of (B·3, 3, h, w) frames over transitions weighted by w (B, 3)."""
+    err = (pred - target).pow(2).mean((1, 2, 3)).reshape(w.shape)
+    return (err * w).sum() / w.sum().clamp_min(1.0)
+
+
+def _encoder(cfg: LatentActionConfig, extra_tokens: int, extra_dim: int) -> InverseDynamicsEncoder:
+    return InverseDynamicsEncoder(
+        cfg.frame_hw, cfg.patch, cfg.dim, cfg.heads, cfg.encoder_layers, NUM_FRAMES,
+        cfg.tokens_per_step, extra_tokens, extra_dim, cfg.code_dim,
+    )  # fmt: skip
+
+
+class LatentActionModel(nn.Module):
+    """The two-stage LAM. `stage` is a buffer (0 = env, 1 = ego) so checkpoints remember it."""
+
+    stage_index: torch.Tensor
+
+    def __init__(self, cfg: LatentActionConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        k, c, d = cfg.tokens_per_step, cfg.code_dim, cfg.dim
+        self.env_encoder = _encoder(cfg, extra_tokens=1, extra_dim=COND_DIM)
+        self.env_vq = VectorQuantizer(cfg.env_codebook_size, c, cfg.ema_decay, cfg.restart_threshold)
+        self.env_decoder = ForwardDynamicsDecoder(
+            cfg.frame_hw, cfg.patch, d, cfg.heads, cfg.decoder_layers, k + 1
+        )
+        self.env_action_in = nn.Linear(c, d)
+        self.env_cond_in = nn.Linear(COND_DIM, d)
+        self.ego_encoder = _encoder(cfg, extra_tokens=k, extra_dim=c)
+        self.ego_vq = VectorQuantizer(cfg.ego_codebook_size, c, cfg.ema_decay, cfg.restart_threshold)
+        self.ego_decoder = ForwardDynamicsDecoder(
+            cfg.frame_hw, cfg.patch, d, cfg.heads, cfg.decoder_layers, 2 * k
+        )
+        self.ego_env_in = nn.Linear(c, d)
+        self.ego_action_in = nn.Linear(c, d)
+        self.register_buffer("stage_index", torch.zeros((), dtype=torch.long))
+
+    # ----- stages ------------------------------------------------------------------------------------
+    @property
+    def stage(self) -> Literal["env", "ego"]:
+        return "ego" if int(self.stage_index) == 1 else "env"
+
+    def _env_modules(self) -> list[nn.Module]:
+        return [self.env_encoder, self.env_vq, self.env_decoder, self.env_action_in, self.env_cond_in]
+
+    def set_stage(self, stage: Literal["env", "ego"]) -> None:
+        """Select the stage to train. "ego" freezes the environment encoder, codebook and decoder for good."""
+        if stage not in ("env", "ego"):
+            raise ValueError(f"LatentActionModel.set_stage: stage must be 'env' or 'ego', got {stage!r}")
+        if stage == "env" and self.stage == "ego":
+            raise ValueError(
+                "LatentActionModel.set_stage('env'): the env codebook is frozen once stage 'ego' began"
+            )
+        self.stage_index.fill_(1 if stage == "ego" else 0)
+        self._apply_freeze()
+
+    def _apply_freeze(self) -> None:
+        frozen = self.stage == "ego"
+        self.env_vq.frozen = frozen
+        for m in self._env_modules():
+            m.requires_grad_(not frozen)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> LatentActionModel:
+        super().train(mode)
+        if self.stage == "ego":
+            for m in self._env_modules():
+                m.eval()
+        return self
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # type: ignore[no-untyped-def,override]
+        out = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        self._apply_freeze()
+        return out
+
+    # ----- encoding ----------------------------------------------------------------------------------
+    def encode(self, frames: torch.Tensor, cond: torch.Tensor, with_ego: bool) -> LatentActions:
+        """frames (B, 4, 3, h, w), cond (B, 3, COND_DIM) → codes of both latents (ego only if with_ego)."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.stage == "env"):
+            env = self.env_vq(self.env_encoder(frames, cond[:, :, None]))
+        if not with_ego:
+            return LatentActions(env.codes, env.z_q, None, None)
+        ego = self.ego_vq(self.ego_encoder(frames, env.z_q.detach()))
+        return LatentActions(env.codes, env.z_q, ego.codes, ego.z_q)
+
+    @torch.no_grad()
+    def latent_codes(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(env, ego) code sequences (B, L) long, L = 3 · tokens_per_step, in time order. Needs stage ego."""
+        if self.stage != "ego":
+            raise RuntimeError(
+                "LatentActionModel.latent_codes: the ego latent is not trained; call set_stage('ego') and train it first"
+            )
+        frames = frame_sequence(batch, self.cfg.frame_hw)
+        cond, _ = motion_condition(batch)
+        acts = self.encode(frames, cond, with_ego=True)
+        assert acts.ego_codes is not None
+        return acts.env_codes.flatten(1), acts.ego_codes.flatten(1)
+
+    # ----- training ----------------------------------------------------------------------------------
+    def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Reconstruction (MSE of the next frame, valid transitions) + β · commitment of the trained stage.
+
+        Also returns detached diagnostics: perplexity and usage of the trained codebook in this batch,
+        and the number of restarted codes. In training mode the trained codebook takes one EMA step.
+        """
+        frames = frame_sequence(batch, self.cfg.frame_hw)
+        cond, valid = motion_condition(batch)
+        ego_stage = self.stage == "ego"
+        if ego_stage:
+            with torch.no_grad():
+                env_z = self.env_vq.embed(self.env_vq.assign(self.env_encoder(frames, cond[:, :, None])))
+            z_e = self.ego_encoder(frames, env_z)
+            vq, quantizer = self.ego_vq(z_e), self.ego_vq
+            actions = torch.cat([self.ego_env_in(env_z), self.ego_action_in(vq.z_q)], 2)
+            decoder = self.ego_decoder
+        else:
+            z_e = self.env_encoder(frames, cond[:, :, None])
+            vq, quantizer = self.env_vq(z_e), self.env_vq
+            actions = torch.cat([self.env_action_in(vq.z_q), self.env_cond_in(cond)[:, :, None]], 2)
+            decoder = self.env_decoder
+        current = frames[:, :-1].flatten(0, 1)
+        target = frames[:, 1:].flatten(0, 1)
+        pred = decoder(current, actions.flatten(0, 1))
+        w = valid.to(pred.dtype)
+        recon = _masked_mse(pred, target, w)
+        restarted = torch.zeros((), dtype=torch.long)
+        if self.training:
+            restarted = quantizer.update(z_e, vq.codes)
+        codes = vq.codes.detach()
+        used = torch.bincount(codes.reshape(-1), minlength=quantizer.num_codes) > 0
+        return {
+            "loss": recon + self.cfg.commitment * vq.commitment,
+            "recon": recon.detach(),
+            "commit": vq.commitment.detach(),
+            "perplexity": perplexity(codes, quantizer.num_codes),
+            "usage": used.float().mean(),
+            "restarted": restarted.float(),
+            "copy_baseline": _masked_mse(current, target, w).detach(),  # MSE of predicting "no change"
+        }

@@ -1,0 +1,139 @@
+"""Latent action model: VQ assignment, straight-through gradients, 16 ego codes, dead-code restarts, stages."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from drivedistill.models.latent_action import (
+    LatentActionConfig,
+    LatentActionModel,
+    VectorQuantizer,
+    perplexity,
+)
+from drivedistill.models.latent_action.encode import probe_trajectory
+from drivedistill.testing import random_batch
+
+SMALL = LatentActionConfig(frame_hw=(16, 32), patch=8, dim=32, heads=2, encoder_layers=1, decoder_layers=1)
+
+
+def test_vq_assigns_nearest_code() -> None:
+    torch.manual_seed(0)
+    vq = VectorQuantizer(8, 4)
+    z = torch.randn(5, 3, 4)
+    brute = torch.cdist(z.reshape(-1, 4), vq.codebook).argmin(1).reshape(5, 3)
+    out = vq(z)
+    assert torch.equal(out.codes, brute)
+    assert torch.allclose(out.z_q, vq.codebook[brute], atol=1e-6)
+    vq.codebook[2] = torch.tensor([10.0, 0, 0, 0])
+    assert int(vq.assign(torch.tensor([[9.0, 0.1, 0, 0]]))[0]) == 2
+
+
+def test_vq_straight_through_and_commitment_gradients() -> None:
+    vq = VectorQuantizer(4, 3)
+    z = torch.randn(6, 3, requires_grad=True)
+    out = vq(z)
+    (out.z_q * torch.arange(3.0)).sum().backward()
+    # straight-through: d(z_q)/dz = identity
+    assert z.grad is not None and torch.allclose(z.grad, torch.arange(3.0).expand(6, 3))
+    z.grad = None
+    vq(z).commitment.backward()
+    assert z.grad is not None and z.grad.abs().sum() > 0
+
+
+def test_dead_code_restart_revives_unused_codes() -> None:
+    torch.manual_seed(0)
+    vq = VectorQuantizer(8, 2, decay=0.5, restart_threshold=0.5)
+    data = torch.randn(64, 2) * 0.1 + torch.tensor([5.0, 5.0])
+    vq.update(data, vq.assign(data))  # seeds the codebook from data
+    vq.codebook[3] = torch.tensor([-100.0, -100.0])  # a code nothing is assigned to
+    vq.ema_sum[3] = vq.codebook[3]
+    total = 0
+    for _ in range(6):
+        total += int(vq.update(data, vq.assign(data)))
+    assert total >= 1
+    assert vq.codebook[3].sub(torch.tensor([5.0, 5.0])).norm() < 1.0  # re-seeded next to the data
+    assert (vq.codebook - torch.tensor([5.0, 5.0])).norm(dim=1).max() < 1.0
+
+
+def test_frozen_quantizer_does_not_update() -> None:
+    vq = VectorQuantizer(4, 2)
+    vq.frozen = True
+    before = vq.codebook.clone()
+    assert int(vq.update(torch.randn(10, 2), torch.zeros(10, dtype=torch.long))) == 0
+    assert torch.equal(before, vq.codebook)
+
+
+def test_perplexity_bounds() -> None:
+    assert float(perplexity(torch.zeros(10, dtype=torch.long), 16)) == pytest.approx(1.0)
+    assert float(perplexity(torch.arange(16), 16)) == pytest.approx(16.0, rel=1e-4)
+
+
+def test_env_stage_gradients_reach_encoder_through_vq() -> None:
+    torch.manual_seed(0)
+    model = LatentActionModel(SMALL)
+    out = model.losses(random_batch(2, camera_hw=(32, 64)))
+    out["loss"].backward()
+    enc = model.env_encoder
+    for name, p in [("patch", enc.patch.proj.weight), ("queries", enc.queries), ("head", enc.head.weight)]:
+        assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient reached env_encoder.{name}"
+    assert all(p.grad is None for p in model.ego_encoder.parameters())
+    assert {"loss", "recon", "commit", "perplexity", "usage", "restarted"} <= set(out)
+
+
+def test_ego_stage_freezes_env_and_has_16_codes() -> None:
+    torch.manual_seed(0)
+    model = LatentActionModel(
+        LatentActionConfig(frame_hw=(16, 32), dim=32, heads=2, encoder_layers=1, decoder_layers=1)
+    )
+    assert model.ego_vq.codebook.shape[0] == 16 == model.cfg.ego_codebook_size
+    batch = random_batch(3, camera_hw=(32, 64))
+    with pytest.raises(RuntimeError, match="set_stage"):
+        model.latent_codes(batch)
+    model.train()
+    model.losses(batch)  # one env step seeds the env codebook
+    model.set_stage("ego")
+    env_codebook = model.env_vq.codebook.clone()
+    assert not model.env_encoder.training and model.ego_encoder.training
+    assert not any(p.requires_grad for p in model.env_encoder.parameters())
+    out = model.losses(batch)
+    out["loss"].backward()
+    assert torch.equal(env_codebook, model.env_vq.codebook)
+    assert all(p.grad is None for p in model.env_encoder.parameters())
+    assert model.ego_encoder.queries.grad is not None and model.ego_encoder.queries.grad.abs().sum() > 0
+    env, ego = model.latent_codes(batch)
+    assert env.shape == ego.shape == (3, 12)
+    assert int(ego.max()) < 16
+    with pytest.raises(ValueError, match="frozen"):
+        model.set_stage("env")
+    # the stage survives a state-dict round trip
+    clone = LatentActionModel(model.cfg)
+    clone.load_state_dict(model.state_dict())
+    assert clone.stage == "ego" and not clone.env_encoder.training
+
+
+def test_block_causal_mask_hides_future_frames() -> None:
+    torch.manual_seed(0)
+    model = LatentActionModel(SMALL).eval()
+    frames = torch.rand(1, 4, 3, 16, 32)
+    cond = torch.zeros(1, 3, 1, 9)
+    base = model.env_encoder(frames, cond)
+    changed = frames.clone()
+    changed[:, 3] = torch.rand(3, 16, 32)  # only the last frame
+    out = model.env_encoder(changed, cond)
+    assert torch.allclose(base[:, :2], out[:, :2], atol=1e-5)  # transitions 0→1, 1→2 do not see frame 3
+    assert not torch.allclose(base[:, 2], out[:, 2], atol=1e-5)
+
+
+def test_probe_separates_informative_from_random_codes() -> None:
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 4, (400, 2))
+    traj = np.zeros((400, 8, 3), np.float32)
+    traj[:, :, 0] = (1 + codes[:, :1]) * np.arange(1, 9)[None]  # speed from code 0
+    traj[:, :, 1] = (codes[:, 1:] - 1.5) * np.arange(1, 9)[None] * 0.2  # drift from code 1
+    good = probe_trajectory(codes[:300], traj[:300], codes[300:], traj[300:], 4, steps=300)
+    noise = rng.integers(0, 4, (400, 2))
+    bad = probe_trajectory(noise[:300], traj[:300], noise[300:], traj[300:], 4, steps=300)
+    assert good.ade < 0.2 * good.mean_baseline_ade
+    assert bad.ade > 0.8 * bad.mean_baseline_ade

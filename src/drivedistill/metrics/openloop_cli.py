@@ -1,0 +1,158 @@
+"""`drivedistill eval openloop`: score predicted trajectories from arrays, as public evaluators do.
+
+    drivedistill eval openloop --pred PRED.npz --gt GT.npz --json OUT.json [--occupancy-classes vehicles]
+
+GT.npz    trajectory (N, 6, 2) float [m], current ego frame (x forward, y left); valid (N, 6) bool;
+          occupancy (N, 6, 200, 200) bool, occupancy[n, t, i, j] = cell centred at
+          x = -49.75 + 0.5·i, y = -49.75 + 0.5·j; optional tokens (N,) str.
+PRED.npz  trajectory (N, ≥6, 2|3) [m (, rad)]; optional tokens (N,) str (must equal GT's if both given).
+OUT.json  {"num_samples", "per_step": {"l2", "obj_col", "obj_box_col", ...}, "uniad": {"l2", "collision"},
+          "stp3": {...}, "protocol", "options"}; L2 in metres, collision in percent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from drivedistill.metrics.occupancy import GRID_SIZE, NUM_STEPS, OCCUPANCY_CLASSES
+from drivedistill.metrics.openloop import OpenLoopAccumulator, OpenLoopOptions, format_table
+from drivedistill.utils.io import atomic_write_json
+
+
+class InputError(ValueError):
+    """An input file is missing, lacks a key or holds an ill-shaped array; the message names file and key."""
+
+
+def _load(path: Path, required: dict[str, str], optional: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """Arrays of an .npz; `required` maps key → expected shape (for the message)."""
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: not a readable .npz file ({e}); write it with numpy.savez") from e
+    with npz:
+        missing = [k for k in required if k not in npz.files]
+        if missing:
+            want = ", ".join(f"{k} {required[k]}" for k in missing)
+            raise InputError(f"{path}: missing key(s) {missing}; expected {want}; found keys {npz.files}")
+        return {k: npz[k] for k in (*required, *optional) if k in npz.files}
+
+
+def _require(path: Path, key: str, arr: np.ndarray, shape: tuple[int | str, ...], kinds: str) -> None:
+    """`shape` entries: an int, "N" (any, checked elsewhere), ">=6" or "2|3"."""
+
+    def ok(want: int | str, got: int) -> bool:
+        return (
+            want == "N"
+            or want == got
+            or (want == ">=6" and got >= NUM_STEPS)
+            or (want == "2|3" and got in (2, 3))
+        )
+
+    expected = "(" + ", ".join(str(s) for s in shape) + ")"
+    if arr.ndim != len(shape) or not all(ok(w, g) for w, g in zip(shape, arr.shape)):
+        raise InputError(f"{path}['{key}']: expected shape {expected}, got {arr.shape}")
+    if arr.dtype.kind not in kinds:
+        raise InputError(f"{path}['{key}']: expected dtype kind in {kinds!r}, got {arr.dtype}")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise InputError(
+            f"{path}['{key}']: contains NaN or Inf; write 0 at invalid steps and mark them in 'valid'"
+        )
+
+
+def load_inputs(
+    pred_path: Path, gt_path: Path
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[str] | None]:
+    """Read and validate PRED.npz and GT.npz; returns (pred arrays, gt arrays, tokens or None)."""
+    grid = f"(N, {NUM_STEPS}, {GRID_SIZE}, {GRID_SIZE}) bool"
+    gt = _load(
+        gt_path,
+        {"trajectory": f"(N, {NUM_STEPS}, 2) float", "valid": f"(N, {NUM_STEPS}) bool", "occupancy": grid},
+        ("tokens",),
+    )
+    pred = _load(pred_path, {"trajectory": "(N, 6, 2) float"}, ("tokens",))
+    _require(gt_path, "trajectory", gt["trajectory"], ("N", NUM_STEPS, "2|3"), "fiu")
+    _require(gt_path, "valid", gt["valid"], ("N", NUM_STEPS), "b")
+    _require(gt_path, "occupancy", gt["occupancy"], ("N", NUM_STEPS, GRID_SIZE, GRID_SIZE), "biu")
+    _require(pred_path, "trajectory", pred["trajectory"], ("N", ">=6", "2|3"), "fiu")
+    n = len(gt["trajectory"])
+    for path, arrays in ((gt_path, gt), (pred_path, pred)):
+        for key, arr in arrays.items():
+            if len(arr) != n:
+                raise InputError(f"{path}['{key}']: {len(arr)} samples, but {gt_path}['trajectory'] has {n}")
+        if "tokens" in arrays:
+            _require(path, "tokens", arrays["tokens"], ("N",), "US")
+    token_arr = gt.get("tokens", pred.get("tokens"))
+    tokens = None if token_arr is None else [str(t) for t in token_arr]
+    if "tokens" in gt and "tokens" in pred and not np.array_equal(gt["tokens"], pred["tokens"]):
+        bad = int(np.flatnonzero(gt["tokens"] != pred["tokens"])[0])
+        raise InputError(
+            f"{pred_path}['tokens'] differs from {gt_path}['tokens'] first at index {bad} "
+            f"({pred['tokens'][bad]!r} vs {gt['tokens'][bad]!r}); write predictions in the GT order"
+        )
+    return pred, gt, tokens
+
+
+def evaluate_files(
+    pred_path: Path, gt_path: Path, options: OpenLoopOptions, chunk_size: int = 512
+) -> dict[str, Any]:
+    """Score PRED.npz against GT.npz (chunks of `chunk_size` samples bound the working memory)."""
+    pred, gt, tokens = load_inputs(pred_path, gt_path)
+    acc = OpenLoopAccumulator(options)
+    for s in range(0, len(gt["trajectory"]), chunk_size):
+        sl = slice(s, s + chunk_size)
+        acc.update(pred["trajectory"][sl], gt["trajectory"][sl], gt["valid"][sl], gt["occupancy"][sl])
+    result = acc.result(tokens)
+    result["inputs"] = {"pred": str(pred_path), "gt": str(gt_path)}
+    return result
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="drivedistill eval openloop",
+        description="nuScenes open-loop L2 / collision under the ST-P3 and UniAD protocols, from arrays.",
+        epilog=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--pred", type=Path, required=True, help="PRED.npz with trajectory (N, 6, 2)")
+    parser.add_argument("--gt", type=Path, required=True, help="GT.npz with trajectory, valid, occupancy")
+    parser.add_argument("--json", type=Path, help="write the result here")
+    parser.add_argument(
+        "--occupancy-classes",
+        default="unspecified",
+        choices=[*OCCUPANCY_CLASSES, "unspecified"],
+        help="what GT occupancy holds, recorded with the result (UniAD: vehicles; ST-P3/VAD: vehicles+pedestrians)",
+    )
+    parser.add_argument("--ego-box", default="translated", choices=["translated", "rotated"])
+    parser.add_argument("--collision", default="per_step", choices=["per_step", "any_hit"])
+    parser.add_argument("--l2", default="reference", choices=["reference", "strict"])
+    parser.add_argument(
+        "--no-gt-mask", action="store_true", help="count collisions where the GT collides too"
+    )
+    parser.add_argument("--chunk-size", type=int, default=512)
+    args = parser.parse_args(argv)
+    if args.chunk_size < 1:
+        parser.error(f"--chunk-size must be >= 1, got {args.chunk_size}")
+    options = OpenLoopOptions(
+        occupancy_classes=args.occupancy_classes,
+        ego_box=args.ego_box,
+        collision=args.collision,
+        l2=args.l2,
+        gt_mask=not args.no_gt_mask,
+    )
+    try:
+        result = evaluate_files(args.pred, args.gt, options, args.chunk_size)
+    except (InputError, ValueError) as e:
+        print(f"drivedistill eval openloop: error: {e}", file=sys.stderr)
+        return 2
+    print(format_table(result))
+    if args.json is not None:
+        atomic_write_json(args.json, result)
+        print(f"wrote {args.json}")
+    return 0

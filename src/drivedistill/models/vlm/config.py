@@ -1,0 +1,132 @@
+"""`VLMConfig`: the size of a tiny Qwen2.5-VL, and its translation to a `Qwen2_5_VLConfig`.
+
+The defaults give a ~1 M-parameter model (text hidden 128, 2 layers; vision depth 2, hidden 64) that
+runs a 128×256 image in a few ms on one CPU core. Pitfalls handled here (see reference/ml-stack.md):
+`mrope_section` sums to head_dim/2; the vision `out_hidden_size` equals the text hidden size; the image
+size is a multiple of patch_size·merge_size so that image tokens = (H/p)·(W/p)/merge².
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast, Qwen2_5_VLConfig
+
+
+@dataclass
+class VLMConfig:
+    """Architecture of the tiny VLM (ignored when `pretrained_dir` is set: the saved config wins)."""
+
+    pretrained_dir: str = ""  # local dir written by VLMCore.save (or real Qwen2.5-VL weights); "" = fresh
+    vocab_size: int = 512  # BPE vocabulary of the offline tokenizer (ignored with pretrained_dir)
+    hidden_size: int = 128  # text hidden size D (= vision out_hidden_size)
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    intermediate_size: int = 256
+    vision_depth: int = 2
+    vision_hidden_size: int = 64
+    vision_heads: int = 4
+    vision_intermediate_size: int = 128
+    patch_size: int = 16  # [px]
+    temporal_patch_size: int = 2  # a still image is repeated over the temporal patch
+    merge_size: int = 2  # 2×2 patches → one visual token
+    image_hw: tuple[int, int] = (128, 256)  # (H, W) [px] images are resized to; multiples of patch·merge
+    max_position_embeddings: int = 2048
+    rope_theta: float = 10000.0
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"VLMConfig.hidden_size={self.hidden_size} must be divisible by num_heads={self.num_heads}"
+            )
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"VLMConfig.num_heads={self.num_heads} must be divisible by num_kv_heads={self.num_kv_heads}"
+            )
+        if (self.hidden_size // self.num_heads) % 2:
+            raise ValueError(
+                "VLMConfig: head_dim = hidden_size / num_heads must be even (rotary); change num_heads"
+            )
+        if self.vision_hidden_size % self.vision_heads:
+            raise ValueError(
+                f"VLMConfig.vision_hidden_size={self.vision_hidden_size} must be divisible by vision_heads={self.vision_heads}"
+            )
+        step = self.patch_size * self.merge_size
+        if any(s % step or s <= 0 for s in self.image_hw):
+            raise ValueError(
+                f"VLMConfig.image_hw={self.image_hw} must be positive multiples of patch_size·merge_size = {step}"
+            )
+
+    @property
+    def tokens_per_image(self) -> int:
+        """Visual tokens one image becomes after the 2×2 merger."""
+        h, w = self.image_hw
+        return (h // self.patch_size) * (w // self.patch_size) // self.merge_size**2
+
+    @property
+    def mrope_section(self) -> list[int]:
+        """(temporal, height, width) split of head_dim/2 rotary frequencies; sums to head_dim/2."""
+        half = self.hidden_size // self.num_heads // 2
+        t = half // 4
+        h = (half - t) // 2
+        return [t, h, half - t - h]
+
+
+def qwen_config(cfg: VLMConfig, tokenizer: PreTrainedTokenizerFast) -> Qwen2_5_VLConfig:
+    """The hand-written `Qwen2_5_VLConfig` for `cfg`, with the special-token ids of `tokenizer`."""
+    from transformers import Qwen2_5_VLConfig
+
+    from drivedistill.models.vlm.tokenizer import (
+        IM_END,
+        IMAGE_PAD,
+        PAD,
+        VIDEO_PAD,
+        VISION_END,
+        VISION_START,
+        token_id,
+    )
+
+    def tid(t: str) -> int:
+        return token_id(tokenizer, t)
+
+    text: dict[str, Any] = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_heads,
+        "num_key_value_heads": cfg.num_kv_heads,
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": cfg.rope_theta,
+            "mrope_section": cfg.mrope_section,
+        },
+        "bos_token_id": tid(PAD),
+        "eos_token_id": tid(IM_END),
+        "pad_token_id": tid(PAD),
+    }
+    vision: dict[str, Any] = {
+        "depth": cfg.vision_depth,
+        "hidden_size": cfg.vision_hidden_size,
+        "intermediate_size": cfg.vision_intermediate_size,
+        "num_heads": cfg.vision_heads,
+        "patch_size": cfg.patch_size,
+        "temporal_patch_size": cfg.temporal_patch_size,
+        "spatial_merge_size": cfg.merge_size,
+        "out_hidden_size": cfg.hidden_size,
+        "window_size": cfg.patch_size * cfg.merge_size * 4,
+        "fullatt_block_indexes": list(range(cfg.vision_depth)),  # tiny images: full attention everywhere
+    }
+    return Qwen2_5_VLConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=tid(IMAGE_PAD),
+        video_token_id=tid(VIDEO_PAD),
+        vision_start_token_id=tid(VISION_START),
+        vision_end_token_id=tid(VISION_END),
+        tie_word_embeddings=False,
+    )

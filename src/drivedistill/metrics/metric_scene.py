@@ -1,0 +1,206 @@
+"""MetricScene: the plain-data input of PDMS scoring — one `.npz` file per scene in a directory.
+
+Frame: every pose, polygon and velocity is in one planar **scoring frame** (x, y [m], yaw [rad] CCW),
+e.g. the rear-axle frame of the ego at t = 0 (then `ego_pose` = 0) or a city frame. Plans are given
+relative to `ego_pose` — the **rear axle** of the ego at t = 0 (NAVSIM convention).
+
+File format (`numpy.savez`, no pickles; strings are numpy unicode arrays):
+
+| key | shape | meaning |
+|---|---|---|
+| token | () str | unique scene id |
+| ego_pose | (3,) | rear-axle pose at t = 0 |
+| ego_dynamics | (4,) | speed [m/s], longitudinal acceleration [m/s²], steering angle [rad], yaw rate [rad/s] |
+| ego_geometry | (4,) | width, front length, rear length (both from the rear axle), wheelbase [m] |
+| agent_times | (K,) | [s] times of the agent samples, from 0 (NAVSIM: 0 … 5 s at 2 Hz) |
+| agent_poses | (K, A, 3) | box-centre x, y, yaw |
+| agent_velocities | (K, A, 2) | vx, vy in the scoring frame [m/s] |
+| agent_sizes | (A, 2) | length, width [m] |
+| agent_valid | (K, A) bool | the track is observed at that time |
+| agent_types | (A,) int | `drivedistill.types.AgentClass` |
+| agent_static | (A,) bool | a static object (cone, bollard, sign, …) |
+| agent_ids | (A,) str | track ids |
+| {drivable,lane,intersection}_vertices / _offsets | (V, 2) / (P+1,) | polygons, concatenated |
+| lane_ids, lane_on_route | (L,) str, (L,) bool | one per lane polygon |
+| route | (R, 2) | route centerline through the on-route lanes |
+| speed_limit | () | [m/s], NaN when unknown (PDM-Closed then uses 15 m/s) |
+| human_future, human_valid | (8, 3), (8,) bool | logged rear-axle poses at 0.5 … 4 s, relative to ego_pose |
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from drivedistill.types import AgentClass, ValidationError, _check_array
+
+# Chrysler Pacifica (nuPlan / NAVSIM): width, front length and rear length from the rear axle, wheelbase [m]
+PACIFICA = (2.297, 4.049, 1.127, 3.089)
+POLYGON_LAYERS = ("drivable", "lane", "intersection")
+
+
+@dataclass
+class MetricScene:
+    """Everything PDMS needs about one scene. Shapes: see the module docstring."""
+
+    token: str
+    ego_pose: np.ndarray
+    ego_dynamics: np.ndarray
+    agent_times: np.ndarray
+    agent_poses: np.ndarray
+    agent_velocities: np.ndarray
+    agent_sizes: np.ndarray
+    agent_valid: np.ndarray
+    agent_types: np.ndarray
+    agent_static: np.ndarray
+    agent_ids: np.ndarray
+    drivable_polygons: list[np.ndarray]
+    lane_polygons: list[np.ndarray]
+    lane_ids: np.ndarray
+    lane_on_route: np.ndarray
+    intersection_polygons: list[np.ndarray]
+    route: np.ndarray
+    human_future: np.ndarray
+    human_valid: np.ndarray
+    ego_geometry: np.ndarray = None  # type: ignore[assignment]  # filled with PACIFICA in __post_init__
+    speed_limit: float = float("nan")
+
+    def __post_init__(self) -> None:
+        if self.ego_geometry is None:
+            self.ego_geometry = np.asarray(PACIFICA, np.float64)
+        # ids are strings even when empty (np.array([]) is float)
+        self.agent_ids = np.asarray(self.agent_ids, dtype=str)
+        self.lane_ids = np.asarray(self.lane_ids, dtype=str)
+        own = f"MetricScene[{self.token}]"
+        _check_array(own, "ego_pose", self.ego_pose, (3,), "f")
+        _check_array(own, "ego_dynamics", self.ego_dynamics, (4,), "f")
+        _check_array(own, "ego_geometry", self.ego_geometry, (4,), "f")
+        _check_array(own, "agent_times", self.agent_times, (None,), "f")
+        k = len(self.agent_times)
+        a = self.agent_sizes.shape[0] if isinstance(self.agent_sizes, np.ndarray) else -1
+        _check_array(own, "agent_sizes", self.agent_sizes, (a, 2), "f")
+        _check_array(own, "agent_poses", self.agent_poses, (k, a, 3), "f", finite=False)
+        _check_array(own, "agent_velocities", self.agent_velocities, (k, a, 2), "f", finite=False)
+        _check_array(own, "agent_valid", self.agent_valid, (k, a), "b")
+        _check_array(own, "agent_types", self.agent_types, (a,), "iu")
+        _check_array(own, "agent_static", self.agent_static, (a,), "b")
+        _check_array(own, "agent_ids", self.agent_ids, (a,), "U")
+        if k == 0 or abs(float(self.agent_times[0])) > 1e-6 or np.any(np.diff(self.agent_times) <= 0):
+            raise ValidationError(
+                f"{own}.agent_times: must start at 0 s and increase, got {self.agent_times}"
+            )
+        for name in ("agent_poses", "agent_velocities"):
+            arr = getattr(self, name)
+            if not np.isfinite(arr[self.agent_valid]).all():
+                raise ValidationError(
+                    f"{own}.{name}: NaN/Inf at a valid sample; mark it invalid in agent_valid"
+                )
+        known = {c.value for c in AgentClass}
+        if not set(np.unique(self.agent_types).tolist()) <= known:
+            raise ValidationError(f"{own}.agent_types: values must be AgentClass {sorted(known)}")
+        for layer in POLYGON_LAYERS:
+            for i, poly in enumerate(getattr(self, f"{layer}_polygons")):
+                _check_array(own, f"{layer}_polygons[{i}]", poly, (None, 2), "f")
+                if len(poly) < 3:
+                    raise ValidationError(
+                        f"{own}.{layer}_polygons[{i}]: a polygon needs ≥ 3 vertices, got {len(poly)}"
+                    )
+        n_lanes = len(self.lane_polygons)
+        _check_array(own, "lane_ids", self.lane_ids, (n_lanes,), "U")
+        _check_array(own, "lane_on_route", self.lane_on_route, (n_lanes,), "b")
+        if not self.drivable_polygons:
+            raise ValidationError(f"{own}.drivable_polygons: empty — PDMS needs the drivable area (DAC)")
+        _check_array(own, "route", self.route, (None, 2), "f")
+        if len(self.route) < 2:
+            raise ValidationError(f"{own}.route: the route centerline needs ≥ 2 points (EP projects on it)")
+        _check_array(own, "human_future", self.human_future, (None, 3), "f", finite=False)
+        _check_array(own, "human_valid", self.human_valid, (len(self.human_future),), "b")
+
+    # ----- derived ------------------------------------------------------------------------------
+    @property
+    def width(self) -> float:
+        return float(self.ego_geometry[0])
+
+    @property
+    def front_length(self) -> float:
+        return float(self.ego_geometry[1])
+
+    @property
+    def rear_length(self) -> float:
+        return float(self.ego_geometry[2])
+
+    @property
+    def wheelbase(self) -> float:
+        return float(self.ego_geometry[3])
+
+    @property
+    def rear_axle_to_center(self) -> float:
+        """[m] forward distance from the rear axle to the box centre (1.461 m for the Pacifica)."""
+        return 0.5 * (self.front_length - self.rear_length)
+
+    # ----- files --------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write `path` (`.npz` appended if missing) atomically."""
+        from drivedistill.utils.io import atomic_write_with
+
+        data: dict[str, np.ndarray] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            layer = f.name.removesuffix("_polygons")
+            if layer in POLYGON_LAYERS:
+                verts = np.concatenate(value) if value else np.zeros((0, 2))
+                data[f"{layer}_vertices"] = verts
+                data[f"{layer}_offsets"] = np.cumsum([0] + [len(p) for p in value])
+            else:
+                data[f.name] = np.asarray(value)
+        out = Path(path)
+        out = out if out.suffix == ".npz" else out.with_name(out.name + ".npz")
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **data)  # type: ignore[arg-type]
+
+        atomic_write_with(out, write)
+        return out
+
+    @classmethod
+    def load(cls, path: str | Path) -> MetricScene:
+        """Read a scene written by `save`; a missing key names the file and the key."""
+        p = Path(path)
+        with np.load(p, allow_pickle=False) as z:
+            kwargs: dict[str, object] = {}
+            for f in fields(cls):
+                layer = f.name.removesuffix("_polygons")
+                try:
+                    if layer in POLYGON_LAYERS:
+                        verts, offs = z[f"{layer}_vertices"], z[f"{layer}_offsets"]
+                        kwargs[f.name] = [verts[offs[i] : offs[i + 1]] for i in range(len(offs) - 1)]
+                    elif f.name == "token":
+                        kwargs[f.name] = str(z[f.name])
+                    elif f.name == "speed_limit":
+                        kwargs[f.name] = float(z[f.name])
+                    else:
+                        kwargs[f.name] = z[f.name]
+                except KeyError:
+                    raise ValidationError(
+                        f"{p}: missing key for MetricScene.{f.name}; re-export the scene"
+                    ) from None
+        return cls(**kwargs)  # type: ignore[arg-type]
+
+
+def save_scenes(scenes: list[MetricScene], directory: str | Path) -> list[Path]:
+    """Write one `<token>.npz` per scene into `directory`."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    return [s.save(d / f"{s.token}.npz") for s in scenes]
+
+
+def load_scenes(directory: str | Path) -> list[MetricScene]:
+    """Every `*.npz` MetricScene of `directory`, sorted by file name."""
+    d = Path(directory)
+    files = sorted(d.glob("*.npz"))
+    if not files:
+        raise FileNotFoundError(f"{d}: no MetricScene .npz files; write them with metric_scene.save_scenes")
+    return [MetricScene.load(f) for f in files]

@@ -1,0 +1,221 @@
+"""PDM scorer of NAVSIM v1.1, vectorised over proposals: NC, DAC, DDC, TTC, EP, C and the score.
+
+Input: simulated rear-axle states (B, 41, NUM_STATES) at 0.1 s of B proposals in one scene. Collisions
+are found with a centre-distance prefilter and a numpy separating-axis test of oriented boxes; only
+the (rare) candidate pairs reach the sequential at-fault / ignore-list logic, which loops over the 41
+steps, not over boxes. Map predicates use prepared shapely unions on whole point arrays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from drivedistill.metrics.metric_scene import MetricScene
+from drivedistill.sim.bicycle import S
+from drivedistill.sim.comfort import comfort_checks
+from drivedistill.sim.geometry import (
+    CENTER,
+    FRONT_LEFT,
+    FRONT_RIGHT,
+    box_corners,
+    convex_intersects,
+    project_to_polyline,
+)
+from drivedistill.sim.scene_geometry import AgentBoxes, MapIndex
+
+STOPPED_EGO_SPEED = 5e-2  # [m/s] collision classification (ego stopped → not at fault)
+TTC_STOPPED_SPEED = 5e-3  # [m/s] TTC skipped below this ego speed
+TTC_STEPS = (0, 3, 6, 9)  # look-ahead in 0.1 s steps: δ = 0, 0.3, 0.6, 0.9 s
+AHEAD_DEG, BEHIND_DEG = 20.0, 150.0
+
+
+@dataclass(frozen=True)
+class ScorerWeights:
+    """v1.1 aggregation: PDMS = NC·DAC·(5·EP + 5·TTC + 2·C)/12 (DDC weight 0)."""
+
+    progress: float = 5.0
+    ttc: float = 5.0
+    comfort: float = 2.0
+    driving_direction: float = 0.0
+    progress_threshold: float = 5.0  # [m] below this max progress, EP = 1
+    ddc_horizon_steps: int = 10  # 1 s
+    ddc_compliance: float = 2.0  # [m]
+    ddc_violation: float = 6.0  # [m]
+
+
+@dataclass
+class SubScores:
+    """Per-proposal arrays (B,): multiplicative nc, dac; weighted ep, ttc, c, ddc; raw progress [m]."""
+
+    nc: np.ndarray
+    dac: np.ndarray
+    ddc: np.ndarray
+    ttc: np.ndarray
+    c: np.ndarray
+    progress: np.ndarray
+    ep: np.ndarray
+    score: np.ndarray
+
+
+def ego_boxes(states: np.ndarray, scene: MetricScene) -> np.ndarray:
+    """(B, T, 5, 2): corners FL, RL, RR, FR and the box centre of the ego at the simulated states."""
+    heading = states[..., S.HEADING]
+    d = scene.rear_axle_to_center
+    center = states[..., [S.X, S.Y]] + d * np.stack([np.cos(heading), np.sin(heading)], -1)
+    corners = box_corners(center, heading, scene.front_length + scene.rear_length, scene.width)
+    return np.concatenate([corners, center[..., None, :]], axis=-2)
+
+
+def _relative_angle(states_bt: np.ndarray, target_xy: np.ndarray) -> np.ndarray:
+    """Angle [deg] between the ego heading and rear axle → target, for rows of states (N, NUM_STATES)."""
+    vec = target_xy - states_bt[:, [S.X, S.Y]]
+    norm = np.linalg.norm(vec, axis=-1)
+    heading = np.stack([np.cos(states_bt[:, S.HEADING]), np.sin(states_bt[:, S.HEADING])], -1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos = (heading * vec).sum(-1) / norm
+    return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+
+
+def _overlaps(
+    corners: np.ndarray, centers: np.ndarray, radius: float, agents: AgentBoxes, steps: np.ndarray
+) -> tuple[np.ndarray, ...]:
+    """Indices (b, t, a) where ego boxes corners (B, T, 4, 2) overlap agents at grid steps `steps` (T,)."""
+    in_range = steps < agents.num_steps
+    st = np.minimum(steps, agents.num_steps - 1)
+    a_centers = agents.centers[st]  # (T, A, 2)
+    dist2 = ((centers[:, :, None, :] - a_centers[None]) ** 2).sum(-1)
+    reach = (radius + agents.radius) ** 2
+    close = (dist2 <= reach[None, None]) & (agents.valid[st] & in_range[:, None])[None]
+    b, t, a = np.nonzero(close)
+    hit = convex_intersects(corners[b, t], agents.corners[st[t], a])
+    return b[hit], t[hit], a[hit]
+
+
+def ego_areas(boxes: np.ndarray, states: np.ndarray, map_index: MapIndex) -> dict[str, np.ndarray]:
+    """(B, T) bool masks: multiple_lanes, non_drivable, oncoming, intersection (rear axle in a junction)."""
+    corners = boxes[..., :4, :]
+    return {
+        "multiple_lanes": map_index.multiple_lanes(corners),
+        "non_drivable": np.asarray(~map_index.in_drivable(corners).all(-1)),
+        "oncoming": ~map_index.in_on_route_lane(boxes[..., CENTER, :]),
+        "intersection": map_index.in_intersection(states[..., [S.X, S.Y]]),
+    }
+
+
+def no_at_fault_collision(
+    states: np.ndarray, boxes: np.ndarray, areas: dict[str, np.ndarray], agents: AgentBoxes, ego_radius: float
+) -> np.ndarray:
+    """NC (B,) ∈ {0, ½, 1} with nuPlan's collision classes and the per-proposal ignore list."""
+    n_b, n_t = states.shape[:2]
+    b, t, a = _overlaps(boxes[..., :4, :], boxes[..., CENTER, :], ego_radius, agents, np.arange(n_t))
+    nc = np.ones(n_b)
+    if len(b) == 0:
+        return nc
+    st = states[b, t]
+    speed = np.hypot(st[:, S.VELOCITY_X], st[:, S.VELOCITY_Y])
+    behind = _relative_angle(st, agents.centers[t, a]) > BEHIND_DEG
+    bumper = boxes[b, t][:, [FRONT_LEFT, FRONT_RIGHT]]
+    front = convex_intersects(bumper, agents.corners[t, a])
+    lateral_fault = areas["multiple_lanes"][b, t] | areas["non_drivable"][b, t]
+    at_fault = (speed > STOPPED_EGO_SPEED) & (agents.stopped[a] | (~behind & (front | lateral_fault)))
+    ignored = np.zeros((n_b, agents.centers.shape[1]), bool)
+    for step in np.unique(t):  # sequential in time: a non-at-fault contact ignores that object later
+        sel = (t == step) & ~ignored[b, a]
+        fault = sel & at_fault
+        np.minimum.at(nc, b[fault], agents.fault_score[a[fault]])
+        ok = sel & ~at_fault
+        ignored[b[ok], a[ok]] = True
+    return nc
+
+
+def time_to_collision(
+    states: np.ndarray,
+    boxes: np.ndarray,
+    areas: dict[str, np.ndarray],
+    agents: AgentBoxes,
+    ego_radius: float,
+    dt: float,
+) -> np.ndarray:
+    """TTC (B,) ∈ {0, 1}: the ego box projected δ ∈ {0, .3, .6, .9} s ahead at its speed meets an agent at t + δ."""
+    n_b, n_t = states.shape[:2]
+    speed = np.hypot(states[..., S.VELOCITY_X], states[..., S.VELOCITY_Y])
+    direction = np.stack([np.cos(states[..., S.HEADING]), np.sin(states[..., S.HEADING])], -1)
+    found = []
+    for step_idx, k in enumerate(TTC_STEPS):
+        shift = (speed * k * dt)[..., None] * direction  # (B, T, 2)
+        bb, tt, aa = _overlaps(
+            boxes[..., :4, :] + shift[:, :, None],
+            boxes[..., CENTER, :] + shift,
+            ego_radius,
+            agents,
+            np.arange(n_t) + k,
+        )
+        found.append((bb, tt, aa, np.full(len(bb), step_idx)))
+    b, t, a, j = (np.concatenate(x) for x in zip(*found))
+    ttc = np.ones(n_b)
+    if len(b) == 0:
+        return ttc
+    order = np.lexsort((j, t))
+    b, t, a, j = b[order], t[order], a[order], j[order]
+    moving = speed[b, t] >= TTC_STOPPED_SPEED
+    angle = _relative_angle(states[b, t], agents.centers[t + np.asarray(TTC_STEPS)[j], a])
+    risky = areas["multiple_lanes"][b, t] | areas["non_drivable"][b, t] | areas["intersection"][b, t]
+    violation = (angle < AHEAD_DEG) | (risky & ~(angle > BEHIND_DEG))
+    ignored = np.zeros((n_b, agents.centers.shape[1]), bool)
+    group = t * len(TTC_STEPS) + j
+    for g in np.unique(group):
+        sel = (group == g) & moving & ~ignored[b, a]
+        ttc[b[sel & violation]] = 0.0
+        ok = sel & ~violation
+        ignored[b[ok], a[ok]] = True
+    return ttc
+
+
+def driving_direction(boxes: np.ndarray, areas: dict[str, np.ndarray], w: ScorerWeights) -> np.ndarray:
+    """DDC (B,) ∈ {0, ½, 1}: max oncoming progress of the box centre over a sliding 1 s window."""
+    center = boxes[..., CENTER, :]
+    step = np.zeros(center.shape[:2])
+    step[:, 1:] = np.linalg.norm(np.diff(center, axis=1), axis=-1)
+    step[~areas["oncoming"]] = 0.0
+    csum = np.concatenate([np.zeros((len(step), 1)), np.cumsum(step, axis=1)], axis=1)
+    idx = np.arange(boxes.shape[1])
+    window = csum[:, idx + 1] - csum[:, np.maximum(idx - w.ddc_horizon_steps, 0)]
+    worst = window.max(-1)
+    return np.where(worst < w.ddc_compliance, 1.0, np.where(worst < w.ddc_violation, 0.5, 0.0))
+
+
+def score_states(
+    states: np.ndarray,
+    scene: MetricScene,
+    map_index: MapIndex,
+    agents: AgentBoxes,
+    centerline: np.ndarray,
+    reference: int | None = 0,
+    weights: ScorerWeights | None = None,
+    dt: float = 0.1,
+) -> SubScores:
+    """Score simulated states (B, T, NUM_STATES). EP normalisation: with `reference` = i, each proposal is
+    normalised by max(progress_i, its own) — NAVSIM's [PDM-Closed, agent] pair per proposal; with None, by the
+    batch max (PDM-Closed choosing among its own proposals)."""
+    w = weights or ScorerWeights()
+    boxes = ego_boxes(states, scene)
+    areas = ego_areas(boxes, states, map_index)
+    ego_radius = 0.5 * float(np.hypot(scene.front_length + scene.rear_length, scene.width))
+    nc = no_at_fault_collision(states, boxes, areas, agents, ego_radius)
+    dac = np.where(areas["non_drivable"].any(-1), 0.0, 1.0)
+    ddc = driving_direction(boxes, areas, w)
+    ttc = time_to_collision(states, boxes, areas, agents, ego_radius, dt)
+    c = np.asarray(comfort_checks(states, dt).all(-1), dtype=np.float64)
+    s_start, _ = project_to_polyline(centerline, boxes[:, 0, CENTER])
+    s_end, _ = project_to_polyline(centerline, boxes[:, -1, CENTER])
+    progress = np.clip(s_end - s_start, 0.0, None)
+    multi = nc * dac
+    raw = progress * multi
+    best = np.maximum(raw, raw[reference]) if reference is not None else np.full_like(raw, raw.max())
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ep = np.where(best > w.progress_threshold, raw / best, np.where(multi == 0.0, 0.0, 1.0))
+    total = w.progress + w.ttc + w.comfort + w.driving_direction
+    weighted = (w.progress * ep + w.ttc * ttc + w.comfort * c + w.driving_direction * ddc) / total
+    return SubScores(nc, dac, ddc, ttc, c, progress, ep, multi * weighted)

@@ -24,7 +24,7 @@ def _scenes(num_episodes: int = 6, per_episode: int = 3) -> list[Scene]:
             s = random_scene(
                 100 * e + f, num_agents=2 + e % 3, episode=f"ep{e:03d}", token=f"ep{e:03d}-{f:03d}"
             )
-            s.meta = {"scenario": "highway", "events": ["lead_brake"] if f == 0 else []}
+            s.meta = {"scenario": "highway", "event": "lead_brake" if f == 0 else None}
             out.append(s)
     out[1] = out[1].without_privileged()  # a sample without privileged part must survive too
     return out
@@ -99,7 +99,7 @@ def test_manifest_hashes_counts_and_stats(tmp_path: Path) -> None:
     stats = manifest["stats"]
     assert stats["num_samples"] == len(scenes) and stats["num_episodes"] == 6
     assert stats["expert_collision_free_rate"] == pytest.approx(5 / 6)
-    assert stats["samples_per"]["event"] == {"lead_brake": 6}
+    assert stats["samples_per"]["event"] == {"lead_brake": 6, "none": 12}
     # a changed sample changes its hash
     other = random_scene(1)
     other.agent_input.camera[0, 0, 0] ^= 1

@@ -112,14 +112,13 @@ def write_shard(
 
 
 def _counts(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, int]]:
-    """Samples per split, scenario, command name and event (meta "events" list) for the stats."""
+    """Samples per split, scenario, command name and scripted event (meta "event", None = "none")."""
     out: dict[str, Counter[str]] = {k: Counter() for k in ("split", "scenario", "command", "event")}
     for r in rows:
         out["split"][r["split"]] += 1
         out["scenario"][r["scenario"]] += 1
         out["command"][Command(r["command"]).name.lower()] += 1
-        for ev in json.loads(r["meta_json"]).get("events", []):
-            out["event"][str(ev)] += 1
+        out["event"][str(json.loads(r["meta_json"]).get("event") or "none")] += 1
     return {k: dict(sorted(v.items())) for k, v in out.items()}
 
 

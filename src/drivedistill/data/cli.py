@@ -1,0 +1,177 @@
+"""`drivedistill data`: inspect a SceneStore.
+
+drivedistill data validate DIR [--deep]          exit 1 naming every missing/corrupt shard, else 0
+drivedistill data show DIR --index I --out x.png camera + BEV with the future trajectory, and text
+drivedistill data stats DIR                      samples per split, scenario, event and command
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from drivedistill.data.store import SceneStore, StoreError
+from drivedistill.types import Command, Scene
+
+# BEV channel colours (RGB) composited in order; world/bev.py: 0 drivable, 1 markings, 2 vehicles
+BEV_COLOURS = [(70, 70, 78), (235, 235, 235), (60, 140, 255), (255, 170, 40)]
+FUTURE_COLOUR, PAST_COLOUR = (255, 40, 200), (40, 220, 255)
+TEXT_HEIGHT = 96  # [px] text panel under the images
+
+
+def _validate(args: argparse.Namespace) -> int:
+    store = SceneStore(args.dir)
+    problems = store.validate(deep=args.deep)
+    for p in problems:
+        print(f"error: {p}", file=sys.stderr)
+    if problems:
+        print(
+            f"{args.dir}: {len(problems)} problem(s); re-run the collection into it to rewrite bad shards",
+            file=sys.stderr,
+        )
+        return 1
+    st = store.stats
+    print(
+        f"{args.dir}: valid ({'deep' if args.deep else 'sha256'} check) — {len(store)} samples, "
+        f"{len(store.manifest['shards'])} shards, train {len(store.tokens('train'))} / val {len(store.tokens('val'))}, "
+        f"{st['num_episodes']} episodes"
+    )
+    return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    store = SceneStore(args.dir)
+    st = store.stats
+    size = sum(int(s["bytes"]) for s in store.manifest["shards"])
+    print(f"{args.dir}: {st['num_samples']} samples, {st['num_episodes']} episodes, {size / 1e6:.1f} MB")
+    print(f"episodes per split: {st['episodes_per_split']}")
+    rate = st["expert_collision_free_rate"]
+    print(f"expert collision-free rate: {'n/a' if rate is None else f'{rate:.3f}'}")
+    for key in ("split", "scenario", "event", "command"):
+        counts: dict[str, int] = st["samples_per"].get(key, {})
+        print(f"samples per {key}:")
+        if not counts:
+            print("  (none)")
+        for name, n in counts.items():
+            print(f"  {name:<16} {n:>7}  {100 * n / max(st['num_samples'], 1):5.1f}%")
+    return 0
+
+
+def _bev_rgb(bev: np.ndarray) -> np.ndarray:
+    """(Hb, Wb, C) uint8 raster → (Hb, Wb, 3) uint8 picture, channels painted in order over black."""
+    out = np.zeros((*bev.shape[:2], 3), np.float32)
+    for c in range(bev.shape[2]):
+        alpha = bev[:, :, c : c + 1].astype(np.float32) / 255.0
+        out = out * (1 - alpha) + alpha * np.array(BEV_COLOURS[c % len(BEV_COLOURS)], np.float32)
+    return out.astype(np.uint8)
+
+
+def _polyline(draw: ImageDraw.ImageDraw, pts: np.ndarray, colour: tuple[int, int, int], scale: float) -> None:
+    xy = [(float(u) * scale, float(v) * scale) for u, v in pts]
+    if len(xy) > 1:
+        draw.line(xy, fill=colour, width=2)
+    for u, v in xy:
+        draw.ellipse((u - 3, v - 3, u + 3, v + 3), fill=colour)
+
+
+def describe(scene: Scene, store: SceneStore, args: argparse.Namespace) -> list[str]:
+    """Text lines shown under the images. Hook: VLM-AD annotations of the sample are appended here
+    (reading them belongs to drivedistill.annotate; add its option in `add_show_arguments`)."""
+    ai = scene.agent_input
+    speed, accel, yaw_rate = (float(v) for v in ai.ego_status)
+    scenario = scene.privileged.scenario if scene.privileged is not None else scene.meta.get("scenario", "?")
+    return [
+        f"{scene.token}  ({store.split_of(scene.token)}, episode {scene.episode}, frame {scene.frame_index})",
+        f"scenario {scenario}   event {scene.meta.get('event') or 'none'}   command {Command(ai.command).name}",
+        f"speed {speed:.1f} m/s   accel {accel:+.2f} m/s²   yaw rate {yaw_rate:+.3f} rad/s",
+        "future (magenta) and past (cyan) ego poses"
+        if scene.privileged is not None
+        else "no privileged part stored",
+    ]
+
+
+def render_sample(scene: Scene, store: SceneStore, lines: list[str], scale: int = 2) -> Image.Image:
+    """Front camera (left) and BEV (right, x forward = up) at `scale`, trajectory overlaid, text below."""
+    from drivedistill.config import from_dict
+    from drivedistill.world.bev import BevConfig, ego_to_pixels
+    from drivedistill.world.camera import CameraConfig, project_points
+
+    world: dict[str, Any] = store.config.get("world", {})
+    if "camera" not in world or "bev" not in world:
+        raise StoreError(
+            f"{store.root}: manifest config has no world.camera/world.bev; `data show` draws world stores only"
+        )
+    cam, bev_cfg = from_dict(CameraConfig, world["camera"]), from_dict(BevConfig, world["bev"])
+    ai = scene.agent_input
+    camera = Image.fromarray(ai.camera).resize(
+        (ai.camera.shape[1] * scale, ai.camera.shape[0] * scale), Image.Resampling.NEAREST
+    )
+    bev_scale = camera.height / ai.bev.shape[0]
+    bev = Image.fromarray(_bev_rgb(ai.bev))
+    bev = bev.resize((round(ai.bev.shape[1] * bev_scale), camera.height), Image.Resampling.NEAREST)
+    canvas = Image.new("RGB", (camera.width + bev.width + 8, camera.height + TEXT_HEIGHT), (20, 20, 24))
+    canvas.paste(camera, (0, 0))
+    canvas.paste(bev, (camera.width + 8, 0))
+    draw = ImageDraw.Draw(canvas)
+    paths = [(PAST_COLOUR, np.vstack([ai.ego_history[:, :2], np.zeros((1, 2), np.float32)]))]
+    if scene.privileged is not None:
+        fut = scene.privileged.future_trajectory[scene.privileged.future_valid, :2]
+        paths.append((FUTURE_COLOUR, np.vstack([np.zeros((1, 2), np.float32), fut])))
+    for colour, xy in paths:
+        ground = np.hstack([xy, np.zeros((len(xy), 1), np.float32)])
+        uv, in_front = project_points(ground, cam)
+        _polyline(draw, uv[in_front], colour, scale)
+        pix = ego_to_pixels(xy, bev_cfg) * bev_scale + np.array([camera.width + 8, 0])
+        _polyline(draw, pix, colour, 1.0)
+    for i, line in enumerate(lines):
+        draw.text((8, camera.height + 6 + 18 * i), line, fill=(230, 230, 230))
+    return canvas
+
+
+def add_show_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dir", type=Path)
+    parser.add_argument("--index", type=int, default=0, help="sample index in store order")
+    parser.add_argument("--split", choices=["train", "val"], help="index within this split")
+    parser.add_argument("--out", type=Path, required=True, help="PNG to write")
+    parser.add_argument("--scale", type=int, default=2, help="camera upscaling factor")
+
+
+def _show(args: argparse.Namespace) -> int:
+    store = SceneStore(args.dir)
+    tokens = store.tokens(args.split)
+    if not 0 <= args.index < len(tokens):
+        raise StoreError(
+            f"--index {args.index} out of range: {len(tokens)} samples in split {args.split or 'all'}"
+        )
+    scene = store.load(tokens[args.index])
+    image = render_sample(scene, store, describe(scene, store, args), args.scale)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    image.save(args.out)
+    print(f"wrote {args.out} ({image.width}x{image.height}) for {scene.token}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="drivedistill data", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("validate", help="check every shard against manifest.json")
+    p.add_argument("dir", type=Path)
+    p.add_argument("--deep", action="store_true", help="also decode every row and re-check its content hash")
+    p.set_defaults(func=_validate)
+    p = sub.add_parser("show", help="render one sample to a PNG")
+    add_show_arguments(p)
+    p.set_defaults(func=_show)
+    p = sub.add_parser("stats", help="samples per split, scenario, event, command")
+    p.add_argument("dir", type=Path)
+    p.set_defaults(func=_stats)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except StoreError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1

@@ -1,0 +1,172 @@
+"""Perception trunk shared by the camera students: timm image backbones → tokens, ego/command encoding.
+
+    tok = ImageTokenizer("regnety_002", in_chans=3, dim=128, grid=(4, 8))
+    tokens = tok(images)                    # (B, 3, H, W) in [0, 1] → (B, 4·8, 128)
+
+Backbones are created with `pretrained=False` (nothing is downloaded) and `features_only=True`; one
+feature stage is kept (`out_index`) and pooled to a fixed token grid, so the positional embedding does
+not depend on the input size. `PerceptionConfig` holds the fields TransFuser and iPad share, flat, so
+that overrides read `--student.hidden_dim=256`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from drivedistill.config import ConfigError
+from drivedistill.models.students.base import StudentConfig
+from drivedistill.types import NUM_FUTURE, NUM_PAST, AgentInputBatch, Command
+
+# Fixed input scales (not learnt, not data-dependent, so a checkpoint means the same on any data set).
+POSITION_SCALE = 10.0  # [m] past poses are divided by this
+SPEED_SCALE = 10.0  # [m/s]
+ACCEL_SCALE = 3.0  # [m/s^2]
+YAW_RATE_SCALE = 0.5  # [rad/s]
+NUM_COMMANDS = len(Command)
+EGO_VECTOR_DIM = NUM_PAST * 3 + 3  # flattened history + status
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class PerceptionConfig(StudentConfig):
+    """Camera + BEV perception shared by `transfuser` and `ipad` (paper scale: resnet34, hidden 256)."""
+
+    camera_backbone: str = "regnety_002"  # any timm model name with features_only support
+    bev_backbone: str = "regnety_002"
+    backbone_out_index: int = 3  # feature stage kept (regnety: 3 → stride 16, 4 → stride 32)
+    camera_grid: tuple[int, int] = (4, 8)  # camera tokens after pooling (rows, cols)
+    bev_grid: tuple[int, int] = (4, 4)  # BEV tokens after pooling
+    bev_channels: int = 0  # channels of the BEV raster; 0 = take them from the data at training time
+    hidden_dim: int = 128  # D of every token and of "plan_query"
+    num_heads: int = 4
+    num_fusion_layers: int = 2  # transformer encoder layers over camera + BEV (+ ego) tokens
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.hidden_dim % self.num_heads:
+            raise ConfigError(
+                f"hidden_dim={self.hidden_dim} must be divisible by num_heads={self.num_heads}; "
+                "change --student.hidden_dim or --student.num_heads"
+            )
+        for name in ("camera_grid", "bev_grid"):
+            if min(getattr(self, name)) < 1:
+                raise ConfigError(
+                    f"{name}={getattr(self, name)} must be positive, e.g. --student.{name}=[4,8]"
+                )
+        if self.bev_channels < 0:
+            raise ConfigError(f"bev_channels={self.bev_channels} must be >= 0 (0 = from the data)")
+
+
+def ego_vector(inputs: AgentInputBatch) -> torch.Tensor:
+    """(B, EGO_VECTOR_DIM) scaled past poses (B, 4·3) then speed, acceleration, yaw rate (B, 3)."""
+    hist = inputs.ego_history.clone()
+    hist[..., :2] = hist[..., :2] / POSITION_SCALE
+    scale = inputs.ego_status.new_tensor([SPEED_SCALE, ACCEL_SCALE, YAW_RATE_SCALE])
+    return torch.cat([hist.flatten(1), inputs.ego_status / scale], dim=1)
+
+
+def transformer_layer(dim: int, heads: int, dropout: float, decoder: bool = False) -> nn.Module:
+    """Pre-norm transformer layer, batch-first, GELU, 4× MLP."""
+    cls = nn.TransformerDecoderLayer if decoder else nn.TransformerEncoderLayer
+    return cls(dim, heads, 4 * dim, dropout, activation="gelu", batch_first=True, norm_first=True)
+
+
+class ImageTokenizer(nn.Module):
+    """timm backbone (one feature stage) → 1×1 projection → adaptive pooling → tokens + positions.
+
+    Input (B, C, H, W) float in [0, 1]; RGB inputs are ImageNet-normalised. Output (B, rows·cols, dim).
+    """
+
+    def __init__(self, name: str, in_chans: int, dim: int, grid: tuple[int, int], out_index: int) -> None:
+        super().__init__()
+        import timm
+
+        try:
+            self.backbone = timm.create_model(
+                name, pretrained=False, features_only=True, in_chans=in_chans, out_indices=(out_index,)
+            )
+        except (RuntimeError, IndexError) as e:
+            raise ConfigError(f"cannot build timm backbone '{name}' with out_index={out_index}: {e}") from e
+        channels = int(self.backbone.feature_info.channels()[-1])  # type: ignore[union-attr,operator]
+        self.proj = nn.Conv2d(channels, dim, kernel_size=1)
+        self.pool = nn.AdaptiveAvgPool2d(grid)
+        self.pos = nn.Parameter(torch.zeros(1, grid[0] * grid[1], dim))
+        nn.init.trunc_normal_(self.pos, std=0.02)
+        self.in_chans = in_chans
+        self.normalise = in_chans == 3
+        self.mean: torch.Tensor
+        self.std: torch.Tensor
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.shape[1] != self.in_chans:
+            raise ConfigError(
+                f"ImageTokenizer expected {self.in_chans} channels, got {images.shape[1]} "
+                "(for the BEV set --student.bev_channels to the data's channel count, or 0 to infer it)"
+            )
+        if self.normalise:
+            images = (images - self.mean) / self.std
+        feats = self.backbone(images)[-1]  # (B, C', H', W')
+        return self.pool(self.proj(feats)).flatten(2).transpose(1, 2) + self.pos
+
+
+class SceneEncoder(nn.Module):
+    """Camera and BEV tokens (+ an ego/command token) fused by transformer encoder layers.
+
+    forward(inputs) → (scene_tokens (B, Nc + Nb, D), ego_token (B, D)). The ego token carries the command
+    always and the ego status + past poses only when `use_ego_status`; it takes part in the fusion
+    (attends to and is attended by the sensor tokens) and is returned separately for the planning query.
+    """
+
+    def __init__(self, cfg: PerceptionConfig) -> None:
+        super().__init__()
+        if cfg.bev_channels == 0:
+            raise ConfigError(
+                "bev_channels=0 means 'from the data' but no data set the value: pass --student.bev_channels=C "
+                "(the BEV raster's channel count) or build the student through drivedistill.train.run"
+            )
+        d = cfg.hidden_dim
+        self.use_ego_status = cfg.use_ego_status
+        self.camera = ImageTokenizer(cfg.camera_backbone, 3, d, cfg.camera_grid, cfg.backbone_out_index)
+        self.bev = ImageTokenizer(cfg.bev_backbone, cfg.bev_channels, d, cfg.bev_grid, cfg.backbone_out_index)
+        self.type_embed = nn.Parameter(torch.zeros(3, d))  # camera, BEV, ego
+        nn.init.trunc_normal_(self.type_embed, std=0.02)
+        self.command = nn.Embedding(NUM_COMMANDS, d)
+        self.ego = (
+            nn.Sequential(nn.Linear(EGO_VECTOR_DIM, d), nn.GELU(), nn.Linear(d, d))
+            if cfg.use_ego_status
+            else None
+        )
+        self.fusion = nn.ModuleList(
+            transformer_layer(d, cfg.num_heads, cfg.dropout) for _ in range(cfg.num_fusion_layers)
+        )
+        self.norm = nn.LayerNorm(d)
+
+    def forward(self, inputs: AgentInputBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        cam = self.camera(inputs.camera) + self.type_embed[0]
+        bev = self.bev(inputs.bev) + self.type_embed[1]
+        ego = self.command(inputs.command) + self.type_embed[2]
+        if self.ego is not None:
+            ego = ego + self.ego(ego_vector(inputs))
+        tokens = torch.cat([cam, bev, ego.unsqueeze(1)], dim=1)
+        for layer in self.fusion:
+            tokens = layer(tokens)
+        tokens = self.norm(tokens)
+        return tokens[:, :-1], tokens[:, -1]
+
+
+class PoseHead(nn.Module):
+    """MLP: (..., D) → (..., NUM_FUTURE, 3) poses; yaw bounded to (-π, π) by tanh (TransFuser's head)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, NUM_FUTURE * 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.mlp(x).unflatten(-1, (NUM_FUTURE, 3))
+        return torch.cat([out[..., :2] * POSITION_SCALE, torch.tanh(out[..., 2:]) * torch.pi], dim=-1)

@@ -1,0 +1,72 @@
+"""Constant velocity and yaw rate: the no-learning reference plan (no parameters).
+
+Extrapolates the current speed v [m/s] and yaw rate ω [rad/s] along a circular arc in the current ego
+frame: yaw(t) = ω t, x(t) = sin(ω t) / ω · v, y(t) = (1 − cos(ω t)) / ω · v, written with sinc so that
+ω → 0 is exact. With `source="history"` v and ω come from the last past pose (t = −0.5 s) instead of
+the ego status (for data without a speed sensor).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from drivedistill.config import ConfigError
+from drivedistill.models.students.base import Student, StudentConfig
+from drivedistill.registry import register
+from drivedistill.types import DT, NUM_FUTURE, AgentInputBatch, PlanOutput
+
+
+@dataclass
+class ConstantVelocityConfig(StudentConfig):
+    """Where speed and yaw rate come from: the ego status sensor or the last past pose."""
+
+    source: Literal["status", "history"] = "status"
+
+    def __post_init__(self) -> None:
+        if not self.use_ego_status:
+            raise ConfigError(
+                "constant_velocity extrapolates the ego state; use_ego_status=False leaves it no input"
+            )
+
+
+def arc_trajectory(speed: torch.Tensor, yaw_rate: torch.Tensor, num_steps: int = NUM_FUTURE) -> torch.Tensor:
+    """(B,) speed [m/s], (B,) yaw rate [rad/s] → (B, num_steps, 3) poses at DT, 2·DT, … [m, m, rad]."""
+    t = torch.arange(1, num_steps + 1, dtype=speed.dtype, device=speed.device) * DT  # (T,)
+    w, v = yaw_rate[:, None], speed[:, None]
+    wt = w * t  # (B, T)
+    # sin(ωt)/ω = t·sinc(ωt/π);  (1 − cos ωt)/ω = 2 sin²(ωt/2)/ω = t·sin(ωt/2)·sinc(ωt/2π)
+    x = v * t * torch.sinc(wt / torch.pi)
+    y = v * t * torch.sin(wt / 2) * torch.sinc(wt / (2 * torch.pi))
+    return torch.stack([x, y, wt], dim=-1)
+
+
+class ConstantVelocity(Student):
+    """features: "plan_query" (B, 2) = (speed, yaw rate), "scene_tokens" (B, 1, 2) the same."""
+
+    uses_images = False
+    feature_dim = 2
+
+    def __init__(self, cfg: ConstantVelocityConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+
+    def forward(self, inputs: AgentInputBatch) -> PlanOutput:
+        if self.cfg.source == "status":
+            speed, yaw_rate = inputs.ego_status[:, 0], inputs.ego_status[:, 2]
+        else:  # the last past pose is at t = −DT: it moved back by (x, y) and rotated by yaw
+            last = inputs.ego_history[:, -1]  # (B, 3), x < 0 when driving forward
+            direction = torch.where(last[:, 0] > 0, -1.0, 1.0).to(last.dtype)  # reversing: x > 0
+            speed = direction * torch.linalg.vector_norm(last[:, :2], dim=1) / DT
+            yaw_rate = -last[:, 2] / DT
+        state = torch.stack([speed, yaw_rate], dim=1)
+        return PlanOutput(
+            arc_trajectory(speed, yaw_rate), {"plan_query": state, "scene_tokens": state[:, None]}
+        )
+
+
+@register("student", "constant_velocity", ConstantVelocityConfig)
+def build(cfg: ConstantVelocityConfig) -> ConstantVelocity:
+    return ConstantVelocity(cfg)

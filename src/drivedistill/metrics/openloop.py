@@ -39,6 +39,7 @@ from drivedistill.metrics.occupancy import (
     occupancy_from_scene,
     to_cell_units,
 )
+from drivedistill.registry import register
 from drivedistill.types import Scene
 
 PROTOCOLS = ("uniad", "stp3")
@@ -322,6 +323,12 @@ class OpenLoopAccumulator:
             },
         }
         return out
+
+
+@register("metric", "openloop", OpenLoopOptions)
+def build(cfg: OpenLoopOptions) -> OpenLoopAccumulator:
+    """An empty accumulator: `update` batches, then `result` gives both protocols."""
+    return OpenLoopAccumulator(cfg)
 
 
 def evaluate_openloop(

@@ -1,0 +1,112 @@
+"""Annotation cache: append-only Parquet shards keyed by (sample hash, annotator key).
+
+    root/<annotator key>/annotator.json              who wrote it (name + resolved identity, no secrets)
+    root/<annotator key>/part-<time_ns>-<pid>.parquet one chunk of results, written atomically
+
+A chunk is written as soon as it is annotated, so an interrupted run loses at most one chunk and a
+re-run skips every sample already present (valid or failed). Failures keep the model's raw text and
+error; `--retry-failed` re-asks them, and a later row for the same sample hash supersedes earlier ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from drivedistill.annotate.base import AnnotationResult, Annotator
+from drivedistill.annotate.schema import TEXT_FIELDS, Annotation
+from drivedistill.utils.io import atomic_write_json, atomic_write_with
+
+_LABELS = ("control", "turn", "lane")
+COLUMNS = ("sample_hash", "annotator_key", "token", "ok", *TEXT_FIELDS, *_LABELS, "raw", "error")
+ARROW_SCHEMA = pa.schema([(c, pa.bool_() if c == "ok" else pa.string()) for c in COLUMNS])
+
+
+class CacheError(RuntimeError):
+    """The cache is missing or inconsistent; the message names the directory and the fix."""
+
+
+class AnnotationCache:
+    """Read/append annotations under `root` (one sub-directory per annotator key)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def dir(self, key: str) -> Path:
+        return self.root / key
+
+    def register(self, annotator: Annotator) -> str:
+        """Record the annotator's identity beside its shards; returns its key."""
+        key = annotator.key()
+        path = self.dir(key) / "annotator.json"
+        if not path.exists():
+            atomic_write_json(path, {"key": key, **annotator.identity()})
+        return key
+
+    def identity(self, key: str) -> dict[str, Any]:
+        path = self.dir(key) / "annotator.json"
+        if not path.exists():
+            raise CacheError(
+                f"{path} does not exist: no annotations for key {key} (run `drivedistill annotate`)"
+            )
+        return dict(json.loads(path.read_text()))
+
+    def keys(self) -> list[str]:
+        """Annotator keys present in the cache."""
+        if not self.root.exists():
+            return []
+        return sorted(p.parent.name for p in self.root.glob("*/annotator.json"))
+
+    def append(self, key: str, results: Sequence[AnnotationResult]) -> Path | None:
+        """Write one chunk of results as a new shard (atomic); returns its path (None for no results)."""
+        if not results:
+            return None
+        rows: dict[str, list[Any]] = {c: [] for c in COLUMNS}
+        for r in results:
+            ann = r.annotation.to_dict() if r.annotation is not None else {}
+            row: dict[str, Any] = {
+                "sample_hash": r.sample_hash,
+                "annotator_key": key,
+                "token": r.token,
+                "ok": r.ok,
+            }
+            row.update({f: ann.get(f, "") for f in (*TEXT_FIELDS, *_LABELS)})
+            row.update(raw=r.raw, error=r.error)
+            for c in COLUMNS:
+                rows[c].append(row[c])
+        table = pa.table(rows, schema=ARROW_SCHEMA)
+        path = self.dir(key) / f"part-{time.time_ns():020d}-{os.getpid()}.parquet"
+        atomic_write_with(path, lambda tmp: pq.write_table(table, tmp))
+        return path
+
+    def read(self, key: str) -> dict[str, AnnotationResult]:
+        """sample hash → latest result for annotator `key` (empty when nothing is cached)."""
+        out: dict[str, AnnotationResult] = {}
+        for path in sorted(self.dir(key).glob("part-*.parquet")):
+            try:
+                table = pq.read_table(path, schema=ARROW_SCHEMA)
+            except (OSError, pa.ArrowException) as e:
+                raise CacheError(
+                    f"{path} is unreadable ({e}); delete it and re-run `drivedistill annotate`"
+                ) from None
+            for row in table.to_pylist():
+                if row["annotator_key"] != key:
+                    raise CacheError(f"{path} holds rows of annotator {row['annotator_key']}, expected {key}")
+                ann = Annotation(**{f: row[f] for f in (*TEXT_FIELDS, *_LABELS)}) if row["ok"] else None
+                out[row["sample_hash"]] = AnnotationResult(
+                    row["token"], row["sample_hash"], ann, row["raw"], row["error"]
+                )
+        return out
+
+    def counts(self, key: str) -> tuple[int, int]:
+        """(valid, failed) samples cached for `key`."""
+        results = self.read(key).values()
+        ok = sum(r.ok for r in results)
+        return ok, len(results) - ok

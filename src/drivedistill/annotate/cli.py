@@ -1,0 +1,166 @@
+"""`drivedistill annotate`: VLM-AD annotation of a SceneStore into the annotation cache.
+
+    drivedistill annotate --data runs/x/store --annotator rules [--out CACHE] [--split train]
+                          [--chunk-size 32] [--limit N] [--retry-failed] [--annotator.KEY=VALUE ...]
+
+Samples already in the cache for this annotator key are skipped (so an interrupted run resumes); each
+chunk is written as soon as it is done. Prints a summary: done / cached / failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from drivedistill.annotate.base import Annotator
+from drivedistill.annotate.cache import AnnotationCache
+from drivedistill.types import Scene
+
+
+class SceneSource(Protocol):
+    """What annotation needs from a SceneStore."""
+
+    def tokens(self, split: str | None = None) -> list[str]: ...
+    def load(self, token: str, with_privileged: bool = True) -> Scene: ...
+    def sample_hash(self, token: str) -> str: ...
+
+
+@dataclass(frozen=True)
+class AnnotateSummary:
+    key: str  # annotator key (cache sub-directory)
+    out: Path  # cache root
+    done: int  # annotated validly in this run
+    failed: int  # answers that failed validation in this run (stored with their raw text)
+    cached: int  # skipped: already in the cache
+    retries: int  # transient request errors retried (remote annotators)
+
+    def line(self) -> str:
+        return f"done {self.done} / cached {self.cached} / failed {self.failed} (annotator key {self.key}, {self.out})"
+
+
+def default_out(data: Path) -> Path:
+    """Default cache root: a sibling of the store, `<store>_annotations`."""
+    return data.parent / f"{data.name}_annotations"
+
+
+def annotate_store(
+    source: SceneSource,
+    annotator: Annotator,
+    out: str | Path,
+    split: str | None = None,
+    chunk_size: int = 32,
+    retry_failed: bool = False,
+    limit: int = 0,
+    on_progress: Callable[[int], None] | None = None,
+) -> AnnotateSummary:
+    """Annotate every sample of `split` (None = all) not yet cached for this annotator, chunk by chunk.
+
+    `limit` > 0 caps the number of samples considered (first in store order). `on_progress(n)` is called
+    with the number of samples finished after every chunk (cached ones count at once).
+    """
+    if chunk_size < 1:
+        raise ValueError(f"annotate: chunk_size must be >= 1, got {chunk_size}")
+    cache = AnnotationCache(out)
+    key = cache.register(annotator)
+    cached = cache.read(key)
+    tokens = source.tokens(split)
+    if limit > 0:
+        tokens = tokens[:limit]
+    hashes = {t: source.sample_hash(t) for t in tokens}
+    todo = [t for t in tokens if hashes[t] not in cached or (retry_failed and not cached[hashes[t]].ok)]
+    skipped = len(tokens) - len(todo)
+    if on_progress is not None:
+        on_progress(skipped)
+    done = failed = 0
+    for start in range(0, len(todo), chunk_size):
+        chunk = todo[start : start + chunk_size]
+        results = annotator.annotate([(source.load(t), hashes[t]) for t in chunk])
+        cache.append(key, results)
+        ok = sum(r.ok for r in results)
+        done, failed = done + ok, failed + len(results) - ok
+        if on_progress is not None:
+            on_progress(len(results))
+    retries = int(getattr(annotator, "retries", 0))
+    return AnnotateSummary(key, Path(out), done, failed, skipped, retries)
+
+
+def store_camera(store_config: dict[str, Any]) -> Any:
+    """The `CameraConfig` a store was collected with (its resolved config's `camera` or `world.camera`), or None."""
+    from drivedistill.config import from_dict
+    from drivedistill.world.camera import CameraConfig
+
+    node = store_config.get("camera") or dict(store_config.get("world") or {}).get("camera")
+    return from_dict(CameraConfig, node, "camera") if isinstance(node, dict) else None
+
+
+def build_annotator(name: str, overrides: Sequence[str], camera: Any = None) -> Annotator:
+    """Build annotator `name` with dotted `--annotator.KEY=VALUE` overrides (unknown keys are errors)."""
+    from drivedistill import registry
+    from drivedistill.config import from_dict, parse_overrides
+
+    entry = registry.get("annotator", name)
+    data = parse_overrides(overrides).get("annotator", {})
+    cfg = from_dict(entry.config_cls, data, "annotator") if entry.config_cls is not None else None
+    kwargs = {"camera": camera} if "camera" in inspect.signature(entry.builder).parameters else {}
+    annotator: Annotator = entry.builder(cfg, **kwargs)
+    return annotator
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from drivedistill.data.store import SceneStore
+
+    parser = argparse.ArgumentParser(
+        prog="drivedistill annotate",
+        description=__doc__,
+        allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--data", required=True, type=Path, help="SceneStore directory")
+    parser.add_argument("--annotator", required=True, help="rules | openai | transformers")
+    parser.add_argument("--out", type=Path, help="annotation cache directory (default: <data>_annotations)")
+    parser.add_argument("--split", default=None, help="train | val (default: every split)")
+    parser.add_argument("--chunk-size", type=int, default=32, help="samples per written shard")
+    parser.add_argument("--limit", type=int, default=0, help="annotate at most the first N samples")
+    parser.add_argument("--retry-failed", action="store_true", help="re-ask samples whose answer was invalid")
+    args, rest = parser.parse_known_args(argv)
+    bad = [a for a in rest if not a.startswith("--annotator.")]
+    if bad:
+        parser.error(
+            f"unrecognized arguments: {' '.join(bad)} (annotator options look like --annotator.KEY=VALUE)"
+        )
+    store = SceneStore(args.data)
+    annotator = build_annotator(args.annotator, rest, camera=store_camera(store.config))
+    out = args.out or default_out(args.data)
+    total = (
+        len(store.tokens(args.split)) if args.limit <= 0 else min(args.limit, len(store.tokens(args.split)))
+    )
+    columns = (TextColumn("annotate"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    try:
+        with Progress(*columns, transient=True) as bar:
+            task = bar.add_task("annotate", total=total)
+            summary = annotate_store(
+                store,
+                annotator,
+                out,
+                args.split,
+                args.chunk_size,
+                args.retry_failed,
+                args.limit,
+                on_progress=lambda n: bar.advance(task, n),
+            )
+    finally:
+        annotator.close()
+    print(summary.line() + (f"; {summary.retries} request(s) retried" if summary.retries else ""))
+    if summary.failed:
+        print(
+            f"{summary.failed} invalid answer(s) stored with their raw text; re-ask them with --retry-failed",
+            file=sys.stderr,
+        )
+    return 0

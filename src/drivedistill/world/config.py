@@ -1,0 +1,96 @@
+"""`WorldConfig`: everything that defines the embedded default world's data (scenarios, traffic, events,
+sensors, episode length, seed). Validated on construction; every message names the field and the fix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from drivedistill.world.bev import BevConfig
+from drivedistill.world.camera import CameraConfig
+
+SCENARIOS = ("highway", "merge", "roundabout", "intersection", "racetrack")
+SCRIPTED_EVENTS = ("lead_brake", "stop_and_go", "cut_in", "stopped_vehicle", "cross_traffic")
+SIM_HZ = 10  # simulation and expert control rate [Hz]
+HISTORY_S, FUTURE_S = 2.0, 4.0  # [s] needed before / after every sample
+
+
+def _default_density() -> dict[str, float]:
+    return {name: 1.0 for name in SCENARIOS}
+
+
+def _default_events() -> dict[str, float]:
+    return {
+        "lead_brake": 0.25,
+        "stop_and_go": 0.15,
+        "cut_in": 0.25,
+        "stopped_vehicle": 0.2,
+        "cross_traffic": 0.6,
+    }
+
+
+@dataclass
+class WorldConfig:
+    """The default world.
+
+    scenarios        families used round robin over episodes (episode i → scenarios[i % len])
+    num_episodes     episodes a collection runs
+    episode_seconds  simulated time per episode [s]; samples every 0.5 s from 2 s to the end minus 4 s
+    density          traffic density multiplier per scenario (1 = default, 0 = only scripted vehicles)
+    event_probs      per-episode probability of each scripted event, among those the scenario supports
+                     (at most one per episode: probabilities of a scenario's events are renormalised if
+                     they sum above 1); "cross_traffic" adds a timed crossing vehicle at junctions
+    camera, bev      sensor configs (see world/camera.py, world/bev.py)
+    seed             base seed; episode i is seeded from (seed, i) and is reproducible on its own
+    """
+
+    scenarios: list[str] = field(default_factory=lambda: list(SCENARIOS))
+    num_episodes: int = 20
+    episode_seconds: float = 14.0
+    density: dict[str, float] = field(default_factory=_default_density)
+    event_probs: dict[str, float] = field(default_factory=_default_events)
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    bev: BevConfig = field(default_factory=BevConfig)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.scenarios:
+            raise ValueError(f"WorldConfig.scenarios: give at least one of {list(SCENARIOS)}")
+        for name in self.scenarios:
+            if name not in SCENARIOS:
+                raise ValueError(
+                    f"WorldConfig.scenarios: unknown scenario '{name}'; choose from {list(SCENARIOS)}"
+                )
+        if self.num_episodes < 1:
+            raise ValueError(f"WorldConfig.num_episodes: must be ≥ 1, got {self.num_episodes}")
+        min_len = HISTORY_S + FUTURE_S
+        if self.episode_seconds < min_len or self.episode_seconds > 120:
+            raise ValueError(
+                f"WorldConfig.episode_seconds: must be in [{min_len}, 120] s (2 s history + 4 s future), "
+                f"got {self.episode_seconds}"
+            )
+        if abs(self.episode_seconds * 2 - round(self.episode_seconds * 2)) > 1e-9:
+            raise ValueError(
+                f"WorldConfig.episode_seconds: must be a multiple of 0.5 s, got {self.episode_seconds}"
+            )
+        for name, d in self.density.items():
+            if name not in SCENARIOS:
+                raise ValueError(
+                    f"WorldConfig.density: unknown scenario '{name}'; keys are {list(SCENARIOS)}"
+                )
+            if not 0.0 <= d <= 3.0:
+                raise ValueError(f"WorldConfig.density.{name}: must be in [0, 3], got {d}")
+        for name, p in self.event_probs.items():
+            if name not in SCRIPTED_EVENTS:
+                raise ValueError(
+                    f"WorldConfig.event_probs: unknown event '{name}'; keys are {list(SCRIPTED_EVENTS)}"
+                )
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"WorldConfig.event_probs.{name}: must be a probability in [0, 1], got {p}")
+
+    def density_of(self, scenario: str) -> float:
+        return float(self.density.get(scenario, 1.0))
+
+    @property
+    def num_steps(self) -> int:
+        """Simulation steps per episode (at SIM_HZ)."""
+        return round(self.episode_seconds * SIM_HZ)

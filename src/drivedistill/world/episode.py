@@ -1,0 +1,285 @@
+"""`run_episode`: drive the expert through one scenario and cut the log into `Scene`s.
+
+Time: the simulator and the expert run at 10 Hz; sensors are rendered every 0.5 s (keyframes). A sample
+is taken at every keyframe that has 2 s of history before it and 4 s of future after it.
+
+**Ego pose** = the centre of the ego box (highway-env's vehicle position), yaw = its heading, in the
+right-handed world frame of `world/roadmap.py`; ego-frame quantities are relative to that pose. The ego
+box is `EGO_LENGTH` × `EGO_WIDTH` metres. Agent boxes use the same convention (centre, heading); agent
+`vx`, `vy` are each agent's own velocity expressed in the current ego frame (not relative to the ego).
+
+Tokens: episode ``f"{scenario}-s{seed}-e{index:05d}"``, sample ``f"{episode}-f{keyframe:03d}"``.
+Same (cfg, episode_index) → byte-identical scenes (everything is drawn from one seeded generator).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from highway_env.vehicle.kinematics import Vehicle
+
+from drivedistill.types import (
+    AGENT_FIELDS,
+    FUTURE_FRAME_STEPS,
+    NUM_FUTURE,
+    NUM_PAST,
+    AgentClass,
+    AgentInput,
+    MapGeometry,
+    Privileged,
+    Scene,
+)
+from drivedistill.world.bev import render_bev
+from drivedistill.world.camera import CameraScene, render_camera
+from drivedistill.world.config import SIM_HZ, WorldConfig
+from drivedistill.world.roadmap import poses_to_ego, to_world, world_to_ego
+from drivedistill.world.route import route_centerline, route_command
+from drivedistill.world.scenarios import EVENTS_OF, JUNCTION, World, build_world, network
+
+EGO_LENGTH = float(Vehicle.LENGTH)  # [m]
+EGO_WIDTH = float(Vehicle.WIDTH)  # [m]
+KEY = SIM_HZ // 2  # simulation steps per 0.5 s keyframe
+AGENT_RADIUS = 60.0  # [m] agents within this distance at any of the 9 steps are recorded
+MAP_RADIUS = 60.0  # [m]
+EVENT_PRIORITY = ("stopped_vehicle", "lead_brake", "cut_in", "stop_and_go", "cross_traffic")
+CURVE_YAW = 0.35  # [rad] |yaw| of the 4 s future above which a sample is labelled "curve"
+PALETTE = np.array(
+    [[200, 60, 50], [50, 90, 200], [230, 200, 60], [240, 240, 240], [40, 40, 45], [60, 160, 90]], np.uint8
+)
+
+
+@dataclass
+class EpisodeResult:
+    """Scenes of one episode and what happened to the expert (collided, offroad) with a few stats."""
+
+    scenes: list[Scene]
+    scenario: str
+    episode: str
+    collided: bool
+    offroad: bool
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def episode_id(scenario: str, seed: int, index: int) -> str:
+    return f"{scenario}-s{seed}-e{index:05d}"
+
+
+def choose_event(cfg: WorldConfig, scenario: str, rng: np.random.Generator) -> str | None:
+    """At most one scripted event for the episode, among those `scenario` supports."""
+    names = [e for e in EVENTS_OF[scenario] if cfg.event_probs.get(e, 0.0) > 0]
+    probs = np.array([cfg.event_probs[e] for e in names], np.float64)
+    u = rng.uniform()
+    if probs.sum() > 1:
+        probs = probs / probs.sum()
+    cum = np.cumsum(probs)
+    for name, c in zip(names, cum):
+        if u < c:
+            return name
+    return None
+
+
+def ego_pose(v: Vehicle) -> np.ndarray:
+    """(3,) world x, y, yaw of a vehicle's box centre."""
+    xy, yaw = to_world(v.position, v.heading)
+    return np.array([xy[0], xy[1], yaw])
+
+
+class Tracks:
+    """Stable integer track ids for vehicles (references are kept so ids are never reused)."""
+
+    def __init__(self) -> None:
+        self._ids: dict[int, int] = {}
+        self._keep: list[Vehicle] = []
+
+    def __call__(self, v: Vehicle) -> int:
+        key = id(v)
+        if key not in self._ids:
+            self._ids[key] = len(self._ids)
+            self._keep.append(v)
+        return self._ids[key]
+
+
+def snapshot(world: World, tracks: Tracks) -> np.ndarray:
+    """(N, 9) world-frame states of the other vehicles: track, x, y, yaw, length, width, vx, vy, braking."""
+    rows = []
+    for v in world.road.vehicles:
+        if v is world.ego:
+            continue
+        xy, yaw = to_world(v.position, v.heading)
+        vel = np.array([np.cos(yaw), np.sin(yaw)]) * v.speed
+        braking = float(v.action.get("acceleration", 0.0)) < -1.0 if isinstance(v.action, dict) else False
+        rows.append((tracks(v), xy[0], xy[1], yaw, v.LENGTH, v.WIDTH, vel[0], vel[1], float(braking)))
+    return np.array(rows, np.float64).reshape(-1, 9)
+
+
+def observe(world: World, cfg: WorldConfig, snap: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Render the front camera (H, W, 3) and the BEV raster (Hb, Wb, 3) of the current state."""
+    roadmap = network(world.scenario)[1]
+    pose = ego_pose(world.ego)
+    boxes = np.zeros((len(snap), 5))
+    if len(snap):
+        boxes[:, :2] = world_to_ego(snap[:, 1:3], pose)
+        boxes[:, 2] = snap[:, 3] - pose[2]
+        boxes[:, 3:5] = snap[:, 4:6]
+    colors = PALETTE[snap[:, 0].astype(int) % len(PALETTE)] if len(snap) else np.zeros((0, 3), np.uint8)
+    _, _, polys, marks = roadmap.crop(pose, cfg.camera.max_range, min_x=-10.0)
+    camera = render_camera(CameraScene(polys, marks, boxes, colors, snap[:, 8] > 0), cfg.camera)
+    _, _, polys, marks = roadmap.crop(pose, cfg.bev.radius + 4.0)
+    near = np.hypot(boxes[:, 0], boxes[:, 1]) < cfg.bev.radius + 6.0
+    return camera, render_bev(polys, marks, boxes[near], cfg.bev)
+
+
+def junction_busy(world: World) -> bool:
+    """Ego near/in the junction while another vehicle in it moves in another direction."""
+    if world.scenario not in JUNCTION:
+        return False
+    centre, radius = JUNCTION[world.scenario]
+    centre_h = centre * [1, -1]
+    if np.linalg.norm(world.ego.position - centre_h) > radius:
+        return False
+    for v in world.road.vehicles:
+        crossing = abs(np.angle(np.exp(1j * (v.heading - world.ego.heading)))) > 0.5
+        if v is not world.ego and crossing and np.linalg.norm(v.position - centre_h) < radius:
+            return True
+    return False
+
+
+@dataclass
+class _Log:
+    """10 Hz ego log and 2 Hz keyframe records."""
+
+    pose: list[np.ndarray] = field(default_factory=list)
+    speed: list[float] = field(default_factory=list)
+    events: list[set[str]] = field(default_factory=list)
+    camera: list[np.ndarray] = field(default_factory=list)
+    bev: list[np.ndarray] = field(default_factory=list)
+    agents: list[np.ndarray] = field(default_factory=list)
+    lane: list[tuple[str, str, int]] = field(default_factory=list)
+    s_on_lane: list[float] = field(default_factory=list)
+
+
+def run_episode(cfg: WorldConfig, episode_index: int) -> EpisodeResult:
+    """Simulate episode `episode_index` of `cfg` with the expert and return its samples."""
+    if episode_index < 0:
+        raise ValueError(f"run_episode: episode_index must be ≥ 0, got {episode_index}")
+    scenario = cfg.scenarios[episode_index % len(cfg.scenarios)]
+    rng = np.random.default_rng([cfg.seed, episode_index])
+    event = choose_event(cfg, scenario, rng)
+    world = build_world(scenario, rng, cfg.density_of(scenario), event)
+    tracks, log = Tracks(), _Log()
+    collided, offroad_steps, n_vehicles = False, 0, 0
+    for step in range(cfg.num_steps + 1):
+        log.pose.append(ego_pose(world.ego))
+        log.speed.append(float(world.ego.speed))
+        if step % KEY == 0:
+            snap = snapshot(world, tracks)
+            cam, bev = observe(world, cfg, snap)
+            log.camera.append(cam)
+            log.bev.append(bev)
+            log.agents.append(snap)
+            log.lane.append(world.ego.lane_index)
+            log.s_on_lane.append(float(world.ego.lane.local_coordinates(world.ego.position)[0]))
+            n_vehicles += len(snap)
+        if step == cfg.num_steps or collided:
+            break
+        world.step()
+        log.events.append(set(world.active) | ({"cross_traffic"} if junction_busy(world) else set()))
+        offroad_steps += int(not world.ego.on_road)
+        collided = bool(world.ego.crashed)
+    eid = episode_id(scenario, cfg.seed, episode_index)
+    scenes = [_scene(cfg, world, log, eid, k) for k in range(NUM_PAST, len(log.camera) - NUM_FUTURE)]
+    stats = {
+        "event": event or "none",
+        "num_keyframes": len(log.camera),
+        "mean_vehicles": n_vehicles / max(1, len(log.camera)),
+        "offroad_steps": offroad_steps,
+        "distance_m": float(np.hypot(*np.diff(np.array(log.pose)[:, :2], axis=0).T).sum()),
+    }
+    return EpisodeResult(scenes, scenario, eid, collided, offroad_steps > 0, stats)
+
+
+def _ego_status(log: _Log, j: int) -> np.ndarray:
+    """speed [m/s], longitudinal acceleration [m/s²], yaw rate [rad/s] at 10 Hz step j (backward diff)."""
+    j0 = max(j - 1, 0)
+    dt = max(j - j0, 1) / SIM_HZ
+    dyaw = float(np.angle(np.exp(1j * (log.pose[j][2] - log.pose[j0][2]))))
+    return np.array([log.speed[j], (log.speed[j] - log.speed[j0]) / dt, dyaw / dt], np.float32)
+
+
+def _agents(log: _Log, k: int, pose: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    steps = range(k, k + NUM_FUTURE + 1)
+    near: set[int] = set()
+    for i in steps:
+        snap = log.agents[i]
+        if len(snap):
+            d = np.hypot(snap[:, 1] - log.pose[i * KEY][0], snap[:, 2] - log.pose[i * KEY][1])
+            near.update(int(t) for t in snap[d < AGENT_RADIUS, 0])
+    order = sorted(near)
+    out = np.zeros((len(steps), len(order), len(AGENT_FIELDS)), np.float32)
+    valid = np.zeros((len(steps), len(order)), bool)
+    col = {t: a for a, t in enumerate(order)}
+    c, s = np.cos(pose[2]), np.sin(pose[2])
+    for n, i in enumerate(steps):
+        for row in log.agents[i]:
+            a = col.get(int(row[0]))
+            if a is None:
+                continue
+            xy = world_to_ego(row[None, 1:3], pose)[0]
+            yaw = float(np.angle(np.exp(1j * (row[3] - pose[2]))))
+            vx, vy = c * row[6] + s * row[7], -s * row[6] + c * row[7]
+            out[n, a] = (xy[0], xy[1], yaw, row[4], row[5], vx, vy, float(AgentClass.VEHICLE))
+            valid[n, a] = True
+    return out, valid
+
+
+def _scene(cfg: WorldConfig, world: World, log: _Log, eid: str, k: int) -> Scene:
+    j = k * KEY
+    pose = log.pose[j]
+    roadmap = network(world.scenario)[1]
+    past = poses_to_ego(np.array([log.pose[(k - n) * KEY] for n in range(NUM_PAST, 0, -1)]), pose)
+    fut = poses_to_ego(np.array([log.pose[(k + n) * KEY] for n in range(1, NUM_FUTURE + 1)]), pose)
+    agents, agents_valid = _agents(log, k, pose)
+    lanes_i, centers, polys, _ = roadmap.crop(pose, MAP_RADIUS)
+    route_set = set(world.route_edges)
+    junctions = []
+    if world.scenario in JUNCTION:
+        centre, radius = JUNCTION[world.scenario]
+        ang = np.linspace(0, 2 * np.pi, 24, endpoint=False)
+        circle = centre + radius * 0.6 * np.stack([np.cos(ang), np.sin(ang)], 1)
+        junctions.append(world_to_ego(circle, pose).astype(np.float32))
+    cyclic = world.scenario == "racetrack"
+    route = route_centerline(roadmap, world.route_edges, log.lane[k], pose, cyclic)
+    command = route_command(world.scenario, roadmap, world.route_edges, log.lane[k], log.s_on_lane[k])
+    window = set().union(*log.events[j : j + NUM_FUTURE * KEY])
+    event = next((e for e in EVENT_PRIORITY if e in window), None)
+    if event is None:
+        event = "curve" if np.abs(fut[:, 2]).max() > CURVE_YAW else "lane_follow"
+    geometry = MapGeometry(
+        lanes=[c.astype(np.float32) for c in centers],
+        lane_polygons=[p.astype(np.float32) for p in polys],
+        lane_on_route=np.array([roadmap.keys[i][:2] in route_set for i in lanes_i], bool),
+        drivable_polygons=[p.astype(np.float32) for p in polys],
+        intersection_polygons=junctions,
+        route=route,
+    )
+    priv = Privileged(
+        future_trajectory=fut.astype(np.float32),
+        future_valid=np.ones(NUM_FUTURE, bool),
+        future_frames=np.stack([log.camera[k + n] for n in FUTURE_FRAME_STEPS]),
+        future_ego_status=np.stack([_ego_status(log, (k + n) * KEY) for n in range(1, NUM_FUTURE + 1)]),
+        agents=agents,
+        agents_valid=agents_valid,
+        map=geometry,
+        scenario=world.scenario,
+    )
+    inputs = AgentInput(
+        camera=log.camera[k],
+        bev=log.bev[k],
+        ego_history=past.astype(np.float32),
+        ego_status=_ego_status(log, j),
+        command=int(command),
+    )
+    meta = {"scenario": world.scenario, "event": event, "time_s": k * 0.5, "seed": cfg.seed}
+    return Scene(f"{eid}-f{k:03d}", eid, k, inputs, priv, meta)

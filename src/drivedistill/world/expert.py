@@ -1,0 +1,165 @@
+"""The privileged expert that drives the ego, and the scripted vehicles that stage events.
+
+`ExpertVehicle` is highway-env's IDM + MOBIL driver (lane keeping, route following, lane changes) with a
+privileged safety layer on top: every 0.1 s it predicts every nearby vehicle for 3 s at constant speed
+and turn rate, predicts itself along its lane/route for a few candidate decelerations, and takes the
+mildest candidate that keeps a margin to everyone (or, if none does, the one that delays contact
+longest). It reads the true simulator state — that is what makes it an expert, and why only
+`Privileged` data carries its plans.
+
+`ScriptedVehicle` is an IDM vehicle whose acceleration or lane can be overridden by an event script.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from highway_env.vehicle.behavior import IDMVehicle
+
+HORIZON = 3.0  # [s] safety look-ahead
+PRED_TIMES = np.arange(0.25, HORIZON + 1e-6, 0.25)  # [s]
+CANDIDATE_ACCELS = (0.0, -1.5, -3.0, -4.5, -6.0, -8.0)  # [m/s^2] tried below the IDM command
+MARGIN_X, MARGIN_Y = 2.0, 0.35  # [m] safety margins along / across the ego heading
+SCAN_RADIUS = 70.0  # [m]
+
+
+class ExpertVehicle(IDMVehicle):
+    """IDM + MOBIL with a privileged constant-turn-rate conflict check (highway-env frame internally)."""
+
+    POLITENESS = 0.2
+    LANE_CHANGE_MIN_ACC_GAIN = 0.15
+    LANE_CHANGE_MAX_BRAKING_IMPOSED = 1.5
+    TIME_WANTED = 1.3
+    COMFORT_ACC_MIN = -4.0
+    last_brake_reason: str = ""
+
+    def act(self, action: dict | str | None = None) -> None:
+        if self.crashed:
+            return
+        super().act()
+        a_idm = float(self.action["acceleration"])
+        self.action["acceleration"] = self.safe_acceleration(a_idm)
+
+    def _others(self) -> np.ndarray:
+        """(M, 7) x, y, heading, speed, yaw rate, length, width of the vehicles that matter."""
+        rows = []
+        c, s = math.cos(self.heading), math.sin(self.heading)
+        for v in self.road.vehicles:
+            if v is self:
+                continue
+            d = v.position - self.position
+            if abs(d[0]) > SCAN_RADIUS or abs(d[1]) > SCAN_RADIUS:
+                continue
+            rel_x = c * d[0] + s * d[1]
+            if rel_x < -1.0 and math.cos(v.heading - self.heading) > 0.7:
+                continue  # a follower in our direction: braking for it would only make things worse
+            steer = float(v.action.get("steering", 0.0)) if isinstance(v.action, dict) else 0.0
+            beta = math.atan(0.5 * math.tan(steer))
+            yaw_rate = v.speed * math.sin(beta) / (v.LENGTH / 2)
+            rows.append((v.position[0], v.position[1], v.heading, v.speed, yaw_rate, v.LENGTH, v.WIDTH))
+        return np.array(rows, np.float64).reshape(-1, 7)
+
+    def _lane_sequence(self, count: int = 4) -> list[tuple[str, str, int]]:
+        """The target lane and the next `count` lanes along the route (or the first successor)."""
+        net = self.road.network
+        seq = [self.target_lane_index]
+        route = list(self.route or [])
+        for _ in range(count):
+            _, to, lane_id = seq[-1]
+            nxt = [r for r in route if r[0] == to]
+            if nxt:
+                edge = (nxt[0][0], nxt[0][1])
+            elif net.graph.get(to):
+                edge = (to, next(iter(net.graph[to])))
+            else:
+                break
+            seq.append((edge[0], edge[1], min(lane_id, len(net.graph[edge[0]][edge[1]]) - 1)))
+        return seq
+
+    def _ego_path(self, max_dist: float) -> np.ndarray:
+        """(P, 3) x, y, heading sampled every 1.5 m along the target lane / route, from the ego on."""
+        lanes = [self.road.network.get_lane(i) for i in self._lane_sequence()]
+        s, lat0 = lanes[0].local_coordinates(self.position)
+        pts = [(self.position[0], self.position[1], self.heading)]
+        k = 0
+        for ds in np.arange(1.5, max_dist + 1.5, 1.5):
+            s_k = s + ds
+            while s_k > lanes[k].length and k + 1 < len(lanes):
+                s_k -= lanes[k].length
+                s -= lanes[k].length
+                k += 1
+            lat = lat0 * max(0.0, 1.0 - ds / max(self.speed, 2.0) / 2.0)
+            pos = lanes[k].position(s_k, lat)
+            pts.append((pos[0], pos[1], lanes[k].heading_at(s_k)))
+        return np.array(pts, np.float64)
+
+    def safe_acceleration(self, a_idm: float) -> float:
+        others = self._others()
+        if len(others) == 0:
+            self.last_brake_reason = ""
+            return a_idm
+        t = PRED_TIMES
+        # others: constant speed and turn rate
+        yaw = others[:, 2:3] + others[:, 4:5] * t
+        step_xy = np.stack([np.cos(yaw), np.sin(yaw)], -1) * others[:, 3:4, None] * 0.25
+        oxy = others[:, None, :2] + np.cumsum(step_xy, axis=1)  # (M, T, 2)
+        v0 = max(self.speed, 0.0)
+        path = self._ego_path(v0 * HORIZON + 0.5 * 3.0 * HORIZON**2 + 2.0)
+        arc = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(path[:, :2], axis=0).T))])
+        candidates = sorted({min(a_idm, a) for a in (a_idm, *CANDIDATE_ACCELS)}, reverse=True)
+        best, best_tc = candidates[-1], -1.0
+        for a in candidates:
+            t_stop = v0 / -a if a < 0 else math.inf
+            tt = np.minimum(t, t_stop)
+            dist = np.clip(v0 * tt + 0.5 * a * tt**2, 0.0, arc[-1])
+            ex = np.interp(dist, arc, path[:, 0])
+            ey = np.interp(dist, arc, path[:, 1])
+            eh = np.interp(dist, arc, np.unwrap(path[:, 2]))
+            tc = self._first_conflict(ex, ey, eh, oxy, yaw, others)
+            if tc is None:
+                self.last_brake_reason = "" if a == a_idm else "conflict"
+                return a
+            if tc > best_tc + 1e-6:
+                best, best_tc = a, tc
+        self.last_brake_reason = "unavoidable"
+        return best
+
+    def _first_conflict(
+        self,
+        ex: np.ndarray,
+        ey: np.ndarray,
+        eh: np.ndarray,
+        oxy: np.ndarray,
+        oyaw: np.ndarray,
+        others: np.ndarray,
+    ) -> float | None:
+        """Earliest time [s] at which an other's box comes within the margins of the ego box, or None."""
+        dx = oxy[..., 0] - ex
+        dy = oxy[..., 1] - ey
+        c, s = np.cos(eh), np.sin(eh)
+        lon = c * dx + s * dy
+        lat = -s * dx + c * dy
+        rel = oyaw - eh
+        half_l, half_w = others[:, 5:6] / 2, others[:, 6:7] / 2
+        ext_x = half_l * np.abs(np.cos(rel)) + half_w * np.abs(np.sin(rel))
+        ext_y = half_l * np.abs(np.sin(rel)) + half_w * np.abs(np.cos(rel))
+        hit = (np.abs(lon) < self.LENGTH / 2 + ext_x + MARGIN_X) & (
+            np.abs(lat) < self.WIDTH / 2 + ext_y + MARGIN_Y
+        )
+        if not hit.any():
+            return None
+        return float(PRED_TIMES[np.flatnonzero(hit.any(axis=0))[0]])
+
+
+class ScriptedVehicle(IDMVehicle):
+    """IDM vehicle whose acceleration can be overridden (`override_accel`, [m/s^2]) by an event."""
+
+    override_accel: float | None = None
+
+    def act(self, action: dict | str | None = None) -> None:
+        if self.crashed:
+            return
+        super().act()
+        if self.override_accel is not None:
+            self.action["acceleration"] = self.override_accel

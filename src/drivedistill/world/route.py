@@ -1,0 +1,88 @@
+"""The ego route: its centreline around the ego and the driving command it implies.
+
+The command is derived from the **route** (nuScenes/NAVSIM style, not from the future trajectory): when
+the ego is within `COMMAND_DISTANCE` of a junction on its route (an intersection or the roundabout ring)
+or inside it, the command is the turn the route makes there — the yaw change between the lane entering
+the junction and the lane leaving it, LEFT above +30°, RIGHT below −30°, else STRAIGHT. Everywhere else
+(highways, merges, lane changes, racetrack curves) the command is STRAIGHT: a lane change forced by a
+stopped car or a curve ahead must be read from the camera, not from the command.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from drivedistill.types import Command
+from drivedistill.world.roadmap import LaneKey, RoadMap, world_to_ego
+from drivedistill.world.scenarios import is_junction_edge
+
+COMMAND_DISTANCE = 30.0  # [m] before a junction where its turn becomes the command
+TURN_THRESHOLD = math.radians(30.0)
+ROUTE_BEHIND, ROUTE_AHEAD = 15.0, 90.0  # [m] extent of the route centreline
+
+
+def _edge_sequence(
+    route_edges: list[tuple[str, str]], edge: tuple[str, str], cyclic: bool
+) -> list[tuple[str, str]]:
+    """Route edges from the one before `edge` onwards (the route twice over if it is a loop)."""
+    seq = route_edges * 2 if cyclic else list(route_edges)
+    if edge not in seq:
+        return [edge]
+    i = seq.index(edge)
+    return seq[max(0, i - 1) :]
+
+
+def _lane_key(roadmap: RoadMap, edge: tuple[str, str], lane_id: int) -> LaneKey:
+    ids = [k[2] for k in roadmap.keys if k[:2] == edge]
+    return (edge[0], edge[1], min(lane_id, max(ids)))
+
+
+def route_centerline(
+    roadmap: RoadMap, route_edges: list[tuple[str, str]], lane_index: LaneKey, pose: np.ndarray, cyclic: bool
+) -> np.ndarray:
+    """(R, 2) centreline of the route in the ego lane, from 15 m behind to 90 m ahead, in the frame of
+    `pose` (world x, y, yaw) [m]."""
+    seq = _edge_sequence(route_edges, lane_index[:2], cyclic)
+    pts = np.concatenate(
+        [roadmap.center[roadmap.lane_slice(_lane_key(roadmap, e, lane_index[2]))] for e in seq[:8]]
+    )
+    local = world_to_ego(pts, pose)
+    arc = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(local, axis=0).T))])
+    s_ego = arc[int(np.argmin(np.hypot(local[:, 0], local[:, 1])))]
+    keep = (arc >= s_ego - ROUTE_BEHIND) & (arc <= s_ego + ROUTE_AHEAD)
+    return local[keep].astype(np.float32)
+
+
+def route_command(
+    scenario: str, roadmap: RoadMap, route_edges: list[tuple[str, str]], lane_index: LaneKey, s_on_lane: float
+) -> Command:
+    """Command at the ego's position (`s_on_lane` [m] along its current lane `lane_index`)."""
+    junction = [i for i, e in enumerate(route_edges) if is_junction_edge(scenario, e)]
+    edge = lane_index[:2]
+    if not junction or edge not in route_edges:
+        return Command.STRAIGHT
+    first, last = junction[0], junction[-1]
+    i = route_edges.index(edge)
+    if i > last or first == 0 or last + 1 >= len(route_edges):
+        return Command.STRAIGHT
+    dist = 0.0
+    if i < first:
+        for k in range(i, first):
+            sl = roadmap.lane_slice(_lane_key(roadmap, route_edges[k], 0))
+            seg = roadmap.center[sl]
+            length = float(np.hypot(*np.diff(seg, axis=0).T).sum())
+            dist += length - (s_on_lane if k == i else 0.0)
+    if dist > COMMAND_DISTANCE:
+        return Command.STRAIGHT
+    before = roadmap.center[roadmap.lane_slice(_lane_key(roadmap, route_edges[first - 1], 0))]
+    after = roadmap.center[roadmap.lane_slice(_lane_key(roadmap, route_edges[last + 1], 0))]
+    yaw_in = math.atan2(*(before[-1] - before[-2])[::-1])
+    yaw_out = math.atan2(*(after[1] - after[0])[::-1])
+    delta = (yaw_out - yaw_in + math.pi) % (2 * math.pi) - math.pi
+    if delta > TURN_THRESHOLD:
+        return Command.LEFT
+    if delta < -TURN_THRESHOLD:
+        return Command.RIGHT
+    return Command.STRAIGHT

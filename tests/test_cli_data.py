@@ -10,7 +10,7 @@ from PIL import Image
 
 from drivedistill.cli import main as cli
 from drivedistill.config import to_dict
-from drivedistill.data.store import SceneStoreWriter, shard_name, write_shard
+from drivedistill.data.store import SceneStore, SceneStoreWriter, shard_name, write_shard
 from drivedistill.testing import random_scene
 from drivedistill.world.bev import BevConfig
 from drivedistill.world.camera import CameraConfig
@@ -60,3 +60,29 @@ def test_stats_prints_counts(store_dir: Path, capsys: pytest.CaptureFixture[str]
         and "highway" in out
         and "samples per command" in out
     )
+
+
+TINY = ["--preset", "smoke", "--world.episode_seconds=7", "--episodes-per-shard", "1", "--no-progress"]
+
+
+@pytest.mark.slow
+def test_collect_pool_then_resume_rewrites_only_bad_shards(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "store"
+    assert cli(["collect", *TINY, "--world.num_episodes=3", "--out", str(out), "--workers", "2"]) == 0
+    assert "expert collision-free rate" in capsys.readouterr().out
+    store = SceneStore(out)
+    assert len(store) > 0 and store.validate(deep=True) == []
+    assert store.config["world"]["num_episodes"] == 3 and store.config["collect"]["episodes_per_shard"] == 1
+    before = {k: (out / shard_name(k)).stat().st_mtime_ns for k in range(3)}
+    hashes = {t: store.sample_hash(t) for t in store.tokens()}
+    (out / shard_name(1)).write_bytes((out / shard_name(1)).read_bytes()[:100])  # a torn shard
+    (out / shard_name(2)).unlink()
+    assert cli(["data", "validate", str(out)]) == 1
+    assert cli(["collect", *TINY, "--world.num_episodes=3", "--out", str(out)]) == 0
+    assert (out / shard_name(0)).stat().st_mtime_ns == before[0]
+    assert (out / shard_name(1)).stat().st_mtime_ns != before[1]
+    resumed = SceneStore(out)
+    assert resumed.validate() == [] and {t: resumed.sample_hash(t) for t in resumed.tokens()} == hashes
+    assert cli(["collect", *TINY, "--world.num_episodes=4", "--out", str(out)]) == 1  # another config

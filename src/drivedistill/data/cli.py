@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from drivedistill.data.store import SceneStore, StoreError
 from drivedistill.types import Command, Scene
@@ -21,7 +21,8 @@ from drivedistill.types import Command, Scene
 # BEV channel colours (RGB) composited in order; world/bev.py: 0 drivable, 1 markings, 2 vehicles
 BEV_COLOURS = [(70, 70, 78), (235, 235, 235), (60, 140, 255), (255, 170, 40)]
 FUTURE_COLOUR, PAST_COLOUR = (255, 40, 200), (40, 220, 255)
-TEXT_HEIGHT = 96  # [px] text panel under the images
+FONT_SIZE = 14  # [px]
+MIN_CAMERA_WIDTH = 512  # [px] the camera is upscaled by an integer factor to at least this width
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -88,15 +89,16 @@ def describe(scene: Scene, store: SceneStore, args: argparse.Namespace) -> list[
     return [
         f"{scene.token}  ({store.split_of(scene.token)}, episode {scene.episode}, frame {scene.frame_index})",
         f"scenario {scenario}   event {scene.meta.get('event') or 'none'}   command {Command(ai.command).name}",
-        f"speed {speed:.1f} m/s   accel {accel:+.2f} m/s²   yaw rate {yaw_rate:+.3f} rad/s",
+        f"speed {speed:.1f} m/s   accel {accel:+.2f} m/s^2   yaw rate {yaw_rate:+.3f} rad/s",
         "future (magenta) and past (cyan) ego poses"
         if scene.privileged is not None
         else "no privileged part stored",
     ]
 
 
-def render_sample(scene: Scene, store: SceneStore, lines: list[str], scale: int = 2) -> Image.Image:
-    """Front camera (left) and BEV (right, x forward = up) at `scale`, trajectory overlaid, text below."""
+def render_sample(scene: Scene, store: SceneStore, lines: list[str], scale: int = 0) -> Image.Image:
+    """Front camera (left) and BEV (right, x forward = up, same height) with the past and future ego poses
+    overlaid, text lines below. `scale` upscales the camera (0 = to at least MIN_CAMERA_WIDTH px)."""
     from drivedistill.config import from_dict
     from drivedistill.world.bev import BevConfig, ego_to_pixels
     from drivedistill.world.camera import CameraConfig, project_points
@@ -108,13 +110,17 @@ def render_sample(scene: Scene, store: SceneStore, lines: list[str], scale: int 
         )
     cam, bev_cfg = from_dict(CameraConfig, world["camera"]), from_dict(BevConfig, world["bev"])
     ai = scene.agent_input
+    scale = scale or -(-MIN_CAMERA_WIDTH // ai.camera.shape[1])
     camera = Image.fromarray(ai.camera).resize(
         (ai.camera.shape[1] * scale, ai.camera.shape[0] * scale), Image.Resampling.NEAREST
     )
     bev_scale = camera.height / ai.bev.shape[0]
     bev = Image.fromarray(_bev_rgb(ai.bev))
     bev = bev.resize((round(ai.bev.shape[1] * bev_scale), camera.height), Image.Resampling.NEAREST)
-    canvas = Image.new("RGB", (camera.width + bev.width + 8, camera.height + TEXT_HEIGHT), (20, 20, 24))
+    font = ImageFont.load_default(size=FONT_SIZE)
+    line_h = FONT_SIZE + 6
+    text_h = line_h * len(lines) + 12
+    canvas = Image.new("RGB", (camera.width + bev.width + 8, camera.height + text_h), (20, 20, 24))
     canvas.paste(camera, (0, 0))
     canvas.paste(bev, (camera.width + 8, 0))
     draw = ImageDraw.Draw(canvas)
@@ -129,7 +135,7 @@ def render_sample(scene: Scene, store: SceneStore, lines: list[str], scale: int 
         pix = ego_to_pixels(xy, bev_cfg) * bev_scale + np.array([camera.width + 8, 0])
         _polyline(draw, pix, colour, 1.0)
     for i, line in enumerate(lines):
-        draw.text((8, camera.height + 6 + 18 * i), line, fill=(230, 230, 230))
+        draw.text((8, camera.height + 6 + line_h * i), line, fill=(230, 230, 230), font=font)
     return canvas
 
 
@@ -138,7 +144,7 @@ def add_show_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--index", type=int, default=0, help="sample index in store order")
     parser.add_argument("--split", choices=["train", "val"], help="index within this split")
     parser.add_argument("--out", type=Path, required=True, help="PNG to write")
-    parser.add_argument("--scale", type=int, default=2, help="camera upscaling factor")
+    parser.add_argument("--scale", type=int, default=0, help="camera upscaling factor (0 = auto)")
 
 
 def _show(args: argparse.Namespace) -> int:

@@ -24,7 +24,9 @@ from PIL import Image
 from drivedistill.types import AgentInput, MapGeometry, Privileged, Scene
 
 SCHEMA_VERSION = 1
-PNG_COMPRESS_LEVEL = 3  # zlib level: 3 writes ~1.5x faster than 6 for a few % more bytes on rendered frames
+PNG_COMPRESS_LEVEL = (
+    6  # zlib level; on rendered frames levels 1..6 encode equally fast (~3.5 ms, 128x256) and 6 is smallest
+)
 
 # numeric arrays stored as flat lists + shape, with their numpy dtype on decode
 AGENT_ARRAYS: dict[str, str] = {"ego_history": "float32", "ego_status": "float32"}

@@ -17,13 +17,14 @@ import importlib.resources
 import json
 import multiprocessing
 import queue
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from drivedistill.config import ConfigError, load_config, load_yaml, to_dict
-from drivedistill.data.store import SceneStoreWriter, write_shard
+from drivedistill.data.store import SceneStoreWriter, StoreError, write_shard
 from drivedistill.world.config import WorldConfig
 
 PRESETS = ("smoke", "default")
@@ -75,14 +76,14 @@ def _collect_shard(
     scenes, episodes = [], {}
     for i in episode_indices:
         result = run_episode(cfg, i)
-        episode_id = result.scenes[0].episode if result.scenes else f"episode-{i:05d}"
         info = {
             "index": i,
             "scenario": result.scenario,
             "collided": bool(result.collided),
+            "offroad": bool(result.offroad),
             "stats": to_dict(result.stats),
         }
-        episodes[episode_id] = json.loads(json.dumps(info, default=float))
+        episodes[result.episode] = json.loads(json.dumps(info, default=float))
         scenes.extend(result.scenes)
         if progress is not None:
             progress.put(len(result.scenes))
@@ -215,14 +216,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-progress", action="store_true")
     args, overrides = parser.parse_known_args(argv)
-    world = resolve_world_config(args.preset, args.config, overrides)
-    manifest = collect(
-        world,
-        args.out,
-        workers=args.workers,
-        episodes_per_shard=args.episodes_per_shard,
-        val_fraction=args.val_fraction,
-        show_progress=not args.no_progress,
-    )
+    try:
+        world = resolve_world_config(args.preset, args.config, overrides)
+        manifest = collect(
+            world,
+            args.out,
+            workers=args.workers,
+            episodes_per_shard=args.episodes_per_shard,
+            val_fraction=args.val_fraction,
+            show_progress=not args.no_progress,
+        )
+    except (ConfigError, StoreError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(_summary(manifest, args.out))
     return 0

@@ -1,0 +1,230 @@
+"""EvoDriveVLA: trajectory distillation from a future-aware oracle + self-anchored visual distillation.
+
+    L = ce_weight·CE + anchor_weight·L_anchor + hidden_weight·L_hidden + logit_weight·KL(teacher_T ‖ student_T)·T²
+
+on the answer (plan) tokens of the VLA student. Ablation ladder (methods.md §1), each rung a config:
+
+| rung                 | switches                                                                  |
+|----------------------|---------------------------------------------------------------------------|
+| base                 | method `vla_sft` (or trajectory_kd=false, visual_kd=false)                 |
+| + trajectory KD      | trajectory_kd=true refine=false mc_dropout=false visual_kd=false           |
+| + refine             | refine=true                                                               |
+| + MC-dropout         | mc_dropout=true                                                           |
+| + visual KD (full)   | visual_kd=true  (the defaults)                                            |
+
+Defaults follow the public code (hidden SmoothL1 0.2, logits 0.1, AnchorFormer from the first layer);
+the paper's variant: hidden_loss=mse hidden_weight=0.1 logit_weight=0.2 anchor_layer=last.
+
+Teacher targets come from the frozen oracle online (artifact "oracle": a dir written by
+`OracleTeacher.save`), or from per-token caches in `Batch.extras` (`teacher_targets="cache"`; fill them
+with `cache_teacher_targets`) — the oracle's 2 + 2·10 passes per sample dominate CPU cost otherwise.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from drivedistill.methods.base import Method, MethodContext
+from drivedistill.methods.vla_sft import answer_ce
+from drivedistill.models.students.base import Student
+from drivedistill.models.students.vla import VLAStudent
+from drivedistill.models.teachers.oracle import OracleConfig, OracleTeacher, answer_slices, select_min_ce
+from drivedistill.models.vlm.anchorformer import AnchorFormer
+from drivedistill.registry import register
+from drivedistill.types import Batch
+
+KEY_LOGITS = "evodrive/teacher_logits"  # (B, A, V) float: selected candidate's logits on the answer tokens
+KEY_HIDDEN = "evodrive/teacher_hidden"  # (B, A, D) float: its final hidden states at the answer tokens
+KEY_CHOICE = "evodrive/teacher_choice"  # (B,) long: index of the selected candidate (diagnostics)
+
+
+@dataclass
+class EvoDriveConfig:
+    ce_weight: float = 1.0
+    trajectory_kd: bool = True  # logits + hidden-state distillation from the oracle
+    refine: bool = True  # add the refined (coarse-to-fine) candidates
+    mc_dropout: bool = True  # add the best-of-MC-dropout candidates
+    num_samples: int = 10  # MC-dropout samples per pass
+    dropout: float = 0.1  # MC-dropout p on the teacher's final hidden states
+    temperature: float = 5.0
+    logit_weight: float = 0.1  # code 0.1, paper 0.2
+    hidden_weight: float = 0.2  # code 0.2 (SmoothL1), paper 0.1 (MSE)
+    hidden_loss: Literal["smooth_l1", "mse"] = "smooth_l1"
+    visual_kd: bool = True  # self-anchored visual distillation
+    anchor_weight: float = 0.05
+    anchor_layer: Literal["first", "last"] = "first"  # code: first, paper: last
+    anchor_weighting: bool = True  # False: uniform token weights (ablation of the AnchorFormer)
+    teacher_targets: Literal["online", "cache"] = "online"
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"EvoDriveConfig.dropout={self.dropout} must be in [0, 1)")
+        if self.temperature <= 0:
+            raise ValueError(f"EvoDriveConfig.temperature={self.temperature} must be > 0")
+        if self.mc_dropout and self.num_samples < 1:
+            raise ValueError(
+                "EvoDriveConfig: mc_dropout=true needs num_samples >= 1 (or set mc_dropout=false)"
+            )
+
+
+def teacher_targets(
+    teacher: OracleTeacher, batch: Batch, cfg: EvoDriveConfig, generator: torch.Generator | None = None
+) -> dict[str, torch.Tensor]:
+    """The soft targets: per sample the min-CE candidate among {coarse, best dropout coarse, refined,
+    best dropout refined} (entries per `cfg.refine` / `cfg.mc_dropout`) → {KEY_LOGITS, KEY_HIDDEN, KEY_CHOICE}."""
+    cands = teacher.candidates(
+        batch, cfg.refine, cfg.num_samples if cfg.mc_dropout else 0, cfg.dropout, generator
+    )
+    sel, choice = select_min_ce(cands)
+    return {KEY_LOGITS: sel.logits, KEY_HIDDEN: sel.hidden, KEY_CHOICE: choice}
+
+
+def cache_teacher_targets(
+    teacher: OracleTeacher, batches: Iterable[Batch], cfg: EvoDriveConfig, seed: int = 0
+) -> dict[str, dict[str, np.ndarray]]:
+    """Per-token caches for `SceneDataset(..., extras=...)`: name → {token: array}."""
+    gen = torch.Generator().manual_seed(seed)
+    out: dict[str, dict[str, np.ndarray]] = {KEY_LOGITS: {}, KEY_HIDDEN: {}, KEY_CHOICE: {}}
+    teacher.eval()
+    for batch in batches:
+        t = teacher_targets(teacher, batch, cfg, gen)
+        for name, value in t.items():
+            for i, token in enumerate(batch.tokens):
+                out[name][token] = (
+                    value[i].cpu().numpy().astype(np.float16 if value.is_floating_point() else np.int64)
+                )
+    return out
+
+
+class EvoDrive(Method):
+    """The student VLA + frozen anchor encoder, AnchorFormer and (online) frozen oracle."""
+
+    def __init__(self, cfg: EvoDriveConfig, student: VLAStudent, teacher: OracleTeacher | None) -> None:
+        super().__init__(student)
+        self.cfg = cfg
+        self.vla = student
+        self.teacher = teacher
+        if cfg.trajectory_kd and cfg.teacher_targets == "online" and teacher is None:
+            raise ValueError(
+                "evodrive: trajectory_kd with teacher_targets=online needs the oracle (artifact 'oracle')"
+            )
+        if teacher is not None:
+            teacher.requires_grad_(False).eval()
+            if teacher.cfg.num_poses != student.cfg.num_poses:
+                raise ValueError(
+                    f"evodrive: oracle num_poses={teacher.cfg.num_poses} != student num_poses={student.cfg.num_poses}; answers must match"
+                )
+        self.required_extras = (
+            (KEY_LOGITS, KEY_HIDDEN) if cfg.trajectory_kd and cfg.teacher_targets == "cache" else ()
+        )
+        # the self-anchor: the student's vision encoder + merger as it is at fine-tuning start, frozen
+        self.anchor = (
+            copy.deepcopy(student.core.visual).requires_grad_(False).eval() if cfg.visual_kd else None
+        )
+        self.anchorformer = (
+            AnchorFormer(student.core, cfg.anchor_layer) if cfg.visual_kd and cfg.anchor_weighting else None
+        )
+        self._gen = torch.Generator().manual_seed(0)
+
+    def frozen(self) -> list[torch.nn.Module]:
+        return [m for m in (self.anchor, self.teacher) if m is not None]
+
+    def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
+        priv = batch.require_privileged("evodrive")
+        core = self.vla.core
+        enc = self.vla.encode_train(batch.inputs, priv.trajectory)
+        assert enc.labels is not None
+        pv, grid = core.image_inputs(batch.inputs.camera)
+        img = core.visual_tokens(pv, grid)  # (B·T, D) student visual tokens (trainable encoder)
+        out = core(enc, batch.inputs.camera, image_embeds=img)
+        ce = answer_ce(out.logits, enc.labels)
+        parts = {"ce": ce}
+        total = self.cfg.ce_weight * ce
+        if self.cfg.trajectory_kd:
+            kd_logit, kd_hidden = self._trajectory_kd(batch, enc, out.logits, out.hidden)
+            parts |= {"kd_logit": kd_logit, "kd_hidden": kd_hidden}
+            total = total + self.cfg.logit_weight * kd_logit + self.cfg.hidden_weight * kd_hidden
+        if self.anchor is not None:
+            anchor_loss, w = self._anchor_loss(enc, pv, grid, img)
+            parts |= {"anchor": anchor_loss, "anchor_w_mean": w.mean()}
+            total = total + self.cfg.anchor_weight * anchor_loss
+        return {"loss": total, **{k: v.detach() for k, v in parts.items()}}
+
+    def _trajectory_kd(
+        self, batch: Batch, enc: object, logits: torch.Tensor, hidden: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        s_logits, s_hidden, _ = answer_slices(enc, logits, hidden)  # type: ignore[arg-type]
+        if self.cfg.teacher_targets == "cache":
+            t_logits, t_hidden = batch.extras[KEY_LOGITS].float(), batch.extras[KEY_HIDDEN].float()
+        else:
+            assert self.teacher is not None
+            t = teacher_targets(self.teacher, batch, self.cfg, self._gen)
+            t_logits, t_hidden = t[KEY_LOGITS], t[KEY_HIDDEN]
+        if t_logits.shape[:2] != s_logits.shape[:2] or t_logits.shape[-1] != s_logits.shape[-1]:
+            raise ValueError(
+                f"evodrive: teacher answer (B, A, V) = {tuple(t_logits.shape)} but student {tuple(s_logits.shape)}; "
+                "teacher and student must share the tokenizer and num_poses (answer token counts must match)"
+            )
+        if t_hidden.shape != s_hidden.shape:
+            raise ValueError(
+                f"evodrive: teacher hidden {tuple(t_hidden.shape)} != student {tuple(s_hidden.shape)}; use the same hidden size"
+            )
+        temp = self.cfg.temperature
+        flat_s = F.log_softmax(s_logits.float().flatten(0, 1) / temp, dim=-1)
+        flat_t = F.softmax(t_logits.flatten(0, 1) / temp, dim=-1)
+        kd_logit = (
+            F.kl_div(flat_s, flat_t, reduction="batchmean") * temp * temp
+        )  # batchmean over answer tokens
+        loss_fn = F.smooth_l1_loss if self.cfg.hidden_loss == "smooth_l1" else F.mse_loss
+        return kd_logit, loss_fn(s_hidden.float(), t_hidden.to(s_hidden.device))
+
+    def _anchor_loss(
+        self, enc: object, pv: torch.Tensor, grid: torch.Tensor, img: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """L_a = Σ w_i mse_i / Σ w_i over the visual tokens; returns (L_a, w (B, T))."""
+        from drivedistill.models.vlm.prompt import Encoded
+
+        assert isinstance(enc, Encoded) and self.anchor is not None
+        core = self.vla.core
+        with torch.no_grad():
+            anchor_tok = core.visual_tokens(pv, grid, visual=self.anchor)
+        b = enc.input_ids.shape[0]
+        mse = (img - anchor_tok).pow(2).mean(-1).view(b, -1)  # (B, T)
+        if self.anchorformer is None:
+            w = torch.ones_like(mse)
+        else:
+            embeds, image_mask = core.embed(enc, anchor_tok)
+            w = self.anchorformer(
+                embeds.detach(), enc.attention_mask, core.position_ids(enc, grid), image_mask
+            )
+        return (w * mse).sum() / w.sum(), w.detach()
+
+    def extra_state(self) -> dict[str, object]:
+        return {"decode_stats": dict(self.vla.decode_stats)}
+
+
+@register("method", "evodrive", EvoDriveConfig)
+def build(
+    cfg: EvoDriveConfig,
+    student: Student,
+    context: MethodContext | None = None,
+    teacher: OracleTeacher | None = None,
+) -> EvoDrive:
+    """`teacher` given directly (tests) or loaded from the context artifact "oracle" when needed."""
+    if not isinstance(student, VLAStudent):
+        raise TypeError(
+            f"evodrive trains the 'vla' student only, got {type(student).__name__}; use --student.name=vla"
+        )
+    if teacher is None and cfg.trajectory_kd and cfg.teacher_targets == "online":
+        ctx = context or MethodContext()
+        teacher = OracleTeacher.load(
+            ctx.artifact("oracle", "evodrive"), OracleConfig(num_poses=student.cfg.num_poses)
+        )
+    return EvoDrive(cfg, student, teacher)

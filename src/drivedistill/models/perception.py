@@ -1,0 +1,169 @@
+"""Perception of the VLA vision encoder: BEV-occupancy pretraining and a frozen linear probe.
+
+EvoDriveVLA protects the *pretrained perception* of the vision encoder while planning fine-tuning
+unfreezes it. Offline there are no pretrained weights, so perception is made explicitly:
+
+1. `pretrain_perception` trains the VLM's vision encoder + merger (with a throw-away linear head) to
+   predict a coarse BEV **agent occupancy** grid from the front camera; targets come from
+   `Privileged.agents` at t = 0 (training-time supervision only).
+2. `linear_probe` measures perception: a logistic-regression probe on the *frozen* flattened visual
+   tokens (B, T·D) predicts the same grid on held-out scenes → occupancy IoU and cell accuracy. Run it
+   before and after planning fine-tuning (with / without self-anchoring) to see perception being lost.
+
+Grid: cells of `cell` metres over x ∈ x_range (forward) × y ∈ y_range (left) in the current ego frame;
+a cell is occupied when any of an agent's box corners or its centre falls in it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from drivedistill.models.vlm.core import VLMCore
+from drivedistill.types import Scene
+
+
+@dataclass
+class PerceptionConfig:
+    x_range: tuple[float, float] = (0.0, 60.0)  # [m] forward extent of the grid
+    y_range: tuple[float, float] = (-10.0, 10.0)  # [m] lateral extent (y left)
+    cell: float = 5.0  # [m] cell size → 12 × 4 cells by default
+    steps: int = 200  # pretraining steps
+    batch_size: int = 16
+    lr: float = 1e-3
+    probe_steps: int = 300  # full-batch Adam steps of the logistic probe
+    probe_lr: float = 1e-2
+    probe_weight_decay: float = 1e-3
+
+    def __post_init__(self) -> None:
+        for name in ("x_range", "y_range"):
+            lo, hi = getattr(self, name)
+            if hi <= lo:
+                raise ValueError(f"PerceptionConfig.{name}={(lo, hi)} must be increasing")
+        if self.cell <= 0:
+            raise ValueError(f"PerceptionConfig.cell={self.cell} must be > 0 [m]")
+
+    @property
+    def grid_shape(self) -> tuple[int, int]:
+        return (
+            int(np.ceil((self.x_range[1] - self.x_range[0]) / self.cell)),
+            int(np.ceil((self.y_range[1] - self.y_range[0]) / self.cell)),
+        )
+
+
+def occupancy_grid(agents: np.ndarray, valid: np.ndarray, cfg: PerceptionConfig) -> np.ndarray:
+    """agents (A, 8) AGENT_FIELDS at one time, valid (A,) → (Gx·Gy,) float32 {0, 1}, x-major."""
+    gx, gy = cfg.grid_shape
+    grid = np.zeros((gx, gy), np.float32)
+    for a in np.flatnonzero(valid):
+        x, y, yaw, length, width = agents[a, :5]
+        c, s = np.cos(yaw), np.sin(yaw)
+        local = np.array(
+            [
+                [0, 0],
+                [length / 2, width / 2],
+                [length / 2, -width / 2],
+                [-length / 2, width / 2],
+                [-length / 2, -width / 2],
+            ]
+        )
+        pts = np.stack([x + c * local[:, 0] - s * local[:, 1], y + s * local[:, 0] + c * local[:, 1]], -1)
+        ix = np.floor((pts[:, 0] - cfg.x_range[0]) / cfg.cell).astype(int)
+        iy = np.floor((pts[:, 1] - cfg.y_range[0]) / cfg.cell).astype(int)
+        ok = (ix >= 0) & (ix < gx) & (iy >= 0) & (iy < gy)
+        grid[ix[ok], iy[ok]] = 1.0
+    return grid.reshape(-1)
+
+
+def scene_batch(scenes: Sequence[Scene], cfg: PerceptionConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scenes → (images (N, 3, H, W) in [0, 1], occupancy targets (N, G)) from agents at t = 0."""
+    images, targets = [], []
+    for s in scenes:
+        if s.privileged is None:
+            raise ValueError(
+                f"perception targets need Privileged.agents; scene {s.token} has no privileged part"
+            )
+        images.append(torch.from_numpy(s.agent_input.camera).permute(2, 0, 1).float() / 255.0)
+        targets.append(
+            torch.from_numpy(occupancy_grid(s.privileged.agents[0], s.privileged.agents_valid[0], cfg))
+        )
+    return torch.stack(images), torch.stack(targets)
+
+
+def visual_features(core: VLMCore, images: torch.Tensor, visual: nn.Module | None = None) -> torch.Tensor:
+    """(N, 3, H, W) → (N, T·D) flattened merged visual tokens of `visual` (default: the core's encoder)."""
+    pv, grid = core.image_inputs(images)
+    return core.visual_tokens(pv, grid, visual).reshape(images.shape[0], -1)
+
+
+def iou_and_accuracy(logits: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    """Occupancy IoU (over all cells of all samples) and cell accuracy at threshold 0.5."""
+    pred = logits > 0
+    tgt = target > 0.5
+    inter = (pred & tgt).sum().item()
+    union = (pred | tgt).sum().item()
+    return {
+        "iou": inter / max(union, 1),
+        "accuracy": (pred == tgt).float().mean().item(),
+        "occupied_fraction": tgt.float().mean().item(),
+    }
+
+
+def pretrain_perception(
+    core: VLMCore, scenes: Sequence[Scene], cfg: PerceptionConfig, seed: int = 0
+) -> list[float]:
+    """Train the core's vision encoder + merger on BEV occupancy (BCE) → per-step losses. The linear head
+    is discarded afterwards; save the core (`core.save(dir)`) as the students' starting point."""
+    gen = torch.Generator().manual_seed(seed)
+    images, targets = scene_batch(scenes, cfg)
+    with torch.no_grad():
+        dim = visual_features(core, images[:1]).shape[1]
+    head = nn.Linear(dim, targets.shape[1])
+    params = list(core.visual.parameters()) + list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr)
+    pos_weight = ((1 - targets.mean(0)) / targets.mean(0).clamp_min(1e-3)).clamp(1.0, 20.0)
+    core.visual.train()
+    history = []
+    for _ in range(cfg.steps):
+        idx = torch.randint(0, images.shape[0], (min(cfg.batch_size, images.shape[0]),), generator=gen)
+        logits = head(visual_features(core, images[idx]))
+        loss = F.binary_cross_entropy_with_logits(logits, targets[idx], pos_weight=pos_weight)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        history.append(float(loss.detach()))
+    return history
+
+
+def linear_probe(
+    core: VLMCore,
+    train: Sequence[Scene],
+    val: Sequence[Scene],
+    cfg: PerceptionConfig,
+    visual: nn.Module | None = None,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Fit a logistic probe on frozen features of `train`, report IoU / accuracy on `val` (and train)."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        xs, ys = scene_batch(train, cfg)
+        xv, yv = scene_batch(val, cfg)
+        ft, fv = visual_features(core, xs, visual), visual_features(core, xv, visual)
+        mu, sd = ft.mean(0), ft.std(0).clamp_min(1e-6)
+        ft, fv = (ft - mu) / sd, (fv - mu) / sd
+    probe = nn.Linear(ft.shape[1], ys.shape[1])
+    opt = torch.optim.Adam(probe.parameters(), lr=cfg.probe_lr, weight_decay=cfg.probe_weight_decay)
+    for _ in range(cfg.probe_steps):
+        loss = F.binary_cross_entropy_with_logits(probe(ft), ys)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        out = iou_and_accuracy(probe(fv), yv)
+        out["train_iou"] = iou_and_accuracy(probe(ft), ys)["iou"]
+    return out

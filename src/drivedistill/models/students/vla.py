@@ -1,0 +1,163 @@
+"""VLA student: a tiny Qwen2.5-VL that reads the camera + ego state as a prompt and writes the plan as text.
+
+Prompt (models/vlm/prompt.py): the front camera, the past trajectory and ego status (unless
+`use_ego_status=False`), the command and fixed traffic-rule text. Answer: `[(x1,y1),...,(xN,yN)]`,
+2 decimals, **x forward, y left** [m] in the current ego frame, every 0.5 s; N = `num_poses` (6 = the
+nuScenes 3 s horizon, EvoDriveVLA's format; 8 = 4 s). Trained with next-token CE by `vla_sft` /
+`evodrive`; planned by greedy batched decoding.
+
+Decoding is parsed strictly. An unparsable answer is counted in `decode_stats`, its raw text is kept in
+`last_failures` (and logged), and it is replaced by the **fallback plan** — constant speed straight ahead
+from the ego status (x = v·t, y = 0; standing still when `use_ego_status=False`) — never dropped.
+Plans of 6 poses are extended to 8 by constant-velocity extrapolation of the last two poses; yaw is the
+heading of each segment (atan2 of the step from the previous pose).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+
+from drivedistill.models.students.base import Student, StudentConfig
+from drivedistill.models.vlm import (
+    Encoded,
+    VLMConfig,
+    VLMCore,
+    VLMOutput,
+    chat_prompt,
+    encode,
+    format_plan,
+    parse_plan,
+    user_text,
+)
+from drivedistill.registry import register
+from drivedistill.types import DT, NUM_FUTURE, AgentInputBatch, PlanOutput
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class VLAConfig(StudentConfig):
+    vlm: VLMConfig = field(
+        default_factory=VLMConfig
+    )  # set vlm.pretrained_dir to the perception-pretrained VLM
+    num_poses: int = 6  # poses written as text: 6 (3 s, EvoDriveVLA/nuScenes) or 8 (4 s, NAVSIM)
+    max_new_tokens: int = 0  # decoding budget; 0 = 14 tokens per pose + 4
+
+    def __post_init__(self) -> None:
+        if self.num_poses not in (6, 8):
+            raise ValueError(f"VLAConfig.num_poses={self.num_poses}: use 6 (3 s) or 8 (4 s)")
+        if self.max_new_tokens < 0:
+            raise ValueError(f"VLAConfig.max_new_tokens={self.max_new_tokens} must be >= 0 (0 = automatic)")
+
+
+def poses_from_xy(xy: torch.Tensor) -> torch.Tensor:
+    """(B, N, 2) waypoints → (B, NUM_FUTURE, 3) poses: constant-velocity extension to 8, yaw = segment heading."""
+    n = xy.shape[1]
+    if n < NUM_FUTURE:
+        step = xy[:, -1] - (xy[:, -2] if n > 1 else torch.zeros_like(xy[:, -1]))
+        k = torch.arange(1, NUM_FUTURE - n + 1, dtype=xy.dtype, device=xy.device).view(1, -1, 1)
+        xy = torch.cat([xy, xy[:, -1:] + k * step.unsqueeze(1)], dim=1)
+    prev = torch.cat([torch.zeros_like(xy[:, :1]), xy[:, :-1]], dim=1)
+    d = xy - prev
+    yaw = torch.atan2(d[..., 1], d[..., 0])
+    yaw = torch.where(d.norm(dim=-1) < 1e-3, torch.zeros_like(yaw), yaw)  # standing still: keep heading 0
+    return torch.cat([xy[:, :NUM_FUTURE], yaw[:, :NUM_FUTURE, None]], dim=-1)
+
+
+def fallback_xy(inputs: AgentInputBatch, num_poses: int, use_ego_status: bool) -> torch.Tensor:
+    """(B, num_poses, 2) constant speed straight ahead from ego status [m]; zeros without ego status."""
+    t = torch.arange(1, num_poses + 1, dtype=torch.float32, device=inputs.camera.device) * DT
+    speed = (
+        inputs.ego_status[:, 0:1].float()
+        if use_ego_status
+        else torch.zeros_like(inputs.ego_status[:, 0:1]).float()
+    )
+    return torch.stack([speed * t, torch.zeros_like(speed * t)], dim=-1)
+
+
+def plan_answers(trajectory: torch.Tensor, num_poses: int) -> list[str]:
+    """(B, 8, 3) target poses → answer texts of the first `num_poses` (x, y) (student and oracle share it)."""
+    return [format_plan(p) for p in trajectory[:, :num_poses, :2].detach().cpu().numpy()]
+
+
+class VLAStudent(Student):
+    """Tiny Qwen2.5-VL planner writing its plan as text (see the module docstring)."""
+
+    default_method = "vla_sft"
+
+    def __init__(self, cfg: VLAConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.core = VLMCore.build(cfg.vlm)
+        self.feature_dim = self.core.hidden_size
+        self.decode_stats = {"decoded": 0, "parse_failures": 0}
+        self.last_failures: list[str] = []  # raw texts of the last batch's unparsable answers
+
+    @property
+    def max_new_tokens(self) -> int:
+        return self.cfg.max_new_tokens or 14 * self.cfg.num_poses + 4
+
+    # ----- prompts -------------------------------------------------------------------------------
+    def user_texts(self, inputs: AgentInputBatch) -> list[str]:
+        """User turns for a batch (camera placeholder, ego history/status if allowed, command)."""
+        hist = inputs.ego_history.detach().cpu().numpy()
+        status = inputs.ego_status.detach().cpu().numpy()
+        ego = self.cfg.use_ego_status
+        return [
+            user_text(hist[i] if ego else None, status[i] if ego else None, int(inputs.command[i]), self.cfg.num_poses, self.core.cfg.tokens_per_image)
+            for i in range(inputs.batch_size)
+        ]  # fmt: skip
+
+    def answers(self, trajectory: torch.Tensor) -> list[str]:
+        """(B, 8, 3) target poses → answer texts of the first `num_poses` (x, y)."""
+        return plan_answers(trajectory, self.cfg.num_poses)
+
+    def encode_train(self, inputs: AgentInputBatch, trajectory: torch.Tensor) -> Encoded:
+        """Right-padded prompt + GT answer with labels on the answer tokens (teacher forcing)."""
+        prompts = [chat_prompt(u) for u in self.user_texts(inputs)]
+        return encode(self.core.tokenizer, prompts, self.answers(trajectory))
+
+    def teacher_forced(self, inputs: AgentInputBatch, trajectory: torch.Tensor) -> tuple[Encoded, VLMOutput]:
+        """One differentiable pass over prompt + GT answer; returns the encoding and the VLM outputs."""
+        enc = self.encode_train(inputs, trajectory)
+        return enc, self.core(enc, inputs.camera)
+
+    # ----- planning ------------------------------------------------------------------------------
+    def decode(self, inputs: AgentInputBatch) -> tuple[torch.Tensor, list[str], torch.Tensor, VLMOutput]:
+        """Greedy decoding → (xy (B, num_poses, 2), raw texts, failed (B,) bool, prompt pass outputs)."""
+        prompts = [chat_prompt(u) for u in self.user_texts(inputs)]
+        enc = encode(self.core.tokenizer, prompts, padding_side="left")
+        prompt_out = self.core(enc, inputs.camera)
+        texts = self.core.generate(enc, inputs.camera, self.max_new_tokens)
+        fallback = fallback_xy(inputs, self.cfg.num_poses, self.cfg.use_ego_status)
+        rows, failed = [], []
+        for i, text in enumerate(texts):
+            parsed = parse_plan(text, self.cfg.num_poses)
+            failed.append(parsed is None)
+            rows.append(fallback[i] if parsed is None else torch.from_numpy(parsed).to(fallback))
+        self.decode_stats["decoded"] += len(texts)
+        self.decode_stats["parse_failures"] += sum(failed)
+        self.last_failures = [t for t, f in zip(texts, failed) if f]
+        for t in self.last_failures:
+            log.warning("vla: unparsable plan replaced by the constant-speed fallback: %r", t[:200])
+        return torch.stack(rows), texts, torch.tensor(failed), prompt_out
+
+    def forward(self, inputs: AgentInputBatch) -> PlanOutput:
+        """Plan by greedy decoding. trajectory (B, 8, 3) ego frame [m, m, rad]; features:
+        "plan_query" (B, D) last-layer state of the final prompt token, "scene_tokens" (B, T, D) last-layer
+        states at the image tokens, "parse_failed" (B,) bool."""
+        xy, _, failed, out = self.decode(inputs)
+        b = inputs.batch_size
+        scene = out.hidden[out.image_mask].view(b, -1, out.hidden.shape[-1])
+        return PlanOutput(
+            poses_from_xy(xy),
+            {"plan_query": out.hidden[:, -1], "scene_tokens": scene, "parse_failed": failed},
+        )
+
+
+@register("student", "vla", VLAConfig)
+def build(cfg: VLAConfig) -> VLAStudent:
+    return VLAStudent(cfg)

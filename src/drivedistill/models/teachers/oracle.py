@@ -1,0 +1,208 @@
+"""EvoDriveVLA's future-aware oracle teacher: the VLA architecture plus future frames and future ego status.
+
+The **only** model that reads `Privileged.future_frames`. Its prompt holds the current front camera,
+the front frames at +1/+2/+3 s, the past trajectory, ego status, the future ego status (speed,
+acceleration, yaw rate at 0.5 … 3 s) and the command; its answer is the same plan text as the student's.
+
+Training (`losses`, run by the generic loop): next-token CE; with probability `refine_prob` per step the
+teacher's own teacher-forced argmax answer is inserted after the prompt as a draft ("Draft trajectory:
+… Refine it.") and the CE is taken on the refined pass (the draft sits in the prompt → masked).
+
+Distillation (`candidates`): a coarse pass and a refined pass (draft = the coarse argmax), each with
+`num_samples` MC-dropout samples (dropout p on the final hidden states before the LM head); candidates
+are scored by CE to the GT answer tokens (see methods/evodrive.py for the selection).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from drivedistill.models.students.vla import plan_answers
+from drivedistill.models.vlm import IGNORE_INDEX, Encoded, VLMConfig, VLMCore, chat_prompt, encode, user_text
+from drivedistill.registry import register
+from drivedistill.types import Batch
+
+
+@dataclass
+class OracleConfig:
+    vlm: VLMConfig = field(
+        default_factory=VLMConfig
+    )  # same architecture as the student (start from the perception VLM)
+    num_poses: int = 6  # must equal the student's
+    refine_prob: float = 0.5  # probability of a coarse-to-fine step in training
+    future_status_steps: int = 6  # future ego status at 0.5 … 3.0 s in the prompt
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.refine_prob <= 1.0:
+            raise ValueError(f"OracleConfig.refine_prob={self.refine_prob} must be in [0, 1]")
+        if self.num_poses not in (6, 8):
+            raise ValueError(f"OracleConfig.num_poses={self.num_poses}: use 6 or 8 (the student's value)")
+
+
+@dataclass
+class Candidate:
+    """One teacher answer under teacher forcing. logits (B, A, V) predicting the A answer tokens;
+    hidden (B, A, D) final hidden states at the answer tokens; ce (B,) mean CE to the GT tokens."""
+
+    logits: torch.Tensor
+    hidden: torch.Tensor
+    ce: torch.Tensor
+
+
+def answer_slices(
+    enc: Encoded, out_logits: torch.Tensor, hidden: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gather (logits (B, A, V) shifted to predict each answer token, hidden (B, A, D) at the answer
+    tokens, targets (B, A)). Every row must have the same answer length A (error otherwise)."""
+    assert enc.labels is not None
+    is_ans = enc.labels != IGNORE_INDEX
+    counts = is_ans.sum(1)
+    if bool((counts != counts[0]).any()):
+        raise ValueError(
+            f"answer lengths differ within the batch ({counts.tolist()} tokens); plans must share one text shape"
+        )
+    b, a = is_ans.shape[0], int(counts[0])
+    shifted = torch.zeros_like(is_ans)
+    shifted[:, :-1] = is_ans[:, 1:]
+    logits = out_logits[shifted].view(b, a, -1)
+    return logits, hidden[is_ans].view(b, a, -1), enc.labels[is_ans].view(b, a)
+
+
+class OracleTeacher(nn.Module):
+    """Future-aware VLA teacher (see the module docstring)."""
+
+    def __init__(self, cfg: OracleConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.core = VLMCore.build(cfg.vlm)
+
+    def answers(self, trajectory: torch.Tensor) -> list[str]:
+        """The same answer texts (hence tokens) as the student's."""
+        return plan_answers(trajectory, self.cfg.num_poses)
+
+    def images(self, batch: Batch) -> torch.Tensor:
+        """(B·4, 3, H, W): per sample the current camera then the future frames at +1/+2/+3 s."""
+        priv = batch.require_privileged("oracle teacher")
+        cur = batch.inputs.camera.unsqueeze(1)
+        return torch.cat([cur, priv.future_frames.to(cur)], dim=1).flatten(0, 1)
+
+    def prompts(self, batch: Batch, drafts: list[str] | None = None) -> list[str]:
+        priv = batch.require_privileged("oracle teacher")
+        hist = batch.inputs.ego_history.detach().cpu().numpy()
+        status = batch.inputs.ego_status.detach().cpu().numpy()
+        fes = priv.future_ego_status[:, : self.cfg.future_status_steps].detach().cpu().numpy()
+        n_future = priv.future_frames.shape[1]
+        out = []
+        for i in range(batch.inputs.batch_size):
+            u = user_text(
+                hist[i],
+                status[i],
+                int(batch.inputs.command[i]),
+                self.cfg.num_poses,
+                self.core.cfg.tokens_per_image,
+                fes[i],
+                n_future,
+            )
+            out.append(chat_prompt(u, None if drafts is None else drafts[i]))
+        return out
+
+    def encode(self, batch: Batch, drafts: list[str] | None = None) -> Encoded:
+        priv = batch.require_privileged("oracle teacher")
+        return encode(self.core.tokenizer, self.prompts(batch, drafts), self.answers(priv.trajectory))
+
+    def argmax_drafts(self, enc: Encoded, logits: torch.Tensor) -> list[str]:
+        """The teacher-forced argmax answer of each row as text (the coarse draft; may be malformed)."""
+        pred, _, _ = answer_slices(enc, logits, logits[..., :1])
+        ids = pred.argmax(-1)
+        return [str(t) for t in self.core.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+    def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """Teacher training step: CE on the coarse pass, or (p = refine_prob) on the refined pass."""
+        images = self.images(batch)
+        enc = self.encode(batch)
+        out = self.core(enc, images)
+        refined = bool(torch.rand(()) < self.cfg.refine_prob)
+        if refined:
+            enc = self.encode(batch, self.argmax_drafts(enc, out.logits.detach()))
+            out = self.core(enc, images)
+        assert enc.labels is not None
+        ce = F.cross_entropy(
+            out.logits[:, :-1].flatten(0, 1).float(), enc.labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX
+        )
+        return {"loss": ce, "ce": ce.detach(), "refined": torch.tensor(float(refined))}
+
+    @torch.no_grad()
+    def candidates(
+        self,
+        batch: Batch,
+        refine: bool,
+        num_samples: int,
+        dropout: float,
+        generator: torch.Generator | None = None,
+    ) -> list[Candidate]:
+        """[coarse, best-of-dropout coarse, refined, best-of-dropout refined] (the dropout / refined
+        entries only when `num_samples > 0` / `refine`). Per sample, the dropout sample with the lowest
+        CE to the GT answer is kept."""
+        images = self.images(batch)
+        enc = self.encode(batch)
+        out = self.core(enc, images)
+        passes = [(enc, out)]
+        if refine:
+            enc_r = self.encode(batch, self.argmax_drafts(enc, out.logits))
+            passes.append((enc_r, self.core(enc_r, images)))
+        cands: list[Candidate] = []
+        for e, o in passes:
+            logits, hidden, target = answer_slices(e, o.logits, o.hidden)
+            cands.append(Candidate(logits.float(), hidden, _ce(logits, target)))
+            if num_samples > 0:
+                best: Candidate | None = None
+                for _ in range(num_samples):
+                    keep = (torch.rand(hidden.shape, generator=generator) >= dropout).to(hidden)
+                    h = hidden * keep / (1.0 - dropout)
+                    lg = self.core.lm_head(h).float()
+                    c = Candidate(lg, h, _ce(lg, target))
+                    best = c if best is None else select_min_ce([best, c])[0]
+                assert best is not None
+                cands.append(best)
+        return cands
+
+    def save(self, path: str | Path) -> None:
+        self.core.save(path)
+
+    @classmethod
+    def load(cls, path: str | Path, cfg: OracleConfig | None = None) -> OracleTeacher:
+        """An oracle whose VLM is loaded from `path` (written by `save`)."""
+        base = cfg or OracleConfig()
+        return cls(
+            OracleConfig(
+                VLMConfig(pretrained_dir=str(path)),
+                base.num_poses,
+                base.refine_prob,
+                base.future_status_steps,
+            )
+        )
+
+
+def _ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(B, A, V), (B, A) → (B,) mean CE per sample."""
+    return F.cross_entropy(logits.float().transpose(1, 2), target, reduction="none").mean(1)
+
+
+def select_min_ce(cands: list[Candidate]) -> tuple[Candidate, torch.Tensor]:
+    """Per sample, the candidate with the lowest CE → (selected Candidate, choice (B,) long index into cands)."""
+    ce = torch.stack([c.ce for c in cands], dim=1)  # (B, K)
+    choice = ce.argmin(dim=1)
+    idx = choice.view(1, -1, 1, 1)
+    logits = torch.stack([c.logits for c in cands]).gather(0, idx.expand(1, *cands[0].logits.shape))[0]
+    hidden = torch.stack([c.hidden for c in cands]).gather(0, idx.expand(1, *cands[0].hidden.shape))[0]
+    return Candidate(logits, hidden, ce.gather(1, choice[:, None])[:, 0]), choice
+
+
+@register("teacher", "oracle", OracleConfig)
+def build(cfg: OracleConfig) -> OracleTeacher:
+    return OracleTeacher(cfg)

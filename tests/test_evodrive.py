@@ -1,0 +1,192 @@
+"""EvoDriveVLA: VLA student contract + parser, oracle privilege, candidate selection, anchor, AnchorFormer, losses."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from drivedistill import registry
+from drivedistill.methods.evodrive import KEY_HIDDEN, KEY_LOGITS, EvoDriveConfig, cache_teacher_targets
+from drivedistill.models.perception import PerceptionConfig, linear_probe, occupancy_grid
+from drivedistill.models.students.vla import VLAConfig, VLAStudent, poses_from_xy
+from drivedistill.models.teachers.oracle import Candidate, OracleConfig, OracleTeacher, select_min_ce
+from drivedistill.models.vlm import VLMConfig
+from drivedistill.testing import random_batch, random_scene
+from drivedistill.types import Batch
+
+torch.set_num_threads(1)
+VLM = VLMConfig(image_hw=(64, 128))
+
+
+@pytest.fixture(scope="module")
+def student() -> VLAStudent:
+    torch.manual_seed(0)
+    return registry.build("student", "vla", VLAConfig(vlm=VLM))  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def oracle() -> OracleTeacher:
+    torch.manual_seed(1)
+    return registry.build("teacher", "oracle", OracleConfig(vlm=VLM))  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def batch() -> Batch:
+    return random_batch(2)
+
+
+def test_student_contract_and_parse_fallback(student: VLAStudent, batch: Batch) -> None:
+    inputs = random_batch(2, with_privileged=False).inputs
+    student.cfg = dataclasses.replace(student.cfg, max_new_tokens=6)  # untrained + 6 tokens: never parsable
+    before = dict(student.decode_stats)
+    out = student(inputs)
+    assert out.trajectory.shape == (2, 8, 3)
+    assert out.features["plan_query"].shape == (2, student.feature_dim)
+    assert out.features["scene_tokens"].shape == (2, VLM.tokens_per_image, student.feature_dim)
+    assert student.decode_stats["parse_failures"] - before["parse_failures"] == 2
+    assert len(student.last_failures) == 2 and all(isinstance(t, str) for t in student.last_failures)
+    t = torch.arange(1, 9, dtype=torch.float32) * 0.5  # fallback: constant speed straight ahead
+    torch.testing.assert_close(out.trajectory[:, :, 0], inputs.ego_status[:, :1] * t)
+    torch.testing.assert_close(out.trajectory[:, :, 1:], torch.zeros(2, 8, 2))
+    student.cfg = dataclasses.replace(student.cfg, max_new_tokens=0)
+    losses = registry.build("method", student.default_method, student=student).losses(batch)
+    losses["loss"].backward()
+    assert torch.isfinite(losses["loss"])
+    student.zero_grad()
+
+
+def test_poses_from_xy_extends_at_constant_velocity() -> None:
+    xy = torch.tensor([[[1.0, 0.0], [2.0, 1.0], [3.0, 2.0], [4.0, 3.0], [5.0, 4.0], [6.0, 5.0]]])
+    poses = poses_from_xy(xy)
+    torch.testing.assert_close(poses[0, 6:, :2], torch.tensor([[7.0, 6.0], [8.0, 7.0]]))
+    assert abs(float(poses[0, 0, 2])) < 1e-6 and abs(float(poses[0, 3, 2]) - np.pi / 4) < 1e-6
+
+
+def test_only_the_oracle_reads_future_frames(
+    student: VLAStudent, oracle: OracleTeacher, batch: Batch
+) -> None:
+    assert batch.privileged is not None
+    other = dataclasses.replace(
+        batch,
+        privileged=dataclasses.replace(batch.privileged, future_frames=1 - batch.privileged.future_frames),
+    )
+    sft = registry.build("method", "vla_sft", student=student)
+    with torch.no_grad():
+        torch.testing.assert_close(sft.losses(batch)["ce"], sft.losses(other)["ce"])
+        a = oracle.core(oracle.encode(batch), oracle.images(batch)).logits
+        b = oracle.core(oracle.encode(other), oracle.images(other)).logits
+    assert (a - b).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="privileged"):
+        oracle.losses(random_batch(2, with_privileged=False))
+
+
+def test_candidate_selection_picks_min_ce() -> None:
+    cands = [
+        Candidate(torch.full((3, 2, 5), float(k)), torch.full((3, 2, 4), float(k)), torch.tensor(ce))
+        for k, ce in enumerate([[3.0, 1.0, 2.0], [1.0, 2.0, 3.0], [2.0, 0.5, 1.0], [5.0, 5.0, 0.2]])
+    ]
+    sel, choice = select_min_ce(cands)
+    assert choice.tolist() == [1, 2, 3]
+    assert sel.logits[:, 0, 0].tolist() == [1.0, 2.0, 3.0] and sel.hidden[:, 0, 0].tolist() == [1.0, 2.0, 3.0]
+    torch.testing.assert_close(sel.ce, torch.tensor([1.0, 0.5, 0.2]))
+
+
+def test_oracle_candidates_are_min_ce(oracle: OracleTeacher, batch: Batch) -> None:
+    gen = torch.Generator().manual_seed(0)
+    cands = oracle.candidates(batch, refine=True, num_samples=3, dropout=0.1, generator=gen)
+    assert len(cands) == 4
+    assert all(c.logits.shape == cands[0].logits.shape for c in cands)
+    ce = torch.stack([c.ce for c in cands], 1)
+    assert (ce[:, 1] <= ce[:, 0] + 0.5).all()  # best of 3 dropout samples stays close to the coarse pass
+    sel, _ = select_min_ce(cands)
+    torch.testing.assert_close(sel.ce, ce.min(1).values)
+
+
+def test_anchor_is_frozen_initial_encoder_and_losses(
+    student: VLAStudent, oracle: OracleTeacher, batch: Batch
+) -> None:
+    method = registry.build(
+        "method", "evodrive", EvoDriveConfig(num_samples=2), student=student, teacher=oracle
+    )
+    assert method.anchor is not None
+    init = {k: v.clone() for k, v in student.core.visual.state_dict().items()}
+    for k, v in method.anchor.state_dict().items():
+        torch.testing.assert_close(v, init[k])
+    assert not any(p.requires_grad for p in method.anchor.parameters())
+    assert method.anchor in method.frozen() and oracle in method.frozen()
+    opt = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.1)
+    losses = method.losses(batch)
+    assert set(losses) >= {"loss", "ce", "kd_logit", "kd_hidden", "anchor"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    losses["loss"].backward()
+    assert all(p.grad is None for p in method.anchor.parameters()) and all(
+        p.grad is None for p in oracle.parameters()
+    )
+    opt.step()
+    changed = any(not torch.equal(v, init[k]) for k, v in student.core.visual.state_dict().items())
+    assert changed, "the student's vision encoder must train"
+    for k, v in method.anchor.state_dict().items():
+        torch.testing.assert_close(v, init[k])
+    assert float(method.losses(batch)["anchor"]) > 0  # encoder moved away from its anchor
+    student.zero_grad()
+
+
+def test_anchorformer_weights_depend_on_gt_trajectory(student: VLAStudent, batch: Batch) -> None:
+    method = registry.build("method", "evodrive", EvoDriveConfig(trajectory_kd=False), student=student)
+    core, af = student.core, method.anchorformer
+    assert af is not None
+    assert batch.privileged is not None
+
+    def weights(traj: torch.Tensor) -> torch.Tensor:
+        enc = student.encode_train(batch.inputs, traj)
+        pv, grid = core.image_inputs(batch.inputs.camera)
+        tok = core.visual_tokens(pv, grid, visual=method.anchor)
+        emb, mask = core.embed(enc, tok)
+        return af(emb, enc.attention_mask, core.position_ids(enc, grid), mask)
+
+    with torch.no_grad():
+        w = weights(batch.privileged.trajectory)
+        w2 = weights(batch.privileged.trajectory + torch.tensor([3.0, 1.5, 0.0]))
+    assert w.shape == (2, VLM.tokens_per_image)
+    assert bool(((w > 0) & (w < 1)).all())
+    assert (w - w2).abs().max() > 1e-6
+
+
+def test_cached_targets_and_length_mismatch(student: VLAStudent, oracle: OracleTeacher, batch: Batch) -> None:
+    cfg = EvoDriveConfig(refine=False, mc_dropout=False, visual_kd=False, teacher_targets="cache")
+    cache = cache_teacher_targets(oracle, [batch], cfg)
+    assert set(cache[KEY_LOGITS]) == set(batch.tokens)
+    method = registry.build("method", "evodrive", cfg, student=student)
+    assert method.required_extras == (KEY_LOGITS, KEY_HIDDEN)
+    extras = {
+        k: torch.from_numpy(np.stack([cache[k][t] for t in batch.tokens])) for k in (KEY_LOGITS, KEY_HIDDEN)
+    }
+    losses = method.losses(dataclasses.replace(batch, extras=extras))
+    assert torch.isfinite(losses["kd_logit"]) and float(losses["kd_logit"]) > 0
+    short = {k: v[:, :-1] for k, v in extras.items()}
+    with pytest.raises(ValueError, match="answer token counts must match"):
+        method.losses(dataclasses.replace(batch, extras=short))
+    with pytest.raises(ValueError, match="num_poses"):
+        registry.build(
+            "method",
+            "evodrive",
+            EvoDriveConfig(),
+            student=student,
+            teacher=OracleTeacher(OracleConfig(vlm=VLM, num_poses=8)),
+        )
+
+
+def test_occupancy_grid_and_probe(student: VLAStudent) -> None:
+    cfg = PerceptionConfig(x_range=(0.0, 20.0), y_range=(-10.0, 10.0), cell=10.0, probe_steps=20)
+    agents = np.zeros((2, 8), np.float32)
+    agents[0, :5] = [12.0, 5.0, 0.0, 4.0, 2.0]  # cell (1, 1)
+    agents[1, :5] = [50.0, 0.0, 0.0, 4.0, 2.0]  # outside
+    grid = occupancy_grid(agents, np.array([True, True]), cfg)
+    assert grid.tolist() == [0.0, 0.0, 0.0, 1.0]
+    assert occupancy_grid(agents, np.array([False, True]), cfg).sum() == 0
+    scenes = [random_scene(i, camera_hw=(64, 128)) for i in range(6)]
+    res = linear_probe(student.core, scenes[:4], scenes[4:], cfg)
+    assert 0.0 <= res["iou"] <= 1.0 and 0.0 <= res["accuracy"] <= 1.0

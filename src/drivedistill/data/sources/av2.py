@@ -1,0 +1,364 @@
+"""Argoverse 2 sensor-log excerpts → MetricScenes at 2 Hz for PDMS log-replay scoring (pyarrow + json).
+
+Frames. AV2's egovehicle frame has its origin at the **centre of the rear axle** on the ground, x forward,
+y left, z up (av2 docs, "coordinate systems"); `city_SE3_egovehicle.feather` gives that frame's pose in
+the city frame and the cuboids are in it. So AV2 ego poses already are NAVSIM's rear-axle poses: no
+offset is applied. Each MetricScene uses the rear-axle frame at its t = 0 (ego_pose = 0).
+
+Per log: a scene every 0.5 s (on the 10 Hz annotation clock) wherever 4 s of logged ego future exist.
+Agents: the cuboids at t = 0 … 5 s every 0.5 s (valid where annotated), AV2 categories mapped to
+`AgentClass` (bollards, cones, signs … are static objects); EGO_VEHICLE is dropped; velocities by
+central finite differences of each track in the city frame at 10 Hz. Map: drivable areas; lane
+polygons from left + reversed right boundaries (vehicle and bus lanes); intersection polygons = lane
+segments flagged `is_intersection`. On-route lanes = the lanes the logged ego traverses from t = 0 to
+the end of the log, their successors, and their same-direction neighbours (NAVSIM's route lanes are
+whole roadblocks); the route centerline chains the traversed lanes' centerlines plus one successor.
+The ego footprint is NAVSIM's Pacifica (the protocol's), not AV2's Ford Fusion; `ego_geometry` overrides it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow.feather as feather
+import shapely
+
+from drivedistill.metrics.metric_scene import PACIFICA, MetricScene
+from drivedistill.registry import register
+from drivedistill.sim.geometry import absolute_to_relative, resample_polyline, transform_points
+from drivedistill.types import AgentClass
+
+CATEGORY_CLASS: dict[str, AgentClass] = {
+    **dict.fromkeys(
+        [
+            "REGULAR_VEHICLE",
+            "LARGE_VEHICLE",
+            "BUS",
+            "BOX_TRUCK",
+            "TRUCK",
+            "TRUCK_CAB",
+            "VEHICULAR_TRAILER",
+            "SCHOOL_BUS",
+            "ARTICULATED_BUS",
+            "RAILED_VEHICLE",
+        ],
+        AgentClass.VEHICLE,
+    ),
+    **dict.fromkeys(
+        ["PEDESTRIAN", "OFFICIAL_SIGNALER", "STROLLER", "WHEELCHAIR", "DOG", "ANIMAL"], AgentClass.PEDESTRIAN
+    ),
+    **dict.fromkeys(
+        ["BICYCLE", "BICYCLIST", "MOTORCYCLE", "MOTORCYCLIST", "WHEELED_DEVICE", "WHEELED_RIDER"],
+        AgentClass.BICYCLE,
+    ),
+    **dict.fromkeys(
+        [
+            "BOLLARD",
+            "CONSTRUCTION_CONE",
+            "CONSTRUCTION_BARREL",
+            "SIGN",
+            "STOP_SIGN",
+            "MOBILE_PEDESTRIAN_CROSSING_SIGN",
+            "MESSAGE_BOARD_TRAILER",
+            "TRAFFIC_LIGHT_TRAILER",
+        ],
+        AgentClass.STATIC,
+    ),
+}
+DROPPED = {"EGO_VEHICLE"}
+STEP_S, FUTURE_S, AGENT_HORIZON_S = 0.5, 4.0, 5.0
+
+
+@dataclass
+class Av2Config:
+    """Where the logs are and how scenes are cut."""
+
+    root: str = "../shared/data/argoverse2"
+    logs: list[str] = field(default_factory=list)  # log ids; empty = every log directory under root
+    ego_geometry: tuple[float, float, float, float] = PACIFICA  # width, front, rear, wheelbase [m]
+
+
+def _yaw(qw: np.ndarray, qx: np.ndarray, qy: np.ndarray, qz: np.ndarray) -> np.ndarray:
+    return np.arctan2(2.0 * (qw * qz + qx * qy), 1.0 - 2.0 * (qy**2 + qz**2))
+
+
+def _xy(points: list[dict[str, float]]) -> np.ndarray:
+    return np.array([[p["x"], p["y"]] for p in points], dtype=np.float64)
+
+
+class EgoTrack:
+    """City-frame rear-axle poses of the ego, interpolated at any time [s since the log's first pose]."""
+
+    def __init__(self, path: Path) -> None:
+        t = feather.read_table(path).to_pandas().drop_duplicates("timestamp_ns").sort_values("timestamp_ns")
+        self.t0_ns = int(t.timestamp_ns.iloc[0])
+        self.times = (t.timestamp_ns.to_numpy() - self.t0_ns) * 1e-9
+        yaw = np.unwrap(_yaw(t.qw.to_numpy(), t.qx.to_numpy(), t.qy.to_numpy(), t.qz.to_numpy()))
+        self.poses = np.stack([t.tx_m.to_numpy(), t.ty_m.to_numpy(), yaw], -1)
+
+    def at(self, times: np.ndarray) -> np.ndarray:
+        """Poses (N, 3) [m, m, rad] in the city frame at times (N,) [s]."""
+        return np.stack([np.interp(times, self.times, self.poses[:, i]) for i in range(3)], -1)
+
+    def dynamics(self, t: float, wheelbase: float) -> np.ndarray:
+        """speed [m/s], longitudinal acceleration [m/s²], steering [rad], yaw rate [rad/s] at t by finite differences."""
+
+        def speed_yaw_rate(tc: float, h: float = 0.1) -> tuple[float, float]:
+            a, b = self.at(np.array([tc - h, tc + h]))
+            heading = 0.5 * (a[2] + b[2])
+            v = ((b[0] - a[0]) * np.cos(heading) + (b[1] - a[1]) * np.sin(heading)) / (2 * h)
+            return float(v), float((b[2] - a[2]) / (2 * h))
+
+        v, yaw_rate = speed_yaw_rate(t)
+        accel = (speed_yaw_rate(t + 0.25)[0] - speed_yaw_rate(t - 0.25)[0]) / 0.5
+        steering = (
+            float(np.clip(np.arctan(wheelbase * yaw_rate / v), -np.pi / 3, np.pi / 3)) if v > 1.0 else 0.0
+        )
+        return np.array([v, accel, steering, yaw_rate])
+
+
+@dataclass
+class Lane:
+    id: str
+    polygon: np.ndarray  # (P, 2) city frame
+    centerline: np.ndarray  # (C, 2) city frame, driving direction
+    successors: list[str]
+    neighbours: list[str]
+    is_intersection: bool
+
+
+def _load_map(map_dir: Path) -> tuple[list[np.ndarray], dict[str, Lane]]:
+    files = sorted(map_dir.glob("log_map_archive_*.json"))
+    if not files:
+        raise FileNotFoundError(f"{map_dir}: no log_map_archive_*.json; the AV2 log needs its vector map")
+    data = json.loads(files[0].read_text())
+    drivable = [_xy(a["area_boundary"]) for a in data["drivable_areas"].values()]
+    lanes: dict[str, Lane] = {}
+    for seg in data["lane_segments"].values():
+        if seg["lane_type"] == "BIKE":
+            continue
+        left, right = _xy(seg["left_lane_boundary"]), _xy(seg["right_lane_boundary"])
+        n = 20
+        centre = 0.5 * (_resample_n(left, n) + _resample_n(right, n))
+        neighbours = [
+            str(seg[k]) for k in ("left_neighbor_id", "right_neighbor_id") if seg.get(k) is not None
+        ]
+        lanes[str(seg["id"])] = Lane(
+            str(seg["id"]),
+            np.concatenate([left, right[::-1]]),
+            centre,
+            [str(s) for s in seg["successors"]],
+            neighbours,
+            bool(seg["is_intersection"]),
+        )
+    return drivable, lanes
+
+
+def _resample_n(line: np.ndarray, n: int) -> np.ndarray:
+    cum = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(line, axis=0), axis=-1))])
+    s = np.linspace(0.0, cum[-1], n)
+    return np.stack([np.interp(s, cum, line[:, 0]), np.interp(s, cum, line[:, 1])], -1)
+
+
+def _direction(lane: Lane) -> np.ndarray:
+    d = lane.centerline[-1] - lane.centerline[0]
+    return d / max(float(np.linalg.norm(d)), 1e-9)
+
+
+def route_lanes(lanes: dict[str, Lane], ego_path: np.ndarray) -> tuple[list[str], set[str]]:
+    """Traversed lane ids in visit order, and the on-route set (+ successors, same-direction neighbours).
+
+    ego_path (N, 3) city-frame rear-axle poses from t = 0 to the end of the log.
+    """
+    ids = list(lanes)
+    polys = [shapely.make_valid(shapely.Polygon(lanes[i].polygon)) for i in ids]
+    tree = shapely.STRtree(polys)
+    pt_idx, lane_idx = tree.query(shapely.points(ego_path[:, :2]), predicate="within")
+    heading = np.stack([np.cos(ego_path[:, 2]), np.sin(ego_path[:, 2])], -1)
+    hits = np.bincount(lane_idx, minlength=len(ids))  # ego samples inside each lane
+    if len(pt_idx) == 0:
+        raise ValueError("the logged ego path crosses no lane polygon of the map; cannot build the route")
+    first = pt_idx.min()
+    start = max(
+        (ids[j] for j in lane_idx[pt_idx == first]),
+        key=lambda c: float(_direction(lanes[c]) @ heading[first]),
+    )
+    index = {lane_id: j for j, lane_id in enumerate(ids)}
+    visited = [start]
+    while len(visited) < 100:  # follow the lane graph where the logged ego went (a lane change: a neighbour)
+        cur = lanes[visited[-1]]
+        succ = [x for x in cur.successors if x in lanes and x not in visited]
+        side = [
+            x
+            for x in cur.neighbours
+            if x in lanes and x not in visited and _direction(lanes[x]) @ _direction(cur) > 0.5
+        ]
+        driven = [x for x in succ + side if hits[index[x]] > 0]
+        if driven:
+            visited.append(max(driven, key=lambda x: (x in succ, hits[index[x]])))
+            continue
+        if succ:  # the log ends here: one more lane of look-ahead
+            visited.append(max(succ, key=lambda x: float(_direction(lanes[x]) @ _direction(cur))))
+        break
+    on_route = set(visited)
+    for lane_id in list(visited):
+        on_route.update(s for s in lanes[lane_id].successors if s in lanes)
+    frontier = list(on_route)
+    while frontier:  # same-direction neighbours: the rest of the roadblock
+        lane = lanes[frontier.pop()]
+        for n in lane.neighbours:
+            if n in lanes and n not in on_route and float(_direction(lanes[n]) @ _direction(lane)) > 0.5:
+                on_route.add(n)
+                frontier.append(n)
+    return visited, on_route
+
+
+class Annotations:
+    """Cuboids of one log in the city frame, with finite-difference velocities per track (10 Hz)."""
+
+    def __init__(self, log_dir: Path, ego: EgoTrack) -> None:
+        files = [log_dir / "annotations.feather", log_dir / "annotations_with_ego.feather"]
+        path = next((f for f in files if f.exists()), None)
+        if path is None:
+            raise FileNotFoundError(f"{log_dir}: no annotations.feather / annotations_with_ego.feather")
+        df = feather.read_table(path).to_pandas()
+        df = df[~df.category.isin(DROPPED)]
+        unknown = sorted(set(df.category) - set(CATEGORY_CLASS))
+        if unknown:
+            raise ValueError(f"{path}: unknown AV2 categories {unknown}; add them to av2.CATEGORY_CLASS")
+        df = df.sort_values(["track_uuid", "timestamp_ns"]).reset_index(drop=True)
+        self.times = (df.timestamp_ns.to_numpy() - ego.t0_ns) * 1e-9
+        ego_pose = ego.at(self.times)
+        local = np.stack([df.tx_m.to_numpy(), df.ty_m.to_numpy()], -1)
+        xy = (
+            np.stack([transform_points(p, q) for p, q in zip(ego_pose, local)])
+            if len(df)
+            else np.zeros((0, 2))
+        )
+        yaw = ego_pose[:, 2] + _yaw(df.qw.to_numpy(), df.qx.to_numpy(), df.qy.to_numpy(), df.qz.to_numpy())
+        track = df.track_uuid.to_numpy()
+        vel = np.zeros_like(xy)
+        same_prev = np.r_[False, track[1:] == track[:-1]]
+        same_next = np.r_[track[:-1] == track[1:], False]
+        i_prev = np.where(same_prev, np.arange(len(df)) - 1, np.arange(len(df)))
+        i_next = np.where(same_next, np.arange(len(df)) + 1, np.arange(len(df)))
+        dt = self.times[i_next] - self.times[i_prev]
+        ok = dt > 0
+        vel[ok] = (xy[i_next[ok]] - xy[i_prev[ok]]) / dt[ok, None]
+        self.track, self.xy, self.yaw, self.vel = track, xy, yaw, vel
+        self.size = np.stack([df.length_m.to_numpy(), df.width_m.to_numpy()], -1)
+        self.category = df.category.to_numpy()
+        self.clock = np.unique(self.times)  # lidar sweep times [s]
+
+
+class Av2Source:
+    """The AV2 logs under `cfg.root` as MetricScenes (see the module docstring)."""
+
+    def __init__(self, cfg: Av2Config) -> None:
+        self.cfg = cfg
+        self.root = Path(cfg.root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(
+                f"{self.root}: AV2 root not found; pass --root (e.g. ../shared/data/argoverse2)"
+            )
+        logs = cfg.logs or sorted(
+            p.name for p in self.root.iterdir() if (p / "city_SE3_egovehicle.feather").exists()
+        )
+        if not logs:
+            raise FileNotFoundError(f"{self.root}: no log directories with city_SE3_egovehicle.feather")
+        self.logs = logs
+
+    def metric_scenes(self) -> list[MetricScene]:
+        return [scene for log in self.logs for scene in self.log_scenes(log)]
+
+    def log_scenes(self, log: str) -> list[MetricScene]:
+        """Every 2 Hz scene of one log with 4 s of logged future."""
+        log_dir = self.root / log
+        ego = EgoTrack(log_dir / "city_SE3_egovehicle.feather")
+        ann = Annotations(log_dir, ego)
+        drivable, lanes = _load_map(log_dir / "map")
+        scenes = []
+        clock = ann.clock[ann.clock >= ego.times[0] + 0.25]  # room for the finite differences at t = 0
+        for k in range(0, len(clock), round(STEP_S * 10)):
+            t0 = float(clock[k])
+            if t0 + FUTURE_S > ego.times[-1] - 0.05:
+                break
+            scenes.append(self._scene(f"{log}_{k // 5:03d}", t0, ego, ann, drivable, lanes))
+        return scenes
+
+    def _scene(
+        self,
+        token: str,
+        t0: float,
+        ego: EgoTrack,
+        ann: Annotations,
+        drivable: list[np.ndarray],
+        lanes: dict[str, Lane],
+    ) -> MetricScene:
+        wheelbase = self.cfg.ego_geometry[3]
+        origin = ego.at(np.array([t0]))[0]
+        future = ego.at(t0 + STEP_S * np.arange(1, 9))
+        human = absolute_to_relative(origin, future)
+        path = ego.at(np.arange(t0, ego.times[-1], 0.1))
+        visited, on_route = route_lanes(lanes, path)
+
+        times = STEP_S * np.arange(round(AGENT_HORIZON_S / STEP_S) + 1)
+        sample = np.full(len(times), np.nan)
+        for i, t in enumerate(t0 + times):  # nearest sweep within 20 ms
+            j = int(np.argmin(np.abs(ann.clock - t)))
+            if abs(ann.clock[j] - t) < 0.02:
+                sample[i] = ann.clock[j]
+        rows = np.flatnonzero(np.isin(ann.times, sample[np.isfinite(sample)]))
+        ids = sorted(set(ann.track[rows]))
+        col = {tid: a for a, tid in enumerate(ids)}
+        step = {float(t): i for i, t in enumerate(sample) if np.isfinite(t)}
+        n_k, n_a = len(times), len(ids)
+        poses = np.full((n_k, n_a, 3), np.nan)
+        vel = np.full((n_k, n_a, 2), np.nan)
+        valid = np.zeros((n_k, n_a), bool)
+        sizes = np.zeros((n_a, 2))
+        types = np.zeros(n_a, np.int64)
+        c, s = np.cos(origin[2]), np.sin(origin[2])
+        for r in rows:
+            i, a = step[float(ann.times[r])], col[ann.track[r]]
+            poses[i, a] = absolute_to_relative(origin, np.array([*ann.xy[r], ann.yaw[r]]))
+            vel[i, a] = [c * ann.vel[r, 0] + s * ann.vel[r, 1], -s * ann.vel[r, 0] + c * ann.vel[r, 1]]
+            valid[i, a] = True
+            sizes[a] = ann.size[r]
+            types[a] = CATEGORY_CLASS[ann.category[r]]
+
+        def local(poly: np.ndarray) -> np.ndarray:
+            return absolute_to_relative(origin, np.c_[poly, np.zeros(len(poly))])[:, :2]
+
+        lane_ids = list(lanes)
+        route = np.concatenate([local(lanes[i].centerline) for i in visited])
+        return MetricScene(
+            token=token,
+            ego_pose=np.zeros(3),
+            ego_dynamics=ego.dynamics(t0, wheelbase),
+            agent_times=times,
+            agent_poses=poses,
+            agent_velocities=vel,
+            agent_sizes=sizes,
+            agent_valid=valid,
+            agent_types=types,
+            agent_static=types == AgentClass.STATIC,
+            agent_ids=np.array(ids, dtype=str),
+            drivable_polygons=[local(p) for p in drivable],
+            lane_polygons=[local(lanes[i].polygon) for i in lane_ids],
+            lane_ids=np.array(lane_ids, dtype=str),
+            lane_on_route=np.array([i in on_route for i in lane_ids]),
+            intersection_polygons=[local(lanes[i].polygon) for i in lane_ids if lanes[i].is_intersection],
+            route=resample_polyline(route, 1.0),
+            human_future=human,
+            human_valid=np.ones(8, bool),
+            ego_geometry=np.asarray(self.cfg.ego_geometry, np.float64),
+        )
+
+
+@register("source", "av2", Av2Config)
+def build(cfg: Av2Config) -> Av2Source:
+    return Av2Source(cfg)

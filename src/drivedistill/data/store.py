@@ -244,10 +244,11 @@ class SceneStore:
 
     store = SceneStore("runs/x/store"); store.tokens("train"); store.load(token) -> Scene
     Shards are read lazily and kept (as encoded bytes, about the on-disk size) in an LRU of
-    `max_cached_shards`; each shard's sha256 is checked against the manifest on first read.
+    `max_cached_shards` (default 256 ≈ the whole default store, ~1 MB per shard: shuffled training
+    reads every shard again and again); a shard's sha256 is checked against the manifest on each read.
     """
 
-    def __init__(self, root: str | Path, max_cached_shards: int = 16, verify: bool = True) -> None:
+    def __init__(self, root: str | Path, max_cached_shards: int = 256, verify: bool = True) -> None:
         self.root = Path(root)
         path = self.root / MANIFEST
         if not path.exists():

@@ -16,11 +16,13 @@ import torch
 
 from drivedistill import registry
 from drivedistill.methods.base import MethodContext
+from drivedistill.models.students.base import Student
 from drivedistill.testing import random_batch
 from drivedistill.train import checkpoint
 from drivedistill.types import NUM_FUTURE, AgentInputBatch, Batch, PlanOutput
 
 STUDENTS = [e.name for e in registry.entries("student")]
+PERCEPTION = [n for n in STUDENTS if hasattr(registry.get("student", n).default_config(), "bev_channels")]
 BEV_CHANNELS = 3  # random_scene's BEV raster
 
 
@@ -31,7 +33,7 @@ def _config(name: str, **changes: object) -> object:
     return dataclasses.replace(cfg, **changes) if changes else cfg
 
 
-def _student(name: str, **changes: object) -> torch.nn.Module:
+def _student(name: str, **changes: object) -> Student:
     torch.manual_seed(0)
     return registry.build("student", name, _config(name, **changes))
 
@@ -118,10 +120,7 @@ def test_privileged_part_is_not_needed(name: str) -> None:
     assert torch.isfinite(out.trajectory).all()
 
 
-@pytest.mark.parametrize(
-    "name",
-    [n for n in STUDENTS if "bev_channels" in registry.get("student", n).config_cls.__dataclass_fields__],
-)
+@pytest.mark.parametrize("name", PERCEPTION)
 def test_without_ego_status_ignores_it(name: str, batch: Batch) -> None:
     student = _student(name, use_ego_status=False).eval()
     shifted = dataclasses.replace(

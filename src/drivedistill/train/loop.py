@@ -157,7 +157,7 @@ class _Window:
 
 def fit(
     model: nn.Module,
-    data: Dataset[Any],
+    data: Dataset[Any] | Sequence[Any],
     cfg: TrainConfig,
     out_dir: str | Path,
     *,
@@ -187,7 +187,7 @@ def fit(
     if resume and not existing:
         raise FileNotFoundError(f"--resume: {out} has no checkpoint yet; drop --resume to start the run")
 
-    n = len(data)  # type: ignore[arg-type]
+    n = len(data)  # type: ignore[arg-type]  # map-style datasets define __len__
     per_step = cfg.batch_size if collate is not None else 1
     steps_per_epoch = (n // info.world_size) // per_step
     if steps_per_epoch == 0:
@@ -266,13 +266,18 @@ def fit(
     epoch = step // steps_per_epoch
     while step < total:
         sampler: DistributedSampler[Any] = DistributedSampler(
-            data, info.world_size, info.rank, shuffle=True, seed=cfg.seed, drop_last=True
+            data,  # type: ignore[arg-type]
+            num_replicas=info.world_size,
+            rank=info.rank,
+            shuffle=True,
+            seed=cfg.seed,
+            drop_last=True,
         )
         sampler.set_epoch(epoch)
         order = list(sampler)
         batches = [order[i * per_step : (i + 1) * per_step] for i in range(steps_per_epoch)]
-        loader = DataLoader(
-            data,
+        loader: DataLoader[Any] = DataLoader(
+            data,  # type: ignore[arg-type]
             batch_sampler=batches[step - epoch * steps_per_epoch :],
             collate_fn=collate or _first,
             num_workers=cfg.num_workers,

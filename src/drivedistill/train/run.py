@@ -41,7 +41,7 @@ def build_method(spec: RunSpec, context: MethodContext | None = None) -> Any:
 
 def train_student(
     spec: RunSpec,
-    data: Dataset[Scene],
+    data: Dataset[Scene] | Sequence[Scene],
     out_dir: str | Path,
     *,
     context: MethodContext | None = None,

@@ -1,0 +1,113 @@
+"""Distilled LatentVLA: a fast student matches the VLM's latent-action distribution while planning (no VLM at inference).
+
+A small head on the student's "plan_query" predicts the 12 latent action tokens in parallel, (B, 12, 16)
+logits. Loss:
+
+    L = plan_weight · imitation(student) + kd_weight · T² · KL(softmax(teacher / T) ‖ softmax(head / T))
+        [+ code_weight · CE(head, LAM codes)]
+
+averaged over the 12 positions. Teacher logits come from the `latent_vla/teacher_logits` extra, cached
+once by `models.teachers.vlm.cache_teacher_logits` (teacher-forced on the LAM codes), so training never
+runs the VLM. The head is training-only: `deployable()` returns the student alone (ONNX-exportable,
+no `transformers` needed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from drivedistill.methods.base import Method, MethodContext
+from drivedistill.methods.imitation import ImitationConfig, imitation_losses
+from drivedistill.models.latent_action.encode import EGO_CODES_KEY
+from drivedistill.models.students.base import Student
+from drivedistill.models.teachers.vlm import TEACHER_LOGITS_KEY
+from drivedistill.registry import register
+from drivedistill.types import Batch
+
+
+@dataclass
+class LatentVLADistillConfig:
+    """KL distillation of the latent-action distribution into a student."""
+
+    num_codes: int = 16  # K, the ego codebook size (must match the teacher's logits)
+    sequence_length: int = 12  # L, latent action tokens per sample
+    temperature: float = 2.0  # T of the softened distributions (Hinton KD; T² rescales the gradient)
+    kd_weight: float = 1.0  # weight of T²·KL(teacher ‖ student)
+    code_weight: float = 0.0  # optional cross-entropy to the LAM's own codes (0 = pure distillation)
+    plan_weight: float = 1.0  # imitation terms of the student
+    head_hidden: int = 256  # width of the latent-action head (dropped at export)
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ValueError(f"LatentVLADistillConfig.temperature must be > 0, got {self.temperature}")
+        if min(self.kd_weight, self.code_weight, self.plan_weight) < 0:
+            raise ValueError("LatentVLADistillConfig: loss weights must be ≥ 0")
+
+
+def kd_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T² · KL(softmax(t/T) ‖ softmax(s/T)), summed over the K classes, mean over the other dims."""
+    log_p = F.log_softmax(teacher_logits.float() / temperature, -1)
+    log_q = F.log_softmax(student_logits.float() / temperature, -1)
+    kl = (log_p.exp() * (log_p - log_q)).sum(-1)
+    return kl.mean() * temperature**2
+
+
+class LatentVLADistill(Method):
+    """Student + a latent-action head trained against cached teacher logits."""
+
+    required_extras = (TEACHER_LOGITS_KEY,)
+
+    def __init__(self, cfg: LatentVLADistillConfig, student: Student) -> None:
+        super().__init__(student)
+        self.cfg = cfg
+        d, shape = student.feature_dim, (cfg.sequence_length, cfg.num_codes)
+        self.head = nn.Sequential(
+            nn.LayerNorm(d),
+            nn.Linear(d, cfg.head_hidden),
+            nn.GELU(),
+            nn.Linear(cfg.head_hidden, shape[0] * shape[1]),
+        )
+        self.imitation = ImitationConfig()
+
+    def action_logits(self, plan_query: torch.Tensor) -> torch.Tensor:
+        """(B, D) → (B, L, K) latent-action logits of the student."""
+        return self.head(plan_query).view(-1, self.cfg.sequence_length, self.cfg.num_codes)  # type: ignore[no-any-return]
+
+    def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
+        if TEACHER_LOGITS_KEY not in batch.extras:
+            raise KeyError(
+                f"latent_vla_distill: Batch.extras lacks {TEACHER_LOGITS_KEY!r}; cache it with "
+                "models.teachers.vlm.cache_teacher_logits and pass it as a SceneDataset extra"
+            )
+        teacher = batch.extras[TEACHER_LOGITS_KEY]
+        expected = (batch.inputs.batch_size, self.cfg.sequence_length, self.cfg.num_codes)
+        if tuple(teacher.shape) != expected:
+            raise ValueError(
+                f"latent_vla_distill: teacher logits are {tuple(teacher.shape)}, expected {expected}; "
+                "set method.num_codes / method.sequence_length to the teacher's"
+            )
+        out = self.student(batch.inputs)
+        plan = imitation_losses(out, batch, self.imitation)
+        logits = self.action_logits(out.features["plan_query"])
+        kd = kd_kl(teacher, logits, self.cfg.temperature)
+        total = self.cfg.plan_weight * plan["loss"] + self.cfg.kd_weight * kd
+        parts = {"imitation": plan["imitation"], "kd": kd.detach()}
+        agree = (logits.argmax(-1) == teacher.argmax(-1)).float().mean()
+        if self.cfg.code_weight > 0:
+            if EGO_CODES_KEY not in batch.extras:
+                raise KeyError(
+                    f"latent_vla_distill: code_weight > 0 needs the {EGO_CODES_KEY!r} extra (LAM codes)"
+                )
+            ce = F.cross_entropy(logits.flatten(0, 1), batch.extras[EGO_CODES_KEY].long().flatten())
+            total = total + self.cfg.code_weight * ce
+            parts["code_ce"] = ce.detach()
+        return {"loss": total, **parts, "teacher_agreement": agree}
+
+
+@register("method", "latent_vla_distill", LatentVLADistillConfig)
+def build(cfg: LatentVLADistillConfig, student: Student, context: MethodContext) -> LatentVLADistill:
+    return LatentVLADistill(cfg, student)

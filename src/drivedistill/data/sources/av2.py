@@ -28,7 +28,7 @@ import shapely
 
 from drivedistill.metrics.metric_scene import PACIFICA, MetricScene
 from drivedistill.registry import register
-from drivedistill.sim.geometry import absolute_to_relative, resample_polyline, transform_points
+from drivedistill.sim.geometry import absolute_to_relative, resample_polyline
 from drivedistill.types import AgentClass
 
 CATEGORY_CLASS: dict[str, AgentClass] = {
@@ -233,10 +233,9 @@ class Annotations:
         self.times = (df.timestamp_ns.to_numpy() - ego.t0_ns) * 1e-9
         ego_pose = ego.at(self.times)
         local = np.stack([df.tx_m.to_numpy(), df.ty_m.to_numpy()], -1)
-        xy = (
-            np.stack([transform_points(p, q) for p, q in zip(ego_pose, local)])
-            if len(df)
-            else np.zeros((0, 2))
+        c, s = np.cos(ego_pose[:, 2]), np.sin(ego_pose[:, 2])
+        xy = ego_pose[:, :2] + np.stack(
+            [c * local[:, 0] - s * local[:, 1], s * local[:, 0] + c * local[:, 1]], -1
         )
         yaw = ego_pose[:, 2] + _yaw(df.qw.to_numpy(), df.qx.to_numpy(), df.qy.to_numpy(), df.qz.to_numpy())
         track = df.track_uuid.to_numpy()
@@ -281,7 +280,9 @@ class Av2Source:
         ann = Annotations(log_dir, ego)
         drivable, lanes = _load_map(log_dir / "map")
         scenes = []
-        clock = ann.clock[ann.clock >= ego.times[0] + 0.25]  # room for the finite differences at t = 0
+        clock = ann.clock[
+            ann.clock >= ego.times[0] + 0.4
+        ]  # room for the finite differences at t = 0 (±0.35 s)
         for k in range(0, len(clock), round(STEP_S * 10)):
             t0 = float(clock[k])
             if t0 + FUTURE_S > ego.times[-1] - 0.05:
@@ -322,10 +323,13 @@ class Av2Source:
         sizes = np.zeros((n_a, 2))
         types = np.zeros(n_a, np.int64)
         c, s = np.cos(origin[2]), np.sin(origin[2])
-        for r in rows:
+        local_pose = absolute_to_relative(origin, np.c_[ann.xy[rows], ann.yaw[rows]])
+        v = ann.vel[rows]
+        local_vel = np.stack([c * v[:, 0] + s * v[:, 1], -s * v[:, 0] + c * v[:, 1]], -1)
+        for n, r in enumerate(rows):
             i, a = step[float(ann.times[r])], col[ann.track[r]]
-            poses[i, a] = absolute_to_relative(origin, np.array([*ann.xy[r], ann.yaw[r]]))
-            vel[i, a] = [c * ann.vel[r, 0] + s * ann.vel[r, 1], -s * ann.vel[r, 0] + c * ann.vel[r, 1]]
+            poses[i, a] = local_pose[n]
+            vel[i, a] = local_vel[n]
             valid[i, a] = True
             sizes[a] = ann.size[r]
             types[a] = CATEGORY_CLASS[ann.category[r]]

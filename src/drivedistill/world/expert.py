@@ -33,6 +33,7 @@ class ExpertVehicle(IDMVehicle):
     TIME_WANTED = 1.3
     COMFORT_ACC_MIN = -4.0
     last_brake_reason: str = ""
+    target_lane_index: tuple[str, str, int]
 
     def act(self, action: dict | str | None = None) -> None:
         if self.crashed:
@@ -59,6 +60,30 @@ class ExpertVehicle(IDMVehicle):
             yaw_rate = v.speed * math.sin(beta) / (v.LENGTH / 2)
             rows.append((v.position[0], v.position[1], v.heading, v.speed, yaw_rate, v.LENGTH, v.WIDTH))
         return np.array(rows, np.float64).reshape(-1, 7)
+
+    def change_lane_policy(self) -> None:
+        """MOBIL, plus: when the lane ahead is blocked by a slow or stopped car, take a safe side lane
+        (MOBIL alone never leaves a lane once stopped behind an obstacle)."""
+        super().change_lane_policy()
+        if self.lane_index != self.target_lane_index:
+            return
+        front, _ = self.road.neighbour_vehicles(self, self.lane_index)
+        if front is None or front.speed > 0.4 * self.target_speed:
+            return
+        if self.lane_distance_to(front) > 80:
+            return
+        for lane_index in self.road.network.side_lanes(self.lane_index):
+            if not self.road.network.get_lane(lane_index).is_reachable_from(self.position):
+                continue
+            new_front, new_rear = self.road.neighbour_vehicles(self, lane_index)
+            if new_front is not None and self.lane_distance_to(new_front) < 15 + self.speed:
+                continue
+            if new_rear is not None:
+                gap = -self.lane_distance_to(new_rear)
+                if gap < 8 + max(0.0, new_rear.speed - self.speed) * 2.0:
+                    continue
+            self.target_lane_index = lane_index
+            return
 
     def _lane_sequence(self, count: int = 4) -> list[tuple[str, str, int]]:
         """The target lane and the next `count` lanes along the route (or the first successor)."""

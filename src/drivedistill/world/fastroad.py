@@ -23,6 +23,7 @@ class FastRoad(Road):
     """`Road` with distance pre-filtering; `focus` is the ego (used by the regulated variant)."""
 
     focus: Any = None
+    vehicles: list[Any]
 
     def _positions(self) -> np.ndarray:
         return np.array([v.position for v in self.vehicles], np.float64).reshape(-1, 2)

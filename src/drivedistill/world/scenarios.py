@@ -145,10 +145,9 @@ def _ahead(world: World, gap: float, lane_shift: int = 0) -> tuple[np.ndarray, f
     n = len(world.road.network.graph[f][t])
     idx = (f, t, int(np.clip(i + lane_shift, 0, n - 1)))
     s = world.road.network.get_lane(idx).local_coordinates(ego.position)[0]
-    route = [idx] + [
-        (a, b, min(idx[2], len(world.road.network.graph[a][b]) - 1)) for a, b in world.route_edges
-    ]
-    route = route[: 1 + len(world.route_edges)]
+    edges = world.route_edges * 2
+    after = edges[edges.index((f, t)) + 1 :] if (f, t) in edges else []
+    route = [idx] + [(a, b, min(idx[2], len(world.road.network.graph[a][b]) - 1)) for a, b in after]
     pos, head = world.road.network.position_heading_along_route(route, s + gap, 0.0, idx)
     return np.asarray(pos, float), float(head), world.road.network.get_closest_lane_index(pos, head)
 
@@ -303,7 +302,7 @@ def _make_event(world: World, name: str) -> Event:
             v = place(world, ScriptedVehicle, pos, head, 6.0, clearance=10)
             v.enable_lane_change = False
             vs.append(v)
-        return StopAndGo(vs[-1], world.ego, rng.uniform(2.5, 4.0))
+        return StopAndGo(vs[-1], rng.uniform(2.5, 4.0))
     if name == "cut_in":
         n = len(world.road.network.graph[world.ego.lane_index[0]][world.ego.lane_index[1]])
         i = world.ego.lane_index[2]
@@ -312,14 +311,14 @@ def _make_event(world: World, name: str) -> Event:
         v = place(world, ScriptedVehicle, pos, head, world.ego.speed - rng.uniform(3, 6))
         v.target_speed = v.speed
         v.enable_lane_change = False
-        return CutIn(v, world.ego, rng.uniform(6, 16))
+        return CutIn(v, rng.uniform(6, 16))
     if name == "stopped_vehicle":
         pos, head, _ = _ahead(
             world, rng.uniform(90, 160) if world.scenario == "highway" else rng.uniform(40, 70)
         )
         v = place(world, ScriptedVehicle, pos, head, 0.0, clearance=20)
         v.target_speed, v.override_accel, v.enable_lane_change = 0.0, 0.0, False
-        return StoppedVehicle(v, world.ego)
+        return StoppedVehicle(v)
     if name == "cross_traffic":
         return CrossTraffic(_challenger(world))
     raise ValueError(f"unknown event '{name}'")
@@ -385,28 +384,28 @@ class LeadBrake(Event):
 class StopAndGo(Event):
     name = "stop_and_go"
 
-    def __init__(self, head: ScriptedVehicle, ego: Vehicle, period: float) -> None:
-        self.head, self.ego, self.period = head, ego, period
+    def __init__(self, head: ScriptedVehicle, period: float) -> None:
+        self.head, self.period = head, period
 
     def update(self, world: World) -> bool:
         stopping = int(world.time / self.period) % 2 == 0
         self.head.target_speed = 0.0 if stopping else 9.0
         self.head.override_accel = -4.0 if stopping and self.head.speed > 0.5 else None
-        return -5 < _gap(self.ego, self.head) < 90
+        return -5 < _gap(world.ego, self.head) < 90
 
 
 class CutIn(Event):
     name = "cut_in"
 
-    def __init__(self, v: ScriptedVehicle, ego: Vehicle, trigger_gap: float) -> None:
-        self.v, self.ego, self.trigger_gap = v, ego, trigger_gap
+    def __init__(self, v: ScriptedVehicle, trigger_gap: float) -> None:
+        self.v, self.trigger_gap = v, trigger_gap
         self.t0: float | None = None
 
     def update(self, world: World) -> bool:
         if self.t0 is None:
-            if world.time >= 2.0 and 0 < _gap(self.ego, self.v) < self.trigger_gap:
+            if world.time >= 2.0 and 0 < _gap(world.ego, self.v) < self.trigger_gap:
                 self.t0 = world.time
-                self.v.target_lane_index = self.ego.lane_index
+                self.v.target_lane_index = world.ego.lane_index
             return False
         return world.time < self.t0 + 4.0
 
@@ -429,11 +428,11 @@ class Merge(Event):
 class StoppedVehicle(Event):
     name = "stopped_vehicle"
 
-    def __init__(self, v: ScriptedVehicle, ego: Vehicle) -> None:
-        self.v, self.ego = v, ego
+    def __init__(self, v: ScriptedVehicle) -> None:
+        self.v = v
 
     def update(self, world: World) -> bool:
-        return -5 < _gap(self.ego, self.v) < 70
+        return -5 < _gap(world.ego, self.v) < 70
 
 
 class CrossTraffic(Event):

@@ -1,0 +1,240 @@
+"""Closed-loop driving in the default world (protocol "drivedistill-closedloop-v1").
+
+    drivedistill eval closedloop --planner expert|constant_velocity [--episodes N] [--gif out.gif] [--json OUT.json]
+
+Protocol: episode i uses scenario `scenarios[i % len]` of seed `seed` (distinct from the collection seed
+by default), 2 s of expert driving, then `duration_s` of the planner (called at 2 Hz on `AgentInput`
+only, its plan tracked at 10 Hz, see world/closedloop.py). The episode ends at the first collision.
+Per episode:
+- progress_m        arc length gained along the route centreline (lane-0 centrelines of the route roads)
+- route_completion  min(1, progress / the privileged expert's progress in the same episode)
+- collision / offroad   the simulator's crash flag; any step with the ego box centre outside every lane
+- comfort_violation fraction of 0.5 s steps breaking nuPlan-like bounds: longitudinal acceleration
+                    outside [-4.05, 2.40] m/s², |lateral acceleration| > 4.89 m/s², |jerk| > 4.13 m/s³,
+                    |yaw rate| > 0.95 rad/s (finite differences at 2 Hz)
+- driving_score     route_completion × 0.60 if it collided (CARLA's vehicle-collision penalty) × 0.70 if
+                    it went off-road (CARLA's off-route spirit); comfort is reported, not penalised
+Aggregates are means over episodes; every result dict carries `protocol`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from drivedistill.registry import register
+from drivedistill.types import NUM_FUTURE, AgentInput
+from drivedistill.world.config import SIM_HZ, WorldConfig
+
+PROTOCOL = "drivedistill-closedloop-v1"
+COLLISION_PENALTY, OFFROAD_PENALTY = 0.60, 0.70
+LON_ACC = (-4.05, 2.40)  # [m/s^2]
+COMFORT = {"lat_acc": 4.89, "jerk": 4.13, "yaw_rate": 0.95}
+EXPERT = "expert"  # pass as `planner` to let the privileged expert drive (the reference row)
+
+Planner = Callable[[AgentInput], np.ndarray]
+
+
+@dataclass
+class ClosedLoopConfig:
+    """episodes, simulated seconds per episode after the 2 s hand-over, seed, and the world (sensors,
+    scenarios, traffic density, event probabilities)."""
+
+    episodes: int = 10
+    duration_s: float = 12.0
+    seed: int = 1000
+    world: WorldConfig = field(default_factory=WorldConfig)
+
+    def __post_init__(self) -> None:
+        if self.episodes < 1:
+            raise ValueError(f"ClosedLoopConfig.episodes: must be ≥ 1, got {self.episodes}")
+        if self.duration_s < 1.0:
+            raise ValueError(f"ClosedLoopConfig.duration_s: must be ≥ 1 s, got {self.duration_s}")
+
+
+@dataclass
+class ClosedLoopResult:
+    """Aggregates (means over episodes) and one record per episode."""
+
+    collision_rate: float
+    offroad_rate: float
+    progress_m: float
+    route_completion: float
+    comfort_violation: float
+    driving_score: float
+    episodes: list[dict[str, Any]]
+    protocol: str = PROTOCOL
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def constant_velocity(inputs: AgentInput) -> np.ndarray:
+    """Reference planner: keep the current speed straight ahead. (8, 3) poses in the ego frame."""
+    t = np.arange(1, NUM_FUTURE + 1, dtype=np.float32) * 0.5
+    return np.stack([inputs.ego_status[0] * t, 0 * t, 0 * t], axis=1)
+
+
+def route_polyline(scenario: str, route_edges: list[tuple[str, str]]) -> np.ndarray:
+    """(R, 2) world-frame centreline of the route (lane 0 of each road; twice round a loop)."""
+    from drivedistill.world.scenarios import network
+
+    roadmap = network(scenario)[1]
+    edges = route_edges * 2 if scenario == "racetrack" else route_edges
+    return np.concatenate([roadmap.center[roadmap.lane_slice((a, b, 0))] for a, b in edges])
+
+
+def route_progress(poses: np.ndarray, route: np.ndarray) -> float:
+    """Arc length [m] gained along `route` (R, 2) between the first and last of `poses` (N, 3), projecting
+    each pose onto a window of the route just after the previous projection (loops stay unambiguous)."""
+    arc = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(route, axis=0).T))])
+    idx = int(np.argmin(np.hypot(*(route[: max(2, len(route) // 2)] - poses[0, :2]).T)))
+    start = arc[idx]
+    for p in poses[1:]:
+        lo, hi = np.searchsorted(arc, [arc[idx] - 10.0, arc[idx] + 40.0])
+        window = route[lo : max(hi, lo + 1)]
+        idx = int(lo + np.argmin(np.hypot(*(window - p[:2]).T)))
+    return float(arc[idx] - start)
+
+
+def comfort_violation(poses: np.ndarray, speeds: np.ndarray) -> float:
+    """Fraction of 0.5 s steps violating the comfort bounds (see module docstring)."""
+    k = SIM_HZ // 2
+    p, v = poses[::k], speeds[::k]
+    if len(v) < 3:
+        return 0.0
+    dt = 0.5
+    lon = np.diff(v) / dt
+    yaw_rate = np.angle(np.exp(1j * np.diff(p[:, 2]))) / dt
+    lat = v[1:] * yaw_rate
+    jerk = np.concatenate([[0.0], np.diff(lon) / dt])
+    lo, hi = LON_ACC
+    bad = (lon < lo) | (lon > hi) | (np.abs(lat) > COMFORT["lat_acc"]) | (np.abs(jerk) > COMFORT["jerk"])
+    bad |= np.abs(yaw_rate) > COMFORT["yaw_rate"]
+    return float(bad.mean())
+
+
+def run_closed_loop_episode(
+    planner: Planner | str, cfg: ClosedLoopConfig, index: int, record: bool = False
+) -> tuple[dict[str, Any], list[tuple[np.ndarray, np.ndarray]]]:
+    """One episode; returns its record (without route completion) and the recorded (camera, BEV) frames."""
+    from drivedistill.world.closedloop import ClosedLoopEnv
+
+    scenario = cfg.world.scenarios[index % len(cfg.world.scenarios)]
+    env = ClosedLoopEnv(cfg.world, cfg.duration_s, record=record)
+    expert = planner == EXPERT
+    obs = env.reset(cfg.seed, scenario, index, expert=expert)
+    while not env.done:
+        plan = None if expert else np.asarray(planner(obs), np.float64)  # type: ignore[operator]
+        obs = env.step(plan)
+    s = env.summary()
+    record_ = {
+        "index": index,
+        "scenario": scenario,
+        "collided": s["collided"],
+        "offroad": s["offroad_steps"] > 0,
+        "progress_m": route_progress(s["poses"], route_polyline(scenario, s["route_edges"])),
+        "comfort_violation": comfort_violation(s["poses"], s["speeds"]),
+        "duration_s": (len(s["poses"]) - 1) / SIM_HZ,
+    }
+    return record_, env.trace.frames
+
+
+def evaluate_closed_loop(
+    planner: Planner | str, cfg: ClosedLoopConfig, gif: str | Path | None = None
+) -> ClosedLoopResult:
+    """Run `cfg.episodes` closed-loop episodes with `planner` (a callable on `AgentInput` returning an
+    (8, 3) plan in the ego frame, or `EXPERT`); the expert's progress on the same episodes is the route
+    reference. `gif` writes an animation of the first episode."""
+    records = []
+    for i in range(cfg.episodes):
+        rec, frames = run_closed_loop_episode(planner, cfg, i, record=gif is not None and i == 0)
+        ref = rec if planner == EXPERT else run_closed_loop_episode(EXPERT, cfg, i)[0]
+        rec["reference_progress_m"] = ref["progress_m"]
+        rec["route_completion"] = float(min(1.0, max(0.0, rec["progress_m"]) / max(ref["progress_m"], 1.0)))
+        penalty = (COLLISION_PENALTY if rec["collided"] else 1.0) * (
+            OFFROAD_PENALTY if rec["offroad"] else 1.0
+        )
+        rec["driving_score"] = rec["route_completion"] * penalty
+        records.append(rec)
+        if frames:
+            save_episode_gif(frames, gif)  # type: ignore[arg-type]
+
+    def mean(key: str) -> float:
+        return float(np.mean([float(r[key]) for r in records]))
+
+    return ClosedLoopResult(
+        collision_rate=mean("collided"),
+        offroad_rate=mean("offroad"),
+        progress_m=mean("progress_m"),
+        route_completion=mean("route_completion"),
+        comfort_violation=mean("comfort_violation"),
+        driving_score=mean("driving_score"),
+        episodes=records,
+    )
+
+
+def save_episode_gif(frames: list[tuple[np.ndarray, np.ndarray]], path: str | Path, scale: int = 2) -> Path:
+    """Write an animated GIF (2 Hz) of (camera (H, W, 3), BEV (Hb, Wb, 3)) frames side by side."""
+    from PIL import Image
+
+    if not frames:
+        raise ValueError("save_episode_gif: no frames (run the episode with record=True)")
+    images = []
+    for camera, bev in frames:
+        h = camera.shape[0]
+        bev_img = Image.fromarray(bev[..., :3]).resize(
+            (h * bev.shape[1] // bev.shape[0], h), Image.Resampling.NEAREST
+        )
+        canvas = Image.new("RGB", (camera.shape[1] + bev_img.width, h))
+        canvas.paste(Image.fromarray(camera), (0, 0))
+        canvas.paste(bev_img, (camera.shape[1], 0))
+        images.append(canvas.resize((canvas.width * scale, h * scale), Image.Resampling.NEAREST))
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    images[0].save(out, save_all=True, append_images=images[1:], duration=500, loop=0)
+    return out
+
+
+@register("metric", "closedloop", ClosedLoopConfig)
+def build(cfg: ClosedLoopConfig) -> Callable[[Planner | str], ClosedLoopResult]:
+    """The evaluator bound to `cfg`: call it with a planner."""
+    return lambda planner: evaluate_closed_loop(planner, cfg)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="drivedistill eval closedloop", description=__doc__.splitlines()[0])
+    parser.add_argument("--planner", choices=[EXPERT, "constant_velocity"], required=True)
+    parser.add_argument("--episodes", type=int, default=10)
+    parser.add_argument("--duration", type=float, default=12.0, help="seconds of planner control per episode")
+    parser.add_argument("--seed", type=int, default=1000)
+    parser.add_argument("--gif", help="write an animated GIF of the first episode")
+    parser.add_argument("--json", help="write the result (with per-episode records) as JSON")
+    args = parser.parse_args(argv)
+    cfg = ClosedLoopConfig(episodes=args.episodes, duration_s=args.duration, seed=args.seed)
+    planner: Planner | str = EXPERT if args.planner == EXPERT else constant_velocity
+    result = evaluate_closed_loop(planner, cfg, gif=args.gif)
+    out = result.to_dict()
+    for key in (
+        "collision_rate",
+        "offroad_rate",
+        "progress_m",
+        "route_completion",
+        "comfort_violation",
+        "driving_score",
+    ):
+        print(f"{key:>18}: {out[key]:.3f}")
+    print(f"{'protocol':>18}: {out['protocol']}")
+    if args.json:
+        from drivedistill.utils.io import atomic_write_json
+
+        atomic_write_json(Path(args.json), json.loads(json.dumps(out, default=float)))
+    return 0 if all(math.isfinite(out[k]) for k in ("driving_score", "progress_m")) else 1

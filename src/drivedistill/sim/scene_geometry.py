@@ -38,6 +38,8 @@ class MapIndex:
         self.intersection = _union(scene.intersection_polygons)
         self.lanes = [shapely.make_valid(shapely.Polygon(p)) for p in scene.lane_polygons]
         self.lane_tree = shapely.STRtree(self.lanes)
+        self.lane_bounds = shapely.bounds(self.lanes).reshape(-1, 4)
+        shapely.prepare(self.lanes)
 
     def in_drivable(self, xy: np.ndarray) -> np.ndarray:
         """(...) bool: points (..., 2) inside the drivable area."""
@@ -52,16 +54,18 @@ class MapIndex:
     def multiple_lanes(self, corners: np.ndarray) -> np.ndarray:
         """(...) bool for ego corners (..., 4, 2): corners in > 1 lane polygon and no lane holds all four."""
         lead = corners.shape[:-2]
-        n_boxes = int(np.prod(lead))
-        if not self.lanes or n_boxes == 0:
+        xy = corners.reshape(-1, 2)
+        if not self.lanes or len(xy) == 0:
             return np.zeros(lead, bool)
-        points = shapely.points(corners.reshape(-1, 2))
-        point_idx, lane_idx = self.lane_tree.query(points, predicate="within")
-        box_idx = point_idx // 4
-        keys, counts = np.unique(box_idx * len(self.lanes) + lane_idx, return_counts=True)
-        key_box = keys // len(self.lanes)
-        n_lanes = np.bincount(key_box, minlength=n_boxes)
-        single = np.bincount(key_box[counts == 4], minlength=n_boxes) > 0
+        candidates = self.lane_tree.query(shapely.box(*xy.min(0), *xy.max(0)))
+        inside = np.zeros((len(xy), len(candidates)), bool)
+        for k, j in enumerate(candidates):  # lanes near the proposals only, points prefiltered by bounds
+            x0, y0, x1, y1 = self.lane_bounds[j]
+            m = (xy[:, 0] >= x0) & (xy[:, 0] <= x1) & (xy[:, 1] >= y0) & (xy[:, 1] <= y1)
+            inside[m, k] = shapely.contains_xy(self.lanes[j], xy[m, 0], xy[m, 1])
+        per_box = inside.reshape(-1, 4, len(candidates))
+        n_lanes = per_box.any(1).sum(-1)
+        single = per_box.all(1).any(-1)
         return ((n_lanes > 1) & ~single).reshape(lead)
 
 

@@ -59,3 +59,16 @@ def test_projection_matches_shapely() -> None:
     ref = shapely.line_locate_point(shapely.LineString(line), shapely.points(pts))
     assert np.allclose(s, ref)
     assert np.allclose(d, [1.0, -1.0, 0.0])
+
+
+def test_scene_conversion_moves_to_the_rear_axle_and_scores() -> None:
+    from drivedistill.metrics.metric_scene import metric_scene_from_scene
+    from drivedistill.metrics.pdms import score_plans
+    from drivedistill.testing import random_scene
+
+    scene = random_scene(seed=3, num_agents=2)
+    ms = metric_scene_from_scene(scene, center_to_rear_axle=1.461)
+    assert ms.route[0, 0] == pytest.approx(scene.privileged.map.route[0, 0] + 1.461)
+    assert ms.human_future[0, 0] == pytest.approx(float(scene.privileged.future_trajectory[0, 0]), abs=1e-3)
+    out = score_plans([ms], [ms.human_future]).to_json()
+    assert out["num_scored"] == 1

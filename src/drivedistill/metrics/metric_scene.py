@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from drivedistill.types import AgentClass, ValidationError, _check_array
+from drivedistill.types import AgentClass, Scene, ValidationError, _check_array
 
 # Chrysler Pacifica (nuPlan / NAVSIM): width, front length and rear length from the rear axle, wheelbase [m]
 PACIFICA = (2.297, 4.049, 1.127, 3.089)
@@ -204,3 +204,62 @@ def load_scenes(directory: str | Path) -> list[MetricScene]:
     if not files:
         raise FileNotFoundError(f"{d}: no MetricScene .npz files; write them with metric_scene.save_scenes")
     return [MetricScene.load(f) for f in files]
+
+
+def metric_scene_from_scene(
+    scene: Scene,
+    center_to_rear_axle: float = 0.5 * (PACIFICA[1] - PACIFICA[2]),
+    ego_geometry: tuple[float, float, float, float] = PACIFICA,
+) -> MetricScene:
+    """Convert a project `Scene` (poses of the ego **box centre**, current ego frame, agents at 0 … 4 s)
+    to a MetricScene in the rear-axle frame at t = 0 — the one place this conversion happens.
+
+    `center_to_rear_axle` [m]: how far the rear axle lies behind the Scene's ego reference point (the box
+    centre for `world/episode.py`; 1.461 m for the Pacifica). `ego_geometry`: width, front and rear
+    length from the rear axle, wheelbase [m] (e.g. for the default world: EGO_WIDTH, EGO_LENGTH/2 + d,
+    EGO_LENGTH/2 - d, wheelbase).
+    """
+    priv = scene.privileged
+    if priv is None:
+        raise ValidationError(f"scene {scene.token}: PDMS needs the privileged part (agents, map, future)")
+    d = float(center_to_rear_axle)
+
+    def shift(
+        xy: np.ndarray,
+    ) -> np.ndarray:  # box-centre frame → rear-axle frame (pure translation by +d in x)
+        return np.asarray(xy, np.float64) + np.array([d, 0.0])
+
+    fut = np.asarray(priv.future_trajectory, np.float64)
+    rear = fut[:, :2] - d * np.stack([np.cos(fut[:, 2]), np.sin(fut[:, 2])], -1)
+    human = np.concatenate([shift(rear), fut[:, 2:]], -1)
+    agents = np.asarray(priv.agents, np.float64)  # (K, A, 8) AGENT_FIELDS
+    n_k = agents.shape[0]
+    cls = agents[0, :, 7].astype(np.int64) if n_k else np.zeros(0, np.int64)
+    speed, _, yaw_rate = (float(v) for v in scene.agent_input.ego_status)
+    wheelbase = ego_geometry[3]
+    steering = (
+        float(np.clip(np.arctan(wheelbase * yaw_rate / speed), -np.pi / 3, np.pi / 3)) if speed > 1.0 else 0.0
+    )
+    m = priv.map
+    return MetricScene(
+        token=scene.token,
+        ego_pose=np.zeros(3),
+        ego_dynamics=np.array([speed, float(scene.agent_input.ego_status[1]), steering, yaw_rate]),
+        agent_times=np.arange(n_k) * 0.5,
+        agent_poses=np.concatenate([shift(agents[..., :2]), agents[..., 2:3]], -1),
+        agent_velocities=agents[..., 5:7],
+        agent_sizes=agents[0, :, 3:5] if n_k else np.zeros((0, 2)),
+        agent_valid=np.asarray(priv.agents_valid, bool),
+        agent_types=cls,
+        agent_static=cls == int(AgentClass.STATIC),
+        agent_ids=np.array([f"{scene.token}/{a}" for a in range(agents.shape[1])]),
+        drivable_polygons=[shift(p) for p in m.drivable_polygons],
+        lane_polygons=[shift(p) for p in m.lane_polygons],
+        lane_ids=np.array([str(i) for i in range(len(m.lane_polygons))]),
+        lane_on_route=np.asarray(m.lane_on_route, bool),
+        intersection_polygons=[shift(p) for p in m.intersection_polygons],
+        route=shift(m.route),
+        human_future=human,
+        human_valid=np.asarray(priv.future_valid, bool),
+        ego_geometry=np.asarray(ego_geometry, np.float64),
+    )

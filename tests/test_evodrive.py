@@ -9,10 +9,22 @@ import pytest
 import torch
 
 from drivedistill import registry
-from drivedistill.methods.evodrive import KEY_HIDDEN, KEY_LOGITS, EvoDriveConfig, cache_teacher_targets
+from drivedistill.methods.evodrive import (
+    KEY_HIDDEN,
+    KEY_LENGTH,
+    KEY_LOGITS,
+    EvoDriveConfig,
+    cache_teacher_targets,
+)
 from drivedistill.models.perception import PerceptionConfig, linear_probe, occupancy_grid
 from drivedistill.models.students.vla import VLAConfig, VLAStudent, poses_from_xy
-from drivedistill.models.teachers.oracle import Candidate, OracleConfig, OracleTeacher, select_min_ce
+from drivedistill.models.teachers.oracle import (
+    Candidate,
+    OracleConfig,
+    OracleTeacher,
+    answer_slices,
+    select_min_ce,
+)
 from drivedistill.models.vlm import VLMConfig
 from drivedistill.testing import random_batch, random_scene
 from drivedistill.types import Batch
@@ -96,7 +108,7 @@ def test_candidate_selection_picks_min_ce() -> None:
 
 def test_oracle_candidates_are_min_ce(oracle: OracleTeacher, batch: Batch) -> None:
     gen = torch.Generator().manual_seed(0)
-    cands = oracle.candidates(batch, refine=True, num_samples=3, dropout=0.1, generator=gen)
+    cands = oracle.candidates(batch, refine=True, num_samples=3, dropout=0.1, length=100, generator=gen)
     assert len(cands) == 4
     assert all(c.logits.shape == cands[0].logits.shape for c in cands)
     ce = torch.stack([c.ce for c in cands], 1)
@@ -160,13 +172,13 @@ def test_cached_targets_and_length_mismatch(student: VLAStudent, oracle: OracleT
     cache = cache_teacher_targets(oracle, [batch], cfg)
     assert set(cache[KEY_LOGITS]) == set(batch.tokens)
     method = registry.build("method", "evodrive", cfg, student=student)
-    assert method.required_extras == (KEY_LOGITS, KEY_HIDDEN)
+    assert method.required_extras == (KEY_LOGITS, KEY_HIDDEN, KEY_LENGTH)
     extras = {
-        k: torch.from_numpy(np.stack([cache[k][t] for t in batch.tokens])) for k in (KEY_LOGITS, KEY_HIDDEN)
+        k: torch.from_numpy(np.stack([cache[k][t] for t in batch.tokens])) for k in method.required_extras
     }
     losses = method.losses(dataclasses.replace(batch, extras=extras))
     assert torch.isfinite(losses["kd_logit"]) and float(losses["kd_logit"]) > 0
-    short = {k: v[:, :-1] for k, v in extras.items()}
+    short = {**extras, KEY_LENGTH: extras[KEY_LENGTH] - 1}
     with pytest.raises(ValueError, match="answer token counts must match"):
         method.losses(dataclasses.replace(batch, extras=short))
     with pytest.raises(ValueError, match="num_poses"):
@@ -177,6 +189,22 @@ def test_cached_targets_and_length_mismatch(student: VLAStudent, oracle: OracleT
             student=student,
             teacher=OracleTeacher(OracleConfig(vlm=VLM, num_poses=8)),
         )
+
+
+def test_answer_slices_handle_different_lengths(student: VLAStudent, batch: Batch) -> None:
+    traj = torch.zeros(2, 8, 3)
+    traj[0, :, 0] = torch.arange(1, 9) * 1.0  # "1.00" … "8.00"
+    traj[1, :, 0] = torch.arange(1, 9) * 10.0 + 0.25  # "10.25" … one more digit per number
+    enc = student.encode_train(batch.inputs, traj)
+    assert enc.labels is not None
+    counts = (enc.labels != -100).sum(1)
+    assert counts[1] == counts[0] + 6
+    ids = enc.input_ids.float()[..., None]
+    _, hidden, target = answer_slices(enc, ids.expand(-1, -1, 3), ids, 100)
+    assert target.shape == (2, 100) and (target != -100).sum(1).tolist() == counts.tolist()
+    row = enc.labels[0][enc.labels[0] != -100]
+    assert target[0, : len(row)].tolist() == row.tolist()
+    assert hidden[0, : len(row), 0].tolist() == row.float().tolist()  # hidden at the answer tokens
 
 
 def test_occupancy_grid_and_probe(student: VLAStudent) -> None:

@@ -34,15 +34,19 @@ import torch.nn.functional as F
 from drivedistill.methods.base import Method, MethodContext
 from drivedistill.methods.vla_sft import answer_ce
 from drivedistill.models.students.base import Student
-from drivedistill.models.students.vla import VLAStudent
+from drivedistill.models.students.vla import VLAStudent, answer_token_budget
 from drivedistill.models.teachers.oracle import OracleConfig, OracleTeacher, answer_slices, select_min_ce
 from drivedistill.models.vlm.anchorformer import AnchorFormer
+from drivedistill.models.vlm.prompt import Encoded
 from drivedistill.registry import register
 from drivedistill.types import Batch
 
 KEY_LOGITS = "evodrive/teacher_logits"  # (B, A, V) float: selected candidate's logits on the answer tokens
 KEY_HIDDEN = "evodrive/teacher_hidden"  # (B, A, D) float: its final hidden states at the answer tokens
 KEY_CHOICE = "evodrive/teacher_choice"  # (B,) long: index of the selected candidate (diagnostics)
+KEY_LENGTH = (
+    "evodrive/teacher_length"  # (B,) long: answer tokens per sample (A is padded to the token budget)
+)
 
 
 @dataclass
@@ -78,12 +82,17 @@ def teacher_targets(
     teacher: OracleTeacher, batch: Batch, cfg: EvoDriveConfig, generator: torch.Generator | None = None
 ) -> dict[str, torch.Tensor]:
     """The soft targets: per sample the min-CE candidate among {coarse, best dropout coarse, refined,
-    best dropout refined} (entries per `cfg.refine` / `cfg.mc_dropout`) → {KEY_LOGITS, KEY_HIDDEN, KEY_CHOICE}."""
+    best dropout refined} (entries per `cfg.refine` / `cfg.mc_dropout`) → {KEY_LOGITS, KEY_HIDDEN,
+    KEY_CHOICE, KEY_LENGTH}; answers are padded to `answer_token_budget(num_poses)` tokens."""
+    length = answer_token_budget(teacher.cfg.num_poses)
     cands = teacher.candidates(
-        batch, cfg.refine, cfg.num_samples if cfg.mc_dropout else 0, cfg.dropout, generator
+        batch, cfg.refine, cfg.num_samples if cfg.mc_dropout else 0, cfg.dropout, length, generator
     )
     sel, choice = select_min_ce(cands)
-    return {KEY_LOGITS: sel.logits, KEY_HIDDEN: sel.hidden, KEY_CHOICE: choice}
+    enc = teacher.encode(batch)
+    assert enc.labels is not None
+    counts = (enc.labels != -100).sum(1)
+    return {KEY_LOGITS: sel.logits, KEY_HIDDEN: sel.hidden, KEY_CHOICE: choice, KEY_LENGTH: counts}
 
 
 def cache_teacher_targets(
@@ -91,7 +100,7 @@ def cache_teacher_targets(
 ) -> dict[str, dict[str, np.ndarray]]:
     """Per-token caches for `SceneDataset(..., extras=...)`: name → {token: array}."""
     gen = torch.Generator().manual_seed(seed)
-    out: dict[str, dict[str, np.ndarray]] = {KEY_LOGITS: {}, KEY_HIDDEN: {}, KEY_CHOICE: {}}
+    out: dict[str, dict[str, np.ndarray]] = {KEY_LOGITS: {}, KEY_HIDDEN: {}, KEY_CHOICE: {}, KEY_LENGTH: {}}
     teacher.eval()
     for batch in batches:
         t = teacher_targets(teacher, batch, cfg, gen)
@@ -122,7 +131,9 @@ class EvoDrive(Method):
                     f"evodrive: oracle num_poses={teacher.cfg.num_poses} != student num_poses={student.cfg.num_poses}; answers must match"
                 )
         self.required_extras = (
-            (KEY_LOGITS, KEY_HIDDEN) if cfg.trajectory_kd and cfg.teacher_targets == "cache" else ()
+            (KEY_LOGITS, KEY_HIDDEN, KEY_LENGTH)
+            if cfg.trajectory_kd and cfg.teacher_targets == "cache"
+            else ()
         )
         # the self-anchor: the student's vision encoder + merger as it is at fine-tuning start, frozen
         self.anchor = (
@@ -158,40 +169,44 @@ class EvoDrive(Method):
         return {"loss": total, **{k: v.detach() for k, v in parts.items()}}
 
     def _trajectory_kd(
-        self, batch: Batch, enc: object, logits: torch.Tensor, hidden: torch.Tensor
+        self, batch: Batch, enc: Encoded, logits: torch.Tensor, hidden: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        s_logits, s_hidden, _ = answer_slices(enc, logits, hidden)  # type: ignore[arg-type]
         if self.cfg.teacher_targets == "cache":
-            t_logits, t_hidden = batch.extras[KEY_LOGITS].float(), batch.extras[KEY_HIDDEN].float()
+            t_logits, t_hidden, t_len = (
+                batch.extras[KEY_LOGITS].float(),
+                batch.extras[KEY_HIDDEN].float(),
+                batch.extras[KEY_LENGTH],
+            )
         else:
             assert self.teacher is not None
             t = teacher_targets(self.teacher, batch, self.cfg, self._gen)
-            t_logits, t_hidden = t[KEY_LOGITS], t[KEY_HIDDEN]
-        if t_logits.shape[:2] != s_logits.shape[:2] or t_logits.shape[-1] != s_logits.shape[-1]:
+            t_logits, t_hidden, t_len = t[KEY_LOGITS], t[KEY_HIDDEN], t[KEY_LENGTH]
+        assert enc.labels is not None
+        s_len = (enc.labels != -100).sum(1)
+        if not torch.equal(s_len.cpu(), t_len.long().cpu()) or t_logits.shape[-1] != logits.shape[-1]:
             raise ValueError(
-                f"evodrive: teacher answer (B, A, V) = {tuple(t_logits.shape)} but student {tuple(s_logits.shape)}; "
-                "teacher and student must share the tokenizer and num_poses (answer token counts must match)"
+                f"evodrive: teacher answers have {t_len.tolist()} tokens (vocab {t_logits.shape[-1]}), the student's "
+                f"{s_len.tolist()} (vocab {logits.shape[-1]}); teacher and student must share the tokenizer and num_poses "
+                "(answer token counts must match)"
             )
+        s_logits, s_hidden, target = answer_slices(enc, logits, hidden, t_logits.shape[1])
         if t_hidden.shape != s_hidden.shape:
             raise ValueError(
                 f"evodrive: teacher hidden {tuple(t_hidden.shape)} != student {tuple(s_hidden.shape)}; use the same hidden size"
             )
+        valid = target != -100  # (B, A)
         temp = self.cfg.temperature
-        flat_s = F.log_softmax(s_logits.float().flatten(0, 1) / temp, dim=-1)
-        flat_t = F.softmax(t_logits.flatten(0, 1) / temp, dim=-1)
-        kd_logit = (
-            F.kl_div(flat_s, flat_t, reduction="batchmean") * temp * temp
-        )  # batchmean over answer tokens
+        log_s = F.log_softmax(s_logits.float()[valid] / temp, dim=-1)
+        p_t = F.softmax(t_logits.to(log_s)[valid] / temp, dim=-1)
+        kd_logit = F.kl_div(log_s, p_t, reduction="batchmean") * temp * temp  # batchmean over answer tokens
         loss_fn = F.smooth_l1_loss if self.cfg.hidden_loss == "smooth_l1" else F.mse_loss
-        return kd_logit, loss_fn(s_hidden.float(), t_hidden.to(s_hidden.device))
+        return kd_logit, loss_fn(s_hidden.float()[valid], t_hidden.to(s_hidden.device)[valid])
 
     def _anchor_loss(
-        self, enc: object, pv: torch.Tensor, grid: torch.Tensor, img: torch.Tensor
+        self, enc: Encoded, pv: torch.Tensor, grid: torch.Tensor, img: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """L_a = Σ w_i mse_i / Σ w_i over the visual tokens; returns (L_a, w (B, T))."""
-        from drivedistill.models.vlm.prompt import Encoded
-
-        assert isinstance(enc, Encoded) and self.anchor is not None
+        assert self.anchor is not None
         core = self.vla.core
         with torch.no_grad():
             anchor_tok = core.visual_tokens(pv, grid, visual=self.anchor)

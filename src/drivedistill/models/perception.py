@@ -88,7 +88,7 @@ def scene_batch(scenes: Sequence[Scene], cfg: PerceptionConfig) -> tuple[torch.T
             raise ValueError(
                 f"perception targets need Privileged.agents; scene {s.token} has no privileged part"
             )
-        images.append(torch.from_numpy(s.agent_input.camera).permute(2, 0, 1).float() / 255.0)
+        images.append(torch.from_numpy(np.array(s.agent_input.camera)).permute(2, 0, 1).float() / 255.0)
         targets.append(
             torch.from_numpy(occupancy_grid(s.privileged.agents[0], s.privileged.agents_valid[0], cfg))
         )

@@ -44,7 +44,7 @@ class VLAConfig(StudentConfig):
         default_factory=VLMConfig
     )  # set vlm.pretrained_dir to the perception-pretrained VLM
     num_poses: int = 6  # poses written as text: 6 (3 s, EvoDriveVLA/nuScenes) or 8 (4 s, NAVSIM)
-    max_new_tokens: int = 0  # decoding budget; 0 = 14 tokens per pose + 4
+    max_new_tokens: int = 0  # decoding budget; 0 = answer_token_budget(num_poses)
 
     def __post_init__(self) -> None:
         if self.num_poses not in (6, 8):
@@ -78,6 +78,11 @@ def fallback_xy(inputs: AgentInputBatch, num_poses: int, use_ego_status: bool) -
     return torch.stack([speed * t, torch.zeros_like(speed * t)], dim=-1)
 
 
+def answer_token_budget(num_poses: int) -> int:
+    """Upper bound on the tokens of a plan answer + `<|im_end|>`: ≤ 16 per pose ("(123.45,-12.34),") + 4."""
+    return 16 * num_poses + 4
+
+
 def plan_answers(trajectory: torch.Tensor, num_poses: int) -> list[str]:
     """(B, 8, 3) target poses → answer texts of the first `num_poses` (x, y) (student and oracle share it)."""
     return [format_plan(p) for p in trajectory[:, :num_poses, :2].detach().cpu().numpy()]
@@ -98,7 +103,7 @@ class VLAStudent(Student):
 
     @property
     def max_new_tokens(self) -> int:
-        return self.cfg.max_new_tokens or 14 * self.cfg.num_poses + 4
+        return self.cfg.max_new_tokens or answer_token_budget(self.cfg.num_poses)
 
     # ----- prompts -------------------------------------------------------------------------------
     def user_texts(self, inputs: AgentInputBatch) -> list[str]:

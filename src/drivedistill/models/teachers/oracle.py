@@ -55,22 +55,30 @@ class Candidate:
 
 
 def answer_slices(
-    enc: Encoded, out_logits: torch.Tensor, hidden: torch.Tensor
+    enc: Encoded, out_logits: torch.Tensor, hidden: torch.Tensor, length: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gather (logits (B, A, V) shifted to predict each answer token, hidden (B, A, D) at the answer
-    tokens, targets (B, A)). Every row must have the same answer length A (error otherwise)."""
+    """Gather the answer tokens, left-aligned and padded to `length` (default: the longest answer).
+
+    Returns logits (B, A, V) shifted to predict each answer token, hidden (B, A, D) at the answer tokens,
+    targets (B, A) with -100 on padding. Rows differ in length when their numbers have more digits.
+    """
     assert enc.labels is not None
     is_ans = enc.labels != IGNORE_INDEX
     counts = is_ans.sum(1)
-    if bool((counts != counts[0]).any()):
+    a = int(counts.max()) if length is None else length
+    if int(counts.max()) > a:
         raise ValueError(
-            f"answer lengths differ within the batch ({counts.tolist()} tokens); plans must share one text shape"
+            f"answer of {int(counts.max())} tokens exceeds the padded length {a}; raise num_poses' token budget"
         )
-    b, a = is_ans.shape[0], int(counts[0])
-    shifted = torch.zeros_like(is_ans)
-    shifted[:, :-1] = is_ans[:, 1:]
-    logits = out_logits[shifted].view(b, a, -1)
-    return logits, hidden[is_ans].view(b, a, -1), enc.labels[is_ans].view(b, a)
+    b = is_ans.shape[0]
+    slot = torch.arange(a, device=is_ans.device).expand(b, a)
+    valid = slot < counts[:, None]
+    first = is_ans.float().argmax(1)  # answers are contiguous: first answer position per row
+    pos = (first[:, None] + slot).clamp_max(is_ans.shape[1] - 1)
+    logits = out_logits.gather(1, (pos - 1).clamp_min(0)[..., None].expand(b, a, out_logits.shape[-1]))
+    hid = hidden.gather(1, pos[..., None].expand(b, a, hidden.shape[-1]))
+    target = torch.where(valid, enc.labels.gather(1, pos), torch.full_like(pos, IGNORE_INDEX))
+    return logits * valid[..., None], hid * valid[..., None], target
 
 
 class OracleTeacher(nn.Module):
@@ -117,9 +125,12 @@ class OracleTeacher(nn.Module):
 
     def argmax_drafts(self, enc: Encoded, logits: torch.Tensor) -> list[str]:
         """The teacher-forced argmax answer of each row as text (the coarse draft; may be malformed)."""
-        pred, _, _ = answer_slices(enc, logits, logits[..., :1])
+        pred, _, target = answer_slices(enc, logits, logits[..., :1])
         ids = pred.argmax(-1)
-        return [str(t) for t in self.core.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+        return [
+            str(self.core.tokenizer.decode(row[t != IGNORE_INDEX], skip_special_tokens=True))
+            for row, t in zip(ids, target)
+        ]
 
     def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Teacher training step: CE on the coarse pass, or (p = refine_prob) on the refined pass."""
@@ -143,6 +154,7 @@ class OracleTeacher(nn.Module):
         refine: bool,
         num_samples: int,
         dropout: float,
+        length: int,
         generator: torch.Generator | None = None,
     ) -> list[Candidate]:
         """[coarse, best-of-dropout coarse, refined, best-of-dropout refined] (the dropout / refined
@@ -157,7 +169,7 @@ class OracleTeacher(nn.Module):
             passes.append((enc_r, self.core(enc_r, images)))
         cands: list[Candidate] = []
         for e, o in passes:
-            logits, hidden, target = answer_slices(e, o.logits, o.hidden)
+            logits, hidden, target = answer_slices(e, o.logits, o.hidden, length)
             cands.append(Candidate(logits.float(), hidden, _ce(logits, target)))
             if num_samples > 0:
                 best: Candidate | None = None
@@ -189,8 +201,9 @@ class OracleTeacher(nn.Module):
 
 
 def _ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """(B, A, V), (B, A) → (B,) mean CE per sample."""
-    return F.cross_entropy(logits.float().transpose(1, 2), target, reduction="none").mean(1)
+    """(B, A, V), (B, A) with -100 padding → (B,) mean CE per sample over its answer tokens."""
+    ce = F.cross_entropy(logits.float().transpose(1, 2), target, reduction="none", ignore_index=IGNORE_INDEX)
+    return ce.sum(1) / (target != IGNORE_INDEX).sum(1).clamp_min(1)
 
 
 def select_min_ce(cands: list[Candidate]) -> tuple[Candidate, torch.Tensor]:

@@ -105,3 +105,18 @@ def test_cli_annotates_a_store_and_resumes(tmp_path: Path, capsys: pytest.Captur
     assert "done 1 / cached 0" in capsys.readouterr().out
     with pytest.raises(Exception, match="stop_sped"):
         main([*argv, "--annotator.stop_sped=0.5"])
+
+
+def test_data_show_prints_the_annotation(tmp_path: Path) -> None:
+    from drivedistill.annotate.cache import annotation_lines
+
+    _store(tmp_path / "store")
+    main(["--data", str(tmp_path / "store"), "--annotator", "rules"])  # default out: store_annotations
+    from drivedistill.data.store import SceneStore
+
+    store = SceneStore(tmp_path / "store")
+    lines = annotation_lines(tmp_path / "store_annotations", store.sample_hash(store.tokens()[0]))
+    assert (
+        lines[0].startswith("VLM-AD [rules ") and "control: " in lines[0] and lines[3].startswith("  why: ")
+    )
+    assert annotation_lines(tmp_path / "missing", "x") == []

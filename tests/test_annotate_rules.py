@@ -20,11 +20,15 @@ def _traj_from_speeds(speeds: np.ndarray, y: np.ndarray | None = None) -> np.nda
     """(8, 3) straight-ahead poses from per-step speeds [m/s] (optional lateral offsets y [m])."""
     x = np.cumsum(speeds * 0.5)
     y = np.zeros_like(x) if y is None else y
-    yaw = np.arctan2(np.diff(np.concatenate([[0.0], y])), np.maximum(np.diff(np.concatenate([[0.0], x])), 1e-3))
+    yaw = np.arctan2(
+        np.diff(np.concatenate([[0.0], y])), np.maximum(np.diff(np.concatenate([[0.0], x])), 1e-3)
+    )
     return np.stack([x, y, yaw], -1).astype(np.float32)
 
 
-def _agent(x0: float, y0: float, speeds: np.ndarray, y_end: float | None = None, yaw: float = 0.0) -> np.ndarray:
+def _agent(
+    x0: float, y0: float, speeds: np.ndarray, y_end: float | None = None, yaw: float = 0.0
+) -> np.ndarray:
     """(9, 8) track moving along its heading with speeds (9,) [m/s]; optionally drifting to y_end."""
     out = np.zeros((NUM_AGENT_STEPS, 8), np.float32)
     dist = np.concatenate([[0.0], np.cumsum(speeds[:-1] * 0.5)])
@@ -86,7 +90,9 @@ def test_stopped_vehicle_means_stop(rules) -> None:  # type: ignore[no-untyped-d
 
 def test_lane_change_right(rules) -> None:  # type: ignore[no-untyped-def]
     y = -4.0 * (1 - np.cos(np.pi * np.clip(T / 3.0, 0, 1))) / 2  # smooth move to the lane at y = -4
-    ann = rules.annotate_one(_scene(_traj_from_speeds(np.full(NUM_FUTURE, 20.0), y), 20.0, []), "h").annotation
+    ann = rules.annotate_one(
+        _scene(_traj_from_speeds(np.full(NUM_FUTURE, 20.0), y), 20.0, []), "h"
+    ).annotation
     assert (ann.lane, ann.turn, ann.control) == ("change right", "none", "go straight")
     assert "right" in ann.next_action and "right" in ann.reasoning
     left = rules.annotate_one(_scene(_traj_from_speeds(np.full(NUM_FUTURE, 20.0), 4 - y - 4), 20.0, []), "h")

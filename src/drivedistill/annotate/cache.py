@@ -58,7 +58,7 @@ class AnnotationCache:
             )
         return dict(json.loads(path.read_text()))
 
-    def keys(self) -> list[str]:
+    def annotator_keys(self) -> list[str]:
         """Annotator keys present in the cache."""
         if not self.root.exists():
             return []
@@ -110,3 +110,25 @@ class AnnotationCache:
         results = self.read(key).values()
         ok = sum(r.ok for r in results)
         return ok, len(results) - ok
+
+
+def annotation_lines(root: str | Path, sample_hash: str) -> list[str]:
+    """Human-readable lines for one sample from every annotator in the cache at `root` (for `data show`)."""
+    cache = AnnotationCache(root)
+    lines: list[str] = []
+    for key in cache.annotator_keys():
+        r = cache.read(key).get(sample_hash)
+        if r is None:
+            continue
+        who = f"VLM-AD [{cache.identity(key).get('annotator', '?')} {key}]"
+        if r.annotation is None:
+            lines.append(f"{who} FAILED: {r.error}")
+            continue
+        a = r.annotation
+        lines += [
+            f"{who} control: {a.control} | turn: {a.turn} | lane: {a.lane}",
+            f"  now: {a.current_action}",
+            f"  next: {a.next_action}",
+            f"  why: {a.reasoning}",
+        ]
+    return lines

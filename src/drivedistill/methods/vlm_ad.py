@@ -240,7 +240,7 @@ def store_extras(
 
     cache = AnnotationCache(annotations)
     if not annotator_key:
-        keys = cache.keys()
+        keys = cache.annotator_keys()
         if len(keys) != 1:
             raise KeyError(
                 f"vlm_ad: {cache.root} holds annotations of {len(keys)} annotators {keys}; pass annotator_key "

@@ -86,7 +86,7 @@ def describe(scene: Scene, store: SceneStore, args: argparse.Namespace) -> list[
     ai = scene.agent_input
     speed, accel, yaw_rate = (float(v) for v in ai.ego_status)
     scenario = scene.privileged.scenario if scene.privileged is not None else scene.meta.get("scenario", "?")
-    return [
+    lines = [
         f"{scene.token}  ({store.split_of(scene.token)}, episode {scene.episode}, frame {scene.frame_index})",
         f"scenario {scenario}   event {scene.meta.get('event') or 'none'}   command {Command(ai.command).name}",
         f"speed {speed:.1f} m/s   accel {accel:+.2f} m/s^2   yaw rate {yaw_rate:+.3f} rad/s",
@@ -94,6 +94,11 @@ def describe(scene: Scene, store: SceneStore, args: argparse.Namespace) -> list[
         if scene.privileged is not None
         else "no privileged part stored",
     ]
+    from drivedistill.annotate.cache import annotation_lines
+    from drivedistill.annotate.cli import default_out
+
+    annotations = getattr(args, "annotations", None) or default_out(store.root)
+    return lines + annotation_lines(annotations, store.sample_hash(scene.token))
 
 
 def render_sample(scene: Scene, store: SceneStore, lines: list[str], scale: int = 0) -> Image.Image:
@@ -145,6 +150,9 @@ def add_show_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", choices=["train", "val"], help="index within this split")
     parser.add_argument("--out", type=Path, required=True, help="PNG to write")
     parser.add_argument("--scale", type=int, default=0, help="camera upscaling factor (0 = auto)")
+    parser.add_argument(
+        "--annotations", type=Path, help="VLM-AD annotation cache (default: <dir>_annotations when it exists)"
+    )
 
 
 def _show(args: argparse.Namespace) -> int:

@@ -31,6 +31,12 @@ def fill_from_data(spec: RunSpec, sample: Scene) -> RunSpec:
     return spec
 
 
+def input_shapes(sample: Scene) -> dict[str, list[int]]:
+    """(H, W, C) of the camera and the BEV raster, saved in meta.json for export and benchmarks."""
+    ai = sample.agent_input
+    return {"camera": list(ai.camera.shape), "bev": list(ai.bev.shape)}
+
+
 def build_method(spec: RunSpec, context: MethodContext | None = None) -> Any:
     """Student + method from a resolved spec (seeded by `spec.train.seed`)."""
     seed_everything(spec.train.seed)
@@ -77,7 +83,7 @@ def train_student(
         out_dir,
         collate=collate,
         config=spec.config(),
-        meta=spec.meta(),
+        meta={**spec.meta(), "input_shapes": input_shapes(first)},
         resume=resume,
         abort_after_step=abort_after_step,
     )

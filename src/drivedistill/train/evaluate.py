@@ -1,0 +1,165 @@
+"""`drivedistill eval --checkpoint RUN --data STORE`: every metric for one trained student.
+
+    metrics = evaluate_student(load_student("runs/tf"), SceneStore("store"), "val", EvalConfig())
+
+- open loop: nuScenes L2 / collision under both the ST-P3 and the UniAD protocol
+  (`metrics.openloop.evaluate_openloop_scenes`, first 6 poses = 3 s);
+- PDMS: NAVSIM v1.1 (`metrics.metric_scene.metric_scene_from_scene` + `metrics.pdms.score_plans`); the
+  plan is converted here from the scene's ego frame (box centre) to the rear-axle frame, the same
+  conversion `metric_scene_from_scene` applies to the expert's future;
+- closed loop: the student drives in the default world (`metrics.closedloop.evaluate_closed_loop`),
+  with the sensors of the world that collected the store (store config "world").
+The student sees `AgentInput` only: scenes are loaded with their privileged part for the metrics, but
+the batch it receives is collated from the agent input alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from drivedistill.config import from_dict, load_config, to_dict
+from drivedistill.models.students.base import Student
+from drivedistill.types import AgentInput, Scene
+from drivedistill.utils.runtime import select_device
+
+
+@dataclass
+class EvalConfig:
+    """Which metrics to run and how (`--eval.<field>=...`)."""
+
+    batch_size: int = 32
+    device: str = "auto"
+    openloop: bool = True
+    occupancy_classes: str = "vehicles+pedestrians"  # ST-P3/VAD; UniAD's rows also use this occupancy
+    pdms: bool = True
+    pdms_max_scenes: int = 0  # > 0: score only the first N scenes of the split (PDMS is the slow one)
+    closed_loop: bool = True
+    closed_loop_episodes: int = 5
+    closed_loop_seed: int = 1000  # episodes differ from collection (which seeds from the world seed)
+
+
+def plan_scenes(
+    student: Student, scenes: list[Scene], batch_size: int = 32, device: str = "cpu"
+) -> np.ndarray:
+    """(N, 8, 3) plans of `student` (eval mode, no grad) on the agent inputs of `scenes`."""
+    from drivedistill.data.dataset import collate
+
+    student = student.to(device).eval()
+    plans = []
+    for start in range(0, len(scenes), batch_size):
+        chunk = [s.without_privileged() for s in scenes[start : start + batch_size]]
+        plans.append(student.plan(collate(chunk).inputs.to(device)).float().cpu().numpy())
+    return np.concatenate(plans) if plans else np.zeros((0, 8, 3), np.float32)
+
+
+def to_rear_axle(plans: np.ndarray, center_to_rear_axle: float) -> np.ndarray:
+    """(N, T, 3) box-centre poses in the current ego frame → rear-axle poses in the rear-axle frame at t = 0."""
+    d = float(center_to_rear_axle)
+    yaw = plans[..., 2]
+    x = plans[..., 0] - d * np.cos(yaw) + d
+    y = plans[..., 1] - d * np.sin(yaw)
+    return np.stack([x, y, yaw], axis=-1)
+
+
+def student_planner(student: Student, device: str = "cpu") -> Any:
+    """A closed-loop planner: AgentInput → (8, 3) plan in the current ego frame (float64)."""
+    from drivedistill.data.dataset import collate
+
+    student = student.to(device).eval()
+
+    def planner(inputs: AgentInput) -> np.ndarray:
+        batch = collate([Scene("closed-loop", "closed-loop", 0, inputs, None)]).inputs.to(device)
+        return student.plan(batch)[0].double().cpu().numpy()
+
+    return planner
+
+
+def evaluate_student(
+    student: Student, store: Any, split: str = "val", cfg: EvalConfig | None = None
+) -> dict[str, Any]:
+    """Open-loop (both protocols), PDMS and closed-loop metrics of `student` on `store`'s `split`."""
+    cfg = cfg or EvalConfig()
+    device = select_device(cfg.device)
+    scenes = [store.load(t) for t in store.tokens(split)]
+    if not scenes:
+        raise ValueError(f"{getattr(store, 'root', store)}: split {split!r} is empty; choose another --split")
+    with torch.inference_mode():
+        plans = plan_scenes(student, scenes, cfg.batch_size, device)
+    out: dict[str, Any] = {"split": split, "num_scenes": len(scenes)}
+    if cfg.openloop:
+        from drivedistill.metrics.openloop import evaluate_openloop_scenes
+
+        out["openloop"] = evaluate_openloop_scenes(plans, scenes, occupancy_classes=cfg.occupancy_classes)
+    if cfg.pdms:
+        from drivedistill.metrics.metric_scene import PACIFICA, metric_scene_from_scene
+        from drivedistill.metrics.pdms import score_plans
+
+        n = cfg.pdms_max_scenes or len(scenes)
+        d = 0.5 * (PACIFICA[1] - PACIFICA[2])  # metric_scene_from_scene's default; used for both
+        metric_scenes = [metric_scene_from_scene(s, center_to_rear_axle=d) for s in scenes[:n]]
+        out["pdms"] = score_plans(metric_scenes, to_rear_axle(plans[:n], d)).to_json()
+    if cfg.closed_loop:
+        from drivedistill.metrics.closedloop import ClosedLoopConfig, evaluate_closed_loop
+        from drivedistill.world.config import WorldConfig
+
+        world_cfg = store.config.get("world")
+        world = from_dict(WorldConfig, world_cfg, "world") if world_cfg else WorldConfig()
+        cl = ClosedLoopConfig(episodes=cfg.closed_loop_episodes, seed=cfg.closed_loop_seed, world=world)
+        out["closed_loop"] = evaluate_closed_loop(student_planner(student, device), cl).to_dict()
+    return out
+
+
+def summary(metrics: dict[str, Any]) -> dict[str, float]:
+    """The headline numbers of `evaluate_student`'s result (flat, for tables and logs)."""
+    flat: dict[str, float] = {}
+    openloop = metrics.get("openloop", {})
+    for protocol in ("stp3", "uniad"):
+        if protocol in openloop:
+            flat[f"openloop/{protocol}/l2_avg_m"] = float(openloop[protocol]["l2"]["avg"])
+            flat[f"openloop/{protocol}/collision_avg_pct"] = float(openloop[protocol]["collision"]["avg"])
+    if "pdms" in metrics:
+        flat["pdms"] = float(metrics["pdms"]["mean"]["pdms"])
+    if "closed_loop" in metrics:
+        for key in ("driving_score", "collision_rate", "route_completion"):
+            flat[f"closed_loop/{key}"] = float(metrics["closed_loop"][key])
+    return flat
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="drivedistill eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    who = parser.add_mutually_exclusive_group(required=True)
+    who.add_argument("--checkpoint", help="run directory or checkpoints/step_* directory")
+    who.add_argument("--student", help="an untrained registered student (constant_velocity)")
+    parser.add_argument("--data", required=True, help="SceneStore directory")
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--json", help="write all metrics here")
+    args, rest = parser.parse_known_args(argv)
+    bad = [a for a in rest if not a.startswith("--eval.")]
+    if bad:
+        parser.error(f"unrecognised arguments {bad}; options look like --eval.closed_loop=false")
+
+    from drivedistill import registry
+    from drivedistill.data.store import SceneStore
+    from drivedistill.train.checkpoint import load_student
+
+    cfg = load_config(EvalConfig, overrides=[a.replace("--eval.", "--", 1) for a in rest])
+    student = load_student(args.checkpoint) if args.checkpoint else registry.build("student", args.student)
+    metrics = evaluate_student(student, SceneStore(args.data), args.split, cfg)
+    metrics["config"] = to_dict(cfg)
+    for key, value in summary(metrics).items():
+        print(f"{key:40s} {value:.4f}")
+    if args.json:
+        from drivedistill.utils.io import atomic_write_json
+
+        atomic_write_json(Path(args.json), metrics)
+        print(f"wrote {args.json}")
+    else:
+        print(json.dumps(summary(metrics)))
+    return 0

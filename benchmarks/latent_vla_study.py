@@ -58,6 +58,8 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--lam-epochs", type=int, default=15)
     ap.add_argument("--teacher-epochs", type=int, default=15)
+    ap.add_argument("--ema-decay", type=float, default=LatentActionConfig.ema_decay)
+    ap.add_argument("--restart-threshold", type=float, default=LatentActionConfig.restart_threshold)
     args = ap.parse_args()
     out = Path(args.out)
     store = SceneStore(args.store)
@@ -70,7 +72,9 @@ def main() -> None:
 
     # 1. latent action model: env stage, then ego stage (env frozen)
     torch.manual_seed(0)
-    lam = LatentActionModel(LatentActionConfig())
+    lam = LatentActionModel(
+        LatentActionConfig(ema_decay=args.ema_decay, restart_threshold=args.restart_threshold)
+    )
     tcfg = TrainConfig(epochs=args.lam_epochs, batch_size=16, lr=1e-3, progress=False, log_every=20)
     t0 = time.time()
     r = fit(lam, train, tcfg, out / "lam_env", collate=train.collate)
@@ -132,7 +136,7 @@ def main() -> None:
     teacher.eval()
     with torch.no_grad():
         parts = [
-            teacher.losses(train_c.collate([val_c[i] for i in range(j, min(j + 32, len(val_c)))]))
+            teacher.losses(val_c.collate([val_c[i] for i in range(j, min(j + 32, len(val_c)))]))
             for j in range(0, len(val_c), 32)
         ]
     results["teacher_val"] = {

@@ -206,6 +206,16 @@ def load_scenes(directory: str | Path) -> list[MetricScene]:
     return [MetricScene.load(f) for f in files]
 
 
+def centre_plan_to_rear_axle(plan: np.ndarray, center_to_rear_axle: float) -> np.ndarray:
+    """(T, 3) poses of the ego box centre in the box-centre frame at t = 0 → (T, 3) rear-axle poses in
+    the rear-axle frame at t = 0 (the NAVSIM plan convention). The rear axle lies `center_to_rear_axle`
+    metres behind the centre along the heading."""
+    p = np.asarray(plan, np.float64)
+    d = float(center_to_rear_axle)
+    rear = p[:, :2] - d * np.stack([np.cos(p[:, 2]), np.sin(p[:, 2])], -1) + np.array([d, 0.0])
+    return np.concatenate([rear, p[:, 2:3]], -1)
+
+
 def metric_scene_from_scene(
     scene: Scene,
     center_to_rear_axle: float = 0.5 * (PACIFICA[1] - PACIFICA[2]),
@@ -229,9 +239,7 @@ def metric_scene_from_scene(
     ) -> np.ndarray:  # box-centre frame → rear-axle frame (pure translation by +d in x)
         return np.asarray(xy, np.float64) + np.array([d, 0.0])
 
-    fut = np.asarray(priv.future_trajectory, np.float64)
-    rear = fut[:, :2] - d * np.stack([np.cos(fut[:, 2]), np.sin(fut[:, 2])], -1)
-    human = np.concatenate([shift(rear), fut[:, 2:]], -1)
+    human = centre_plan_to_rear_axle(priv.future_trajectory, d)
     agents = np.asarray(priv.agents, np.float64)  # (K, A, 8) AGENT_FIELDS
     n_k = agents.shape[0]
     cls = agents[0, :, 7].astype(np.int64) if n_k else np.zeros(0, np.int64)

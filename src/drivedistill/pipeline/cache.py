@@ -36,12 +36,31 @@ class Artifact:
 class StageRunner:
     """Runs named stages once per content hash inside a run directory."""
 
-    def __init__(self, run_dir: Path, log: Callable[[str], None] = print) -> None:
+    def __init__(self, run_dir: Path, total: int = 0, log: Callable[[str], None] = print) -> None:
         self.run_dir = Path(run_dir)
         self.stage_root = self.run_dir / "stages"
         self.stage_root.mkdir(parents=True, exist_ok=True)
         self.log = log
         self.timings: dict[str, float] = {}
+        self.total = total  # planned stages, for the overall progress line
+        self.count = 0
+        self.start = time.perf_counter()
+        self.work_seconds = 0.0  # time spent in stages that actually ran
+        self.ran = 0
+
+    @staticmethod
+    def key_of(*parts: Any) -> str:
+        return config_hash(*parts)
+
+    def _progress(self, name: str, key: str, status: str) -> str:
+        elapsed = time.perf_counter() - self.start
+        eta = ""
+        if self.ran and self.total:
+            # naive: the remaining stages cost as much as the average stage that ran so far
+            remaining = max(self.total - self.count, 0) * self.work_seconds / self.ran
+            eta = f" · ETA ~{remaining / 60:.1f} min"
+        of = f"/{self.total}" if self.total else ""
+        return f"[{self.count}{of}] {status} {name} ({key}) · elapsed {elapsed / 60:.1f} min{eta}"
 
     def key(self, name: str, cfg: Any, inputs: list[Artifact]) -> str:
         return config_hash({"stage": name, "cfg": cfg, "inputs": [a.key for a in inputs]})
@@ -57,15 +76,18 @@ class StageRunner:
         key = self.key(name, cfg, inputs)
         path = self.stage_root / f"{name}-{key}"
         done = path / DONE
+        self.count += 1
         if done.exists():
             summary = json.loads(done.read_text())["summary"]
-            self.log(f"[skip] {name} ({key}) — already done")
+            self.log(self._progress(name, key, "skip (done)"))
             return Artifact(name, key, path, summary, cached=True)
         path.mkdir(parents=True, exist_ok=True)
-        self.log(f"[run ] {name} ({key})")
+        self.log(self._progress(name, key, "run"))
         t0 = time.perf_counter()
         summary = fn(path)
         seconds = time.perf_counter() - t0
+        self.work_seconds += seconds
+        self.ran += 1
         self.timings[name] = self.timings.get(name, 0.0) + seconds
         atomic_write_json(
             done,

@@ -1,0 +1,50 @@
+"""`drivedistill run`: the whole study in one command, cached stage by stage.
+
+    drivedistill run [--preset smoke|default|full] [--config F] [--out RUN] [--seeds=[0,1,2] ...]
+
+Writes `RUN/results.json` and the self-contained `RUN/report.html`. A second run skips finished
+stages; an interrupted run resumes; changing a knob re-runs only what depends on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="drivedistill run",
+        description=__doc__.splitlines()[0] if __doc__ else None,
+        epilog="Any --section.key=value overrides the preset, e.g. --seeds=[0,1,2] --train.epochs=4 "
+        "--world.num_episodes=40 --models='[{student: transfuser, method: vlm_ad}]'",
+    )
+    parser.add_argument("--preset", default="default", help="smoke (≈1 min), default (make run), full (3 seeds, every ablation)")
+    parser.add_argument("--config", type=Path, default=None, help="a YAML file merged over the preset")
+    parser.add_argument("--out", type=Path, default=None, help="run directory (default runs/<preset>)")
+    args, overrides = parser.parse_known_args(argv)
+    bad = [o for o in overrides if not (o.startswith("--") and "=" in o)]
+    if bad:
+        parser.error(f"unrecognised arguments {bad}; overrides look like --section.key=value")
+
+    os.environ.setdefault("SDL_VIDEODRIVER", "offscreen")
+    from rich.console import Console
+
+    from drivedistill.pipeline.config import load_study
+    from drivedistill.pipeline.study import run_study
+
+    cfg = load_study(args.preset, args.config, overrides)
+    out = args.out or Path("runs") / args.preset
+    console = Console()
+    console.rule(f"drivedistill run · preset {cfg.preset} · {len(cfg.models)} models × {len(cfg.seeds)} seeds → {out}")
+    t0 = time.perf_counter()
+    results = run_study(cfg, out)
+    minutes = (time.perf_counter() - t0) / 60
+    console.rule(f"done in {minutes:.1f} min")
+    from drivedistill.report import markdown_table
+
+    console.print(markdown_table(results))
+    console.print(f"\nreport: {out / 'report.html'}\nresults: {out / 'results.json'}")
+    return 0

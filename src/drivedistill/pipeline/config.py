@@ -1,0 +1,125 @@
+"""The study configuration: which world, which models, how long to train, what to evaluate.
+
+    cfg = load_study("default", "my.yaml", overrides=["--seeds=[0,1,2]", "--train.epochs=4"])
+
+Presets live in `src/drivedistill/configs/<preset>.yaml` (smoke, default, full). Component sections
+(`world`, per-student and per-method settings, `train`) are validated against the registered config
+classes when the study starts, so a typo fails before any work is done.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from drivedistill import registry
+from drivedistill.config import ConfigError, deep_merge, from_dict, load_config, load_yaml
+
+PRESETS_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+@dataclass
+class ModelSpec:
+    """One row of the study: a student trained with a method.
+
+    name      "<student>/<method>" or "<student>/<method>-<variant>" (e.g. "transfuser/vlm_ad-q1")
+    student   registered student; `student_cfg` overrides the study's `students[<student>]`
+    method    registered method ("none": evaluate without training, e.g. constant_velocity)
+    """
+
+    name: str = ""
+    student: str = "transfuser"
+    method: str = "imitation"
+    student_cfg: dict[str, Any] = field(default_factory=dict)
+    method_cfg: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)  # overrides of the study's `train`
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            self.name = f"{self.student}/{self.method}"
+
+
+@dataclass
+class EvalStageConfig:
+    """What is measured for every (model, seed)."""
+
+    split: str = "val"
+    max_scenes: int = 0  # > 0: evaluate on the first N validation scenes only
+    openloop: bool = True  # nuScenes open-loop, both protocols
+    pdms: bool = True  # NAVSIM PDMS v1.1 on metric scenes built from the world's scenes
+    closedloop_episodes: int = 4  # 0 = skip closed loop
+    latency_repeats: int = 30  # batch-1 planning latency samples (after 5 warm-up calls)
+    scene_panels: int = 4  # validation scenes drawn in the report
+
+
+@dataclass
+class StudyConfig:
+    """The whole study (`drivedistill run`)."""
+
+    preset: str = "default"
+    seeds: list[int] = field(default_factory=lambda: [0])
+    device: str = "auto"
+    workers: int = 2  # processes for collection
+    world: dict[str, Any] = field(default_factory=dict)  # → world.config.WorldConfig
+    val_fraction: float = 0.2
+    episodes_per_shard: int = 4
+    annotate: dict[str, Any] = field(default_factory=dict)  # VLM-AD annotation stage
+    latent: dict[str, Any] = field(default_factory=dict)  # LatentVLA latent action + teacher stages
+    evodrive: dict[str, Any] = field(default_factory=dict)  # EvoDriveVLA perception + oracle stages
+    train: dict[str, Any] = field(default_factory=dict)  # → train.loop.TrainConfig (students)
+    students: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-student config overrides
+    methods: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-method config overrides
+    models: list[ModelSpec] = field(default_factory=list)
+    eval: EvalStageConfig = field(default_factory=EvalStageConfig)
+    baseline: str = "transfuser/imitation"  # the row distilled models are compared against in the report
+
+    def __post_init__(self) -> None:
+        if not self.seeds:
+            raise ConfigError("seeds: give at least one seed, e.g. --seeds=[0]")
+        names = [m.name for m in self.models]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ConfigError(f"models: names must be unique, {dupes} repeat; add a -variant suffix")
+
+    def model_names(self) -> list[str]:
+        return [m.name for m in self.models]
+
+    def methods_used(self) -> set[str]:
+        return {m.method for m in self.models}
+
+
+def preset_file(preset: str) -> Path:
+    path = PRESETS_DIR / f"{preset}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+        raise ConfigError(f"unknown preset '{preset}'; presets: {known} (files in {PRESETS_DIR})")
+    return path
+
+
+def load_study(preset: str, config: str | Path | None = None, overrides: list[str] | None = None) -> StudyConfig:
+    """Preset YAML, then a user YAML, then dotted overrides → a validated StudyConfig."""
+    data = deep_merge(load_yaml(preset_file(preset)), {"preset": preset})
+    if config is not None:
+        data = deep_merge(data, load_yaml(config))
+    cfg = load_config(StudyConfig, data, overrides=overrides or [])
+    validate_components(cfg)
+    return cfg
+
+
+def validate_components(cfg: StudyConfig) -> None:
+    """Check every component section against its registered config class (fails before any work)."""
+    from drivedistill.train.loop import TrainConfig
+    from drivedistill.world.config import WorldConfig
+
+    from_dict(WorldConfig, cfg.world, "world")
+    from_dict(TrainConfig, cfg.train, "train")
+    for m in cfg.models:
+        entry = registry.get("student", m.student)
+        if entry.config_cls is not None:
+            from_dict(entry.config_cls, deep_merge(cfg.students.get(m.student, {}), m.student_cfg), f"models[{m.name}].student_cfg")
+        if m.method != "none":
+            mentry = registry.get("method", m.method)
+            if mentry.config_cls is not None:
+                from_dict(mentry.config_cls, deep_merge(cfg.methods.get(m.method, {}), m.method_cfg), f"models[{m.name}].method_cfg")
+        from_dict(TrainConfig, deep_merge(cfg.train, m.train), f"models[{m.name}].train")

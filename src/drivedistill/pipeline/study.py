@@ -1,0 +1,170 @@
+"""The study, top to bottom: collect → annotate → latent actions → teachers → students → eval → report.
+
+Every step is a cached stage (pipeline/cache.py): its directory is keyed by its config and the keys of
+the stages it reads, so a second run skips what is done and a changed knob re-runs only what depends
+on it. Recipe stages run only when a model in `cfg.models` needs them (run one recipe alone by listing
+only its models).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from drivedistill.config import deep_merge, from_dict, to_dict
+from drivedistill.pipeline.cache import Artifact, StageRunner
+from drivedistill.pipeline.config import ModelSpec, StudyConfig
+from drivedistill.pipeline.extras import Extras, load_extras, merge_extras
+from drivedistill.pipeline.recipes import RECIPE_STAGES, extras_for
+from drivedistill.utils.io import atomic_write_json
+
+
+def collect_stage(runner: StageRunner, cfg: StudyConfig) -> Artifact:
+    from drivedistill.world.collect import collect
+    from drivedistill.world.config import WorldConfig
+
+    world = from_dict(WorldConfig, cfg.world, "world")
+    stage_cfg = {"world": to_dict(world), "val_fraction": cfg.val_fraction, "episodes_per_shard": cfg.episodes_per_shard}
+
+    def run(d: Path) -> dict[str, Any]:
+        manifest = collect(
+            world, d / "store", workers=cfg.workers, episodes_per_shard=cfg.episodes_per_shard, val_fraction=cfg.val_fraction
+        )
+        return {"store": str(d / "store"), "stats": manifest.get("stats", {}), "seconds": manifest.get("collect_seconds")}
+
+    return runner.run("collect", stage_cfg, [], run)
+
+
+def resolved_spec(cfg: StudyConfig, model: ModelSpec, seed: int) -> Any:
+    """The RunSpec of one (model, seed): study defaults ← per-student/method sections ← the model's own."""
+    from drivedistill.train.config import resolve_run
+
+    train = deep_merge(deep_merge(cfg.train, model.train), {"seed": seed, "device": cfg.device, "progress": True})
+    return resolve_run(
+        model.student,
+        model.method,
+        {
+            "student": deep_merge(cfg.students.get(model.student, {}), model.student_cfg),
+            "method": deep_merge(cfg.methods.get(model.method, {}), model.method_cfg),
+            "train": train,
+        },
+    )
+
+
+def train_stage(
+    runner: StageRunner, cfg: StudyConfig, model: ModelSpec, seed: int, store: Artifact, deps: list[Artifact], extras: Extras
+) -> Artifact:
+    from drivedistill.data.dataset import SceneDataset
+    from drivedistill.data.store import SceneStore
+    from drivedistill.methods.base import MethodContext
+    from drivedistill.train.run import train_student
+
+    spec = resolved_spec(cfg, model, seed)
+    stage_cfg = {"model": model.name, "spec": {**spec.config(), "train": to_dict(spec.train), "names": spec.meta()}}
+
+    def run(d: Path) -> dict[str, Any]:
+        ds = SceneDataset(SceneStore(Path(store.summary["store"])), "train", extras=extras, cache_decoded=True)
+        resume = (d / "checkpoints").exists() and any((d / "checkpoints").iterdir())
+        ctx = MethodContext(artifacts={a.name: a.path for a in deps}, device=cfg.device, seed=seed)
+        result = train_student(spec, ds, d, context=ctx, resume=resume)
+        return {"checkpoint": str(d), "step": result.step, "losses": result.losses, "samples_per_s": result.samples_per_s}
+
+    return runner.run(f"train-{model.name.replace('/', '_')}-s{seed}", stage_cfg, [store, *deps], run)
+
+
+def eval_stage(
+    runner: StageRunner, cfg: StudyConfig, model: ModelSpec, seed: int, store: Artifact, trained: Artifact | None, deps: list[Artifact]
+) -> Artifact:
+    from drivedistill.pipeline.evaluation import evaluate_model
+
+    inputs = [store, *deps] + ([trained] if trained is not None else [])
+
+    def run(d: Path) -> dict[str, Any]:
+        return evaluate_model(cfg, model, seed, Path(store.summary["store"]), trained, deps, d)
+
+    return runner.run(f"eval-{model.name.replace('/', '_')}-s{seed}", {"eval": to_dict(cfg.eval), "model": model.name}, inputs, run)
+
+
+def _mean_std(values: list[Any]) -> tuple[Any, Any]:
+    """Mean and std over seeds of nested dicts of numbers (keys present in every seed)."""
+    first = values[0]
+    if isinstance(first, dict):
+        keys = [k for k in first if all(isinstance(v, dict) and k in v for v in values)]
+        pairs = {k: _mean_std([v[k] for v in values]) for k in keys}
+        return {k: p[0] for k, p in pairs.items()}, {k: p[1] for k, p in pairs.items()}
+    if isinstance(first, int | float) and not isinstance(first, bool) and all(isinstance(v, int | float) for v in values):
+        arr = np.asarray(values, dtype=np.float64)
+        return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+    return first, None
+
+
+METRIC_BLOCKS = ("openloop", "pdms", "closedloop", "latency_ms", "params_m", "parse_failures", "perception_probe")
+
+
+def aggregate(cfg: StudyConfig, per_seed: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """results.json: per model, means over seeds with a sibling "std" block of the same shape."""
+    from drivedistill.train.checkpoint import versions
+
+    models: dict[str, Any] = {}
+    for spec in cfg.models:
+        runs = per_seed.get(spec.name, [])
+        if not runs:
+            continue
+        entry: dict[str, Any] = {"student": spec.student, "method": spec.method, "seeds": [r["seed"] for r in runs]}
+        std: dict[str, Any] = {}
+        for block in METRIC_BLOCKS:
+            vals = [r[block] for r in runs if block in r]
+            if len(vals) == len(runs):
+                entry[block], s = _mean_std(vals)
+                if s is not None:
+                    std[block] = s
+        entry["protocols"] = runs[0].get("protocols", {})
+        entry["std"] = std
+        models[spec.name] = entry
+    return {
+        "schema": 1,
+        "preset": cfg.preset,
+        "seeds": list(cfg.seeds),
+        "versions": versions(),
+        "config_hash": StageRunner.key_of(to_dict(cfg)),
+        "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "models": models,
+        "config": to_dict(cfg),
+    }
+
+
+def run_study(cfg: StudyConfig, out: Path) -> dict[str, Any]:
+    """Run (or resume) the whole study into `out`; returns results.json's content."""
+    from drivedistill.pipeline.assets import build_assets
+    from drivedistill.report import write_report
+
+    runner = StageRunner(out)
+    t0 = time.perf_counter()
+    store = collect_stage(runner, cfg)
+    recipe_artifacts: dict[str, Artifact] = {}
+    for stage_name, needed_by, fn in RECIPE_STAGES:
+        if cfg.methods_used() & needed_by:
+            recipe_artifacts[stage_name] = fn(runner, cfg, store, recipe_artifacts)
+    per_seed: dict[str, list[dict[str, Any]]] = {}
+    trained_runs: dict[tuple[str, int], Artifact] = {}
+    evaluated: dict[tuple[str, int], Artifact] = {}
+    for model in cfg.models:
+        deps = [recipe_artifacts[n] for n in extras_for(model.method) if n in recipe_artifacts]
+        extras = merge_extras(*[load_extras(a.path / "extras.npz") for a in deps if (a.path / "extras.npz").exists()])
+        for seed in cfg.seeds:
+            trained = None if model.method == "none" else train_stage(runner, cfg, model, seed, store, deps, extras)
+            if trained is not None:
+                trained_runs[(model.name, seed)] = trained
+            ev = eval_stage(runner, cfg, model, seed, store, trained, deps)
+            evaluated[(model.name, seed)] = ev
+            per_seed.setdefault(model.name, []).append(json.loads((ev.path / "metrics.json").read_text()))
+    results = aggregate(cfg, per_seed)
+    results["stage_seconds"] = {**runner.timings, "total": time.perf_counter() - t0}
+    atomic_write_json(out / "results.json", results)
+    assets = build_assets(cfg, out, Path(store.summary["store"]), trained_runs, evaluated, recipe_artifacts)
+    write_report(out, results, assets)
+    return results

@@ -52,8 +52,8 @@ class LatentActionConfig:
     env_codebook_size: int = 64
     ego_codebook_size: int = 16  # paper: 16 ego codes
     commitment: float = 0.25  # β of the commitment loss (VQ-VAE default)
-    ema_decay: float = 0.99  # EMA codebook decay
-    restart_threshold: float = 0.03  # restart a code whose usage share is < threshold / K
+    ema_decay: float = 0.9  # EMA codebook decay (0.99 collapsed to one code in 72 steps, docs/LOG.md)
+    restart_threshold: float = 0.5  # restart a code whose usage share is < threshold / K (0.03 never fired)
 
     def __post_init__(self) -> None:
         if self.frame_hw[0] % self.patch or self.frame_hw[1] % self.patch:

@@ -5,10 +5,12 @@
 
 The exported graph takes five tensors — camera (B, 3, H, W) and bev (B, C, Hb, Wb) float in [0, 1],
 ego_history (B, 4, 3), ego_status (B, 3), command (B,) int64 — and returns trajectory (B, 8, 3) in the
-current ego frame [m, m, rad]. The example has batch 2 so that the batch axis stays dynamic (a batch-1
+current ego frame [m, m, rad]; ONNX graphs drop inputs a student does not read (ego_mlp: no images,
+see `session.get_inputs()`). The example has batch 2 so that the batch axis stays dynamic (a batch-1
 example fixes it); image sizes come from the checkpoint's meta.json (the training data) unless given.
 The export is then run at batch 3 and compared with eager torch; the maximum difference is printed and
-must stay below --tolerance (1e-4).
+must stay below --tolerance (1e-4). The legacy ONNX exporter needs each backbone feature map to be a
+multiple of the student's token grid (`camera_grid`, `bev_grid`), as with the default world's sensors.
 """
 
 from __future__ import annotations
@@ -102,7 +104,9 @@ def max_difference(student: Student, path: str | Path, fmt: str, shapes: dict[st
         import onnxruntime as ort
 
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        got = torch.from_numpy(session.run(None, {n: t.numpy() for n, t in zip(INPUT_NAMES, inputs)})[0])
+        feed = {n: t.numpy() for n, t in zip(INPUT_NAMES, inputs)}
+        wanted = [i.name for i in session.get_inputs()]  # inputs a student never reads are pruned
+        got = torch.from_numpy(session.run(None, {n: feed[n] for n in wanted})[0])
     else:
         with torch.no_grad():
             got = torch.jit.load(str(path))(*inputs)

@@ -188,8 +188,10 @@ def build_world(scenario: str, rng: np.random.Generator, density: float, event: 
     """Road, ego (an `ExpertVehicle`), traffic and the scripted `event` (or None) of one episode."""
     net, _, regulated = network(scenario)
     road_cls = FastRegulatedRoad if regulated else FastRoad
+    # highway-env draws from `road.np_random` with the Generator API (`integers`, `choice`, `normal`);
+    # a legacy RandomState lacks `integers` and crashes the code paths that use it.
     road = road_cls(
-        network=net, np_random=np.random.RandomState(int(rng.integers(2**31))), record_history=False
+        network=net, np_random=np.random.default_rng(int(rng.integers(2**31))), record_history=False
     )
     ego_speed = {"highway": rng.uniform(22, 26), "merge": rng.uniform(20, 24), "racetrack": 8.0}.get(
         scenario, 8.0

@@ -15,7 +15,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from highway_env.vehicle.behavior import IDMVehicle
+
+from drivedistill.world.fastsim import FastIDMVehicle
 
 HORIZON = 3.0  # [s] safety look-ahead
 PRED_TIMES = np.arange(0.25, HORIZON + 1e-6, 0.25)  # [s]
@@ -24,7 +25,7 @@ MARGIN_X, MARGIN_Y = 2.0, 0.35  # [m] safety margins along / across the ego head
 SCAN_RADIUS = 70.0  # [m]
 
 
-class ExpertVehicle(IDMVehicle):
+class ExpertVehicle(FastIDMVehicle):
     """IDM + MOBIL with a privileged constant-turn-rate conflict check (highway-env frame internally)."""
 
     POLITENESS = 0.2
@@ -177,7 +178,7 @@ class ExpertVehicle(IDMVehicle):
         return float(PRED_TIMES[np.flatnonzero(hit.any(axis=0))[0]])
 
 
-class ScriptedVehicle(IDMVehicle):
+class ScriptedVehicle(FastIDMVehicle):
     """IDM vehicle whose acceleration can be overridden (`override_accel`, [m/s^2]) by an event."""
 
     override_accel: float | None = None

@@ -57,7 +57,8 @@ class RoadMap:
 
     keys          lane keys (from, to, id), in network order
     center/left/right  (S, 2) samples [m]; `lane_of` (S,) int index into `keys`
-    strips        continuous-marking strip polygons (K, 2) with their lane index `strip_lane`
+    strip_a/strip_b    (N, 2) the two long edges of the continuous-marking strips, sampled like the lanes;
+                  `strip_of` (N,) strip number (a strip is one side line of one lane)
     dashes        (D, 4, 2) dash quads, `dash_center` (D, 2)
     """
 
@@ -66,15 +67,17 @@ class RoadMap:
     left: np.ndarray
     right: np.ndarray
     lane_of: np.ndarray
-    strips: list[np.ndarray]
-    strip_lane: np.ndarray
+    strip_a: np.ndarray
+    strip_b: np.ndarray
+    strip_of: np.ndarray
     dashes: np.ndarray
     dash_center: np.ndarray
 
     @staticmethod
     def from_network(network: RoadNetwork) -> RoadMap:
         keys: list[LaneKey] = []
-        center, left, right, lane_of, strips, strip_lane, dashes = [], [], [], [], [], [], []
+        center, left, right, lane_of, strip_a, strip_b, dashes = [], [], [], [], [], [], []
+        strip_of: list[np.ndarray] = []
         for _from, tos in network.graph.items():
             for _to, lanes in tos.items():
                 for i, lane in enumerate(lanes):
@@ -92,10 +95,9 @@ class RoadMap:
                         kind = lane.line_types[side]
                         lat = (side - 0.5) * w
                         if kind in (LineType.CONTINUOUS, LineType.CONTINUOUS_LINE):
-                            a = _lane_points(lane, s, lat - MARKING_WIDTH / 2)
-                            b = _lane_points(lane, s, lat + MARKING_WIDTH / 2)
-                            strips.append(np.concatenate([a, b[::-1]]))
-                            strip_lane.append(li)
+                            strip_a.append(_lane_points(lane, s, lat - MARKING_WIDTH / 2))
+                            strip_b.append(_lane_points(lane, s, lat + MARKING_WIDTH / 2))
+                            strip_of.append(np.full(n, len(strip_of)))
                         elif kind == LineType.STRIPED:
                             for s0 in np.arange(0.0, lane.length - 0.5, DASH_PERIOD):
                                 ss = np.array([s0, min(s0 + DASH_LENGTH, lane.length)])
@@ -110,8 +112,9 @@ class RoadMap:
             np.concatenate(left),
             np.concatenate(right),
             np.concatenate(lane_of),
-            strips,
-            np.array(strip_lane, int),
+            np.concatenate(strip_a) if strip_a else np.zeros((0, 2)),
+            np.concatenate(strip_b) if strip_b else np.zeros((0, 2)),
+            np.concatenate(strip_of) if strip_of else np.zeros(0, int),
             dash_arr,
             dash_arr.mean(axis=1) if len(dash_arr) else np.zeros((0, 2)),
         )
@@ -122,64 +125,56 @@ class RoadMap:
         lo, hi = np.searchsorted(self.lane_of, [li, li + 1])
         return slice(int(lo), int(hi))
 
-    def _runs(self, mask: np.ndarray) -> list[tuple[int, np.ndarray]]:
-        """Contiguous runs (lane index, sample indices) of selected samples, ≥ 2 samples each."""
-        idx = np.flatnonzero(mask)
-        if len(idx) == 0:
-            return []
-        breaks = np.flatnonzero((np.diff(idx) != 1) | (np.diff(self.lane_of[idx]) != 0)) + 1
-        return [(int(self.lane_of[r[0]]), r) for r in np.split(idx, breaks) if len(r) >= 2]
-
     def crop(
         self, pose: np.ndarray, radius: float, min_x: float = -math.inf
     ) -> tuple[list[int], list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
         """Lane pieces near `pose` (x, y, yaw), in its ego frame: (lane index, centreline (P, 2),
         surface polygon (2P, 2), and marking polygons), keeping samples within `radius` [m] and with
         ego x ≥ `min_x` (one sample of margin is kept on both ends of every run)."""
-        d = np.hypot(self.center[:, 0] - pose[0], self.center[:, 1] - pose[1])
-        mask = d < radius
-        if min_x > -math.inf:
-            mask &= world_to_ego(self.center, pose)[:, 0] >= min_x
-        mask |= np.roll(mask, 1) | np.roll(mask, -1)  # margin so pieces reach the crop border
         lanes, centers, polys = [], [], []
-        runs = self._runs(mask)
-        if runs:
-            sel = np.concatenate([r for _, r in runs])
-            c_loc = world_to_ego(self.center[sel], pose)
-            l_loc = world_to_ego(self.left[sel], pose)
-            r_loc = world_to_ego(self.right[sel], pose)
-            lo = 0
-            for li, r in runs:
-                sl = slice(lo, lo + len(r))
-                lo += len(r)
-                lanes.append(li)
-                centers.append(c_loc[sl])
-                polys.append(np.concatenate([l_loc[sl], r_loc[sl][::-1]]))
-        markings = []
-        for li in sorted(set(lanes)):
-            for k in np.flatnonzero(self.strip_lane == li):
-                markings.extend(self._crop_strip(self.strips[k], pose, radius, min_x))
+        for li, (c_loc, l_loc, r_loc) in _pieces(
+            self.center, self.lane_of, (self.left, self.right), pose, radius, min_x
+        ):
+            lanes.append(li)
+            centers.append(c_loc)
+            polys.append(np.concatenate([l_loc, r_loc[::-1]]))
+        markings = [
+            np.concatenate([a, b[::-1]])
+            for _, (a, b) in _pieces(self.strip_a, self.strip_of, (self.strip_b,), pose, radius, min_x)
+        ]
         if len(self.dash_center):
             dd = np.hypot(self.dash_center[:, 0] - pose[0], self.dash_center[:, 1] - pose[1])
             quads = self.dashes[dd < radius]
             if len(quads):
                 local = world_to_ego(quads.reshape(-1, 2), pose).reshape(-1, 4, 2)
-                markings.extend(q for q in local if q[:, 0].max() >= min_x)
+                markings.extend(local[local[:, :, 0].max(axis=1) >= min_x])
         return lanes, centers, polys, markings
 
-    @staticmethod
-    def _crop_strip(strip: np.ndarray, pose: np.ndarray, radius: float, min_x: float) -> list[np.ndarray]:
-        """Crop a strip polygon (2P, 2) (one side forward, the other back) to the region, in the ego frame."""
-        half = len(strip) // 2
-        a, b = strip[:half], strip[half:][::-1]
-        local_a = world_to_ego(a, pose)
-        keep = (np.hypot(a[:, 0] - pose[0], a[:, 1] - pose[1]) < radius) & (local_a[:, 0] >= min_x)
-        keep |= np.roll(keep, 1) | np.roll(keep, -1)
-        idx = np.flatnonzero(keep)
-        if len(idx) < 2:
-            return []
-        out = []
-        for r in np.split(idx, np.flatnonzero(np.diff(idx) != 1) + 1):
-            if len(r) >= 2:
-                out.append(np.concatenate([local_a[r], world_to_ego(b[r][::-1], pose)]))
-        return out
+
+def _pieces(
+    pts: np.ndarray,
+    owner: np.ndarray,
+    others: tuple[np.ndarray, ...],
+    pose: np.ndarray,
+    radius: float,
+    min_x: float,
+) -> list[tuple[int, tuple[np.ndarray, ...]]]:
+    """Contiguous runs (≥ 2 samples, one owner each) of the samples `pts` (N, 2) within `radius` [m] of
+    `pose` and with ego x ≥ `min_x`, widened by one sample on both ends; returns per run its owner and
+    the run's samples of `pts` and of each array in `others` (all (N, 2)), in the ego frame of `pose`."""
+    d = np.hypot(pts[:, 0] - pose[0], pts[:, 1] - pose[1])
+    mask = d < radius
+    if min_x > -math.inf:
+        c, s = math.cos(pose[2]), math.sin(pose[2])
+        mask &= c * (pts[:, 0] - pose[0]) + s * (pts[:, 1] - pose[1]) >= min_x
+    mask |= np.roll(mask, 1) | np.roll(mask, -1)  # margin so pieces reach the crop border
+    idx = np.flatnonzero(mask)
+    if len(idx) < 2:
+        return []
+    breaks = np.flatnonzero((np.diff(idx) != 1) | (np.diff(owner[idx]) != 0)) + 1
+    local = [world_to_ego(a[idx], pose) for a in (pts, *others)]
+    out = []
+    for lo, hi in zip([0, *breaks.tolist()], [*breaks.tolist(), len(idx)]):
+        if hi - lo >= 2:
+            out.append((int(owner[idx[lo]]), tuple(arr[lo:hi] for arr in local)))
+    return out

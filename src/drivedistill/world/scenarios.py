@@ -23,12 +23,12 @@ from typing import Any
 
 import numpy as np
 from highway_env.road.road import Road, RoadNetwork
-from highway_env.vehicle.behavior import IDMVehicle
 from highway_env.vehicle.kinematics import Vehicle
 
 from drivedistill.world.config import SIM_HZ
 from drivedistill.world.expert import ExpertVehicle, ScriptedVehicle
 from drivedistill.world.fastroad import FastRegulatedRoad, FastRoad
+from drivedistill.world.fastsim import FastIDMVehicle, speed_up
 from drivedistill.world.roadmap import RoadMap
 
 DT = 1.0 / SIM_HZ
@@ -57,7 +57,7 @@ def network(scenario: str) -> tuple[RoadNetwork, RoadMap, bool]:
     from highway_env.envs.roundabout_env import RoundaboutEnv
 
     if scenario == "highway":
-        net = RoadNetwork.straight_road_network(3, length=1500.0, speed_limit=30)
+        net = speed_up(RoadNetwork.straight_road_network(3, length=1500.0, speed_limit=30))
         return net, RoadMap.from_network(net), False
     env_cls: Any = {
         "merge": MergeGenericEnv,
@@ -69,7 +69,7 @@ def network(scenario: str) -> tuple[RoadNetwork, RoadMap, bool]:
         config={"before_merge_length": 250, "after_merge_length": 400} if scenario == "merge" else None
     )
     env._make_road()
-    net = env.road.network
+    net = speed_up(env.road.network)
     return net, RoadMap.from_network(net), scenario == "intersection"
 
 
@@ -153,8 +153,13 @@ def _ahead(world: World, gap: float, lane_shift: int = 0) -> tuple[np.ndarray, f
 
 
 def place(
-    world: World, cls: type[IDMVehicle], pos: np.ndarray, head: float, speed: float, clearance: float = 12.0
-) -> IDMVehicle:
+    world: World,
+    cls: type[FastIDMVehicle],
+    pos: np.ndarray,
+    head: float,
+    speed: float,
+    clearance: float = 12.0,
+) -> FastIDMVehicle:
     """Put a vehicle at a pose, removing other non-ego traffic within `clearance` metres."""
     world.road.vehicles = [
         v for v in world.road.vehicles if v is world.ego or np.linalg.norm(v.position - pos) > clearance
@@ -165,12 +170,12 @@ def place(
     return v
 
 
-def spawn_other(world: World, entry: str, s: float, speed: float | None = None) -> IDMVehicle | None:
+def spawn_other(world: World, entry: str, s: float, speed: float | None = None) -> FastIDMVehicle | None:
     """An IDM vehicle on the first lane leaving node `entry`, heading to a random exit; None if not free."""
     net = world.road.network
     nxt = next(iter(net.graph[entry]))
     lane_index = (entry, nxt, 0)
-    v = IDMVehicle.make_on_lane(
+    v = FastIDMVehicle.make_on_lane(
         world.road, lane_index, longitudinal=s, speed=speed or 8.0 + world.rng.normal()
     )
     if any(np.linalg.norm(o.position - v.position) < 15 for o in world.road.vehicles):
@@ -239,7 +244,9 @@ def _populate(world: World, s_ego: float) -> None:
             s = s_ego - 50 + rng.uniform(0, 20)
             while s < s_ego + 220:
                 if abs(s - s_ego) > (25 if i == ego.lane_index[2] else 10):
-                    v = IDMVehicle.make_on_lane(road, (*edge, i), longitudinal=s, speed=rng.uniform(19, 25))
+                    v = FastIDMVehicle.make_on_lane(
+                        road, (*edge, i), longitudinal=s, speed=rng.uniform(19, 25)
+                    )
                     v.target_speed = v.speed + rng.uniform(-1, 2)
                     road.vehicles.append(v)
                 s += rng.uniform(30, 60) / d
@@ -264,7 +271,7 @@ def _populate(world: World, s_ego: float) -> None:
             ]
             idx = keys[int(rng.integers(len(keys)))]
             lane = road.network.get_lane(idx)
-            v = IDMVehicle.make_on_lane(
+            v = FastIDMVehicle.make_on_lane(
                 road, idx, longitudinal=rng.uniform(0, lane.length), speed=rng.uniform(5, 8)
             )
             v.target_speed = rng.uniform(6, 9)
@@ -279,7 +286,7 @@ def _populate(world: World, s_ego: float) -> None:
             a, b = ring[int(rng.integers(len(ring)))]
             if (a, b) in (("sx", "se"), ("se", "ex")):
                 continue
-            v = IDMVehicle.make_on_lane(
+            v = FastIDMVehicle.make_on_lane(
                 road, (a, b, int(rng.integers(2))), longitudinal=rng.uniform(0, 10), speed=8.0
             )
             if all(np.linalg.norm(o.position - v.position) > 15 for o in road.vehicles):
@@ -326,7 +333,7 @@ def _make_event(world: World, name: str) -> Event:
     raise ValueError(f"unknown event '{name}'")
 
 
-def _challenger(world: World) -> IDMVehicle | None:
+def _challenger(world: World) -> FastIDMVehicle | None:
     """A crossing vehicle timed to reach the junction together with the ego."""
     rng, ego = world.rng, world.ego
     lag = rng.uniform(-0.5, 1.0)
@@ -346,7 +353,7 @@ def _challenger(world: World) -> IDMVehicle | None:
         k -= 1
     edge = (RING[k], RING[(k + 1) % len(RING)], 0)
     s = world.road.network.get_lane(edge).length - dist
-    v = IDMVehicle.make_on_lane(world.road, edge, longitudinal=max(0.0, s), speed=8.0)
+    v = FastIDMVehicle.make_on_lane(world.road, edge, longitudinal=max(0.0, s), speed=8.0)
     v.plan_route_to(str(rng.choice(["exr", "nxr", "wxr"])))
     world.road.vehicles = [o for o in world.road.vehicles if np.linalg.norm(o.position - v.position) > 10]
     world.road.vehicles.append(v)
@@ -442,7 +449,7 @@ class CrossTraffic(Event):
 
     name = "cross_traffic"
 
-    def __init__(self, v: IDMVehicle | None) -> None:
+    def __init__(self, v: FastIDMVehicle | None) -> None:
         self.v = v
 
     def update(self, world: World) -> bool:

@@ -19,5 +19,7 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 def shared_data() -> Path:
     """`../shared/data` beside the checkout (real Argoverse 2 / nuScenes excerpts)."""
     if not SHARED_DATA.exists():
-        pytest.skip(f"real test data not found at {SHARED_DATA} (expected ../shared/data beside the checkout)")
+        pytest.skip(
+            f"real test data not found at {SHARED_DATA} (expected ../shared/data beside the checkout)"
+        )
     return SHARED_DATA

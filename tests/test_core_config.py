@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from drivedistill.config import ConfigError, config_hash, from_dict, load_config, parse_overrides, save_resolved, to_dict
+from drivedistill.config import (
+    ConfigError,
+    config_hash,
+    from_dict,
+    load_config,
+    parse_overrides,
+    save_resolved,
+    to_dict,
+)
 
 
 @dataclass
@@ -34,7 +42,9 @@ def test_yaml_then_overrides(tmp_path: Path) -> None:
 
 
 def test_unknown_key_suggests() -> None:
-    with pytest.raises(ConfigError, match=r"unknown config key 'world.num_episode'. Did you mean 'num_episodes'\?"):
+    with pytest.raises(
+        ConfigError, match=r"unknown config key 'world.num_episode'. Did you mean 'num_episodes'\?"
+    ):
         load_config(Outer, overrides=["--world.num_episode=3"])
 
 

@@ -24,6 +24,8 @@ def test_cli_unknown_command_suggests(capsys: pytest.CaptureFixture[str]) -> Non
 
 
 def test_cli_list_prints_every_kind() -> None:
-    out = subprocess.run([sys.executable, "-m", "drivedistill.cli", "list"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "drivedistill.cli", "list"], capture_output=True, text=True, check=True
+    ).stdout
     for kind in registry.KIND_PACKAGES:
         assert f"{kind}s:" in out

@@ -15,7 +15,10 @@ from .browser import render
 
 def _results() -> dict:
     def model(l2: float, pdms: float) -> dict:
-        block = {"l2": {"1s": l2 / 2, "2s": l2, "3s": 1.5 * l2, "avg": l2}, "collision": {"1s": 0.0, "2s": 0.1, "3s": 0.2, "avg": 0.1}}
+        block = {
+            "l2": {"1s": l2 / 2, "2s": l2, "3s": 1.5 * l2, "avg": l2},
+            "collision": {"1s": 0.0, "2s": 0.1, "3s": 0.2, "avg": 0.1},
+        }
         return {
             "student": "transfuser",
             "method": "imitation",
@@ -23,13 +26,25 @@ def _results() -> dict:
             "seeds": [0, 1],
             "openloop": {"stp3": block, "uniad": block},
             "pdms": {"pdms": pdms, "nc": 1.0, "dac": 0.9, "ddc": 1.0, "ttc": 0.9, "ep": 0.8, "c": 1.0},
-            "closedloop": {"collision_rate": 0.1, "offroad_rate": 0.0, "progress_m": 120.0, "driving_score": 0.7},
+            "closedloop": {
+                "collision_rate": 0.1,
+                "offroad_rate": 0.0,
+                "progress_m": 120.0,
+                "driving_score": 0.7,
+            },
             "latency_ms": {"p50": 5.0, "p90": 7.0},
             "std": {"openloop": {"stp3": {"l2": {"avg": 0.05}}}, "pdms": {"pdms": 0.01}},
         }
 
-    return {"schema": 1, "preset": "test", "seeds": [0, 1], "config_hash": "abc", "versions": {"torch": "x"},
-            "models": {"transfuser/imitation": model(0.9, 0.8), "transfuser/vlm_ad": model(0.8, 0.82)}, "config": {"a": 1}}
+    return {
+        "schema": 1,
+        "preset": "test",
+        "seeds": [0, 1],
+        "config_hash": "abc",
+        "versions": {"torch": "x"},
+        "models": {"transfuser/imitation": model(0.9, 0.8), "transfuser/vlm_ad": model(0.8, 0.82)},
+        "config": {"a": 1},
+    }
 
 
 def test_tables_name_protocols() -> None:
@@ -54,7 +69,9 @@ def test_report_opens_in_chromium(tmp_path: Path) -> None:
     gif = tmp_path / "ep.gif"
     frames = [Image.fromarray(np.full((40, 40, 3), 40 * i, np.uint8)) for i in range(3)]
     frames[0].save(gif, save_all=True, append_images=frames[1:], duration=200, loop=0)
-    assets = ReportAssets(scene_panels=[("scene", png)], curves={"m": [(0, 2.0), (10, 1.0)]}, gif=gif, gif_caption="ep")
+    assets = ReportAssets(
+        scene_panels=[("scene", png)], curves={"m": [(0, 2.0), (10, 1.0)]}, gif=gif, gif_caption="ep"
+    )
     page = write_report(tmp_path, _results(), assets)
     loaded, total = render(page, tmp_path / "shot.png")
     assert total >= 6 and loaded == total

@@ -12,10 +12,16 @@ import sys
 
 # subcommand → (module with `main(argv)`, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("drivedistill.pipeline", "the whole study: collect → annotate → latent actions → teachers → students → eval → report"),
+    "run": (
+        "drivedistill.pipeline",
+        "the whole study: collect → annotate → latent actions → teachers → students → eval → report",
+    ),
     "collect": ("drivedistill.world.collect", "drive the expert in the default world and write a SceneStore"),
     "data": ("drivedistill.data.cli", "inspect a SceneStore: validate, show, stats"),
-    "annotate": ("drivedistill.annotate.cli", "VLM-AD annotation of a SceneStore (rules | openai | transformers)"),
+    "annotate": (
+        "drivedistill.annotate.cli",
+        "VLM-AD annotation of a SceneStore (rules | openai | transformers)",
+    ),
     "train": ("drivedistill.train.cli", "train a student with a method on a SceneStore"),
     "eval": ("drivedistill.metrics.cli", "open-loop (ST-P3/UniAD), PDMS v1.1 and closed-loop evaluation"),
     "export": ("drivedistill.train.export", "export a trained student to ONNX / TorchScript"),

@@ -53,7 +53,9 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         raise ConfigError(f"{path}: cannot read {value!r} as {tp}: {'; '.join(errors)}")
     if origin is typing.Literal:
         if value not in args:
-            raise ConfigError(f"{path}: {value!r} is not one of {list(args)}.{_did_you_mean(str(value), map(str, args))}")
+            raise ConfigError(
+                f"{path}: {value!r} is not one of {list(args)}.{_did_you_mean(str(value), map(str, args))}"
+            )
         return value
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         if isinstance(value, tp):
@@ -63,7 +65,9 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         return from_dict(tp, value, path)
     if origin in (list, tuple) or tp in (list, tuple):
         if isinstance(value, str):
-            value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+            value = (
+                yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+            )
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{path}: expected a list, got {value!r}")
         if origin is tuple and args and args[-1] is not Ellipsis:
@@ -104,7 +108,9 @@ def from_dict(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:
     for key, value in data.items():
         full = f"{path}.{key}" if path else key
         if key not in known:
-            raise ConfigError(f"unknown config key '{full}'.{_did_you_mean(key, known)} Known keys: {sorted(known)}")
+            raise ConfigError(
+                f"unknown config key '{full}'.{_did_you_mean(key, known)} Known keys: {sorted(known)}"
+            )
         kwargs[key] = _convert(value, hints[key], full)
     try:
         return cls(**kwargs)

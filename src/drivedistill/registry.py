@@ -53,7 +53,9 @@ class RegistryError(KeyError):
         return str(self.args[0])
 
 
-def register(kind: str, name: str, config_cls: type | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def register(
+    kind: str, name: str, config_cls: type | None = None
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator registering `builder(cfg, ...)` under (kind, name)."""
     if kind not in _REGISTRY:
         raise RegistryError(f"unknown component kind '{kind}'; known kinds: {sorted(_REGISTRY)}")
@@ -64,7 +66,9 @@ def register(kind: str, name: str, config_cls: type | None = None) -> Callable[[
         description = doc.strip().splitlines()[0] if doc.strip() else ""
         existing = _REGISTRY[kind].get(name)
         if existing is not None and existing.builder.__module__ != builder.__module__:
-            raise RegistryError(f"{kind} '{name}' registered twice ({existing.builder.__module__}, {builder.__module__})")
+            raise RegistryError(
+                f"{kind} '{name}' registered twice ({existing.builder.__module__}, {builder.__module__})"
+            )
         _REGISTRY[kind][name] = Entry(kind, name, config_cls, builder, description)
         return builder
 
@@ -73,7 +77,9 @@ def register(kind: str, name: str, config_cls: type | None = None) -> Callable[[
 
 def _package_modules(kind: str) -> list[str]:
     pkg = importlib.import_module(KIND_PACKAGES[kind])
-    return [m.name for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_") and m.name != "base"]
+    return [
+        m.name for m in pkgutil.iter_modules(pkg.__path__) if not m.name.startswith("_") and m.name != "base"
+    ]
 
 
 def get(kind: str, name: str) -> Entry:

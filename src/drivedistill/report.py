@@ -75,14 +75,18 @@ def table_rows(results: dict[str, Any]) -> dict[str, tuple[list[str], list[list[
     tables: dict[str, tuple[list[str], list[list[str]]]] = {}
     for proto, label in (("stp3", "ST-P3"), ("uniad", "UniAD")):
         headers = ["model"] + [
-            f"{'L2' if b == 'l2' else 'Col.'} {k} [{'m' if b == 'l2' else '%'}] ({label})" for b, k in OPENLOOP_COLS
+            f"{'L2' if b == 'l2' else 'Col.'} {k} [{'m' if b == 'l2' else '%'}] ({label})"
+            for b, k in OPENLOOP_COLS
         ]
         rows = []
         for name, m in models.items():
             std = m.get("std", {})
             rows.append(
                 [name]
-                + [_fmt(_get(m, "openloop", proto, b, k), _get(std, "openloop", proto, b, k)) for b, k in OPENLOOP_COLS]
+                + [
+                    _fmt(_get(m, "openloop", proto, b, k), _get(std, "openloop", proto, b, k))
+                    for b, k in OPENLOOP_COLS
+                ]
             )
         tables[f"Open loop — nuScenes {label} protocol"] = (headers, rows)
     headers = ["model"] + [f"{c.upper()} (NAVSIM v1.1)" for c in PDMS_COLS]
@@ -93,7 +97,11 @@ def table_rows(results: dict[str, Any]) -> dict[str, tuple[list[str], list[list[
     tables["PDMS — NAVSIM v1.1 on the default world's validation scenes"] = (headers, rows)
     headers = ["model"] + [f"{c} (drivedistill-closedloop-v1)" for c in CLOSEDLOOP_COLS]
     rows = [
-        [name] + [_fmt(_get(m, "closedloop", c), _get(m.get("std", {}), "closedloop", c), 3) for c in CLOSEDLOOP_COLS]
+        [name]
+        + [
+            _fmt(_get(m, "closedloop", c), _get(m.get("std", {}), "closedloop", c), 3)
+            for c in CLOSEDLOOP_COLS
+        ]
         for name, m in models.items()
     ]
     tables["Closed loop — the default world"] = (headers, rows)
@@ -220,13 +228,24 @@ def render_html(results: dict[str, Any], assets: ReportAssets) -> str:
         parts += [_img_tag(p.read_bytes(), "image/png", cap) for cap, p in assets.scene_panels]
     curves = _curves_chart(assets.curves)
     if curves is not None:
-        parts.append("<h2>Training curves</h2>" + _img_tag(curves, "image/png", "training loss per model (seed 0)"))
+        parts.append(
+            "<h2>Training curves</h2>" + _img_tag(curves, "image/png", "training loss per model (seed 0)")
+        )
     if assets.gif is not None and assets.gif.exists():
-        parts.append("<h2>Closed-loop episode</h2>" + _img_tag(assets.gif.read_bytes(), "image/gif", assets.gif_caption))
+        parts.append(
+            "<h2>Closed-loop episode</h2>"
+            + _img_tag(assets.gif.read_bytes(), "image/gif", assets.gif_caption)
+        )
     for cap, p in assets.extra_figures:
         parts.append(_img_tag(p.read_bytes(), "image/png", cap))
-    parts.append("<h2>Versions</h2><pre>" + html.escape(json.dumps(results.get("versions", {}), indent=2)) + "</pre>")
-    parts.append("<h2>Resolved configuration</h2><pre>" + html.escape(yaml.safe_dump(results.get("config", {}), sort_keys=False)) + "</pre>")
+    parts.append(
+        "<h2>Versions</h2><pre>" + html.escape(json.dumps(results.get("versions", {}), indent=2)) + "</pre>"
+    )
+    parts.append(
+        "<h2>Resolved configuration</h2><pre>"
+        + html.escape(yaml.safe_dump(results.get("config", {}), sort_keys=False))
+        + "</pre>"
+    )
     # lets a headless browser (tests/test_report.py) check that every embedded image decoded
     parts.append(
         "<script>window.addEventListener('load',()=>{const i=[...document.images];"
@@ -268,12 +287,19 @@ def update_readme(readme: Path, results: dict[str, Any]) -> None:
     text = readme.read_text()
     if BEGIN not in text or END not in text:
         raise ValueError(f"{readme}: add the markers {BEGIN} and {END} where the results table goes")
-    new = re.sub(re.escape(BEGIN) + r".*?" + re.escape(END), f"{BEGIN}\n{markdown_table(results)}\n{END}", text, flags=re.S)
+    new = re.sub(
+        re.escape(BEGIN) + r".*?" + re.escape(END),
+        f"{BEGIN}\n{markdown_table(results)}\n{END}",
+        text,
+        flags=re.S,
+    )
     atomic_write_text(readme, new)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m drivedistill.report", description="copy a results.json table into the README")
+    parser = argparse.ArgumentParser(
+        prog="python -m drivedistill.report", description="copy a results.json table into the README"
+    )
     parser.add_argument("--results", type=Path, required=True)
     parser.add_argument("--readme", type=Path, default=Path("README.md"))
     args = parser.parse_args(argv)

@@ -48,11 +48,15 @@ def random_scene(
         x0, y0, v = rng.uniform(15, 45), rng.choice([0.0, 4.0]), rng.uniform(speed, speed + 5)
         ts = np.arange(NUM_AGENT_STEPS) * 0.5
         agents[:, a] = np.stack(
-            [x0 + v * ts, np.full_like(ts, y0), 0 * ts, 5 + 0 * ts, 2 + 0 * ts, v + 0 * ts, 0 * ts, 0 * ts], -1
+            [x0 + v * ts, np.full_like(ts, y0), 0 * ts, 5 + 0 * ts, 2 + 0 * ts, v + 0 * ts, 0 * ts, 0 * ts],
+            -1,
         )
     road = np.array([[-60, -2], [100, -2], [100, 6], [-60, 6]], np.float32)
     lanes = [np.array([[-60, 0], [100, 0]], np.float32), np.array([[-60, 4], [100, 4]], np.float32)]
-    lane_polys = [np.array([[-60, -2], [100, -2], [100, 2], [-60, 2]], np.float32), np.array([[-60, 2], [100, 2], [100, 6], [-60, 6]], np.float32)]
+    lane_polys = [
+        np.array([[-60, -2], [100, -2], [100, 2], [-60, 2]], np.float32),
+        np.array([[-60, 2], [100, 2], [100, 6], [-60, 6]], np.float32),
+    ]
     h, w = camera_hw
     priv = Privileged(
         future_trajectory=fut,

@@ -69,7 +69,9 @@ def _check_array(
     """Check `value` is an ndarray of `shape` (None = any size) and dtype kind in `kinds` ("f", "u", "b", "i")."""
     expected = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
     if not isinstance(value, np.ndarray):
-        raise ValidationError(f"{owner}.{name}: expected a numpy array of shape {expected}, got {type(value).__name__}")
+        raise ValidationError(
+            f"{owner}.{name}: expected a numpy array of shape {expected}, got {type(value).__name__}"
+        )
     if value.ndim != len(shape) or any(s is not None and s != v for s, v in zip(shape, value.shape)):
         raise ValidationError(f"{owner}.{name}: expected shape {expected}, got {tuple(value.shape)}")
     if value.dtype.kind not in kinds:
@@ -123,7 +125,9 @@ class AgentInput:
         _check_array("AgentInput", "ego_history", self.ego_history, (NUM_PAST, 3), "f")
         _check_array("AgentInput", "ego_status", self.ego_status, (len(EGO_STATUS_FIELDS),), "f")
         if int(self.command) not in {c.value for c in Command}:
-            raise ValidationError(f"AgentInput.command: expected one of {[c.name for c in Command]}, got {self.command}")
+            raise ValidationError(
+                f"AgentInput.command: expected one of {[c.name for c in Command]}, got {self.command}"
+            )
 
 
 @dataclass
@@ -184,10 +188,14 @@ class Privileged:
     def __post_init__(self) -> None:
         _check_array("Privileged", "future_trajectory", self.future_trajectory, (NUM_FUTURE, 3), "f")
         _check_array("Privileged", "future_valid", self.future_valid, (NUM_FUTURE,), "b")
-        _check_array("Privileged", "future_frames", self.future_frames, (len(FUTURE_FRAME_STEPS), None, None, 3), "u")
+        _check_array(
+            "Privileged", "future_frames", self.future_frames, (len(FUTURE_FRAME_STEPS), None, None, 3), "u"
+        )
         _check_array("Privileged", "future_ego_status", self.future_ego_status, (NUM_FUTURE, 3), "f")
         _check_array("Privileged", "agents", self.agents, (NUM_AGENT_STEPS, None, len(AGENT_FIELDS)), "f")
-        _check_array("Privileged", "agents_valid", self.agents_valid, (NUM_AGENT_STEPS, self.agents.shape[1]), "b")
+        _check_array(
+            "Privileged", "agents_valid", self.agents_valid, (NUM_AGENT_STEPS, self.agents.shape[1]), "b"
+        )
 
 
 @dataclass
@@ -216,7 +224,9 @@ def _check_tensor(owner: str, name: str, value: Any, shape: tuple[int | None, ..
 
     expected = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
     if not isinstance(value, torch.Tensor):
-        raise ValidationError(f"{owner}.{name}: expected a torch.Tensor of shape {expected}, got {type(value).__name__}")
+        raise ValidationError(
+            f"{owner}.{name}: expected a torch.Tensor of shape {expected}, got {type(value).__name__}"
+        )
     if value.ndim != len(shape) or any(s is not None and s != v for s, v in zip(shape, value.shape)):
         raise ValidationError(f"{owner}.{name}: expected shape {expected}, got {tuple(value.shape)}")
     if float_ and not value.is_floating_point():
@@ -276,7 +286,9 @@ class PrivilegedBatch:
         _check_tensor("PrivilegedBatch", "trajectory", self.trajectory, (b, NUM_FUTURE, 3), True)
         _check_tensor("PrivilegedBatch", "valid", self.valid, (b, NUM_FUTURE), False)
         _check_tensor("PrivilegedBatch", "future_frames", self.future_frames, (b, 3, 3, None, None), True)
-        _check_tensor("PrivilegedBatch", "future_ego_status", self.future_ego_status, (b, NUM_FUTURE, 3), True)
+        _check_tensor(
+            "PrivilegedBatch", "future_ego_status", self.future_ego_status, (b, NUM_FUTURE, 3), True
+        )
 
     def to(self, device: torch.device | str) -> PrivilegedBatch:
         return PrivilegedBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})

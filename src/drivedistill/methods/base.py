@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from drivedistill.models.students.base import Student
-from drivedistill.types import Batch, NUM_FUTURE
+from drivedistill.types import NUM_FUTURE, Batch
 
 
 @dataclass

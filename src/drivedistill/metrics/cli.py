@@ -1,9 +1,9 @@
 """`drivedistill eval ...`: routes to the evaluator that owns each mode.
 
-    drivedistill eval openloop   --pred PRED.npz --gt GT.npz --json OUT.json     (ST-P3 + UniAD protocols)
-    drivedistill eval pdms       --scenes DIR --plans PLANS.npz --json OUT.json  (NAVSIM PDMS v1.1)
-    drivedistill eval closedloop --checkpoint CKPT | --planner NAME             (default world)
-    drivedistill eval --checkpoint CKPT --data STORE                            (everything, one model)
+drivedistill eval openloop   --pred PRED.npz --gt GT.npz --json OUT.json     (ST-P3 + UniAD protocols)
+drivedistill eval pdms       --scenes DIR --plans PLANS.npz --json OUT.json  (NAVSIM PDMS v1.1)
+drivedistill eval closedloop --checkpoint CKPT | --planner NAME             (default world)
+drivedistill eval --checkpoint CKPT --data STORE                            (everything, one model)
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ MODES: dict[str, str] = {
 def main(argv: list[str]) -> int:
     if argv and argv[0] in MODES:
         return int(importlib.import_module(MODES[argv[0]]).main(argv[1:]) or 0)
-    if not argv or argv[0] in {"-h", "--help"} and len(argv) == 1:
+    if not argv or (argv[0] in {"-h", "--help"} and len(argv) == 1):
         print(__doc__)
         return 0
     # `eval --checkpoint CKPT --data STORE`: all metrics for one trained model

@@ -21,7 +21,11 @@ def main(argv: list[str] | None = None) -> int:
         epilog="Any --section.key=value overrides the preset, e.g. --seeds=[0,1,2] --train.epochs=4 "
         "--world.num_episodes=40 --models='[{student: transfuser, method: vlm_ad}]'",
     )
-    parser.add_argument("--preset", default="default", help="smoke (≈1 min), default (make run), full (3 seeds, every ablation)")
+    parser.add_argument(
+        "--preset",
+        default="default",
+        help="smoke (≈1 min), default (make run), full (3 seeds, every ablation)",
+    )
     parser.add_argument("--config", type=Path, default=None, help="a YAML file merged over the preset")
     parser.add_argument("--out", type=Path, default=None, help="run directory (default runs/<preset>)")
     args, overrides = parser.parse_known_args(argv)
@@ -38,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_study(args.preset, args.config, overrides)
     out = args.out or Path("runs") / args.preset
     console = Console()
-    console.rule(f"drivedistill run · preset {cfg.preset} · {len(cfg.models)} models × {len(cfg.seeds)} seeds → {out}")
+    console.rule(
+        f"drivedistill run · preset {cfg.preset} · {len(cfg.models)} models × {len(cfg.seeds)} seeds → {out}"
+    )
     t0 = time.perf_counter()
     results = run_study(cfg, out)
     minutes = (time.perf_counter() - t0) / 60

@@ -15,7 +15,14 @@ from drivedistill.report import ReportAssets
 
 # plan colours on the panels (RGB in [0, 1]); GT first, then models in config order
 GT_COLOUR = (0.1, 0.8, 0.2)
-MODEL_COLOURS = [(0.2, 0.4, 1.0), (1.0, 0.2, 0.2), (1.0, 0.6, 0.0), (0.7, 0.2, 0.9), (0.0, 0.8, 0.8), (0.9, 0.9, 0.1)]
+MODEL_COLOURS = [
+    (0.2, 0.4, 1.0),
+    (1.0, 0.2, 0.2),
+    (1.0, 0.6, 0.0),
+    (0.7, 0.2, 0.9),
+    (0.0, 0.8, 0.8),
+    (0.9, 0.9, 0.1),
+]
 
 
 def _predictions(evaluated: Artifact | None) -> dict[str, np.ndarray]:
@@ -27,7 +34,12 @@ def _predictions(evaluated: Artifact | None) -> dict[str, np.ndarray]:
         return {str(t): p for t, p in zip(z["tokens"], z["plans"])}
 
 
-def scene_panel(scene: Any, plans: list[tuple[str, tuple[float, float, float], np.ndarray]], world_cfg: dict[str, Any], path: Path) -> None:
+def scene_panel(
+    scene: Any,
+    plans: list[tuple[str, tuple[float, float, float], np.ndarray]],
+    world_cfg: dict[str, Any],
+    path: Path,
+) -> None:
     """Front camera and BEV side by side with every plan overlaid; saved as a PNG."""
     import matplotlib
 
@@ -59,7 +71,9 @@ def scene_panel(scene: Any, plans: list[tuple[str, tuple[float, float, float], n
         ax.set_yticks([])
     axes[0].legend(fontsize=7, loc="upper right")
     event = scene.meta.get("event", "")
-    axes[0].set_title(f"{scene.token} · {scene.meta.get('scenario', '')} · {event} · command {int(ai.command)}", fontsize=8)
+    axes[0].set_title(
+        f"{scene.token} · {scene.meta.get('scenario', '')} · {event} · command {int(ai.command)}", fontsize=8
+    )
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -74,7 +88,11 @@ def training_curve(run_dir: Path) -> list[tuple[int, float]]:
         return []
     acc = EventAccumulator(str(tb))
     acc.Reload()
-    tags = [t for t in acc.Tags().get("scalars", []) if t.endswith("loss") and "/" in t and t.split("/")[0] == "train"]
+    tags = [
+        t
+        for t in acc.Tags().get("scalars", [])
+        if t.endswith("loss") and "/" in t and t.split("/")[0] == "train"
+    ]
     if not tags:
         return []
     return [(e.step, e.value) for e in acc.Scalars(sorted(tags)[0])]
@@ -105,7 +123,11 @@ def build_assets(
     for scene in (eventful + [s for s in scenes if s not in eventful])[: cfg.eval.scene_panels]:
         assert scene.privileged is not None
         plans = [("GT", GT_COLOUR, scene.privileged.future_trajectory)]
-        plans += [(name, MODEL_COLOURS[i], preds[name][scene.token]) for i, name in enumerate(preds) if scene.token in preds[name]]
+        plans += [
+            (name, MODEL_COLOURS[i], preds[name][scene.token])
+            for i, name in enumerate(preds)
+            if scene.token in preds[name]
+        ]
         path = panel_dir / f"scene-{scene.token}.png"
         scene_panel(scene, plans, world_cfg, path)
         assets.scene_panels.append((f"{scene.token}: GT (green) and each model's plan (seed {seed})", path))
@@ -117,9 +139,9 @@ def build_assets(
     # the closed-loop GIF of the first distilled model (else the baseline), seed 0
     order = [m.name for m in cfg.models if m.name != cfg.baseline] + [cfg.baseline]
     for name in order:
-        art = evaluated.get((name, seed))
-        if art is not None and (art.path / "closedloop.gif").exists():
-            assets.gif = art.path / "closedloop.gif"
+        ev = evaluated.get((name, seed))
+        if ev is not None and (ev.path / "closedloop.gif").exists():
+            assets.gif = ev.path / "closedloop.gif"
             assets.gif_caption = f"closed-loop episode driven by {name} (seed {seed}): camera + BEV"
             break
     for art in recipes.values():

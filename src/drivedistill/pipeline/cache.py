@@ -91,6 +91,12 @@ class StageRunner:
         self.timings[name] = self.timings.get(name, 0.0) + seconds
         atomic_write_json(
             done,
-            {"stage": name, "key": key, "inputs": [a.key for a in inputs], "seconds": seconds, "summary": summary},
+            {
+                "stage": name,
+                "key": key,
+                "inputs": [a.key for a in inputs],
+                "seconds": seconds,
+                "summary": summary,
+            },
         )
         return Artifact(name, key, path, summary, cached=False)

@@ -97,7 +97,9 @@ def preset_file(preset: str) -> Path:
     return path
 
 
-def load_study(preset: str, config: str | Path | None = None, overrides: list[str] | None = None) -> StudyConfig:
+def load_study(
+    preset: str, config: str | Path | None = None, overrides: list[str] | None = None
+) -> StudyConfig:
     """Preset YAML, then a user YAML, then dotted overrides → a validated StudyConfig."""
     data = deep_merge(load_yaml(preset_file(preset)), {"preset": preset})
     if config is not None:
@@ -117,9 +119,17 @@ def validate_components(cfg: StudyConfig) -> None:
     for m in cfg.models:
         entry = registry.get("student", m.student)
         if entry.config_cls is not None:
-            from_dict(entry.config_cls, deep_merge(cfg.students.get(m.student, {}), m.student_cfg), f"models[{m.name}].student_cfg")
+            from_dict(
+                entry.config_cls,
+                deep_merge(cfg.students.get(m.student, {}), m.student_cfg),
+                f"models[{m.name}].student_cfg",
+            )
         if m.method != "none":
             mentry = registry.get("method", m.method)
             if mentry.config_cls is not None:
-                from_dict(mentry.config_cls, deep_merge(cfg.methods.get(m.method, {}), m.method_cfg), f"models[{m.name}].method_cfg")
+                from_dict(
+                    mentry.config_cls,
+                    deep_merge(cfg.methods.get(m.method, {}), m.method_cfg),
+                    f"models[{m.name}].method_cfg",
+                )
         from_dict(TrainConfig, deep_merge(cfg.train, m.train), f"models[{m.name}].train")

@@ -19,7 +19,6 @@ from drivedistill.pipeline.config import ModelSpec, StudyConfig
 from drivedistill.types import AgentInput, AgentInputBatch, Scene
 from drivedistill.utils.io import atomic_write_json, atomic_write_with
 
-
 # The default world's ego is highway-env's 5 m × 2 m box. Its rear axle is placed 1.25 m behind the box
 # centre (the Pacifica's 1.461 m scaled to a 5 m car, rounded); wheelbase 2.9 m (PDMS tracker).
 WORLD_REAR_AXLE = 1.25  # [m]
@@ -33,7 +32,9 @@ def world_ego_geometry() -> tuple[float, float, float, float]:
     return (EGO_WIDTH, EGO_LENGTH / 2 + WORLD_REAR_AXLE, EGO_LENGTH / 2 - WORLD_REAR_AXLE, WORLD_WHEELBASE)
 
 
-def load_deployable(model: ModelSpec, cfg: StudyConfig, trained: Artifact | None, deps: list[Artifact]) -> torch.nn.Module:
+def load_deployable(
+    model: ModelSpec, cfg: StudyConfig, trained: Artifact | None, deps: list[Artifact]
+) -> torch.nn.Module:
     """What runs at inference for this row: the trained method's deployable module (the student alone,
     or student + frozen VLM for VLM-in-the-loop methods); an untrained student for method "none"."""
     from drivedistill import registry
@@ -44,9 +45,15 @@ def load_deployable(model: ModelSpec, cfg: StudyConfig, trained: Artifact | None
     if trained is None:
         entry = registry.get("student", model.student)
         scfg = deep_merge(cfg.students.get(model.student, {}), model.student_cfg)
-        built = registry.build("student", model.student, from_dict(entry.config_cls, scfg, "student") if entry.config_cls else None)
+        built = registry.build(
+            "student",
+            model.student,
+            from_dict(entry.config_cls, scfg, "student") if entry.config_cls else None,
+        )
         return built.eval()
-    ctx = MethodContext(artifacts={a.name: a.path for a in deps}, device="cpu", seed=0)
+    from drivedistill.pipeline.recipes import method_artifacts
+
+    ctx = MethodContext(artifacts=method_artifacts(deps), device="cpu", seed=0)
     method = load_method(trained.path, context=ctx, device="cpu")
     return method.deployable().eval()
 
@@ -83,11 +90,21 @@ def latency_ms(module: torch.nn.Module, ai: AgentInput, repeats: int, threads: i
             times.append((time.perf_counter() - t0) * 1e3)
     finally:
         torch.set_num_threads(prev)
-    return {"p50": float(np.percentile(times, 50)), "p90": float(np.percentile(times, 90)), "threads": threads}
+    return {
+        "p50": float(np.percentile(times, 50)),
+        "p90": float(np.percentile(times, 90)),
+        "threads": threads,
+    }
 
 
 def evaluate_model(
-    cfg: StudyConfig, model: ModelSpec, seed: int, store_path: Path, trained: Artifact | None, deps: list[Artifact], out: Path
+    cfg: StudyConfig,
+    model: ModelSpec,
+    seed: int,
+    store_path: Path,
+    trained: Artifact | None,
+    deps: list[Artifact],
+    out: Path,
 ) -> dict[str, Any]:
     """Run every enabled metric; write metrics.json (+ predictions.npz, closedloop.gif) into `out`."""
     from drivedistill.data.store import SceneStore
@@ -104,6 +121,9 @@ def evaluate_model(
         tokens = tokens[: cfg.eval.max_scenes]
     module = load_deployable(model, cfg, trained, deps)
     planning_inputs = [store.load(t, with_privileged=False) for t in tokens]
+    stats = getattr(module, "decode_stats", None)  # language students: parse failures of their text plans
+    if isinstance(stats, dict):
+        stats.update(decoded=0, parse_failures=0)
     plans = predict(module, planning_inputs)
     del planning_inputs
     scenes = [store.load(t) for t in tokens]  # privileged: for the metrics only
@@ -115,6 +135,20 @@ def evaluate_model(
     atomic_write_with(out / "predictions.npz", save_preds)
     metrics: dict[str, Any] = {"seed": seed, "num_scenes": len(tokens), "protocols": {}}
     metrics["params_m"] = sum(p.numel() for p in module.parameters()) / 1e6
+    if isinstance(stats, dict):
+        # never dropped from the denominator: failed plans were replaced by the documented fallback
+        metrics["parse_failures"] = {"count": stats["parse_failures"], "decoded": stats["decoded"]}
+        metrics["parse_failure_examples"] = [str(t) for t in list(getattr(module, "last_failures", []))[:3]]
+    core = getattr(module, "core", None)
+    if core is not None and cfg.evodrive.get("probe_after", True):
+        from drivedistill.models.perception import linear_probe
+        from drivedistill.pipeline.recipe_evodrive import perception_config
+
+        train_scenes = list(store.scenes("train"))
+        metrics["perception_probe"] = linear_probe(
+            core, train_scenes, [store.load(t) for t in tokens], perception_config(cfg)
+        )
+        del train_scenes
     if cfg.eval.openloop:
         ol = evaluate_openloop_scenes(plans, scenes)
         metrics["openloop"] = {"stp3": ol["stp3"], "uniad": ol["uniad"]}
@@ -133,13 +167,27 @@ def evaluate_model(
         world = from_dict(WorldConfig, cfg.world, "world")
         cl_cfg = ClosedLoopConfig(episodes=cfg.eval.closedloop_episodes, world=world)
         gif = out / "closedloop.gif" if seed == cfg.seeds[0] else None
-        res = evaluate_closed_loop(lambda ai: predict(module, [Scene("cl", "", 0, ai, None)])[0], cl_cfg, gif=gif)
+        res = evaluate_closed_loop(
+            lambda ai: predict(module, [Scene("cl", "", 0, ai, None)])[0], cl_cfg, gif=gif
+        )
         d = res.to_dict()
-        metrics["closedloop"] = {k: d[k] for k in ("collision_rate", "offroad_rate", "progress_m", "route_completion", "comfort_violation", "driving_score")}
+        metrics["closedloop"] = {
+            k: d[k]
+            for k in (
+                "collision_rate",
+                "offroad_rate",
+                "progress_m",
+                "route_completion",
+                "comfort_violation",
+                "driving_score",
+            )
+        }
         metrics["closedloop_episodes"] = d["episodes"]
         metrics["protocols"]["closedloop"] = d["protocol"]
     if cfg.eval.latency_repeats > 0:
-        metrics["latency_ms"] = latency_ms(module, store.load(tokens[0], with_privileged=False).agent_input, cfg.eval.latency_repeats)
+        metrics["latency_ms"] = latency_ms(
+            module, store.load(tokens[0], with_privileged=False).agent_input, cfg.eval.latency_repeats
+        )
     metrics["ego_size_m"] = [EGO_LENGTH, EGO_WIDTH]
     metrics["eval_config"] = to_dict(cfg.eval)
     atomic_write_json(out / "metrics.json", metrics)

@@ -30,7 +30,7 @@ def save_extras(path: Path, extras: Mapping[str, Mapping[str, np.ndarray]]) -> N
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:  # a file object: savez would append ".npz" to the temp name
-            np.savez_compressed(f, **arrays)
+            np.savez_compressed(f, **arrays)  # type: ignore[arg-type]
 
     atomic_write_with(path, write)
 

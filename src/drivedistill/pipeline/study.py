@@ -19,7 +19,7 @@ from drivedistill.config import deep_merge, from_dict, to_dict
 from drivedistill.pipeline.cache import Artifact, StageRunner
 from drivedistill.pipeline.config import ModelSpec, StudyConfig
 from drivedistill.pipeline.extras import Extras, load_extras, merge_extras
-from drivedistill.pipeline.recipes import RECIPE_STAGES, extras_for
+from drivedistill.pipeline.recipes import RECIPE_STAGES, extras_for, method_artifacts, student_paths
 from drivedistill.utils.io import atomic_write_json
 
 
@@ -28,27 +28,43 @@ def collect_stage(runner: StageRunner, cfg: StudyConfig) -> Artifact:
     from drivedistill.world.config import WorldConfig
 
     world = from_dict(WorldConfig, cfg.world, "world")
-    stage_cfg = {"world": to_dict(world), "val_fraction": cfg.val_fraction, "episodes_per_shard": cfg.episodes_per_shard}
+    stage_cfg = {
+        "world": to_dict(world),
+        "val_fraction": cfg.val_fraction,
+        "episodes_per_shard": cfg.episodes_per_shard,
+    }
 
     def run(d: Path) -> dict[str, Any]:
         manifest = collect(
-            world, d / "store", workers=cfg.workers, episodes_per_shard=cfg.episodes_per_shard, val_fraction=cfg.val_fraction
+            world,
+            d / "store",
+            workers=cfg.workers,
+            episodes_per_shard=cfg.episodes_per_shard,
+            val_fraction=cfg.val_fraction,
         )
-        return {"store": str(d / "store"), "stats": manifest.get("stats", {}), "seconds": manifest.get("collect_seconds")}
+        return {
+            "store": str(d / "store"),
+            "stats": manifest.get("stats", {}),
+            "seconds": manifest.get("collect_seconds"),
+        }
 
     return runner.run("collect", stage_cfg, [], run)
 
 
-def resolved_spec(cfg: StudyConfig, model: ModelSpec, seed: int) -> Any:
-    """The RunSpec of one (model, seed): study defaults ← per-student/method sections ← the model's own."""
+def resolved_spec(cfg: StudyConfig, model: ModelSpec, seed: int, deps: list[Artifact]) -> Any:
+    """The RunSpec of one (model, seed): study defaults ← per-student/method sections ← the model's own
+    ← paths to recipe artifacts the student starts from."""
     from drivedistill.train.config import resolve_run
 
-    train = deep_merge(deep_merge(cfg.train, model.train), {"seed": seed, "device": cfg.device, "progress": True})
+    train = deep_merge(deep_merge(cfg.train, model.train), {"seed": seed, "device": cfg.device})
     return resolve_run(
         model.student,
         model.method,
         {
-            "student": deep_merge(cfg.students.get(model.student, {}), model.student_cfg),
+            "student": deep_merge(
+                deep_merge(cfg.students.get(model.student, {}), model.student_cfg),
+                student_paths(deps, model.student),
+            ),
             "method": deep_merge(cfg.methods.get(model.method, {}), model.method_cfg),
             "train": train,
         },
@@ -56,28 +72,52 @@ def resolved_spec(cfg: StudyConfig, model: ModelSpec, seed: int) -> Any:
 
 
 def train_stage(
-    runner: StageRunner, cfg: StudyConfig, model: ModelSpec, seed: int, store: Artifact, deps: list[Artifact], extras: Extras
+    runner: StageRunner,
+    cfg: StudyConfig,
+    model: ModelSpec,
+    seed: int,
+    store: Artifact,
+    deps: list[Artifact],
+    extras: Extras,
 ) -> Artifact:
     from drivedistill.data.dataset import SceneDataset
     from drivedistill.data.store import SceneStore
     from drivedistill.methods.base import MethodContext
     from drivedistill.train.run import train_student
 
-    spec = resolved_spec(cfg, model, seed)
-    stage_cfg = {"model": model.name, "spec": {**spec.config(), "train": to_dict(spec.train), "names": spec.meta()}}
+    spec = resolved_spec(cfg, model, seed, deps)
+    stage_cfg = {
+        "model": model.name,
+        "spec": {**spec.config(), "train": to_dict(spec.train), "names": spec.meta()},
+    }
 
     def run(d: Path) -> dict[str, Any]:
-        ds = SceneDataset(SceneStore(Path(store.summary["store"])), "train", extras=extras, cache_decoded=True)
+        ds = SceneDataset(
+            SceneStore(Path(store.summary["store"])), "train", extras=extras, cache_decoded=True
+        )
         resume = (d / "checkpoints").exists() and any((d / "checkpoints").iterdir())
-        ctx = MethodContext(artifacts={a.name: a.path for a in deps}, device=cfg.device, seed=seed)
+        from drivedistill.utils.runtime import select_device
+
+        ctx = MethodContext(artifacts=method_artifacts(deps), device=select_device(cfg.device), seed=seed)
         result = train_student(spec, ds, d, context=ctx, resume=resume)
-        return {"checkpoint": str(d), "step": result.step, "losses": result.losses, "samples_per_s": result.samples_per_s}
+        return {
+            "checkpoint": str(d),
+            "step": result.step,
+            "losses": result.losses,
+            "samples_per_s": result.samples_per_s,
+        }
 
     return runner.run(f"train-{model.name.replace('/', '_')}-s{seed}", stage_cfg, [store, *deps], run)
 
 
 def eval_stage(
-    runner: StageRunner, cfg: StudyConfig, model: ModelSpec, seed: int, store: Artifact, trained: Artifact | None, deps: list[Artifact]
+    runner: StageRunner,
+    cfg: StudyConfig,
+    model: ModelSpec,
+    seed: int,
+    store: Artifact,
+    trained: Artifact | None,
+    deps: list[Artifact],
 ) -> Artifact:
     from drivedistill.pipeline.evaluation import evaluate_model
 
@@ -86,7 +126,12 @@ def eval_stage(
     def run(d: Path) -> dict[str, Any]:
         return evaluate_model(cfg, model, seed, Path(store.summary["store"]), trained, deps, d)
 
-    return runner.run(f"eval-{model.name.replace('/', '_')}-s{seed}", {"eval": to_dict(cfg.eval), "model": model.name}, inputs, run)
+    return runner.run(
+        f"eval-{model.name.replace('/', '_')}-s{seed}",
+        {"eval": to_dict(cfg.eval), "model": model.name},
+        inputs,
+        run,
+    )
 
 
 def _mean_std(values: list[Any]) -> tuple[Any, Any]:
@@ -96,13 +141,25 @@ def _mean_std(values: list[Any]) -> tuple[Any, Any]:
         keys = [k for k in first if all(isinstance(v, dict) and k in v for v in values)]
         pairs = {k: _mean_std([v[k] for v in values]) for k in keys}
         return {k: p[0] for k, p in pairs.items()}, {k: p[1] for k, p in pairs.items()}
-    if isinstance(first, int | float) and not isinstance(first, bool) and all(isinstance(v, int | float) for v in values):
+    if (
+        isinstance(first, int | float)
+        and not isinstance(first, bool)
+        and all(isinstance(v, int | float) for v in values)
+    ):
         arr = np.asarray(values, dtype=np.float64)
         return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
     return first, None
 
 
-METRIC_BLOCKS = ("openloop", "pdms", "closedloop", "latency_ms", "params_m", "parse_failures", "perception_probe")
+METRIC_BLOCKS = (
+    "openloop",
+    "pdms",
+    "closedloop",
+    "latency_ms",
+    "params_m",
+    "parse_failures",
+    "perception_probe",
+)
 
 
 def aggregate(cfg: StudyConfig, per_seed: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
@@ -114,7 +171,11 @@ def aggregate(cfg: StudyConfig, per_seed: dict[str, list[dict[str, Any]]]) -> di
         runs = per_seed.get(spec.name, [])
         if not runs:
             continue
-        entry: dict[str, Any] = {"student": spec.student, "method": spec.method, "seeds": [r["seed"] for r in runs]}
+        entry: dict[str, Any] = {
+            "student": spec.student,
+            "method": spec.method,
+            "seeds": [r["seed"] for r in runs],
+        }
         std: dict[str, Any] = {}
         for block in METRIC_BLOCKS:
             vals = [r[block] for r in runs if block in r]
@@ -154,9 +215,13 @@ def run_study(cfg: StudyConfig, out: Path) -> dict[str, Any]:
     evaluated: dict[tuple[str, int], Artifact] = {}
     for model in cfg.models:
         deps = [recipe_artifacts[n] for n in extras_for(model.method) if n in recipe_artifacts]
-        extras = merge_extras(*[load_extras(a.path / "extras.npz") for a in deps if (a.path / "extras.npz").exists()])
+        extras = merge_extras(
+            *[load_extras(a.path / "extras.npz") for a in deps if (a.path / "extras.npz").exists()]
+        )
         for seed in cfg.seeds:
-            trained = None if model.method == "none" else train_stage(runner, cfg, model, seed, store, deps, extras)
+            trained = (
+                None if model.method == "none" else train_stage(runner, cfg, model, seed, store, deps, extras)
+            )
             if trained is not None:
                 trained_runs[(model.name, seed)] = trained
             ev = eval_stage(runner, cfg, model, seed, store, trained, deps)

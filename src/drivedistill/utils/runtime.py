@@ -15,7 +15,9 @@ def select_device(requested: str = "auto") -> str:
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device '{requested}' requested but CUDA is not available; use --device=cpu or auto")
+        raise RuntimeError(
+            f"device '{requested}' requested but CUDA is not available; use --device=cpu or auto"
+        )
     return requested
 
 

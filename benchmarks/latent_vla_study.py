@@ -2,9 +2,11 @@
 
     OMP_NUM_THREADS=1 python benchmarks/latent_vla_study.py --store /tmp/lvla/store --out /tmp/lvla/run
 
-Prints ego/env code perplexity, the trajectory probe (held-out ADE of an MLP reading the codes vs the
-mean-trajectory baseline), teacher token accuracy / perplexity on val, and batch-1 latency of the
-VLM-in-the-loop planner vs the distilled student. This is the order the pipeline follows.
+Prints per stage the val reconstruction MSE vs copying the current frame, ego/env code perplexity, the
+trajectory probe (held-out ADE of an MLP reading the codes vs the mean trajectory, shuffled ego codes, env
+codes, both), teacher token accuracy / perplexity on val next to the per-position majority baseline, and
+batch-1 latency of the VLM-in-the-loop planner vs the distilled student. This is the order the pipeline
+follows. `--lam.<field>=<value>` overrides LatentActionConfig; `--lam-only` stops after the probe.
 """
 
 from __future__ import annotations
@@ -18,11 +20,17 @@ import numpy as np
 import torch
 
 from drivedistill import registry
+from drivedistill.config import from_dict, parse_overrides, to_dict
 from drivedistill.data.dataset import SceneDataset
 from drivedistill.data.store import SceneStore
 from drivedistill.methods.base import MethodContext
 from drivedistill.models.latent_action import LatentActionConfig, LatentActionModel, perplexity
-from drivedistill.models.latent_action.encode import EGO_CODES_KEY, encode_latent_actions, probe_trajectory
+from drivedistill.models.latent_action.encode import (
+    EGO_CODES_KEY,
+    encode_latent_actions,
+    position_majority_accuracy,
+    probe_trajectory,
+)
 from drivedistill.models.teachers.vlm import VLMTeacherConfig, cache_teacher_logits
 from drivedistill.models.vlm import VLMConfig
 from drivedistill.train.loop import TrainConfig, fit
@@ -52,15 +60,29 @@ def _futures(ds: SceneDataset) -> np.ndarray:
     return np.stack(out)
 
 
+@torch.no_grad()
+def _val_losses(model: LatentActionModel, ds: SceneDataset, keys: tuple[str, ...]) -> dict[str, float]:
+    """Sample-weighted mean of some `losses()` entries over a split, in eval mode."""
+    model.eval()
+    sums = dict.fromkeys(keys, 0.0)
+    for j in range(0, len(ds), 32):
+        items = [ds[i] for i in range(j, min(j + 32, len(ds)))]
+        out = model.losses(ds.collate(items))
+        for k in keys:
+            sums[k] += float(out[k]) * len(items)
+    model.train()
+    return {k: round(v / len(ds), 5) for k, v in sums.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--store", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--lam-epochs", type=int, default=15)
     ap.add_argument("--teacher-epochs", type=int, default=15)
-    ap.add_argument("--ema-decay", type=float, default=LatentActionConfig.ema_decay)
-    ap.add_argument("--restart-threshold", type=float, default=LatentActionConfig.restart_threshold)
-    args = ap.parse_args()
+    ap.add_argument("--lam-only", action="store_true", help="stop after the LAM probe (no teacher, latency)")
+    args, overrides = ap.parse_known_args()
+    lam_cfg = from_dict(LatentActionConfig, parse_overrides(overrides).get("lam", {}), "lam")
     out = Path(args.out)
     store = SceneStore(args.store)
     train, val = (
@@ -72,16 +94,20 @@ def main() -> None:
 
     # 1. latent action model: env stage, then ego stage (env frozen)
     torch.manual_seed(0)
-    lam = LatentActionModel(
-        LatentActionConfig(ema_decay=args.ema_decay, restart_threshold=args.restart_threshold)
-    )
+    lam = LatentActionModel(lam_cfg)
+    results["lam"] = to_dict(lam_cfg)
     tcfg = TrainConfig(epochs=args.lam_epochs, batch_size=16, lr=1e-3, progress=False, log_every=20)
     t0 = time.time()
     r = fit(lam, train, tcfg, out / "lam_env", collate=train.collate)
     print("LAM env", r.losses, f"{time.time() - t0:.0f}s")
+    keys = ("recon", "copy_baseline", "perplexity")
+    results["val_env_stage"] = _val_losses(lam, val, keys)
     lam.set_stage("ego")
     r = fit(lam, train, tcfg, out / "lam_ego", collate=train.collate)
     print("LAM ego", r.losses, f"{time.time() - t0:.0f}s")
+    results["val_ego_stage"] = _val_losses(
+        lam, val, keys + (("motion",) if lam_cfg.motion_weight > 0 else ())
+    )
     results["lam_train_s"] = time.time() - t0
 
     # 2. codes for the cache, perplexity and the probe
@@ -117,7 +143,11 @@ def main() -> None:
     }
     results["probe_ade_val_m"] = {k: round(v.ade, 3) for k, v in probes.items()}
     results["mean_traj_ade_val_m"] = round(probes["ego"].mean_baseline_ade, 3)
+    results["ego_position_majority_acc_val"] = round(position_majority_accuracy(ego_tr, ego_va), 3)
     print(json.dumps(results, indent=1))
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    if args.lam_only:
+        return
 
     # 3. teacher: NLL on the codes from camera + instruction
     train_c = SceneDataset(store, "train", extras={EGO_CODES_KEY: codes["train"]}, cache_decoded=True)
@@ -143,8 +173,6 @@ def main() -> None:
         k: round(float(np.mean([float(p[k]) for p in parts])), 3)
         for k in ("action_nll", "perplexity", "token_acc", "action_acc")
     }
-    majority = np.bincount(ego_tr.reshape(-1), minlength=16).argmax()
-    results["majority_code_acc_val"] = round(float((ego_va == majority).mean()), 3)
     teacher.save(out / "teacher_dir")
 
     # 4. cached teacher logits for latent_vla_distill

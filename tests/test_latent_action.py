@@ -1,6 +1,10 @@
-"""Latent action model: VQ assignment, straight-through gradients, 16 ego codes, dead-code restarts, stages."""
+"""Latent action model: VQ assignment, straight-through gradients, 16 ego codes, dead-code restarts, stages,
+where the GT motion may flow (env decoder only; never into env codes or the ego decoder), probe, baselines."""
 
 from __future__ import annotations
+
+import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -10,10 +14,14 @@ from drivedistill.models.latent_action import (
     LatentActionConfig,
     LatentActionModel,
     VectorQuantizer,
+    frame_sequence,
+    motion_condition,
     perplexity,
 )
-from drivedistill.models.latent_action.encode import probe_trajectory
+from drivedistill.models.latent_action.encode import position_majority_accuracy, probe_trajectory
+from drivedistill.models.latent_action.model import change_weights
 from drivedistill.testing import random_batch
+from drivedistill.types import Batch
 
 SMALL = LatentActionConfig(frame_hw=(16, 32), patch=8, dim=32, heads=2, encoder_layers=1, decoder_layers=1)
 
@@ -117,11 +125,10 @@ def test_block_causal_mask_hides_future_frames() -> None:
     torch.manual_seed(0)
     model = LatentActionModel(SMALL).eval()
     frames = torch.rand(1, 4, 3, 16, 32)
-    cond = torch.zeros(1, 3, 1, 9)
-    base = model.env_encoder(frames, cond)
+    base = model.env_encoder(frames)
     changed = frames.clone()
     changed[:, 3] = torch.rand(3, 16, 32)  # only the last frame
-    out = model.env_encoder(changed, cond)
+    out = model.env_encoder(changed)
     assert torch.allclose(base[:, :2], out[:, :2], atol=1e-5)  # transitions 0→1, 1→2 do not see frame 3
     assert not torch.allclose(base[:, 2], out[:, 2], atol=1e-5)
 
@@ -137,3 +144,77 @@ def test_probe_separates_informative_from_random_codes() -> None:
     bad = probe_trajectory(noise[:300], traj[:300], noise[300:], traj[300:], 4, steps=300)
     assert good.ade < 0.2 * good.mean_baseline_ade
     assert bad.ade > 0.8 * bad.mean_baseline_ade
+
+
+def _with_other_motion(batch: Batch) -> Batch:
+    """The same frames with a different GT trajectory and future ego status."""
+    other = copy.deepcopy(batch)
+    assert other.privileged is not None
+    other.privileged.trajectory = other.privileged.trajectory * 1.7 + 0.3
+    other.privileged.future_ego_status = other.privileged.future_ego_status + 2.0
+    return other
+
+
+def test_gt_motion_reaches_env_decoder_but_not_the_codes() -> None:
+    torch.manual_seed(0)
+    model = LatentActionModel(SMALL)
+    batch = random_batch(3, camera_hw=(32, 64))
+    model.train()
+    model.losses(batch)  # seeds the env codebook
+    model.eval()
+    other = _with_other_motion(batch)
+    # env stage: the decoder is told the motion (the recon changes), the env codes are not
+    assert not torch.allclose(model.losses(batch)["recon"], model.losses(other)["recon"])
+    model.set_stage("ego")
+    model.train()
+    model.losses(batch)  # seeds the ego codebook
+    model.eval()
+    env, ego = model.latent_codes(batch)
+    env2, ego2 = model.latent_codes(other)
+    assert torch.equal(env, env2) and torch.equal(ego, ego2)  # codes come from the frames only
+    # ego stage: the decoder does not get the motion, so the reconstruction cannot depend on it
+    assert torch.allclose(model.losses(batch)["recon"], model.losses(other)["recon"])
+
+
+def test_ego_motion_regression_trains_the_ego_encoder() -> None:
+    torch.manual_seed(0)
+    model = LatentActionModel(SMALL)
+    batch = random_batch(2, camera_hw=(32, 64))
+    model.losses(batch)
+    model.set_stage("ego")
+    out = model.losses(batch)
+    assert model.ego_motion_head is not None and "motion" in out
+    model.zero_grad()
+    out["loss"].backward()
+    assert model.ego_motion_head.weight.grad is not None
+    assert model.ego_encoder.head.weight.grad is not None
+
+
+def test_ego_sees_motion_makes_ego_codes_trajectory_conditioned() -> None:
+    torch.manual_seed(0)
+    model = LatentActionModel(dataclasses.replace(SMALL, ego_sees_motion=True))
+    batch = random_batch(4, camera_hw=(32, 64))
+    model.losses(batch)
+    model.set_stage("ego")
+    model.losses(batch)  # seeds the ego codebook from encoder outputs
+    model.eval()
+    z = model.encode(frame_sequence(batch, SMALL.frame_hw), motion_condition(batch)[0], with_ego=True).ego_z
+    other = _with_other_motion(batch)
+    z2 = model.encode(frame_sequence(other, SMALL.frame_hw), motion_condition(other)[0], with_ego=True).ego_z
+    assert z is not None and z2 is not None and not torch.allclose(z, z2)
+
+
+def test_change_weights_emphasise_changed_pixels() -> None:
+    current = torch.zeros(1, 3, 2, 2)
+    target = current.clone()
+    target[0, :, 0, 0] = 1.0  # one pixel of four changes: d = (1, 0, 0, 0), mean d = 0.25
+    w = change_weights(current, target, gain=2.0)
+    assert torch.allclose(w[0, 0], torch.tensor([[9.0, 1.0], [1.0, 1.0]]))
+    assert torch.equal(change_weights(current, current, gain=2.0), torch.ones(1, 1, 2, 2))
+
+
+def test_position_majority_accuracy_golden() -> None:
+    train = np.array([[1, 2], [1, 3], [0, 3]])
+    test = np.array([[1, 3], [0, 3], [1, 2]])
+    # majority per position: (1, 3) → hits 2 + 1 (pos 0), 2 (pos 1) → 4 / 6
+    assert position_majority_accuracy(train, test) == pytest.approx(4 / 6)

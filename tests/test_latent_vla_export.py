@@ -7,6 +7,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 STUDENT = {
     "camera_grid": (2, 4),
     "bev_grid": (2, 2),
@@ -16,6 +18,7 @@ STUDENT = {
 }
 
 
+@pytest.mark.slow  # ~94 s: a subprocess with the dynamo ONNX exporter
 def test_distilled_student_exports_to_onnx_and_runs_without_transformers(tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""

@@ -96,3 +96,17 @@ def probe_trajectory(
     ade = float((pred - yte).norm(dim=-1).mean())
     base = float((mean.unflatten(0, (-1, 2))[None] - yte).norm(dim=-1).mean())
     return ProbeResult(ade, base)
+
+
+def position_majority_accuracy(codes_train: np.ndarray, codes_test: np.ndarray) -> float:
+    """Accuracy on codes_test (N, L) of predicting, at each position, the most frequent training code there.
+
+    The chance level of a code predictor: if the codes are nearly fixed per position, a high teacher
+    token accuracy means nothing.
+    """
+    if codes_train.shape[1] != codes_test.shape[1]:
+        raise ValueError(
+            f"position_majority_accuracy: {codes_train.shape} vs {codes_test.shape} lengths differ"
+        )
+    majority = np.array([np.bincount(col).argmax() for col in np.asarray(codes_train).T])
+    return float((np.asarray(codes_test) == majority[None]).mean())

@@ -5,12 +5,19 @@ Frames: the front camera at t = 0 and the privileged future frames at +1, +2, +3
 3 × tokens_per_step tokens (default 3 × 4 = 12, the paper's length), in time order. The BEV is not used:
 the world records it at t = 0 only, so it carries no dynamics.
 
-Stage "env":  IDM_env(frames, GT motion + ego state per transition) → VQ_env (64 codes) → FDM_env(frame k,
-              env action, GT motion) reconstructs frame k+1. The decoder is told the ego motion, so the env
-              codes only need to carry what the ego motion does not explain (other agents).
-Stage "ego":  env encoder and codebook frozen. IDM_ego(frames, env action) → VQ_ego (16 codes) → FDM_ego(
-              frame k, env action, ego action) reconstructs frame k+1 without the GT motion: the ego codes
-              must explain the rest, i.e. the ego motion.
+Stage "env":  IDM_env(frames) → VQ_env (64 codes) → FDM_env(frame k, env action, GT motion + ego state)
+              reconstructs frame k+1. The stage is conditioned on the GT trajectory through its decoder: told
+              the ego motion, the decoder needs from the env codes only what it does not explain (other
+              agents, the road ahead). The encoder does not see the GT motion, so it cannot copy it into the
+              codes (it did: docs/LOG.md, issue #5).
+Stage "ego":  env encoder and codebook frozen. IDM_ego(frames, env action [, GT motion if ego_sees_motion])
+              → VQ_ego (16 codes) → FDM_ego(frame k, env action, ego action) reconstructs frame k+1 without
+              the GT motion, and a linear head regresses the transition's GT ego motion from its ego action
+              (`motion_weight`): the ego codes are the only path by which the ego motion reaches either.
+
+Reconstruction is a change-weighted MSE: pixel weight 1 + change_weight · |x_k+1 − x_k| / mean|x_k+1 − x_k|,
+so the few pixels the motion changes are not drowned by the static sky and road (plain MSE ≈ copying the
+current frame, docs/LOG.md). `recon` logs the plain MSE next to `copy_baseline`.
 
 Training goes through the shared loop (`losses(batch)`); switch stages explicitly with `set_stage("ego")`.
 """
@@ -33,6 +40,7 @@ NUM_TRANSITIONS = NUM_FRAMES - 1
 COND_DIM = (
     9  # per transition: (x, y, yaw) at +0.5 s and +1 s in the frame of its start, speed, accel, yaw rate
 )
+MOTION_DIM = 6  # the motion part of the conditioning: the two relative poses
 # scales that bring the conditioning to O(1): metres/10, yaw·5 rad⁻¹, speed/10, accel/3, yaw rate·5
 _COND_SCALE = (0.1, 0.1, 5.0, 0.1, 0.1, 5.0, 0.1, 1 / 3, 5.0)
 
@@ -54,6 +62,13 @@ class LatentActionConfig:
     commitment: float = 0.25  # β of the commitment loss (VQ-VAE default)
     ema_decay: float = 0.9  # EMA codebook decay (0.99 collapsed to one code in 72 steps, docs/LOG.md)
     restart_threshold: float = 0.5  # restart a code whose usage share is < threshold / K (0.03 never fired)
+    change_weight: float = 4.0  # recon pixel weight 1 + change_weight·|Δx|/mean|Δx| (0 = plain MSE)
+    motion_weight: float = (
+        1.0  # ego stage: weight of regressing the GT ego motion from the ego action (0 = off)
+    )
+    ego_sees_motion: bool = (
+        False  # ego IDM also gets the GT motion token (a trajectory-conditioned tokenizer)
+    )
 
     def __post_init__(self) -> None:
         if self.frame_hw[0] % self.patch or self.frame_hw[1] % self.patch:
@@ -64,6 +79,11 @@ class LatentActionConfig:
             raise ValueError(f"LatentActionConfig.dim={self.dim} must be divisible by heads={self.heads}")
         if self.ego_codebook_size < 2 or self.env_codebook_size < 2:
             raise ValueError("LatentActionConfig: codebook sizes must be ≥ 2")
+        if self.change_weight < 0 or self.motion_weight < 0:
+            raise ValueError(
+                f"LatentActionConfig: change_weight={self.change_weight} and motion_weight={self.motion_weight} "
+                "must be ≥ 0"
+            )
 
     @property
     def sequence_length(self) -> int:
@@ -114,16 +134,26 @@ def motion_condition(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     return cond, valid
 
 
-def _masked_mse(pred: torch.Tensor, target: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Mean squared error of (B·3, 3, h, w) frames over transitions weighted by w (B, 3)."""
-    err = (pred - target).pow(2).mean((1, 2, 3)).reshape(w.shape)
-    return (err * w).sum() / w.sum().clamp_min(1.0)
+def _masked_mse(
+    pred: torch.Tensor, target: torch.Tensor, w: torch.Tensor, pixel_w: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Squared error of (B·3, 3, h, w) frames, averaged over pixels (weighted by pixel_w (B·3, 1, h, w)
+    if given) and over transitions weighted by w (B, 3)."""
+    sq = (pred - target).pow(2).mean(1, keepdim=True)
+    err = sq.mean((1, 2, 3)) if pixel_w is None else (sq * pixel_w).sum((1, 2, 3)) / pixel_w.sum((1, 2, 3))
+    return (err.reshape(w.shape) * w).sum() / w.sum().clamp_min(1.0)
 
 
-def _encoder(cfg: LatentActionConfig, extra_tokens: int, extra_dim: int) -> InverseDynamicsEncoder:
+def change_weights(current: torch.Tensor, target: torch.Tensor, gain: float) -> torch.Tensor:
+    """Pixel weights (N, 1, h, w) = 1 + gain · d / mean(d), d = |target − current| averaged over RGB."""
+    d = (target - current).abs().mean(1, keepdim=True)
+    return 1.0 + gain * d / d.mean((2, 3), keepdim=True).clamp_min(1e-6)
+
+
+def _encoder(cfg: LatentActionConfig, extra_tokens: int) -> InverseDynamicsEncoder:
     return InverseDynamicsEncoder(
         cfg.frame_hw, cfg.patch, cfg.dim, cfg.heads, cfg.encoder_layers, NUM_FRAMES,
-        cfg.tokens_per_step, extra_tokens, extra_dim, cfg.code_dim,
+        cfg.tokens_per_step, extra_tokens, cfg.code_dim,
     )  # fmt: skip
 
 
@@ -136,20 +166,24 @@ class LatentActionModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         k, c, d = cfg.tokens_per_step, cfg.code_dim, cfg.dim
-        self.env_encoder = _encoder(cfg, extra_tokens=1, extra_dim=COND_DIM)
+        self.env_encoder = _encoder(cfg, extra_tokens=0)  # frames only: the GT motion goes to the decoder
         self.env_vq = VectorQuantizer(cfg.env_codebook_size, c, cfg.ema_decay, cfg.restart_threshold)
         self.env_decoder = ForwardDynamicsDecoder(
             cfg.frame_hw, cfg.patch, d, cfg.heads, cfg.decoder_layers, k + 1
         )
         self.env_action_in = nn.Linear(c, d)
         self.env_cond_in = nn.Linear(COND_DIM, d)
-        self.ego_encoder = _encoder(cfg, extra_tokens=k, extra_dim=c)
+        self.ego_encoder = _encoder(cfg, extra_tokens=k + int(cfg.ego_sees_motion))
+        self.ego_enc_env_in = nn.Linear(c, d)
+        self.ego_enc_motion_in = nn.Linear(COND_DIM, d) if cfg.ego_sees_motion else None
         self.ego_vq = VectorQuantizer(cfg.ego_codebook_size, c, cfg.ema_decay, cfg.restart_threshold)
         self.ego_decoder = ForwardDynamicsDecoder(
             cfg.frame_hw, cfg.patch, d, cfg.heads, cfg.decoder_layers, 2 * k
         )
         self.ego_env_in = nn.Linear(c, d)
         self.ego_action_in = nn.Linear(c, d)
+        # linear read-out of a transition's GT ego motion from its k ego action vectors
+        self.ego_motion_head = nn.Linear(k * c, MOTION_DIM) if cfg.motion_weight > 0 else None
         self.register_buffer("stage_index", torch.zeros((), dtype=torch.long))
 
     # ----- stages ------------------------------------------------------------------------------------
@@ -191,14 +225,22 @@ class LatentActionModel(nn.Module):
         return out
 
     # ----- encoding ----------------------------------------------------------------------------------
+    def _ego_conditioning(self, env_z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Ego IDM conditioning tokens (B, 3, E, D): the env action (B, 3, K, C) [+ the GT motion token]."""
+        tokens = self.ego_enc_env_in(env_z)
+        if self.ego_enc_motion_in is not None:
+            tokens = torch.cat([tokens, self.ego_enc_motion_in(cond)[:, :, None]], 2)
+        return tokens
+
     def encode(self, frames: torch.Tensor, cond: torch.Tensor, with_ego: bool) -> LatentActions:
         """frames (B, 4, 3, h, w), cond (B, 3, COND_DIM) → codes of both latents (ego only if with_ego)."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.stage == "env"):
-            env = self.env_vq(self.env_encoder(frames, cond[:, :, None]))
+            env = self.env_vq(self.env_encoder(frames))
         if not with_ego:
             return LatentActions(env.codes, env.z_q, None, None)
-        ego = self.ego_vq(self.ego_encoder(frames, env.z_q.detach()))
-        return LatentActions(env.codes, env.z_q, ego.codes, ego.z_q)
+        env_z = env.z_q.detach()
+        ego = self.ego_vq(self.ego_encoder(frames, self._ego_conditioning(env_z, cond)))
+        return LatentActions(env.codes, env_z, ego.codes, ego.z_q)
 
     @torch.no_grad()
     def latent_codes(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -215,39 +257,49 @@ class LatentActionModel(nn.Module):
 
     # ----- training ----------------------------------------------------------------------------------
     def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
-        """Reconstruction (MSE of the next frame, valid transitions) + β · commitment of the trained stage.
+        """Change-weighted reconstruction of the next frame (valid transitions) + β · commitment of the
+        trained stage (+ motion_weight · GT-ego-motion regression from the ego action, stage ego).
 
-        Also returns detached diagnostics: perplexity and usage of the trained codebook in this batch,
-        and the number of restarted codes. In training mode the trained codebook takes one EMA step.
+        Also returns detached diagnostics: plain `recon` MSE vs `copy_baseline`, perplexity and usage of
+        the trained codebook in this batch, restarted codes. In training mode the trained codebook takes
+        one EMA step.
         """
         frames = frame_sequence(batch, self.cfg.frame_hw)
         cond, valid = motion_condition(batch)
-        ego_stage = self.stage == "ego"
-        if ego_stage:
+        w = valid.to(frames.dtype)
+        extra: dict[str, torch.Tensor] = {}
+        if self.stage == "ego":
             with torch.no_grad():
-                env_z = self.env_vq.embed(self.env_vq.assign(self.env_encoder(frames, cond[:, :, None])))
-            z_e = self.ego_encoder(frames, env_z)
+                env_z = self.env_vq.embed(self.env_vq.assign(self.env_encoder(frames)))
+            z_e = self.ego_encoder(frames, self._ego_conditioning(env_z, cond))
             vq, quantizer = self.ego_vq(z_e), self.ego_vq
             actions = torch.cat([self.ego_env_in(env_z), self.ego_action_in(vq.z_q)], 2)
             decoder = self.ego_decoder
+            if self.ego_motion_head is not None:
+                err = (self.ego_motion_head(vq.z_q.flatten(2)) - cond[..., :MOTION_DIM]).pow(2).mean(-1)
+                extra["motion"] = (err * w).sum() / w.sum().clamp_min(1.0)
         else:
-            z_e = self.env_encoder(frames, cond[:, :, None])
+            z_e = self.env_encoder(frames)
             vq, quantizer = self.env_vq(z_e), self.env_vq
             actions = torch.cat([self.env_action_in(vq.z_q), self.env_cond_in(cond)[:, :, None]], 2)
             decoder = self.env_decoder
         current = frames[:, :-1].flatten(0, 1)
         target = frames[:, 1:].flatten(0, 1)
         pred = decoder(current, actions.flatten(0, 1))
-        w = valid.to(pred.dtype)
-        recon = _masked_mse(pred, target, w)
+        recon_w = _masked_mse(pred, target, w, change_weights(current, target, self.cfg.change_weight))
+        loss = recon_w + self.cfg.commitment * vq.commitment
+        if "motion" in extra:
+            loss = loss + self.cfg.motion_weight * extra["motion"]
         restarted = torch.zeros((), dtype=torch.long)
         if self.training:
             restarted = quantizer.update(z_e, vq.codes)
         codes = vq.codes.detach()
         used = torch.bincount(codes.reshape(-1), minlength=quantizer.num_codes) > 0
         return {
-            "loss": recon + self.cfg.commitment * vq.commitment,
-            "recon": recon.detach(),
+            "loss": loss,
+            **{k: v.detach() for k, v in extra.items()},
+            "recon_weighted": recon_w.detach(),
+            "recon": _masked_mse(pred.detach(), target, w),
             "commit": vq.commitment.detach(),
             "perplexity": perplexity(codes, quantizer.num_codes),
             "usage": used.float().mean(),

@@ -38,8 +38,9 @@ class PatchEmbed(nn.Module):
 class InverseDynamicsEncoder(nn.Module):
     """Block-causal spatio-temporal transformer: frames (B, F, 3, H, W) → continuous actions (B, F-1, K, C).
 
-    extra (B, F-1, E, extra_dim): conditioning tokens per transition (GT motion for the environment
-    latent; the environment action for the ego latent), placed at the transition's time step.
+    extra (B, F-1, E, D): conditioning tokens per transition, already embedded at width D (the frozen
+    environment action for the ego latent, optionally the GT ego motion), placed at the transition's time
+    step. E may be 0 (the environment latent sees frames only).
     """
 
     def __init__(
@@ -52,7 +53,6 @@ class InverseDynamicsEncoder(nn.Module):
         num_frames: int,
         tokens_per_step: int,
         extra_tokens: int,
-        extra_dim: int,
         code_dim: int,
     ) -> None:
         super().__init__()
@@ -62,7 +62,6 @@ class InverseDynamicsEncoder(nn.Module):
         self.patch = PatchEmbed(frame_hw, patch, dim)
         self.time = nn.Parameter(0.02 * torch.randn(num_frames, dim))
         self.queries = nn.Parameter(0.02 * torch.randn(tokens_per_step, dim))
-        self.extra_proj = nn.Linear(extra_dim, dim)
         self.extra_slot = nn.Parameter(0.02 * torch.randn(extra_tokens, dim))
         self.blocks = _transformer(dim, heads, layers)
         self.norm = nn.LayerNorm(dim)
@@ -78,17 +77,20 @@ class InverseDynamicsEncoder(nn.Module):
         # True = may not attend (keys later than the query's time)
         self.register_buffer("mask", times[None, :] > times[:, None], persistent=False)
 
-    def forward(self, frames: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
+    def forward(self, frames: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
         b, f = frames.shape[:2]
         if f != self.num_frames:
             raise ValueError(f"InverseDynamicsEncoder: expected {self.num_frames} frames, got {f}")
-        if extra.shape[1:3] != (f - 1, self.extra_tokens):
+        if extra is None:
+            extra = frames.new_zeros(b, f - 1, 0, self.extra_slot.shape[1])
+        if extra.shape[1:] != (f - 1, self.extra_tokens, self.extra_slot.shape[1]):
             raise ValueError(
-                f"InverseDynamicsEncoder: extra must be (B, {f - 1}, {self.extra_tokens}, *), got {tuple(extra.shape)}"
+                f"InverseDynamicsEncoder: extra must be (B, {f - 1}, {self.extra_tokens}, "
+                f"{self.extra_slot.shape[1]}), got {tuple(extra.shape)}"
             )
         patches = self.patch(frames.flatten(0, 1)).unflatten(0, (b, f)) + self.time[None, :, None]
         queries = (self.queries[None, None] + self.time[None, 1:, None]).expand(b, -1, -1, -1)
-        cond = self.extra_proj(extra) + self.extra_slot[None, None] + self.time[None, 1:, None]
+        cond = extra + self.extra_slot[None, None] + self.time[None, 1:, None]
         n_patch, n_query = patches.shape[1] * patches.shape[2], queries.shape[1] * queries.shape[2]
         tokens = torch.cat([patches.flatten(1, 2), queries.flatten(1, 2), cond.flatten(1, 2)], 1)
         out = self.norm(self.blocks(tokens, mask=self.mask))

@@ -40,3 +40,22 @@ def test_worlds_build_and_step_for_many_seeds() -> None:
             world = build_world(scenario, rng, cfg.density_of(scenario), choose_event(cfg, scenario, rng))
             world.step()
             assert world.ego in world.road.vehicles
+
+
+def test_building_networks_keeps_highway_env_driver_parameters() -> None:
+    """Regression: `IntersectionEnv()` set IDM parameters on the class, so every later episode of the
+    process (any scenario) drove differently — results depended on the episode order."""
+    from highway_env.vehicle.behavior import IDMVehicle
+
+    from drivedistill.world.scenarios import network
+
+    before = {k: v for k, v in vars(IDMVehicle).items() if k.isupper()}
+    network.cache_clear()
+    for scenario in SCENARIOS:
+        network(scenario)
+    assert {k: v for k, v in vars(IDMVehicle).items() if k.isupper()} == before
+    assert (IDMVehicle.DISTANCE_WANTED, IDMVehicle.COMFORT_ACC_MAX, IDMVehicle.COMFORT_ACC_MIN) == (
+        10.0,
+        3.0,
+        -5.0,
+    )

@@ -44,9 +44,15 @@ def ego_to_pixels(xy: np.ndarray, cfg: BevConfig) -> np.ndarray:
     return np.stack([col, row], axis=1)
 
 
-def _poly(draw: ImageDraw.ImageDraw, xy: np.ndarray, cfg: BevConfig) -> None:
-    pix = np.clip(ego_to_pixels(xy, cfg), -1e4, 1e4)
-    draw.polygon([(float(c), float(r)) for c, r in pix], fill=255, outline=255)
+def _draw_polys(draw: ImageDraw.ImageDraw, polys: list[np.ndarray], cfg: BevConfig) -> None:
+    """Fill polygons (each (K, 2), ego frame [m]) with 255: one pixel transform for all of them."""
+    if not polys:
+        return
+    flat = np.clip(ego_to_pixels(np.concatenate(polys), cfg), -1e4, 1e4).ravel().tolist()
+    lo = 0
+    for poly in polys:
+        draw.polygon(flat[lo : lo + 2 * len(poly)], fill=255, outline=255)
+        lo += 2 * len(poly)
 
 
 def box_polygon(box: np.ndarray) -> np.ndarray:
@@ -62,15 +68,9 @@ def render_bev(
 ) -> np.ndarray:
     """Rasterise polygons (each (K, 2), ego frame [m]) and boxes (A, 5) into an (H, W, 3) uint8 raster."""
     layers = []
-    for polys in (ground_polys, marking_polys):
+    box_polys = [box_polygon(box) for box in boxes]
+    for polys in (ground_polys, marking_polys, box_polys):
         img = Image.new("L", (cfg.width, cfg.height), 0)
-        draw = ImageDraw.Draw(img)
-        for poly in polys:
-            _poly(draw, poly, cfg)
+        _draw_polys(ImageDraw.Draw(img), polys, cfg)
         layers.append(np.asarray(img, dtype=np.uint8))
-    img = Image.new("L", (cfg.width, cfg.height), 0)
-    draw = ImageDraw.Draw(img)
-    for box in boxes:
-        _poly(draw, box_polygon(box), cfg)
-    layers.append(np.asarray(img, dtype=np.uint8))
     return np.stack(layers, axis=-1)

@@ -158,56 +158,110 @@ class CameraScene:
     braking: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
 
 
+def _uv(pc: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """(N, 3) camera points with z > 0 → (N, 2) pixel coordinates, clipped to ±1e4 px."""
+    return np.clip(
+        np.stack([k[0, 0] * pc[:, 0] / pc[:, 2] + k[0, 2], k[1, 1] * pc[:, 1] / pc[:, 2] + k[1, 2]], 1),
+        -1e4,
+        1e4,
+    )
+
+
 def _draw_ground_batch(
     draw: ImageDraw.ImageDraw, polys: list[np.ndarray], cam: CameraConfig, fill: tuple[int, int, int]
 ) -> None:
-    """Draw ground polygons (each (K, 2), z = 0): one transform for all, clipping only where needed."""
+    """Draw ground polygons (each (K, 2), z = 0): one transform and one visibility test for all; only
+    polygons crossing the near plane are clipped one by one."""
     if not polys:
         return
-    lengths = [len(p) for p in polys]
+    lengths = np.array([len(p) for p in polys])
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     pts = np.concatenate(polys)
     pc = ego_to_camera(np.concatenate([pts, np.zeros((len(pts), 1))], axis=1), cam)
     k = cam.intrinsics()
-    z = np.maximum(pc[:, 2], cam.near)
-    uv_all = np.clip(
-        np.stack([k[0, 0] * pc[:, 0] / z + k[0, 2], k[1, 1] * pc[:, 1] / z + k[1, 2]], 1), -1e4, 1e4
-    )
     inside = pc[:, 2] > cam.near
-    u_max, v_max = cam.width, cam.height
-    for lo, n in zip(np.cumsum([0, *lengths[:-1]]), lengths):
-        sl = slice(int(lo), int(lo + n))
-        if inside[sl].all():
-            uv = uv_all[sl]
-        else:
-            c = clip_near(pc[sl], cam.near)
-            if len(c) < 3:
-                continue
-            uv = np.clip(
-                np.stack([k[0, 0] * c[:, 0] / c[:, 2] + k[0, 2], k[1, 1] * c[:, 1] / c[:, 2] + k[1, 2]], 1),
-                -1e4,
-                1e4,
-            )
-        if uv[:, 0].max() < 0 or uv[:, 0].min() > u_max or uv[:, 1].max() < 0 or uv[:, 1].min() > v_max:
+    uv = _uv(np.where(inside[:, None], pc, [0.0, 0.0, 1.0]), k)
+    all_in = np.logical_and.reduceat(inside, starts)
+    any_in = np.logical_or.reduceat(inside, starts)
+    u_min, u_max = np.minimum.reduceat(uv[:, 0], starts), np.maximum.reduceat(uv[:, 0], starts)
+    v_min, v_max = np.minimum.reduceat(uv[:, 1], starts), np.maximum.reduceat(uv[:, 1], starts)
+    seen = all_in & (u_max >= 0) & (u_min <= cam.width) & (v_max >= 0) & (v_min <= cam.height)
+    flat = uv.ravel().tolist()
+    for i in np.flatnonzero(seen | (any_in & ~all_in)).tolist():
+        lo, n = int(starts[i]), int(lengths[i])
+        if all_in[i]:
+            draw.polygon(flat[2 * lo : 2 * (lo + n)], fill=fill, outline=fill)
             continue
-        draw.polygon(uv.ravel().tolist(), fill=fill, outline=fill)
+        c = clip_near(pc[lo : lo + n], cam.near)
+        if len(c) < 3:
+            continue
+        cuv = _uv(c, k)
+        if (
+            cuv[:, 0].max() < 0
+            or cuv[:, 0].min() > cam.width
+            or cuv[:, 1].max() < 0
+            or cuv[:, 1].min() > cam.height
+        ):
+            continue
+        draw.polygon(cuv.ravel().tolist(), fill=fill, outline=fill)
 
 
-def _box_faces(box: np.ndarray) -> tuple[np.ndarray, list[tuple[list[int], np.ndarray, float]]]:
-    """Corners (8, 3) of a box and its faces: (corner indices, outward normal (3,), shade factor)."""
-    x, y, yaw, length, width = (float(v) for v in box)
-    c, s = math.cos(yaw), math.sin(yaw)
-    local = np.array([[1, 1], [1, -1], [-1, -1], [-1, 1]], np.float64) * [length / 2, width / 2]
-    xy = local @ np.array([[c, s], [-s, c]]) + [x, y]
-    corners = np.concatenate([np.c_[xy, np.zeros(4)], np.c_[xy, np.full(4, VEHICLE_HEIGHT)]])
-    fwd, left = np.array([c, s, 0.0]), np.array([-s, c, 0.0])
-    faces = [
-        ([0, 1, 5, 4], fwd, 0.85),  # front
-        ([2, 3, 7, 6], -fwd, 0.75),  # rear
-        ([3, 0, 4, 7], left, 0.65),  # left side
-        ([1, 2, 6, 5], -left, 0.65),  # right side
-        ([4, 5, 6, 7], np.array([0.0, 0.0, 1.0]), 1.0),  # roof
-    ]
-    return corners, faces
+FACES = np.array([[0, 1, 5, 4], [2, 3, 7, 6], [3, 0, 4, 7], [1, 2, 6, 5], [4, 5, 6, 7]])  # corner indices
+FACE_SHADE = np.array([0.85, 0.75, 0.65, 0.65, 1.0])  # front, rear, left side, right side, roof
+REAR = 1
+
+
+def box_corners(boxes: np.ndarray) -> np.ndarray:
+    """(A, 8, 3) corners of boxes (A, 5) x, y, yaw, length, width [m, m, rad, m, m]: the four ground
+    corners front-left, front-right, rear-right, rear-left, then the same four at `VEHICLE_HEIGHT`."""
+    c, s = np.cos(boxes[:, 2:3]), np.sin(boxes[:, 2:3])
+    lx = np.array([1.0, 1.0, -1.0, -1.0]) * boxes[:, 3:4] / 2
+    ly = np.array([1.0, -1.0, -1.0, 1.0]) * boxes[:, 4:5] / 2
+    x, y = boxes[:, 0:1] + c * lx - s * ly, boxes[:, 1:2] + s * lx + c * ly
+    ground = np.stack([x, y, np.zeros_like(x)], -1)
+    return np.concatenate([ground, ground + np.array([0.0, 0.0, VEHICLE_HEIGHT])], axis=1)
+
+
+def _draw_boxes(draw: ImageDraw.ImageDraw, scene: CameraScene, cam: CameraConfig) -> None:
+    """Vehicle cuboids far to near, back faces culled, faces clipped at the near plane when needed."""
+    boxes = scene.boxes
+    origin = cam.origin()
+    k = cam.intrinsics()
+    keep = (boxes[:, 0] >= -boxes[:, 3]) & (np.hypot(boxes[:, 0], boxes[:, 1]) <= cam.max_range)
+    order = np.argsort(-np.hypot(boxes[:, 0] - origin[0], boxes[:, 1]))
+    order = order[keep[order]]
+    if not len(order):
+        return
+    corners = box_corners(boxes[order])  # (A, 8, 3) ego frame
+    quads = corners[:, FACES]  # (A, 5, 4, 3)
+    c, s = np.cos(boxes[order, 2:3]), np.sin(boxes[order, 2:3])
+    zero, one = np.zeros_like(c), np.ones_like(c)
+    normals = np.stack(
+        [
+            np.concatenate(n, 1)
+            for n in ((c, s, zero), (-c, -s, zero), (-s, c, zero), (s, -c, zero), (zero, zero, one))
+        ],
+        axis=1,
+    )  # (A, 5, 3) outward normals
+    visible = ((origin - quads.mean(axis=2)) * normals).sum(-1) > 0
+    pc = (quads - origin) @ cam.rotation().T  # (A, 5, 4, 3) camera frame
+    front = (pc[..., 2] > cam.near).all(-1)
+    uv = _uv(np.where(front[..., None, None], pc, 1.0).reshape(-1, 3), k).reshape(*pc.shape[:3], 2)
+    colors = scene.colors[order].astype(np.float64)
+    fills = np.clip(colors[:, None, :] * FACE_SHADE[None, :, None], 0, 255).astype(int).tolist()
+    braking = scene.braking[order] if len(scene.braking) else np.zeros(len(order), bool)
+    for a, f in zip(*np.nonzero(visible)):
+        if front[a, f]:
+            pts = uv[a, f].ravel().tolist()
+        else:
+            clipped = clip_near(pc[a, f], cam.near)
+            if len(clipped) < 3:
+                continue
+            pts = _uv(clipped, k).ravel().tolist()
+        fill = tuple(fills[a][f])
+        draw.polygon(pts, fill=fill, outline=fill)
+        if f == REAR and braking[a]:
+            _draw_brake_lights(draw, corners[a], cam)
 
 
 def render_camera(scene: CameraScene, cam: CameraConfig) -> np.ndarray:
@@ -220,31 +274,7 @@ def render_camera(scene: CameraScene, cam: CameraConfig) -> np.ndarray:
     _draw_ground_batch(draw, scene.ground_polys, cam, ASPHALT)
     _draw_ground_batch(draw, scene.marking_polys, cam, MARKING)
     if len(scene.boxes):
-        origin = cam.origin()
-        rot = cam.rotation()
-        k = cam.intrinsics()
-        order = np.argsort(-np.hypot(scene.boxes[:, 0] - origin[0], scene.boxes[:, 1]))
-        for i in order:
-            box = scene.boxes[i]
-            if box[0] < -box[3] or math.hypot(box[0], box[1]) > cam.max_range:
-                continue
-            corners, faces = _box_faces(box)
-            color = scene.colors[i].astype(np.float64)
-            for idx, normal, shade in faces:
-                quad = corners[idx]
-                if float(np.dot(normal, origin - quad.mean(axis=0))) <= 0:
-                    continue  # back face
-                pc = clip_near((quad - origin) @ rot.T, cam.near)
-                if len(pc) < 3:
-                    continue
-                uv = np.stack(
-                    [k[0, 0] * pc[:, 0] / pc[:, 2] + k[0, 2], k[1, 1] * pc[:, 1] / pc[:, 2] + k[1, 2]], 1
-                )
-                uv = np.clip(uv, -1e4, 1e4)
-                fill = tuple(int(v) for v in np.clip(color * shade, 0, 255))
-                draw.polygon([(float(u), float(v)) for u, v in uv], fill=fill, outline=fill)
-                if shade == 0.75 and len(scene.braking) and scene.braking[i]:
-                    _draw_brake_lights(draw, corners, cam)
+        _draw_boxes(draw, scene, cam)
     return np.asarray(img, dtype=np.uint8)
 
 

@@ -16,6 +16,7 @@ import math
 
 import numpy as np
 
+from drivedistill.world.config import SIM_HZ
 from drivedistill.world.fastsim import FastIDMVehicle
 
 HORIZON = 3.0  # [s] safety look-ahead
@@ -23,6 +24,7 @@ PRED_TIMES = np.arange(0.25, HORIZON + 1e-6, 0.25)  # [s]
 CANDIDATE_ACCELS = (0.0, -1.5, -3.0, -4.5, -6.0, -8.0)  # [m/s^2] tried below the IDM command
 MARGIN_X, MARGIN_Y = 2.0, 0.35  # [m] safety margins along / across the ego heading
 SCAN_RADIUS = 70.0  # [m]
+DT = 1.0 / SIM_HZ  # [s] control period
 
 
 class ExpertVehicle(FastIDMVehicle):
@@ -41,7 +43,9 @@ class ExpertVehicle(FastIDMVehicle):
             return
         super().act()
         a_idm = float(self.action["acceleration"])
-        self.action["acceleration"] = self.safe_acceleration(a_idm)
+        # never brake through zero speed: highway-env integrates into reverse, and a reversing car steers
+        # the wrong way
+        self.action["acceleration"] = max(self.safe_acceleration(a_idm), -max(float(self.speed), 0.0) / DT)
 
     def _others(self) -> np.ndarray:
         """(M, 7) x, y, heading, speed, yaw rate, length, width of the vehicles that matter."""

@@ -16,8 +16,10 @@ Natural labels are added per sample in episode.py ("cross_traffic" at busy junct
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,12 +67,33 @@ def network(scenario: str) -> tuple[RoadNetwork, RoadMap, bool]:
         "roundabout": RoundaboutEnv,
         "intersection": IntersectionEnv,
     }[scenario]
-    env = env_cls(
-        config={"before_merge_length": 250, "after_merge_length": 400} if scenario == "merge" else None
-    )
+    with _vehicle_params_kept():
+        env = env_cls(
+            config={"before_merge_length": 250, "after_merge_length": 400} if scenario == "merge" else None
+        )
     env._make_road()
     net = speed_up(env.road.network)
     return net, RoadMap.from_network(net), scenario == "intersection"
+
+
+@contextlib.contextmanager
+def _vehicle_params_kept() -> Iterator[None]:
+    """Undo class-level driver-parameter changes made by highway-env env constructors.
+
+    `IntersectionEnv()` resets itself, and its `_make_vehicles` sets `IDMVehicle.DISTANCE_WANTED`,
+    `COMFORT_ACC_MAX` and `COMFORT_ACC_MIN` *on the class*: without this, every episode run after the
+    first intersection episode of a process drove with other IDM parameters (results depended on the
+    episode order and on how episodes were split over workers)."""
+    classes = [c for c in FastIDMVehicle.__mro__ if c is not object]
+    saved = [{k: v for k, v in vars(c).items() if k.isupper()} for c in classes]
+    try:
+        yield
+    finally:
+        for cls, attrs in zip(classes, saved):
+            for key in [k for k in vars(cls) if k.isupper() and k not in attrs]:
+                delattr(cls, key)
+            for key, value in attrs.items():
+                setattr(cls, key, value)
 
 
 def is_junction_edge(scenario: str, edge: tuple[str, str]) -> bool:

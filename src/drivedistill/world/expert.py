@@ -4,8 +4,9 @@
 privileged safety layer on top: every 0.1 s it predicts every nearby vehicle for 3 s at constant speed
 and turn rate, predicts itself along its lane/route for a few candidate decelerations, and takes the
 mildest candidate that keeps a margin to everyone (or, if none does, the one that delays contact
-longest). It reads the true simulator state — that is what makes it an expert, and why only
-`Privileged` data carries its plans.
+longest, braking hardest among ties). A vehicle changing lane is predicted both on its current motion
+and in its target lane (its intention is privileged state). It reads the true simulator state — that is
+what makes it an expert, and why only `Privileged` data carries its plans.
 
 `ScriptedVehicle` is an IDM vehicle whose acceleration or lane can be overridden by an event script.
 """
@@ -64,6 +65,14 @@ class ExpertVehicle(FastIDMVehicle):
             beta = math.atan(0.5 * math.tan(steer))
             yaw_rate = v.speed * math.sin(beta) / (v.LENGTH / 2)
             rows.append((v.position[0], v.position[1], v.heading, v.speed, yaw_rate, v.LENGTH, v.WIDTH))
+            target = getattr(v, "target_lane_index", None)
+            if target is not None and target != v.lane_index and target[:2] == v.lane_index[:2]:
+                # a lane change under way (privileged: its target lane): also predict it as if it were
+                # already in that lane, so the ego yields before the other car's turn rate shows it
+                lane = self.road.network.get_lane(target)
+                s_lane = lane.local_coordinates(v.position)[0]
+                xy = lane.position(s_lane, 0.0)
+                rows.append((xy[0], xy[1], lane.heading_at(s_lane), v.speed, 0.0, v.LENGTH, v.WIDTH))
         return np.array(rows, np.float64).reshape(-1, 7)
 
     def change_lane_policy(self) -> None:
@@ -150,7 +159,7 @@ class ExpertVehicle(FastIDMVehicle):
             if tc is None:
                 self.last_brake_reason = "" if a == a_idm else "conflict"
                 return a
-            if tc > best_tc + 1e-6:
+            if tc >= best_tc - 1e-6:  # ties go to the harder braking: less speed at contact
                 best, best_tc = a, tc
         self.last_brake_reason = "unavoidable"
         return best

@@ -4,7 +4,8 @@ Road networks come from highway-env's own environments (highway, merge, roundabo
 racetrack); traffic and events are placed here, from one numpy generator, so an episode is a pure
 function of its seed. `World.step()` advances everything by 0.1 s (events → spawns → act → step).
 
-Scripted events (what only the sensors reveal; `WorldConfig.event_probs` picks at most one per episode):
+Scripted events (what only the sensors reveal; `WorldConfig.event_probs` picks at most one per episode;
+their scripts are in world/events.py):
 - lead_brake       a car 25–35 m ahead in the ego lane brakes at 5–7 m/s² to 0–5 m/s, holds, drives on
 - stop_and_go      a queue ahead whose head alternates stopping and creeping every 2.5–4 s
 - cut_in           a slower car in the next lane steers into the ego lane 6–16 m ahead
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +28,7 @@ from highway_env.road.road import Road, RoadNetwork
 from highway_env.vehicle.kinematics import Vehicle
 
 from drivedistill.world.config import SIM_HZ
+from drivedistill.world.events import CrossTraffic, CutIn, Event, LeadBrake, Merge, StopAndGo, StoppedVehicle
 from drivedistill.world.expert import ExpertVehicle, ScriptedVehicle
 from drivedistill.world.fastroad import FastRegulatedRoad, FastRoad
 from drivedistill.world.fastsim import FastIDMVehicle, speed_up
@@ -150,15 +151,6 @@ class World:
                     continue
             keep.append(v)
         self.road.vehicles = keep
-
-
-class Event:
-    """A scripted event: `update(world)` runs every step before the vehicles act; returns True while active."""
-
-    name = ""
-
-    def update(self, world: World) -> bool:
-        raise NotImplementedError
 
 
 def _ahead(world: World, gap: float, lane_shift: int = 0) -> tuple[np.ndarray, float, tuple[str, str, int]]:
@@ -352,7 +344,7 @@ def _make_event(world: World, name: str) -> Event:
         v.target_speed, v.override_accel, v.enable_lane_change = 0.0, 0.0, False
         return StoppedVehicle(v)
     if name == "cross_traffic":
-        return CrossTraffic(_challenger(world))
+        return CrossTraffic(_challenger(world), JUNCTION[world.scenario])
     raise ValueError(f"unknown event '{name}'")
 
 
@@ -381,102 +373,3 @@ def _challenger(world: World) -> FastIDMVehicle | None:
     world.road.vehicles = [o for o in world.road.vehicles if np.linalg.norm(o.position - v.position) > 10]
     world.road.vehicles.append(v)
     return v
-
-
-def _gap(ego: Vehicle, other: Vehicle) -> float:
-    """Longitudinal distance [m] from the ego to `other` along the ego heading."""
-    return float(ego.direction.dot(other.position - ego.position))
-
-
-class LeadBrake(Event):
-    name = "lead_brake"
-
-    def __init__(self, v: ScriptedVehicle, t_trigger: float, decel: float, v_low: float, hold: float) -> None:
-        self.v, self.t0, self.decel, self.v_low, self.hold = v, t_trigger, decel, v_low, hold
-        self.t_release: float | None = None
-        self.cruise = v.target_speed
-
-    def update(self, world: World) -> bool:
-        t = world.time
-        if t < self.t0:
-            return False
-        if self.t_release is None:
-            if self.v.speed > self.v_low:
-                self.v.override_accel = self.decel
-            else:
-                self.v.override_accel, self.v.target_speed = None, self.v_low
-                self.t_release = t + self.hold
-            return True
-        if t >= self.t_release:
-            self.v.target_speed = self.cruise
-            return t < self.t_release + 1.5
-        return True
-
-
-class StopAndGo(Event):
-    name = "stop_and_go"
-
-    def __init__(self, head: ScriptedVehicle, period: float) -> None:
-        self.head, self.period = head, period
-
-    def update(self, world: World) -> bool:
-        stopping = int(world.time / self.period) % 2 == 0
-        self.head.target_speed = 0.0 if stopping else 9.0
-        self.head.override_accel = -4.0 if stopping and self.head.speed > 0.5 else None
-        return -5 < _gap(world.ego, self.head) < 90
-
-
-class CutIn(Event):
-    name = "cut_in"
-
-    def __init__(self, v: ScriptedVehicle, trigger_gap: float) -> None:
-        self.v, self.trigger_gap = v, trigger_gap
-        self.t0: float | None = None
-
-    def update(self, world: World) -> bool:
-        if self.t0 is None:
-            if world.time >= 2.0 and 0 < _gap(world.ego, self.v) < self.trigger_gap:
-                self.t0 = world.time
-                self.v.target_lane_index = world.ego.lane_index
-            return False
-        return world.time < self.t0 + 4.0
-
-
-class Merge(Event):
-    """An on-ramp vehicle forced onto the main road at the end of the ramp; active while near the ego."""
-
-    name = "cut_in"
-
-    def __init__(self, v: ScriptedVehicle) -> None:
-        self.v, self.t0 = v, math.inf
-
-    def update(self, world: World) -> bool:
-        if self.v.lane_index == ("b", "c", 2) and self.v.target_lane_index[2] == 2:
-            self.v.target_lane_index = ("b", "c", 1)
-            self.t0 = world.time
-        return self.t0 <= world.time < self.t0 + 4.0 and -5 < _gap(world.ego, self.v) < 40
-
-
-class StoppedVehicle(Event):
-    name = "stopped_vehicle"
-
-    def __init__(self, v: ScriptedVehicle) -> None:
-        self.v = v
-
-    def update(self, world: World) -> bool:
-        return -5 < _gap(world.ego, self.v) < 70
-
-
-class CrossTraffic(Event):
-    """Active while the challenger (if it could be placed) is inside the junction area."""
-
-    name = "cross_traffic"
-
-    def __init__(self, v: FastIDMVehicle | None) -> None:
-        self.v = v
-
-    def update(self, world: World) -> bool:
-        if self.v is None or self.v not in world.road.vehicles:
-            return False
-        centre, radius = JUNCTION[world.scenario]
-        return bool(np.linalg.norm(self.v.position - centre * [1, -1]) < radius)

@@ -1,0 +1,151 @@
+"""Scripted events of the default world: scripts that drive chosen vehicles every 0.1 s.
+
+Each event's `update(world)` runs before the vehicles act and returns True while the event is active
+(the label samples get). Vehicles are placed by `world/scenarios.py`; positions are in highway-env's
+frame [m], speeds [m/s], accelerations [m/s²], times [s].
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+from highway_env.vehicle.kinematics import Vehicle
+
+from drivedistill.world.expert import ScriptedVehicle
+
+if TYPE_CHECKING:
+    from drivedistill.world.scenarios import World
+
+
+class Event:
+    """A scripted event: `update(world)` runs every step before the vehicles act; returns True while active."""
+
+    name = ""
+
+    def update(self, world: World) -> bool:
+        raise NotImplementedError
+
+
+def _gap(ego: Vehicle, other: Vehicle) -> float:
+    """Longitudinal distance [m] from the ego to `other` along the ego heading."""
+    return float(ego.direction.dot(other.position - ego.position))
+
+
+class LeadBrake(Event):
+    name = "lead_brake"
+
+    def __init__(self, v: ScriptedVehicle, t_trigger: float, decel: float, v_low: float, hold: float) -> None:
+        self.v, self.t0, self.decel, self.v_low, self.hold = v, t_trigger, decel, v_low, hold
+        self.t_release: float | None = None
+        self.cruise = v.target_speed
+
+    def update(self, world: World) -> bool:
+        t = world.time
+        if t < self.t0:
+            return False
+        if self.t_release is None:
+            if self.v.speed > self.v_low:
+                self.v.override_accel = self.decel
+            else:
+                self.v.override_accel, self.v.target_speed = None, self.v_low
+                self.t_release = t + self.hold
+            return True
+        if t >= self.t_release:
+            self.v.target_speed = self.cruise
+            return t < self.t_release + 1.5
+        return True
+
+
+class StopAndGo(Event):
+    name = "stop_and_go"
+
+    def __init__(self, head: ScriptedVehicle, period: float) -> None:
+        self.head, self.period = head, period
+
+    def update(self, world: World) -> bool:
+        stopping = int(world.time / self.period) % 2 == 0
+        self.head.target_speed = 0.0 if stopping else 9.0
+        self.head.override_accel = -4.0 if stopping and self.head.speed > 0.5 else None
+        return -5 < _gap(world.ego, self.head) < 90
+
+
+class CutIn(Event):
+    name = "cut_in"
+
+    def __init__(self, v: ScriptedVehicle, trigger_gap: float) -> None:
+        self.v, self.trigger_gap = v, trigger_gap
+        self.t0: float | None = None
+
+    def update(self, world: World) -> bool:
+        if self.t0 is None:
+            if world.time >= 2.0 and 0 < _gap(world.ego, self.v) < self.trigger_gap:
+                self.t0 = world.time
+                self.v.target_lane_index = world.ego.lane_index
+            return False
+        return world.time < self.t0 + 4.0
+
+
+class Merge(Event):
+    """An on-ramp vehicle that merges onto the main road from the acceleration lane; active while near
+    the ego. Like an assertive driver it takes the first gap that is physically there — at least
+    `MIN_GAP` metres bumper to bumper plus 0.5 s (front) / 0.8 s (rear) of closing speed, so the car
+    behind usually has to brake — and forces its way in `FORCE_BEFORE_END` metres before the lane ends.
+    (Without the gap test it merged into cars driving alongside: side impacts no driver could avoid.)"""
+
+    name = "cut_in"
+    MIN_GAP = 3.0  # [m]
+    FORCE_BEFORE_END = 15.0  # [m]
+
+    def __init__(self, v: ScriptedVehicle) -> None:
+        self.v, self.t0 = v, math.inf
+
+    def update(self, world: World) -> bool:
+        v = self.v
+        if v.lane_index == ("b", "c", 2) and v.target_lane_index[2] == 2:
+            s = v.lane.local_coordinates(v.position)[0]
+            if s > v.lane.length - self.FORCE_BEFORE_END or self._gap_free(world):
+                v.target_lane_index = ("b", "c", 1)
+                self.t0 = world.time
+        return self.t0 <= world.time < self.t0 + 4.0 and -5 < _gap(world.ego, v) < 40
+
+    def _gap_free(self, world: World) -> bool:
+        v = self.v
+        front, rear = world.road.neighbour_vehicles(v, ("b", "c", 1))
+        lane = world.road.network.get_lane(("b", "c", 1))
+        s = lane.local_coordinates(v.position)[0]
+        if front is not None:
+            gap = lane.local_coordinates(front.position)[0] - s - (front.LENGTH + v.LENGTH) / 2
+            if gap < self.MIN_GAP + 0.5 * max(0.0, v.speed - front.speed):
+                return False
+        if rear is not None:
+            gap = s - lane.local_coordinates(rear.position)[0] - (rear.LENGTH + v.LENGTH) / 2
+            if gap < self.MIN_GAP + 0.8 * max(0.0, rear.speed - v.speed):
+                return False
+        return True
+
+
+class StoppedVehicle(Event):
+    name = "stopped_vehicle"
+
+    def __init__(self, v: ScriptedVehicle) -> None:
+        self.v = v
+
+    def update(self, world: World) -> bool:
+        return -5 < _gap(world.ego, self.v) < 70
+
+
+class CrossTraffic(Event):
+    """Active while the challenger (if it could be placed) is inside the junction area."""
+
+    name = "cross_traffic"
+
+    def __init__(self, v: Vehicle | None, junction: tuple[np.ndarray, float]) -> None:
+        self.v, self.junction = v, junction  # junction: centre (2,) world frame [m], radius [m]
+
+    def update(self, world: World) -> bool:
+        if self.v is None or self.v not in world.road.vehicles:
+            return False
+        centre, radius = self.junction
+        return bool(np.linalg.norm(self.v.position - centre * [1, -1]) < radius)

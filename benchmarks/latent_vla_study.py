@@ -100,7 +100,7 @@ def main() -> None:
     t0 = time.time()
     r = fit(lam, train, tcfg, out / "lam_env", collate=train.collate)
     print("LAM env", r.losses, f"{time.time() - t0:.0f}s")
-    keys = ("recon", "copy_baseline", "perplexity")
+    keys = ("recon", "copy_baseline", "recon_weighted", "copy_weighted", "perplexity")
     results["val_env_stage"] = _val_losses(lam, val, keys)
     lam.set_stage("ego")
     r = fit(lam, train, tcfg, out / "lam_ego", collate=train.collate)

@@ -156,8 +156,9 @@ def _with_other_motion(batch: Batch) -> Batch:
 
 
 def test_gt_motion_reaches_env_decoder_but_not_the_codes() -> None:
+    """With a frames-only ego IDM, the GT motion enters only the env decoder."""
     torch.manual_seed(0)
-    model = LatentActionModel(SMALL)
+    model = LatentActionModel(dataclasses.replace(SMALL, ego_sees_motion=False))
     batch = random_batch(3, camera_hw=(32, 64))
     model.train()
     model.losses(batch)  # seeds the env codebook

@@ -63,12 +63,10 @@ class LatentActionConfig:
     ema_decay: float = 0.9  # EMA codebook decay (0.99 collapsed to one code in 72 steps, docs/LOG.md)
     restart_threshold: float = 0.5  # restart a code whose usage share is < threshold / K (0.03 never fired)
     change_weight: float = 4.0  # recon pixel weight 1 + change_weight·|Δx|/mean|Δx| (0 = plain MSE)
-    motion_weight: float = (
-        1.0  # ego stage: weight of regressing the GT ego motion from the ego action (0 = off)
-    )
-    ego_sees_motion: bool = (
-        False  # ego IDM also gets the GT motion token (a trajectory-conditioned tokenizer)
-    )
+    # ego stage: weight of regressing the GT ego motion from the ego action (0 = off)
+    motion_weight: float = 1.0
+    # ego IDM also gets the GT motion token (trajectory-conditioned tokenizer); frames only: probe ≈ chance
+    ego_sees_motion: bool = True
 
     def __post_init__(self) -> None:
         if self.frame_hw[0] % self.patch or self.frame_hw[1] % self.patch:
@@ -286,7 +284,8 @@ class LatentActionModel(nn.Module):
         current = frames[:, :-1].flatten(0, 1)
         target = frames[:, 1:].flatten(0, 1)
         pred = decoder(current, actions.flatten(0, 1))
-        recon_w = _masked_mse(pred, target, w, change_weights(current, target, self.cfg.change_weight))
+        pixel_w = change_weights(current, target, self.cfg.change_weight)
+        recon_w = _masked_mse(pred, target, w, pixel_w)
         loss = recon_w + self.cfg.commitment * vq.commitment
         if "motion" in extra:
             loss = loss + self.cfg.motion_weight * extra["motion"]
@@ -305,4 +304,5 @@ class LatentActionModel(nn.Module):
             "usage": used.float().mean(),
             "restarted": restarted.float(),
             "copy_baseline": _masked_mse(current, target, w).detach(),  # MSE of predicting "no change"
+            "copy_weighted": _masked_mse(current, target, w, pixel_w).detach(),  # same, change-weighted
         }

@@ -126,12 +126,14 @@ def eval_stage(
     def run(d: Path) -> dict[str, Any]:
         return evaluate_model(cfg, model, seed, Path(store.summary["store"]), trained, deps, d)
 
-    return runner.run(
-        f"eval-{model.name.replace('/', '_')}-s{seed}",
-        {"eval": to_dict(cfg.eval), "model": model.name},
-        inputs,
-        run,
-    )
+    # scene_panels only shapes the report, not the metrics: it stays out of the key
+    key = {
+        "eval": {k: v for k, v in to_dict(cfg.eval).items() if k != "scene_panels"},
+        "model": to_dict(model),
+        "student_defaults": cfg.students.get(model.student, {}),  # untrained rows (method "none")
+        "probe": {k: cfg.evodrive.get(k) for k in ("perception", "probe_after")},
+    }
+    return runner.run(f"eval-{model.name.replace('/', '_')}-s{seed}", key, inputs, run)
 
 
 def _mean_std(values: list[Any]) -> tuple[Any, Any]:

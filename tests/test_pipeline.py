@@ -1,0 +1,68 @@
+"""`drivedistill run --preset smoke`: the whole study end to end on the CPU, then its caching.
+
+One slow test: a first run (every recipe), a second run that skips every stage, and a changed knob
+that re-runs only the stages depending on it. The report is opened in headless Chromium.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from drivedistill.pipeline.config import load_study
+from drivedistill.pipeline.study import run_study
+
+from .browser import render
+
+pytestmark = pytest.mark.slow
+
+
+def test_smoke_study_end_to_end_and_cached(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    cfg = load_study("smoke")
+    results = run_study(cfg, out)
+
+    # results.json: the documented shape, every model, every benchmark with its protocol
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["schema"] == 1 and saved["preset"] == "smoke" and saved["seeds"] == [0]
+    assert set(saved["models"]) == set(cfg.model_names())
+    for name, m in saved["models"].items():
+        assert m["student"] == name.split("/")[0]
+        for proto in ("stp3", "uniad"):
+            assert set(m["openloop"][proto]["l2"]) == {"1s", "2s", "3s", "avg"}
+        assert set(m["pdms"]) >= {"pdms", "nc", "dac", "ddc", "ttc", "ep", "c"}
+        assert 0.0 <= m["pdms"]["pdms"] <= 1.0
+        assert set(m["closedloop"]) >= {"collision_rate", "offroad_rate", "progress_m", "driving_score"}
+        assert m["latency_ms"]["p50"] > 0 and "std" in m
+        assert m["protocols"]["pdms"] == "navsim-v1.1"
+    assert saved["models"]["vla/vla_sft"]["parse_failures"]["decoded"] > 0  # counted, never dropped
+    ran_first = set(results["stage_seconds"]) - {"total"}
+    assert {
+        "collect",
+        "annotate",
+        "latent_lam",
+        "latent_teacher",
+        "evodrive_perception",
+        "evodrive_oracle",
+    } <= ran_first
+
+    # the report opens offline: every image decodes and the page is not blank
+    loaded, total = render(out / "report.html", tmp_path / "shot.png")
+    assert total >= 8 and loaded == total
+    assert np.asarray(Image.open(tmp_path / "shot.png").convert("L"), np.float32).std() > 5.0
+
+    # a second run skips every stage
+    again = run_study(cfg, out)
+    assert set(again["stage_seconds"]) == {"total"}
+
+    # one knob of one method re-runs only that model's training and evaluation
+    changed = load_study("smoke", overrides=["--methods.vlm_ad.align_weight=0.5"])
+    third = run_study(changed, out)
+    assert set(third["stage_seconds"]) - {"total"} == {
+        "train-transfuser_vlm_ad-s0",
+        "eval-transfuser_vlm_ad-s0",
+    }

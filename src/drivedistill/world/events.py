@@ -72,7 +72,14 @@ class StopAndGo(Event):
 
 
 class CutIn(Event):
+    """A slower car in the next lane steers into the ego lane when the ego is `trigger_gap` metres
+    (centre to centre) behind it — or earlier when the ego closes in fast: the cut-in car leaves at least
+    `MIN_GAP` metres bumper to bumper plus `CLOSING_S` seconds of closing speed (an aggressive but
+    physically avoidable cut-in; without this, a 6 m trigger at 10 m/s closing speed was a collision
+    no brakes could prevent)."""
+
     name = "cut_in"
+    MIN_GAP, CLOSING_S = 2.0, 0.6  # [m], [s]
 
     def __init__(self, v: ScriptedVehicle, trigger_gap: float) -> None:
         self.v, self.trigger_gap = v, trigger_gap
@@ -80,7 +87,11 @@ class CutIn(Event):
 
     def update(self, world: World) -> bool:
         if self.t0 is None:
-            if world.time >= 2.0 and 0 < _gap(world.ego, self.v) < self.trigger_gap:
+            ego, v = world.ego, self.v
+            needed = (
+                (ego.LENGTH + v.LENGTH) / 2 + self.MIN_GAP + self.CLOSING_S * max(0.0, ego.speed - v.speed)
+            )
+            if world.time >= 2.0 and 0 < _gap(ego, v) < max(self.trigger_gap, needed):
                 self.t0 = world.time
                 self.v.target_lane_index = world.ego.lane_index
             return False
@@ -91,12 +102,14 @@ class Merge(Event):
     """An on-ramp vehicle that merges onto the main road from the acceleration lane; active while near
     the ego. Like an assertive driver it takes the first gap that is physically there — at least
     `MIN_GAP` metres bumper to bumper plus 0.5 s (front) / 0.8 s (rear) of closing speed, so the car
-    behind usually has to brake — and forces its way in `FORCE_BEFORE_END` metres before the lane ends.
-    (Without the gap test it merged into cars driving alongside: side impacts no driver could avoid.)"""
+    behind usually has to brake — and, finding none after `BRAKE_AFTER` metres of the acceleration lane,
+    brakes to drop behind the car alongside. (It used to merge unconditionally at the start of the lane:
+    side impacts into cars alongside that no driver could avoid.)"""
 
     name = "cut_in"
     MIN_GAP = 3.0  # [m]
-    FORCE_BEFORE_END = 15.0  # [m]
+    BRAKE_AFTER = 20.0  # [m] along the acceleration lane
+    BRAKE = -3.0  # [m/s²]
 
     def __init__(self, v: ScriptedVehicle) -> None:
         self.v, self.t0 = v, math.inf
@@ -104,10 +117,12 @@ class Merge(Event):
     def update(self, world: World) -> bool:
         v = self.v
         if v.lane_index == ("b", "c", 2) and v.target_lane_index[2] == 2:
-            s = v.lane.local_coordinates(v.position)[0]
-            if s > v.lane.length - self.FORCE_BEFORE_END or self._gap_free(world):
+            if self._gap_free(world):
                 v.target_lane_index = ("b", "c", 1)
+                v.override_accel = None
                 self.t0 = world.time
+            elif v.lane.local_coordinates(v.position)[0] > self.BRAKE_AFTER:
+                v.override_accel = self.BRAKE  # no gap yet: drop back behind the car alongside
         return self.t0 <= world.time < self.t0 + 4.0 and -5 < _gap(world.ego, v) < 40
 
     def _gap_free(self, world: World) -> bool:

@@ -12,8 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from highway_env import utils
 from highway_env.road.regulation import RegulatedRoad
 from highway_env.road.road import Road
+from highway_env.vehicle.objects import Landmark
 
 NEIGHBOUR_RANGE = 90.0  # [m] beyond it a vehicle cannot be anyone's leader/follower of interest
 COLLISION_RANGE = 12.0  # [m] centre distance below which a pair is tested for overlap
@@ -25,24 +27,57 @@ class FastRoad(Road):
     focus: Any = None
     vehicles: list[Any]
 
+    _near: np.ndarray | None = None  # (N, N) bool, vehicles within NEIGHBOUR_RANGE, valid during act()
+    _index: dict[int, int]
+
     def _positions(self) -> np.ndarray:
         return np.array([v.position for v in self.vehicles], np.float64).reshape(-1, 2)
 
     def act(self) -> None:
-        self._pos = self._positions()
-        super().act()
+        pos = self._positions()
+        self._near = np.abs(pos[:, None] - pos[None]).max(axis=-1) < NEIGHBOUR_RANGE
+        self._index = {id(v): i for i, v in enumerate(self.vehicles)}
+        try:
+            super().act()
+        finally:
+            self._near = None  # positions change in step()
+
+    def _candidates(self, vehicle: Any) -> list[Any]:
+        """Vehicles within NEIGHBOUR_RANGE (L∞) of `vehicle`."""
+        i = self._index.get(id(vehicle)) if self._near is not None else None
+        if i is not None and self._near is not None and len(self._near) == len(self.vehicles):
+            return [self.vehicles[j] for j in np.flatnonzero(self._near[i]).tolist()]
+        pos = self._positions()
+        near = np.abs(pos - vehicle.position).max(axis=1) < NEIGHBOUR_RANGE
+        return [v for v, keep in zip(self.vehicles, near) if keep]
 
     def neighbour_vehicles(self, vehicle: Any, lane_index: Any = None) -> tuple[Any, Any]:
-        full: list[Any] = self.vehicles
-        pos = getattr(self, "_pos", None)
-        if pos is None or len(pos) != len(full):
-            pos = self._positions()
-        near = np.abs(pos - vehicle.position).max(axis=1) < NEIGHBOUR_RANGE
-        self.vehicles = [v for v, keep in zip(full, near) if keep]
-        try:
-            return super().neighbour_vehicles(vehicle, lane_index)
-        finally:
-            self.vehicles = full
+        """`Road.neighbour_vehicles` (leader and follower on `lane_index`) over nearby vehicles only."""
+        if self.neighbour_vehicles_connected_lanes:
+            full: list[Any] = self.vehicles
+            self.vehicles = self._candidates(vehicle)
+            try:
+                return super().neighbour_vehicles(vehicle, lane_index)
+            finally:
+                self.vehicles = full
+        lane_index = lane_index or vehicle.lane_index
+        if not lane_index:
+            return None, None
+        lane = self.network.get_lane(lane_index)
+        s = lane.local_coordinates(vehicle.position)[0]
+        s_front = s_rear = None
+        v_front = v_rear = None
+        for v in self._candidates(vehicle) + self.objects:
+            if v is vehicle or isinstance(v, Landmark):
+                continue
+            s_v, lat_v = lane.local_coordinates(v.position)
+            if not lane.on_lane(v.position, s_v, lat_v, margin=1):
+                continue
+            if s <= s_v and (s_front is None or s_v <= s_front):
+                s_front, v_front = s_v, v
+            if s_v < s and (s_rear is None or s_v > s_rear):
+                s_rear, v_rear = s_v, v
+        return v_front, v_rear
 
     def step(self, dt: float) -> None:
         for vehicle in self.vehicles:
@@ -58,7 +93,40 @@ class FastRoad(Road):
 
 
 class FastRegulatedRoad(FastRoad, RegulatedRoad):
-    """`RegulatedRoad` (priority yielding at intersections) restricted to vehicles near the ego."""
+    """`RegulatedRoad` (priority yielding at intersections) restricted to vehicles near the ego.
+
+    Its pairwise conflict test predicts both vehicles 3 s along their routes; here each vehicle's
+    prediction is computed once per regulation step, not once per pair (same answers). A distance
+    pre-filter would not be exact: highway-env's route prediction can start far from the car when the
+    route's head is already the next road."""
+
+    _pred: dict[int, Any]
+
+    def enforce_road_rules(self) -> None:
+        self._pred = {}
+        try:
+            super().enforce_road_rules()
+        finally:
+            self._pred = {}
+
+    def is_conflict_possible(self, v1: Any, v2: Any, horizon: int = 3, step: float = 0.25) -> bool:  # type: ignore[override]
+        times = np.arange(step, horizon, step)
+        p1, h1 = self._predict(v1, times)
+        p2, h2 = self._predict(v2, times)
+        for a, ha, b, hb in zip(p1, h1, p2, h2):
+            if np.linalg.norm(b - a) > v1.LENGTH:
+                continue
+            if utils.rotated_rectangles_intersect(
+                (a, 1.5 * v1.LENGTH, 0.9 * v1.WIDTH, ha), (b, 1.5 * v2.LENGTH, 0.9 * v2.WIDTH, hb)
+            ):
+                return True
+        return False
+
+    def _predict(self, v: Any, times: np.ndarray) -> Any:
+        key = id(v)
+        if key not in self._pred:
+            self._pred[key] = v.predict_trajectory_constant_speed(times)
+        return self._pred[key]
 
     def step(self, dt: float) -> None:
         self.steps += 1

@@ -210,6 +210,11 @@ def speed_up(network: RoadNetwork) -> RoadNetwork:
 class FastIDMVehicle(IDMVehicle):
     """highway-env's IDM + MOBIL vehicle with its per-step arithmetic on floats (same decisions)."""
 
+    position: np.ndarray  # (2,) [m]
+    heading: float  # [rad]
+    speed: float  # [m/s]
+    impact: np.ndarray | None
+
     def act(self, action: dict | str | None = None) -> None:
         if self.crashed:
             return
@@ -225,6 +230,22 @@ class FastIDMVehicle(IDMVehicle):
             front, rear = self.road.neighbour_vehicles(self, self.target_lane_index)
             accel = min(accel, self.acceleration(ego_vehicle=self, front_vehicle=front, rear_vehicle=rear))
         Vehicle.act(self, {"steering": steer, "acceleration": _clip(accel, -self.ACC_MAX, self.ACC_MAX)})
+
+    def step(self, dt: float) -> None:
+        """Kinematic bicycle step of `Vehicle.step` on floats (same integration), then the lane lookup."""
+        self.timer += dt
+        self.clip_actions()
+        beta = math.atan(0.5 * math.tan(self.action["steering"]))
+        speed, heading = float(self.speed), float(self.heading)
+        self.position[0] += speed * math.cos(heading + beta) * dt
+        self.position[1] += speed * math.sin(heading + beta) * dt
+        if self.impact is not None:
+            self.position += self.impact
+            self.crashed = True
+            self.impact = None
+        self.heading = heading + speed * math.sin(beta) / (self.LENGTH / 2) * dt
+        self.speed = speed + self.action["acceleration"] * dt
+        self.on_state_update()
 
     def steering_control(self, target_lane_index: Any) -> float:
         lane = self.road.network.get_lane(target_lane_index)

@@ -117,21 +117,24 @@ class ExpertVehicle(FastIDMVehicle):
         return seq
 
     def _ego_path(self, max_dist: float) -> np.ndarray:
-        """(P, 3) x, y, heading sampled every 1.5 m along the target lane / route, from the ego on."""
+        """(P, 3) x, y, heading (unwrapped) sampled every 1.5 m along the target lane / route, from the
+        ego on; the ego's lateral offset from the lane decays to zero over 2 s of driving."""
         lanes = [self.road.network.get_lane(i) for i in self._lane_sequence()]
         s, lat0 = lanes[0].local_coordinates(self.position)
-        pts = [(self.position[0], self.position[1], self.heading)]
-        k = 0
-        for ds in np.arange(1.5, max_dist + 1.5, 1.5):
-            s_k = s + ds
-            while s_k > lanes[k].length and k + 1 < len(lanes):
-                s_k -= lanes[k].length
-                s -= lanes[k].length
-                k += 1
-            lat = lat0 * max(0.0, 1.0 - ds / max(self.speed, 2.0) / 2.0)
-            pos = lanes[k].position(s_k, lat)
-            pts.append((pos[0], pos[1], lanes[k].heading_at(s_k)))
-        return np.array(pts, np.float64)
+        ds = np.arange(1.5, max_dist + 1.5, 1.5)
+        s_total = s + ds
+        ends = np.cumsum([lane.length for lane in lanes])
+        k = np.searchsorted(ends[:-1], s_total, side="left")  # lane holding each sample
+        s_local = s_total - np.concatenate([[0.0], ends[:-1]])[k]
+        lat = lat0 * np.maximum(0.0, 1.0 - ds / max(self.speed, 2.0) / 2.0)
+        pts = np.empty((len(ds) + 1, 3))
+        pts[0] = (self.position[0], self.position[1], self.heading)
+        for i in np.unique(k).tolist():
+            sel = np.flatnonzero(k == i) + 1
+            pts[sel, :2] = lanes[i].positions(s_local[sel - 1], lat[sel - 1])
+            pts[sel, 2] = lanes[i].headings(s_local[sel - 1])
+        pts[:, 2] = np.unwrap(pts[:, 2])
+        return pts
 
     def safe_acceleration(self, a_idm: float) -> float:
         others = self._others()
@@ -146,23 +149,20 @@ class ExpertVehicle(FastIDMVehicle):
         v0 = max(self.speed, 0.0)
         path = self._ego_path(v0 * HORIZON + 0.5 * 3.0 * HORIZON**2 + 2.0)
         arc = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(path[:, :2], axis=0).T))])
-        candidates = sorted({min(a_idm, a) for a in (a_idm, *CANDIDATE_ACCELS)}, reverse=True)
-        best, best_tc = candidates[-1], -1.0
-        for a in candidates:
-            t_stop = v0 / -a if a < 0 else math.inf
-            tt = np.minimum(t, t_stop)
-            dist = np.clip(v0 * tt + 0.5 * a * tt**2, 0.0, arc[-1])
-            ex = np.interp(dist, arc, path[:, 0])
-            ey = np.interp(dist, arc, path[:, 1])
-            eh = np.interp(dist, arc, np.unwrap(path[:, 2]))
-            tc = self._first_conflict(ex, ey, eh, oxy, yaw, others)
-            if tc is None:
-                self.last_brake_reason = "" if a == a_idm else "conflict"
-                return a
-            if tc >= best_tc - 1e-6:  # ties go to the harder braking: less speed at contact
-                best, best_tc = a, tc
+        # every candidate at once, mildest first: (C, T) ego poses along the path
+        acc = np.array(sorted({min(a_idm, a) for a in (a_idm, *CANDIDATE_ACCELS)}, reverse=True))
+        t_stop = np.where(acc < 0, v0 / np.maximum(-acc, 1e-9), np.inf)
+        tt = np.minimum(t[None, :], t_stop[:, None])
+        dist = np.clip(v0 * tt + 0.5 * acc[:, None] * tt**2, 0.0, arc[-1])
+        ex, ey, eh = (np.interp(dist, arc, path[:, j]) for j in range(3))
+        tc = self._first_conflict(ex, ey, eh, oxy, yaw, others)  # (C,), inf = no conflict
+        free = np.flatnonzero(np.isinf(tc))
+        if len(free):
+            a = float(acc[free[0]])
+            self.last_brake_reason = "" if a == a_idm else "conflict"
+            return a
         self.last_brake_reason = "unavoidable"
-        return best
+        return float(acc[np.flatnonzero(tc >= tc.max() - 1e-6)[-1]])  # latest contact; ties: hardest
 
     def _first_conflict(
         self,
@@ -172,23 +172,23 @@ class ExpertVehicle(FastIDMVehicle):
         oxy: np.ndarray,
         oyaw: np.ndarray,
         others: np.ndarray,
-    ) -> float | None:
-        """Earliest time [s] at which an other's box comes within the margins of the ego box, or None."""
-        dx = oxy[..., 0] - ex
-        dy = oxy[..., 1] - ey
-        c, s = np.cos(eh), np.sin(eh)
+    ) -> np.ndarray:
+        """(C,) earliest time [s] at which an other's box comes within the margins of the ego box, per
+        candidate (ego poses ex, ey, eh (C, T); others' centres oxy (M, T, 2), yaws (M, T)); inf = never."""
+        dx = oxy[None, ..., 0] - ex[:, None, :]  # (C, M, T)
+        dy = oxy[None, ..., 1] - ey[:, None, :]
+        c, s = np.cos(eh)[:, None, :], np.sin(eh)[:, None, :]
         lon = c * dx + s * dy
         lat = -s * dx + c * dy
-        rel = oyaw - eh
-        half_l, half_w = others[:, 5:6] / 2, others[:, 6:7] / 2
+        rel = oyaw[None] - eh[:, None, :]
+        half_l, half_w = others[None, :, 5:6] / 2, others[None, :, 6:7] / 2
         ext_x = half_l * np.abs(np.cos(rel)) + half_w * np.abs(np.sin(rel))
         ext_y = half_l * np.abs(np.sin(rel)) + half_w * np.abs(np.cos(rel))
         hit = (np.abs(lon) < self.LENGTH / 2 + ext_x + MARGIN_X) & (
             np.abs(lat) < self.WIDTH / 2 + ext_y + MARGIN_Y
         )
-        if not hit.any():
-            return None
-        return float(PRED_TIMES[np.flatnonzero(hit.any(axis=0))[0]])
+        any_t = hit.any(axis=1)  # (C, T)
+        return np.where(any_t.any(axis=1), PRED_TIMES[np.argmax(any_t, axis=1)], np.inf)
 
 
 class ScriptedVehicle(FastIDMVehicle):

@@ -92,6 +92,16 @@ class FastStraightLane(_FastLaneMixin, StraightLane):
     def heading_at(self, longitudinal: float) -> float:
         return self._heading
 
+    def positions(self, s: np.ndarray, lat: np.ndarray) -> np.ndarray:
+        """(N, 2) positions at lane coordinates s, lat (N,) [m] (vectorised `position`)."""
+        return np.stack(
+            [self._sx + s * self._dx - lat * self._dy, self._sy + s * self._dy + lat * self._dx], 1
+        )
+
+    def headings(self, s: np.ndarray) -> np.ndarray:
+        """(N,) lane headings [rad] at s (N,) [m] (vectorised `heading_at`)."""
+        return np.full(np.shape(s), self._heading)
+
     def _prepare(self) -> None:
         self._sx, self._sy = float(self.start[0]), float(self.start[1])
         self._dx, self._dy = float(self.direction[0]), float(self.direction[1])
@@ -116,6 +126,16 @@ class FastSineLane(FastStraightLane, SineLane):
             self.amplitude * self.pulsation * math.cos(self.pulsation * float(longitudinal) + self.phase)
         )
 
+    def positions(self, s: np.ndarray, lat: np.ndarray) -> np.ndarray:
+        return FastStraightLane.positions(
+            self, s, lat + self.amplitude * np.sin(self.pulsation * s + self.phase)
+        )
+
+    def headings(self, s: np.ndarray) -> np.ndarray:
+        return self._heading + np.arctan(
+            self.amplitude * self.pulsation * np.cos(self.pulsation * s + self.phase)
+        )
+
 
 class FastCircularLane(_FastLaneMixin, CircularLane):
     """`CircularLane` on floats."""
@@ -136,6 +156,14 @@ class FastCircularLane(_FastLaneMixin, CircularLane):
     def heading_at(self, longitudinal: float) -> float:
         phi = self.direction * float(longitudinal) / self.radius + self.start_phase
         return phi + math.pi / 2 * self.direction
+
+    def positions(self, s: np.ndarray, lat: np.ndarray) -> np.ndarray:
+        phi = self.direction * s / self.radius + self.start_phase
+        rr = self.radius - lat * self.direction
+        return np.stack([self._cx + rr * np.cos(phi), self._cy + rr * np.sin(phi)], 1)
+
+    def headings(self, s: np.ndarray) -> np.ndarray:
+        return self.direction * s / self.radius + self.start_phase + math.pi / 2 * self.direction
 
     def _prepare(self) -> None:
         self._cx, self._cy = float(self.center[0]), float(self.center[1])

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 import pytest
@@ -59,3 +60,39 @@ def test_building_networks_keeps_highway_env_driver_parameters() -> None:
         3.0,
         -5.0,
     )
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_fast_lanes_match_highway_env(scenario: str) -> None:
+    """fastsim's float lane geometry and grid closest-lane query give highway-env's answers."""
+    from highway_env.road.lane import CircularLane, SineLane, StraightLane
+    from highway_env.road.road import RoadNetwork
+
+    from drivedistill.world.scenarios import network
+
+    net = network(scenario)[0]
+    rng = np.random.default_rng(0)
+    for _, lane in net._all:  # type: ignore[attr-defined]
+        base: Any = next(c for c in type(lane).__mro__ if c in (SineLane, StraightLane, CircularLane))
+        for _ in range(5):
+            p = lane.position(rng.uniform(0, lane.length), rng.uniform(-3, 3))
+            h = float(rng.uniform(-4, 4))
+            assert np.allclose(lane.local_coordinates(p), base.local_coordinates(lane, p), atol=1e-9)
+            assert net.get_closest_lane_index(p, h) == RoadNetwork.get_closest_lane_index(net, p, h)
+
+
+def test_regulated_road_enforces_priorities_with_the_original_decisions() -> None:
+    from highway_env.road.regulation import RegulatedRoad
+
+    world = build_world("intersection", np.random.default_rng([0, 3]), 1.0, "cross_traffic")
+    for _ in range(30):
+        world.step()
+    road: Any = world.road
+    assert road.steps == 30  # the regulated step ran (priority rules every 0.5 s)
+    road._pred = {}
+    vs = road.vehicles
+    for i in range(len(vs)):
+        for j in range(i + 1, len(vs)):
+            assert bool(road.is_conflict_possible(vs[i], vs[j])) == bool(
+                RegulatedRoad.is_conflict_possible(vs[i], vs[j])
+            )

@@ -209,6 +209,8 @@ def _ego_status(log: _Log, j: int) -> np.ndarray:
 
 
 def _agents(log: _Log, k: int, pose: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(9, A, 8) agent states at keyframes k..k+8 in the ego frame of `pose` (see AGENT_FIELDS) and their
+    (9, A) validity; agents = every track within AGENT_RADIUS of the ego at one of those keyframes."""
     steps = range(k, k + NUM_FUTURE + 1)
     near: set[int] = set()
     for i in steps:
@@ -216,21 +218,23 @@ def _agents(log: _Log, k: int, pose: np.ndarray) -> tuple[np.ndarray, np.ndarray
         if len(snap):
             d = np.hypot(snap[:, 1] - log.pose[i * KEY][0], snap[:, 2] - log.pose[i * KEY][1])
             near.update(int(t) for t in snap[d < AGENT_RADIUS, 0])
-    order = sorted(near)
+    order = np.array(sorted(near), np.int64)
     out = np.zeros((len(steps), len(order), len(AGENT_FIELDS)), np.float32)
     valid = np.zeros((len(steps), len(order)), bool)
-    col = {t: a for a, t in enumerate(order)}
     c, s = np.cos(pose[2]), np.sin(pose[2])
     for n, i in enumerate(steps):
-        for row in log.agents[i]:
-            a = col.get(int(row[0]))
-            if a is None:
-                continue
-            xy = world_to_ego(row[None, 1:3], pose)[0]
-            yaw = float(np.angle(np.exp(1j * (row[3] - pose[2]))))
-            vx, vy = c * row[6] + s * row[7], -s * row[6] + c * row[7]
-            out[n, a] = (xy[0], xy[1], yaw, row[4], row[5], vx, vy, float(AgentClass.VEHICLE))
-            valid[n, a] = True
+        snap = log.agents[i]
+        if not len(snap) or not len(order):
+            continue
+        col = np.searchsorted(order, snap[:, 0].astype(np.int64))
+        hit = (col < len(order)) & (order[np.minimum(col, len(order) - 1)] == snap[:, 0])
+        rows, col = snap[hit], col[hit]
+        xy = world_to_ego(rows[:, 1:3], pose)
+        yaw = np.angle(np.exp(1j * (rows[:, 3] - pose[2])))
+        vx, vy = c * rows[:, 6] + s * rows[:, 7], -s * rows[:, 6] + c * rows[:, 7]
+        cls = np.full(len(rows), float(AgentClass.VEHICLE))
+        out[n, col] = np.stack([xy[:, 0], xy[:, 1], yaw, rows[:, 4], rows[:, 5], vx, vy, cls], 1)
+        valid[n, col] = True
     return out, valid
 
 

@@ -100,7 +100,7 @@ class FastRegulatedRoad(FastRoad, RegulatedRoad):
     pre-filter would not be exact: highway-env's route prediction can start far from the car when the
     route's head is already the next road."""
 
-    _pred: dict[int, Any]
+    _pred: dict[int, tuple[np.ndarray, np.ndarray]]
 
     def enforce_road_rules(self) -> None:
         self._pred = {}
@@ -113,19 +113,21 @@ class FastRegulatedRoad(FastRoad, RegulatedRoad):
         times = np.arange(step, horizon, step)
         p1, h1 = self._predict(v1, times)
         p2, h2 = self._predict(v2, times)
-        for a, ha, b, hb in zip(p1, h1, p2, h2):
-            if np.linalg.norm(b - a) > v1.LENGTH:
-                continue
-            if utils.rotated_rectangles_intersect(
-                (a, 1.5 * v1.LENGTH, 0.9 * v1.WIDTH, ha), (b, 1.5 * v2.LENGTH, 0.9 * v2.WIDTH, hb)
-            ):
-                return True
-        return False
+        close = np.flatnonzero(np.linalg.norm(p2 - p1, axis=1) <= v1.LENGTH)  # highway-env's pre-check
+        return any(
+            utils.rotated_rectangles_intersect(
+                (p1[i], 1.5 * v1.LENGTH, 0.9 * v1.WIDTH, h1[i]),
+                (p2[i], 1.5 * v2.LENGTH, 0.9 * v2.WIDTH, h2[i]),
+            )
+            for i in close.tolist()
+        )
 
-    def _predict(self, v: Any, times: np.ndarray) -> Any:
+    def _predict(self, v: Any, times: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(T, 2) positions and (T,) headings of `v` along its route at constant speed (cached per step)."""
         key = id(v)
         if key not in self._pred:
-            self._pred[key] = v.predict_trajectory_constant_speed(times)
+            positions, headings = v.predict_trajectory_constant_speed(times)
+            self._pred[key] = (np.asarray(positions, np.float64), np.asarray(headings, np.float64))
         return self._pred[key]
 
     def step(self, dt: float) -> None:

@@ -14,7 +14,6 @@ from drivedistill.cli import main as cli
 from drivedistill.data.store import SceneStoreWriter, write_shard
 from drivedistill.testing import random_scene
 from drivedistill.train import checkpoint
-from drivedistill.train.evaluate import to_rear_axle
 from drivedistill.train.export import export_student, max_difference
 
 SHAPES = {"camera": [64, 128, 3], "bev": [64, 64, 3]}  # stride-16 maps divide the token grids (ONNX pooling)
@@ -92,15 +91,11 @@ def test_onnx_export_matches_torch_with_a_dynamic_batch(name: str, tmp_path: Pat
     assert max_difference(student, path, "onnx", SHAPES) < 1e-4  # evaluated at batch 3, exported at 2
 
 
-def test_rear_axle_conversion_matches_metric_scene() -> None:
-    """A plan equal to the expert future converts to MetricScene.human_future exactly."""
-    from drivedistill.metrics.metric_scene import PACIFICA, metric_scene_from_scene
+def test_centre_to_rear_axle_conversion_by_hand() -> None:
+    """Box-centre poses → rear-axle poses in the rear-axle frame at t = 0 (rear axle d behind the centre)."""
+    from drivedistill.metrics.metric_scene import centre_plan_to_rear_axle
 
-    scene = random_scene(3)
-    assert scene.privileged is not None
-    d = 0.5 * (PACIFICA[1] - PACIFICA[2])
-    fut = scene.privileged.future_trajectory.copy()
-    fut[:, 2] = np.linspace(0, 0.4, len(fut))  # turning, so the rotation term matters
-    scene.privileged.future_trajectory = fut
-    expected = metric_scene_from_scene(scene, center_to_rear_axle=d).human_future
-    assert np.allclose(to_rear_axle(fut[None].astype(np.float64), d)[0], expected)
+    d = 1.0
+    plan = np.array([[0.0, 0.0, 0.0], [10.0, 0.0, np.pi / 2]])
+    # t = 0 pose maps to the origin; heading +90°: rear axle 1 m below the centre, frame shifted +1 m in x
+    assert np.allclose(centre_plan_to_rear_axle(plan, d), [[0.0, 0.0, 0.0], [11.0, -1.0, np.pi / 2]])

@@ -19,18 +19,6 @@ from drivedistill.pipeline.config import ModelSpec, StudyConfig
 from drivedistill.types import AgentInput, AgentInputBatch, Scene
 from drivedistill.utils.io import atomic_write_json, atomic_write_with
 
-# The default world's ego is highway-env's 5 m × 2 m box. Its rear axle is placed 1.25 m behind the box
-# centre (the Pacifica's 1.461 m scaled to a 5 m car, rounded); wheelbase 2.9 m (PDMS tracker).
-WORLD_REAR_AXLE = 1.25  # [m]
-WORLD_WHEELBASE = 2.9  # [m]
-
-
-def world_ego_geometry() -> tuple[float, float, float, float]:
-    """(width, front length, rear length from the rear axle, wheelbase) of the default world's ego [m]."""
-    from drivedistill.world.episode import EGO_LENGTH, EGO_WIDTH
-
-    return (EGO_WIDTH, EGO_LENGTH / 2 + WORLD_REAR_AXLE, EGO_LENGTH / 2 - WORLD_REAR_AXLE, WORLD_WHEELBASE)
-
 
 def load_deployable(
     model: ModelSpec, cfg: StudyConfig, trained: Artifact | None, deps: list[Artifact]
@@ -65,16 +53,6 @@ def _inputs(ais: list[AgentInput]) -> AgentInputBatch:
 
 
 @torch.no_grad()
-def predict(module: torch.nn.Module, scenes: list[Scene], batch_size: int = 16) -> np.ndarray:
-    """(N, 8, 3) plans for `scenes` (their agent input only)."""
-    out = []
-    for i in range(0, len(scenes), batch_size):
-        chunk = [s.agent_input for s in scenes[i : i + batch_size]]
-        out.append(module(_inputs(chunk)).trajectory.float().cpu().numpy())
-    return np.concatenate(out, 0).astype(np.float64)
-
-
-@torch.no_grad()
 def latency_ms(module: torch.nn.Module, ai: AgentInput, repeats: int, threads: int = 2) -> dict[str, float]:
     """p50 / p90 wall time of one batch-1 plan (torch eager, `threads` intra-op threads), after warm-up."""
     prev = torch.get_num_threads()
@@ -106,27 +84,29 @@ def evaluate_model(
     deps: list[Artifact],
     out: Path,
 ) -> dict[str, Any]:
-    """Run every enabled metric; write metrics.json (+ predictions.npz, closedloop.gif) into `out`."""
+    """Every enabled metric of one (model, seed) through `train.evaluate.evaluate_student`, plus latency,
+    parse failures (language students) and the perception probe (VLA students); writes metrics.json,
+    predictions.npz and, for the first seed, closedloop.gif into `out`."""
     from drivedistill.data.store import SceneStore
-    from drivedistill.metrics.metric_scene import centre_plan_to_rear_axle, metric_scene_from_scene
-    from drivedistill.metrics.openloop import evaluate_openloop_scenes
-    from drivedistill.metrics.pdms import score_plans
-    from drivedistill.world.config import WorldConfig
-    from drivedistill.world.episode import EGO_LENGTH, EGO_WIDTH
+    from drivedistill.train.evaluate import EvalConfig, evaluate_student
+    from drivedistill.world.ego import REAR_AXLE_BEHIND_CENTRE, pdms_ego_geometry
 
     torch.manual_seed(seed)
     store = SceneStore(store_path)
-    tokens = store.tokens(cfg.eval.split)
-    if cfg.eval.max_scenes > 0:
-        tokens = tokens[: cfg.eval.max_scenes]
     module = load_deployable(model, cfg, trained, deps)
-    planning_inputs = [store.load(t, with_privileged=False) for t in tokens]
     stats = getattr(module, "decode_stats", None)  # language students: parse failures of their text plans
     if isinstance(stats, dict):
         stats.update(decoded=0, parse_failures=0)
-    plans = predict(module, planning_inputs)
-    del planning_inputs
-    scenes = [store.load(t) for t in tokens]  # privileged: for the metrics only
+    ecfg = EvalConfig(
+        device="cpu",
+        openloop=cfg.eval.openloop,
+        pdms=cfg.eval.pdms,
+        closed_loop=cfg.eval.closedloop_episodes > 0,
+        closed_loop_episodes=max(cfg.eval.closedloop_episodes, 1),
+    )
+    gif = out / "closedloop.gif" if seed == cfg.seeds[0] else None
+    res = evaluate_student(module, store, cfg.eval.split, ecfg, max_scenes=cfg.eval.max_scenes, gif=gif)
+    tokens, plans = res["tokens"], res["plans"]
 
     def save_preds(tmp: Path) -> None:
         with open(tmp, "wb") as f:
@@ -139,56 +119,43 @@ def evaluate_model(
         # never dropped from the denominator: failed plans were replaced by the documented fallback
         metrics["parse_failures"] = {"count": stats["parse_failures"], "decoded": stats["decoded"]}
         metrics["parse_failure_examples"] = [str(t) for t in list(getattr(module, "last_failures", []))[:3]]
+    if "openloop" in res:
+        ol = res["openloop"]
+        metrics["openloop"] = {"stp3": ol["stp3"], "uniad": ol["uniad"]}
+        metrics["protocols"]["openloop"] = {"protocol": ol.get("protocol"), "options": ol.get("options")}
+    if "pdms" in res:
+        metrics["pdms"] = res["pdms"]["mean"]
+        metrics["pdms_failures"] = res["pdms"]["failures"]
+        metrics["protocols"]["pdms"] = res["pdms"]["protocol"]
+        metrics["pdms_ego"] = {
+            "rear_axle_behind_centre_m": REAR_AXLE_BEHIND_CENTRE,
+            "geometry": pdms_ego_geometry(),
+        }
+    if "closed_loop" in res:
+        cl = res["closed_loop"]
+        keys = (
+            "collision_rate",
+            "offroad_rate",
+            "progress_m",
+            "route_completion",
+            "comfort_violation",
+            "driving_score",
+        )
+        metrics["closedloop"] = {k: cl[k] for k in keys}
+        metrics["closedloop_episodes"] = cl["episodes"]
+        metrics["protocols"]["closedloop"] = cl["protocol"]
     core = getattr(module, "core", None)
     if core is not None and cfg.evodrive.get("probe_after", True):
         from drivedistill.models.perception import linear_probe
         from drivedistill.pipeline.recipe_evodrive import perception_config
 
-        train_scenes = list(store.scenes("train"))
+        val = [store.load(t) for t in tokens]
         metrics["perception_probe"] = linear_probe(
-            core, train_scenes, [store.load(t) for t in tokens], perception_config(cfg)
+            core, list(store.scenes("train")), val, perception_config(cfg)
         )
-        del train_scenes
-    if cfg.eval.openloop:
-        ol = evaluate_openloop_scenes(plans, scenes)
-        metrics["openloop"] = {"stp3": ol["stp3"], "uniad": ol["uniad"]}
-        metrics["protocols"]["openloop"] = {"protocol": ol.get("protocol"), "options": ol.get("options")}
-    if cfg.eval.pdms:
-        # our poses are of the ego box centre; scene and plans move to the rear axle once, here
-        metric_scenes = [metric_scene_from_scene(s, WORLD_REAR_AXLE, world_ego_geometry()) for s in scenes]
-        rear_plans = np.stack([centre_plan_to_rear_axle(p, WORLD_REAR_AXLE) for p in plans])
-        report = score_plans(metric_scenes, rear_plans).to_json()
-        metrics["pdms"] = report["mean"]
-        metrics["pdms_failures"] = report["failures"]
-        metrics["protocols"]["pdms"] = report["protocol"]
-    if cfg.eval.closedloop_episodes > 0:
-        from drivedistill.metrics.closedloop import ClosedLoopConfig, evaluate_closed_loop
-
-        world = from_dict(WorldConfig, cfg.world, "world")
-        cl_cfg = ClosedLoopConfig(episodes=cfg.eval.closedloop_episodes, world=world)
-        gif = out / "closedloop.gif" if seed == cfg.seeds[0] else None
-        res = evaluate_closed_loop(
-            lambda ai: predict(module, [Scene("cl", "", 0, ai, None)])[0], cl_cfg, gif=gif
-        )
-        d = res.to_dict()
-        metrics["closedloop"] = {
-            k: d[k]
-            for k in (
-                "collision_rate",
-                "offroad_rate",
-                "progress_m",
-                "route_completion",
-                "comfort_violation",
-                "driving_score",
-            )
-        }
-        metrics["closedloop_episodes"] = d["episodes"]
-        metrics["protocols"]["closedloop"] = d["protocol"]
     if cfg.eval.latency_repeats > 0:
-        metrics["latency_ms"] = latency_ms(
-            module, store.load(tokens[0], with_privileged=False).agent_input, cfg.eval.latency_repeats
-        )
-    metrics["ego_size_m"] = [EGO_LENGTH, EGO_WIDTH]
+        ai = store.load(tokens[0], with_privileged=False).agent_input
+        metrics["latency_ms"] = latency_ms(module, ai, cfg.eval.latency_repeats)
     metrics["eval_config"] = to_dict(cfg.eval)
     atomic_write_json(out / "metrics.json", metrics)
-    return {k: metrics[k] for k in ("num_scenes", "params_m") if k in metrics}
+    return {k: metrics[k] for k in ("num_scenes", "params_m")}

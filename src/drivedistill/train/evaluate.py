@@ -4,9 +4,9 @@
 
 - open loop: nuScenes L2 / collision under both the ST-P3 and the UniAD protocol
   (`metrics.openloop.evaluate_openloop_scenes`, first 6 poses = 3 s);
-- PDMS: NAVSIM v1.1 (`metrics.metric_scene.metric_scene_from_scene` + `metrics.pdms.score_plans`); the
-  plan is converted here from the scene's ego frame (box centre) to the rear-axle frame, the same
-  conversion `metric_scene_from_scene` applies to the expert's future;
+- PDMS: NAVSIM v1.1 (`metrics.metric_scene.metric_scene_from_scene` + `metrics.pdms.score_plans`) with
+  the default world's ego (`world/ego.py`); the plan moves from the box-centre frame to the rear-axle
+  frame with `centre_plan_to_rear_axle`, the conversion `metric_scene_from_scene` applies to the scene;
 - closed loop: the student drives in the default world (`metrics.closedloop.evaluate_closed_loop`),
   with the sensors of the world that collected the store (store config "world").
 The student sees `AgentInput` only: scenes are loaded with their privileged part for the metrics, but
@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from drivedistill.config import from_dict, load_config, to_dict
-from drivedistill.models.students.base import Student
 from drivedistill.types import AgentInput, Scene
 from drivedistill.utils.runtime import select_device
 
@@ -45,66 +45,64 @@ class EvalConfig:
     closed_loop_seed: int = 1000  # episodes differ from collection (which seeds from the world seed)
 
 
+@torch.no_grad()
 def plan_scenes(
-    student: Student, scenes: list[Scene], batch_size: int = 32, device: str = "cpu"
+    student: nn.Module, scenes: list[Scene], batch_size: int = 32, device: str = "cpu"
 ) -> np.ndarray:
-    """(N, 8, 3) plans of `student` (eval mode, no grad) on the agent inputs of `scenes`."""
+    """(N, 8, 3) plans of `student` (any deployable module: AgentInputBatch → PlanOutput; eval mode,
+    no grad) on the agent inputs of `scenes` — the privileged part is stripped before collation."""
     from drivedistill.data.dataset import collate
 
     student = student.to(device).eval()
     plans = []
     for start in range(0, len(scenes), batch_size):
         chunk = [s.without_privileged() for s in scenes[start : start + batch_size]]
-        plans.append(student.plan(collate(chunk).inputs.to(device)).float().cpu().numpy())
-    return np.concatenate(plans) if plans else np.zeros((0, 8, 3), np.float32)
+        plans.append(student(collate(chunk).inputs.to(device)).trajectory.float().cpu().numpy())
+    return np.concatenate(plans).astype(np.float64) if plans else np.zeros((0, 8, 3))
 
 
-def to_rear_axle(plans: np.ndarray, center_to_rear_axle: float) -> np.ndarray:
-    """(N, T, 3) box-centre poses in the current ego frame → rear-axle poses in the rear-axle frame at t = 0."""
-    d = float(center_to_rear_axle)
-    yaw = plans[..., 2]
-    x = plans[..., 0] - d * np.cos(yaw) + d
-    y = plans[..., 1] - d * np.sin(yaw)
-    return np.stack([x, y, yaw], axis=-1)
-
-
-def student_planner(student: Student, device: str = "cpu") -> Any:
+def student_planner(student: nn.Module, device: str = "cpu") -> Any:
     """A closed-loop planner: AgentInput → (8, 3) plan in the current ego frame (float64)."""
-    from drivedistill.data.dataset import collate
-
-    student = student.to(device).eval()
 
     def planner(inputs: AgentInput) -> np.ndarray:
-        batch = collate([Scene("closed-loop", "closed-loop", 0, inputs, None)]).inputs.to(device)
-        return student.plan(batch)[0].double().cpu().numpy()
+        return plan_scenes(student, [Scene("closed-loop", "closed-loop", 0, inputs, None)], 1, device)[0]
 
     return planner
 
 
 def evaluate_student(
-    student: Student, store: Any, split: str = "val", cfg: EvalConfig | None = None
+    student: nn.Module,
+    store: Any,
+    split: str = "val",
+    cfg: EvalConfig | None = None,
+    max_scenes: int = 0,
+    gif: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Open-loop (both protocols), PDMS and closed-loop metrics of `student` on `store`'s `split`."""
+    """Open-loop (both protocols), PDMS and closed-loop metrics of `student` on `store`'s `split`
+    (its first `max_scenes` scenes when > 0); `gif` saves the first closed-loop episode. The result also
+    holds the plans ("plans" (N, 8, 3), "tokens")."""
     cfg = cfg or EvalConfig()
     device = select_device(cfg.device)
-    scenes = [store.load(t) for t in store.tokens(split)]
+    tokens = store.tokens(split)[: max_scenes or None]
+    scenes = [store.load(t) for t in tokens]
     if not scenes:
         raise ValueError(f"{getattr(store, 'root', store)}: split {split!r} is empty; choose another --split")
-    with torch.inference_mode():
-        plans = plan_scenes(student, scenes, cfg.batch_size, device)
-    out: dict[str, Any] = {"split": split, "num_scenes": len(scenes)}
+    plans = plan_scenes(student, scenes, cfg.batch_size, device)
+    out: dict[str, Any] = {"split": split, "num_scenes": len(scenes), "tokens": tokens, "plans": plans}
     if cfg.openloop:
         from drivedistill.metrics.openloop import evaluate_openloop_scenes
 
         out["openloop"] = evaluate_openloop_scenes(plans, scenes, occupancy_classes=cfg.occupancy_classes)
     if cfg.pdms:
-        from drivedistill.metrics.metric_scene import PACIFICA, metric_scene_from_scene
+        from drivedistill.metrics.metric_scene import centre_plan_to_rear_axle, metric_scene_from_scene
         from drivedistill.metrics.pdms import score_plans
+        from drivedistill.world.ego import REAR_AXLE_BEHIND_CENTRE as D
+        from drivedistill.world.ego import pdms_ego_geometry
 
         n = cfg.pdms_max_scenes or len(scenes)
-        d = 0.5 * (PACIFICA[1] - PACIFICA[2])  # metric_scene_from_scene's default; used for both
-        metric_scenes = [metric_scene_from_scene(s, center_to_rear_axle=d) for s in scenes[:n]]
-        out["pdms"] = score_plans(metric_scenes, to_rear_axle(plans[:n], d)).to_json()
+        metric_scenes = [metric_scene_from_scene(s, D, pdms_ego_geometry()) for s in scenes[:n]]
+        rear = np.stack([centre_plan_to_rear_axle(p, D) for p in plans[:n]])
+        out["pdms"] = score_plans(metric_scenes, rear).to_json()
     if cfg.closed_loop:
         from drivedistill.metrics.closedloop import ClosedLoopConfig, evaluate_closed_loop
         from drivedistill.world.config import WorldConfig
@@ -112,7 +110,7 @@ def evaluate_student(
         world_cfg = store.config.get("world")
         world = from_dict(WorldConfig, world_cfg, "world") if world_cfg else WorldConfig()
         cl = ClosedLoopConfig(episodes=cfg.closed_loop_episodes, seed=cfg.closed_loop_seed, world=world)
-        out["closed_loop"] = evaluate_closed_loop(student_planner(student, device), cl).to_dict()
+        out["closed_loop"] = evaluate_closed_loop(student_planner(student, device), cl, gif=gif).to_dict()
     return out
 
 
@@ -153,6 +151,7 @@ def main(argv: list[str]) -> int:
     student = load_student(args.checkpoint) if args.checkpoint else registry.build("student", args.student)
     metrics = evaluate_student(student, SceneStore(args.data), args.split, cfg)
     metrics["config"] = to_dict(cfg)
+    metrics["plans"] = np.asarray(metrics["plans"]).tolist()
     for key, value in summary(metrics).items():
         print(f"{key:40s} {value:.4f}")
     if args.json:

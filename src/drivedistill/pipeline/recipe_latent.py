@@ -42,6 +42,7 @@ def lam_stage(runner: StageRunner, cfg: StudyConfig, store: Artifact, prior: dic
     from drivedistill.models.latent_action.encode import (
         EGO_CODES_KEY,
         encode_latent_actions,
+        position_majority_accuracy,
         probe_trajectory,
     )
     from drivedistill.train.loop import fit
@@ -83,14 +84,20 @@ def lam_stage(runner: StageRunner, cfg: StudyConfig, store: Artifact, prior: dic
         k_env = lam.cfg.env_codebook_size
         ego_probe = probe_trajectory(arr(codes, tr), fut_tr, arr(codes, va), fut_va, 16)
         env_probe = probe_trajectory(arr(env, tr), fut_tr, arr(env, va), fut_va, k_env)
+        shuffled = np.random.default_rng(0).permutation(arr(codes, va))
+        shuffled_probe = probe_trajectory(arr(codes, tr), fut_tr, shuffled, fut_va, 16)
         return {
             "ego_perplexity_val": float(perplexity(torch.as_tensor(arr(codes, va)), 16)),
             "env_perplexity_val": float(perplexity(torch.as_tensor(arr(env, va)), k_env)),
             "probe_ade_val_m": {
                 "ego_codes": ego_probe.ade,
                 "env_codes": env_probe.ade,
+                "ego_codes_shuffled": shuffled_probe.ade,
                 "mean_trajectory": ego_probe.mean_baseline_ade,
             },
+            "ego_code_position_majority_accuracy_val": position_majority_accuracy(
+                arr(codes, tr), arr(codes, va)
+            ),
         }
 
     return runner.run("latent_lam", stage_cfg, [store], run)

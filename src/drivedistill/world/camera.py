@@ -170,40 +170,36 @@ def _uv(pc: np.ndarray, k: np.ndarray) -> np.ndarray:
 def _draw_ground_batch(
     draw: ImageDraw.ImageDraw, polys: list[np.ndarray], cam: CameraConfig, fill: tuple[int, int, int]
 ) -> None:
-    """Draw ground polygons (each (K, 2), z = 0): one transform and one visibility test for all; only
-    polygons crossing the near plane are clipped one by one."""
+    """Draw ground polygons (each (K, 2), z = 0): all transformed, clipped at the near plane (the
+    Sutherland–Hodgman step of `clip_near`, run on every edge of every polygon at once), projected and
+    tested for visibility together; only the PIL calls remain per polygon."""
     if not polys:
         return
     lengths = np.array([len(p) for p in polys])
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     pts = np.concatenate(polys)
     pc = ego_to_camera(np.concatenate([pts, np.zeros((len(pts), 1))], axis=1), cam)
-    k = cam.intrinsics()
+    nxt = np.arange(1, len(pc) + 1)
+    nxt[starts + lengths - 1] = starts  # each polygon's last vertex connects back to its first
     inside = pc[:, 2] > cam.near
-    uv = _uv(np.where(inside[:, None], pc, [0.0, 0.0, 1.0]), k)
-    all_in = np.logical_and.reduceat(inside, starts)
-    any_in = np.logical_or.reduceat(inside, starts)
-    u_min, u_max = np.minimum.reduceat(uv[:, 0], starts), np.maximum.reduceat(uv[:, 0], starts)
-    v_min, v_max = np.minimum.reduceat(uv[:, 1], starts), np.maximum.reduceat(uv[:, 1], starts)
-    seen = all_in & (u_max >= 0) & (u_min <= cam.width) & (v_max >= 0) & (v_min <= cam.height)
+    crossing = inside != inside[nxt]
+    dz = np.where(crossing, pc[nxt, 2] - pc[:, 2], 1.0)
+    cross_pts = pc + ((cam.near - pc[:, 2]) / dz)[:, None] * (pc[nxt] - pc)
+    keep = np.stack([inside, crossing], axis=1)  # vertex if inside, then the edge's crossing point
+    clipped = np.stack([pc, cross_pts], axis=1)[keep]
+    counts = np.add.reduceat(keep.sum(axis=1), starts)
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    if not len(clipped):
+        return
+    uv = _uv(clipped, cam.intrinsics())
+    lo = np.minimum(first, len(uv) - 1)  # reduceat needs valid indices; empty polygons are skipped below
+    u_min, u_max = np.minimum.reduceat(uv[:, 0], lo), np.maximum.reduceat(uv[:, 0], lo)
+    v_min, v_max = np.minimum.reduceat(uv[:, 1], lo), np.maximum.reduceat(uv[:, 1], lo)
+    seen = (counts >= 3) & (u_max >= 0) & (u_min <= cam.width) & (v_max >= 0) & (v_min <= cam.height)
     flat = uv.ravel().tolist()
-    for i in np.flatnonzero(seen | (any_in & ~all_in)).tolist():
-        lo, n = int(starts[i]), int(lengths[i])
-        if all_in[i]:
-            draw.polygon(flat[2 * lo : 2 * (lo + n)], fill=fill, outline=fill)
-            continue
-        c = clip_near(pc[lo : lo + n], cam.near)
-        if len(c) < 3:
-            continue
-        cuv = _uv(c, k)
-        if (
-            cuv[:, 0].max() < 0
-            or cuv[:, 0].min() > cam.width
-            or cuv[:, 1].max() < 0
-            or cuv[:, 1].min() > cam.height
-        ):
-            continue
-        draw.polygon(cuv.ravel().tolist(), fill=fill, outline=fill)
+    for i in np.flatnonzero(seen).tolist():
+        a, n = 2 * int(first[i]), 2 * int(counts[i])
+        draw.polygon(flat[a : a + n], fill=fill, outline=fill)
 
 
 FACES = np.array([[0, 1, 5, 4], [2, 3, 7, 6], [3, 0, 4, 7], [1, 2, 6, 5], [4, 5, 6, 7]])  # corner indices

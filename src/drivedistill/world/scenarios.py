@@ -8,7 +8,8 @@ Scripted events (what only the sensors reveal; `WorldConfig.event_probs` picks a
 their scripts are in world/events.py):
 - lead_brake       a car 25–35 m ahead in the ego lane brakes at 5–7 m/s² to 0–5 m/s, holds, drives on
 - stop_and_go      a queue ahead whose head alternates stopping and creeping every 2.5–4 s
-- cut_in           a slower car in the next lane steers into the ego lane 6–16 m ahead
+- cut_in           a slower car in the next lane steers into the ego lane 6–16 m ahead (earlier when the
+                   ego closes in fast: it leaves 2 m + 0.6 s of closing speed bumper to bumper)
 - stopped_vehicle  a stopped car 90–160 m ahead in the ego lane (the expert changes lane or stops)
 - cross_traffic    a crossing car timed to reach the junction with the ego (intersection, roundabout)
 Natural labels are added per sample in episode.py ("cross_traffic" at busy junctions, "curve", and

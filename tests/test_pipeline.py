@@ -29,7 +29,9 @@ def test_smoke_study_end_to_end_and_cached(tmp_path: Path) -> None:
     # results.json: the documented shape, every model, every benchmark with its protocol
     saved = json.loads((out / "results.json").read_text())
     assert saved["schema"] == 1 and saved["preset"] == "smoke" and saved["seeds"] == [0]
-    assert set(saved["models"]) == set(cfg.model_names())
+    assert set(saved["models"]) == {"expert/privileged", *cfg.model_names()}
+    expert = saved["models"].pop("expert/privileged")  # the reference row: the expert's own plan
+    assert expert["openloop"]["stp3"]["l2"]["avg"] == 0.0 and expert["closedloop"]["route_completion"] == 1.0
     for name, m in saved["models"].items():
         assert m["student"] == name.split("/")[0]
         for proto in ("stp3", "uniad"):

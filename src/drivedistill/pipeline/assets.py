@@ -88,14 +88,9 @@ def training_curve(run_dir: Path) -> list[tuple[int, float]]:
         return []
     acc = EventAccumulator(str(tb))
     acc.Reload()
-    tags = [
-        t
-        for t in acc.Tags().get("scalars", [])
-        if t.endswith("loss") and "/" in t and t.split("/")[0] == "train"
-    ]
-    if not tags:
+    if "loss/loss" not in acc.Tags().get("scalars", []):  # the total loss, as train/loop.py logs it
         return []
-    return [(e.step, e.value) for e in acc.Scalars(sorted(tags)[0])]
+    return [(e.step, e.value) for e in acc.Scalars("loss/loss")]
 
 
 def build_assets(

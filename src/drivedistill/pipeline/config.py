@@ -51,6 +51,7 @@ class EvalStageConfig:
     closedloop_episodes: int = 4  # 0 = skip closed loop
     latency_repeats: int = 30  # batch-1 planning latency samples (after 5 warm-up calls)
     scene_panels: int = 4  # validation scenes drawn in the report
+    expert_reference: bool = True  # add the privileged expert's row (its own plan; it driving closed loop)
 
 
 @dataclass

@@ -159,3 +159,51 @@ def evaluate_model(
     metrics["eval_config"] = to_dict(cfg.eval)
     atomic_write_json(out / "metrics.json", metrics)
     return {k: metrics[k] for k in ("num_scenes", "params_m")}
+
+
+def evaluate_expert(cfg: StudyConfig, store_path: Path, out: Path) -> dict[str, Any]:
+    """The reference row: the privileged expert's own 4 s plan scored like a model (open loop: 0 by
+    construction; PDMS: NAVSIM's "human" row), and the expert driving the closed-loop episodes."""
+    from drivedistill.data.store import SceneStore
+    from drivedistill.metrics.closedloop import EXPERT, ClosedLoopConfig, evaluate_closed_loop
+    from drivedistill.metrics.metric_scene import centre_plan_to_rear_axle, metric_scene_from_scene
+    from drivedistill.metrics.openloop import evaluate_openloop_scenes
+    from drivedistill.metrics.pdms import score_plans
+    from drivedistill.world.config import WorldConfig
+    from drivedistill.world.ego import REAR_AXLE_BEHIND_CENTRE as D
+    from drivedistill.world.ego import pdms_ego_geometry
+
+    store = SceneStore(store_path)
+    tokens = store.tokens(cfg.eval.split)[: cfg.eval.max_scenes or None]
+    scenes = [store.load(t) for t in tokens]
+    plans = np.stack([s.privileged.future_trajectory for s in scenes if s.privileged is not None]).astype(
+        np.float64
+    )
+    metrics: dict[str, Any] = {"seed": 0, "num_scenes": len(tokens), "params_m": 0.0, "protocols": {}}
+    if cfg.eval.openloop:
+        ol = evaluate_openloop_scenes(plans, scenes)
+        metrics["openloop"] = {"stp3": ol["stp3"], "uniad": ol["uniad"]}
+    if cfg.eval.pdms:
+        report = score_plans(
+            [metric_scene_from_scene(s, D, pdms_ego_geometry()) for s in scenes],
+            np.stack([centre_plan_to_rear_axle(p, D) for p in plans]),
+        ).to_json()
+        metrics["pdms"], metrics["pdms_failures"] = report["mean"], report["failures"]
+        metrics["protocols"]["pdms"] = report["protocol"]
+    if cfg.eval.closedloop_episodes > 0:
+        world = from_dict(WorldConfig, store.config.get("world", {}), "world")
+        res = evaluate_closed_loop(
+            EXPERT, ClosedLoopConfig(episodes=cfg.eval.closedloop_episodes, world=world)
+        ).to_dict()
+        keys = (
+            "collision_rate",
+            "offroad_rate",
+            "progress_m",
+            "route_completion",
+            "comfort_violation",
+            "driving_score",
+        )
+        metrics["closedloop"] = {k: res[k] for k in keys}
+        metrics["protocols"]["closedloop"] = res["protocol"]
+    atomic_write_json(out / "metrics.json", metrics)
+    return {"num_scenes": len(tokens)}

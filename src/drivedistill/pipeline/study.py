@@ -153,6 +153,7 @@ def _mean_std(values: list[Any]) -> tuple[Any, Any]:
     return first, None
 
 
+EXPERT_ROW = "expert/privileged"  # the reference row: the expert that produced the targets
 METRIC_BLOCKS = (
     "openloop",
     "pdms",
@@ -169,7 +170,10 @@ def aggregate(cfg: StudyConfig, per_seed: dict[str, list[dict[str, Any]]]) -> di
     from drivedistill.train.checkpoint import versions
 
     models: dict[str, Any] = {}
-    for spec in cfg.models:
+    specs = list(cfg.models)
+    if EXPERT_ROW in per_seed:  # the privileged reference row first
+        specs.insert(0, ModelSpec(name=EXPERT_ROW, student="expert", method="privileged"))
+    for spec in specs:
         runs = per_seed.get(spec.name, [])
         if not runs:
             continue
@@ -229,6 +233,16 @@ def run_study(cfg: StudyConfig, out: Path) -> dict[str, Any]:
             ev = eval_stage(runner, cfg, model, seed, store, trained, deps)
             evaluated[(model.name, seed)] = ev
             per_seed.setdefault(model.name, []).append(json.loads((ev.path / "metrics.json").read_text()))
+    if cfg.eval.expert_reference:
+        from drivedistill.pipeline.evaluation import evaluate_expert
+
+        ref = runner.run(
+            "eval-expert",
+            {"eval": {k: v for k, v in to_dict(cfg.eval).items() if k != "scene_panels"}},
+            [store],
+            lambda d: evaluate_expert(cfg, Path(store.summary["store"]), d),
+        )
+        per_seed[EXPERT_ROW] = [json.loads((ref.path / "metrics.json").read_text())]
     results = aggregate(cfg, per_seed)
     results["stage_seconds"] = {**runner.timings, "total": time.perf_counter() - t0}
     atomic_write_json(out / "results.json", results)

@@ -193,8 +193,8 @@ def test_cached_targets_and_length_mismatch(student: VLAStudent, oracle: OracleT
 
 def test_answer_slices_handle_different_lengths(student: VLAStudent, batch: Batch) -> None:
     traj = torch.zeros(2, 8, 3)
-    traj[0, :, 0] = torch.arange(1, 9) * 1.0  # "1.00" … "8.00"
-    traj[1, :, 0] = torch.arange(1, 9) * 10.0 + 0.25  # "10.25" … one more digit per number
+    traj[0, :, 0] = torch.arange(1, 9) * 1.0  # "+01.00" … "+08.00"
+    traj[1, :, 0] = torch.arange(1, 9) * 100.0 + 0.25  # "+100.25" … one more digit per x
     enc = student.encode_train(batch.inputs, traj)
     assert enc.labels is not None
     counts = (enc.labels != -100).sum(1)

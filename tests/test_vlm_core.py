@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -57,16 +58,33 @@ def test_tokenizer_round_trip_and_special_tokens(tmp_path: Path) -> None:
 
 
 def test_parse_plan_is_strict() -> None:
-    xy = np.array([[1.234, -0.5], [2.0, 0.25]])
+    xy = np.array([[1.234, -0.5], [12.0, -0.001]])
     text = format_plan(xy)
-    assert text == "[(1.23,-0.50),(2.00,0.25)]"
+    assert text == "[(+01.23,-00.50),(+12.00,+00.00)]"  # fixed width, signed, no negative zero
     parsed = parse_plan(text, 2)
     assert parsed is not None
-    np.testing.assert_allclose(parsed, np.array([[1.23, -0.5], [2.0, 0.25]]), atol=1e-6)
+    np.testing.assert_allclose(parsed, np.array([[1.23, -0.5], [12.0, 0.0]]), atol=1e-6)
     assert parse_plan(text, 3) is None
-    assert parse_plan("[(1.2,0.00),(2.00,0.25)]", 2) is None
+    assert parse_plan("[(+01.2,+00.00),(+02.00,+00.25)]", 2) is None
+    assert parse_plan("[(1.20,+00.00),(+02.00,+00.25)]", 2) is None  # missing sign / leading zero
+    assert parse_plan("[(+01.20,+00.00),(+02.00,+00.25),]", 2) is None
     assert parse_plan(text + " ok", 2) is None
     assert parse_plan("", 2) is None
+
+
+def test_plan_tokenisation_is_fixed_length() -> None:
+    """Every 6-pose plan (|x|, |y| < 100 m) is the same token sequence shape: one token per digit."""
+    tok = build_tokenizer()
+    rng = np.random.default_rng(1)
+    plans = [
+        np.zeros((6, 2)),
+        -np.full((6, 2), 99.99),
+        *(rng.normal(0, 20, (6, 2)).clip(-99, 99) for _ in range(8)),
+    ]
+    ids = [tok.encode(format_plan(xy), add_special_tokens=False) for xy in plans]
+    assert {len(i) for i in ids} == {2 + 6 * 12 - 1}
+    decoded = [tok.decode([t]) for t in ids[1]]
+    assert decoded[1:6] == ["9", "9", ".", "9", "9"]
 
 
 def test_preprocess_matches_qwen_image_processor() -> None:
@@ -108,6 +126,53 @@ def test_forward_backward_labels_and_hf_equivalence(core: VLMCore) -> None:
         core(enc, torch.rand(3, 3, 64, 128))
 
 
+def test_answer_ce_matches_hf_shifted_loss(core: VLMCore) -> None:
+    """Regression for label alignment: logits at t predict the label at t+1, as in HF's own loss."""
+    from drivedistill.methods.vla_sft import answer_ce
+
+    prompts = _prompts(core, 2)
+    enc = encode(core.tokenizer, prompts, [format_plan(np.ones((6, 2))), format_plan(np.zeros((6, 2)))])
+    assert enc.labels is not None
+    images = torch.rand(2, 3, 64, 128)
+    pv, grid = core.image_inputs(images)
+    with torch.no_grad():
+        out = core(enc, images)
+        ref = core.model(
+            input_ids=enc.input_ids, attention_mask=enc.attention_mask, pixel_values=pv, image_grid_thw=grid,
+            mm_token_type_ids=enc.mm_token_type_ids, labels=enc.labels,
+        )  # fmt: skip
+    torch.testing.assert_close(answer_ce(out.logits, enc.labels), ref.loss)
+    unshifted = torch.nn.functional.cross_entropy(out.logits.flatten(0, 1), enc.labels.flatten())
+    assert not torch.allclose(unshifted, ref.loss)
+    first = int((enc.labels[0] != IGNORE_INDEX).nonzero()[0])  # labels start at the first answer token
+    assert first == len(core.tokenizer.encode(prompts[0], add_special_tokens=False))
+
+
+def test_greedy_generation_equals_teacher_forced_argmax(core: VLMCore) -> None:
+    """Decoding sees the same positions/masks as training: generated ids = argmax of a teacher-forced pass."""
+    from drivedistill.models.vlm import Encoded
+
+    prompts = _prompts(core, 2)  # different lengths → left padding
+    images = torch.rand(2, 3, 64, 128)
+    enc = encode(core.tokenizer, prompts, padding_side="left")
+    pv, grid = core.image_inputs(images)
+    model: Any = core.model
+    seqs = model.generate(
+        input_ids=enc.input_ids, attention_mask=enc.attention_mask, mm_token_type_ids=enc.mm_token_type_ids,
+        pixel_values=pv, image_grid_thw=grid, max_new_tokens=6, do_sample=False, eos_token_id=None,
+        pad_token_id=core.tokenizer.pad_token_id,
+    )  # fmt: skip
+    n = enc.input_ids.shape[1]
+    for i in range(2):
+        keep = enc.attention_mask[i].bool()
+        ids = torch.cat([enc.input_ids[i, keep], seqs[i, n:]])[None]
+        full = Encoded(ids, torch.ones_like(ids), None, (ids == core.model.config.image_token_id).int())
+        with torch.no_grad():
+            logits = core(full, images[i : i + 1]).logits[0]
+        p = int(keep.sum())
+        assert logits[p - 1 : -1].argmax(-1).tolist() == seqs[i, n:].tolist()
+
+
 def test_generate_batched_equals_single(core: VLMCore) -> None:
     prompts = _prompts(core, 2)  # different lengths (one has a draft) → left padding matters
     images = torch.rand(2, 3, 64, 128)
@@ -127,7 +192,7 @@ def test_save_load_and_add_tokens(core: VLMCore, tmp_path: Path) -> None:
     core.save(tmp_path / "vlm")
     again = VLMCore.build(VLMConfig(pretrained_dir=str(tmp_path / "vlm")))
     assert again.cfg.image_hw == core.cfg.image_hw
-    enc = encode(core.tokenizer, _prompts(core, 1), ["[(1.00,0.00)]"])
+    enc = encode(core.tokenizer, _prompts(core, 1), [format_plan(np.ones((1, 2)))])
     images = torch.rand(1, 3, 64, 128)
     torch.testing.assert_close(again(enc, images).logits, core(enc, images).logits)
     before = len(again.tokenizer)

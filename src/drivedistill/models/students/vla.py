@@ -79,8 +79,9 @@ def fallback_xy(inputs: AgentInputBatch, num_poses: int, use_ego_status: bool) -
 
 
 def answer_token_budget(num_poses: int) -> int:
-    """Upper bound on the tokens of a plan answer + `<|im_end|>`: ≤ 16 per pose ("(123.45,-12.34),") + 4."""
-    return 16 * num_poses + 4
+    """Upper bound on the tokens of a plan answer + `<|im_end|>`: 12 per pose ("),(+DD.DD,-DD.DD"), +1 per
+    3-digit number, + 4 (brackets, `<|im_end|>`, slack)."""
+    return 14 * num_poses + 4
 
 
 def plan_answers(trajectory: torch.Tensor, num_poses: int) -> list[str]:

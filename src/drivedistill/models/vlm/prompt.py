@@ -1,7 +1,10 @@
 """Prompts, answers and labels of the driving VLAs (chat layout of Qwen2.5-VL, text only here).
 
 Frame: the plan is written in the **current ego frame, x forward, y left** [m], one pose every 0.5 s —
-`[(x1,y1),...,(xN,yN)]` with 2 decimals. (EvoDriveVLA's nuScenes text uses X perpendicular / Y forward;
+`[(x1,y1),...,(xN,yN)]` with 2 decimals. Every number is written fixed-width with a sign, `+DD.DD`
+(`format_number`: `(+03.20,-00.45)`), so that each digit of each pose sits at the same token offset — a
+tiny model learns the regular layout in a few hundred steps, and copying digits from the past trajectory
+in the prompt is position-aligned. (EvoDriveVLA's nuScenes text uses X perpendicular / Y forward;
 convert at a data-adapter boundary, never here.)
 
     <|im_start|>system\n{SYSTEM_PROMPT}<|im_end|>\n
@@ -31,21 +34,26 @@ IGNORE_INDEX = -100
 SYSTEM_PROMPT = "You are the driving planner of an autonomous car."
 TRAFFIC_RULES = "Keep a safe distance, stay in a lane, obey the command, avoid collisions."
 COMMAND_TEXT = ("turn left", "go straight", "turn right", "unknown")
-_NUM = r"(-?\d+\.\d{2})"
+_NUM = r"([+-]\d{2,3}\.\d{2})"  # what format_number writes for |v| < 1000
 _PAIR = rf"\({_NUM},{_NUM}\)"
 
 
+def format_number(value: float) -> str:
+    """Fixed-width signed number with 2 decimals: 3.2 → "+03.20", -0.004 → "+00.00" (no negative zero)."""
+    return f"{round(float(value), 2) + 0.0:+06.2f}"
+
+
 def format_plan(xy: np.ndarray) -> str:
-    """(N, 2) x forward, y left [m] → `[(x1,y1),...,(xN,yN)]` with 2 decimals."""
-    return (
-        "[" + ",".join(f"({float(x):.2f},{float(y):.2f})" for x, y in np.asarray(xy, dtype=np.float64)) + "]"
-    )
+    """(N, 2) x forward, y left [m] → `[(x1,y1),...,(xN,yN)]`, every number `format_number`."""
+    pairs = (f"({format_number(x)},{format_number(y)})" for x, y in np.asarray(xy, dtype=np.float64))
+    return "[" + ",".join(pairs) + "]"
 
 
 def parse_plan(text: str, num_poses: int) -> np.ndarray | None:
     """Strict parse of `format_plan` text with exactly `num_poses` pairs → (num_poses, 2) float32, else None.
 
-    Surrounding whitespace is tolerated; anything else (missing pair, extra text, 1 decimal) is a failure.
+    Surrounding whitespace is tolerated; anything else (missing pair, extra text, 1 decimal, missing sign
+    or leading zero) is a failure.
     """
     m = re.fullmatch(rf"\[{_PAIR}(?:,{_PAIR})*\]", text.strip())
     if m is None:
@@ -88,10 +96,11 @@ def user_text(
             f" Past trajectory (x forward, y left, m, every 0.5 s): {format_plan(ego_history[:, :2])}."
         )
         parts.append(
-            f" Ego status: speed {ego_status[0]:.2f} m/s, acceleration {ego_status[1]:.2f} m/s^2, yaw rate {ego_status[2]:.2f} rad/s."
+            f" Ego status: speed {format_number(ego_status[0])} m/s, acceleration {format_number(ego_status[1])} m/s^2,"
+            f" yaw rate {format_number(ego_status[2])} rad/s."
         )
     if future_ego_status is not None:
-        fes = ",".join(f"({s:.2f},{a:.2f},{r:.2f})" for s, a, r in future_ego_status)
+        fes = ",".join("(" + ",".join(format_number(v) for v in row) + ")" for row in future_ego_status)
         parts.append(f" Future ego status (speed, acceleration, yaw rate every 0.5 s): [{fes}].")
     parts.append(f" Command: {COMMAND_TEXT[int(command)]}. {TRAFFIC_RULES}")
     parts.append(f" Plan the next {num_poses} waypoints (x forward, y left, metres, every 0.5 s).")

@@ -31,7 +31,7 @@ SPECIAL_TOKENS: tuple[str, ...] = (PAD, IM_START, IM_END, VISION_START, VISION_E
 
 def default_corpus(num_lines: int = 400, seed: int = 0) -> list[str]:
     """Synthetic training text: the prompt vocabulary of `models/vlm/prompt.py` plus random plans/numbers."""
-    from drivedistill.models.vlm.prompt import SYSTEM_PROMPT, TRAFFIC_RULES, format_plan
+    from drivedistill.models.vlm.prompt import SYSTEM_PROMPT, TRAFFIC_RULES, format_number, format_plan
 
     rng = np.random.default_rng(seed)
     words = (
@@ -41,11 +41,16 @@ def default_corpus(num_lines: int = 400, seed: int = 0) -> list[str]:
         "user assistant system metres per second radians"
     )
     lines = [SYSTEM_PROMPT, TRAFFIC_RULES, words]
-    for _ in range(num_lines):
+    for _ in range(num_lines):  # free-form numbers (other VLMs' prompts); this rng stream is kept as it was
         n = int(rng.integers(1, 9))
         xy = rng.normal(0, 1, (n, 2)) * rng.choice([0.5, 5.0, 30.0])
-        lines.append(format_plan(xy))
+        lines.append("[" + ",".join(f"({x:.2f},{y:.2f})" for x, y in xy) + "]")
         lines.append(f"speed {rng.uniform(0, 30):.2f} m/s, acceleration {rng.normal(0, 2):.2f} m/s^2")
+    plans = np.random.default_rng(seed + 1)
+    for _ in range(num_lines):  # the fixed-width plan text of `format_plan`
+        xy = plans.normal(0, 1, (int(plans.integers(1, 9)), 2)) * plans.choice([0.5, 5.0, 30.0])
+        lines.append(format_plan(xy))
+        lines.append(f"speed {format_number(plans.uniform(0, 30))} m/s")
     return lines
 
 

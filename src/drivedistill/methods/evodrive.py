@@ -219,7 +219,8 @@ class EvoDrive(Method):
             w = self.anchorformer(
                 embeds.detach(), enc.attention_mask, core.position_ids(enc, grid), image_mask
             )
-        return (w * mse).sum() / w.sum(), w.detach()
+        # sigmoid weights can underflow to 0 for every token: guard the normaliser (else 0/0 = NaN)
+        return (w * mse).sum() / w.sum().clamp_min(1e-6), w.detach()
 
     def extra_state(self) -> dict[str, object]:
         return {"decode_stats": dict(self.vla.decode_stats)}

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from drivedistill.config import config_hash
 from drivedistill.registry import register
 from drivedistill.types import NUM_FUTURE, AgentInput
 from drivedistill.world.config import SIM_HZ, WorldConfig
@@ -75,6 +76,22 @@ class ClosedLoopResult:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def summary(self) -> dict[str, float]:
+        """The aggregate fields (SUMMARY_KEYS), without the per-episode records."""
+        return {k: float(getattr(self, k)) for k in SUMMARY_KEYS}
+
+
+SUMMARY_KEYS = (
+    "collision_rate",
+    "offroad_rate",
+    "progress_m",
+    "route_completion",
+    "comfort_violation",
+    "driving_score",
+)
+# expert reference progress per (config hash, episode): deterministic, so it is driven once per process
+_REFERENCE_PROGRESS: dict[tuple[str, int], float] = {}
 
 
 def constant_velocity(inputs: AgentInput) -> np.ndarray:
@@ -157,9 +174,14 @@ def evaluate_closed_loop(
     records = []
     for i in range(cfg.episodes):
         rec, frames = run_closed_loop_episode(planner, cfg, i, record=gif is not None and i == 0)
-        ref = rec if planner == EXPERT else run_closed_loop_episode(EXPERT, cfg, i)[0]
-        rec["reference_progress_m"] = ref["progress_m"]
-        rec["route_completion"] = float(min(1.0, max(0.0, rec["progress_m"]) / max(ref["progress_m"], 1.0)))
+        key = (config_hash(cfg), i)
+        if planner == EXPERT:
+            _REFERENCE_PROGRESS[key] = rec["progress_m"]
+        elif key not in _REFERENCE_PROGRESS:
+            _REFERENCE_PROGRESS[key] = run_closed_loop_episode(EXPERT, cfg, i)[0]["progress_m"]
+        ref_progress = _REFERENCE_PROGRESS[key]
+        rec["reference_progress_m"] = ref_progress
+        rec["route_completion"] = float(min(1.0, max(0.0, rec["progress_m"]) / max(ref_progress, 1.0)))
         penalty = (COLLISION_PENALTY if rec["collided"] else 1.0) * (
             OFFROAD_PENALTY if rec["offroad"] else 1.0
         )
@@ -223,15 +245,8 @@ def main(argv: list[str]) -> int:
     planner: Planner | str = EXPERT if args.planner == EXPERT else constant_velocity
     result = evaluate_closed_loop(planner, cfg, gif=args.gif)
     out = result.to_dict()
-    for key in (
-        "collision_rate",
-        "offroad_rate",
-        "progress_m",
-        "route_completion",
-        "comfort_violation",
-        "driving_score",
-    ):
-        print(f"{key:>18}: {out[key]:.3f}")
+    for key, value in result.summary().items():
+        print(f"{key:>18}: {value:.3f}")
     print(f"{'protocol':>18}: {out['protocol']}")
     if args.json:
         from drivedistill.utils.io import atomic_write_json

@@ -88,8 +88,7 @@ def evaluate_model(
     parse failures (language students) and the perception probe (VLA students); writes metrics.json,
     predictions.npz and, for the first seed, closedloop.gif into `out`."""
     from drivedistill.data.store import SceneStore
-    from drivedistill.train.evaluate import EvalConfig, evaluate_student
-    from drivedistill.world.ego import REAR_AXLE_BEHIND_CENTRE, pdms_ego_geometry
+    from drivedistill.train.evaluate import evaluate_student
 
     torch.manual_seed(seed)
     store = SceneStore(store_path)
@@ -97,13 +96,7 @@ def evaluate_model(
     stats = getattr(module, "decode_stats", None)  # language students: parse failures of their text plans
     if isinstance(stats, dict):
         stats.update(decoded=0, parse_failures=0)
-    ecfg = EvalConfig(
-        device="cpu",
-        openloop=cfg.eval.openloop,
-        pdms=cfg.eval.pdms,
-        closed_loop=cfg.eval.closedloop_episodes > 0,
-        closed_loop_episodes=max(cfg.eval.closedloop_episodes, 1),
-    )
+    ecfg = eval_config(cfg)
     gif = out / "closedloop.gif" if seed == cfg.seeds[0] else None
     res = evaluate_student(module, store, cfg.eval.split, ecfg, max_scenes=cfg.eval.max_scenes, gif=gif)
     tokens, plans = res["tokens"], res["plans"]
@@ -113,37 +106,13 @@ def evaluate_model(
             np.savez(f, tokens=np.array(tokens), plans=plans.astype(np.float32))
 
     atomic_write_with(out / "predictions.npz", save_preds)
-    metrics: dict[str, Any] = {"seed": seed, "num_scenes": len(tokens), "protocols": {}}
+    metrics: dict[str, Any] = {"seed": seed, "num_scenes": len(tokens)}
     metrics["params_m"] = sum(p.numel() for p in module.parameters()) / 1e6
     if isinstance(stats, dict):
         # never dropped from the denominator: failed plans were replaced by the documented fallback
         metrics["parse_failures"] = {"count": stats["parse_failures"], "decoded": stats["decoded"]}
         metrics["parse_failure_examples"] = [str(t) for t in list(getattr(module, "last_failures", []))[:3]]
-    if "openloop" in res:
-        ol = res["openloop"]
-        metrics["openloop"] = {"stp3": ol["stp3"], "uniad": ol["uniad"]}
-        metrics["protocols"]["openloop"] = {"protocol": ol.get("protocol"), "options": ol.get("options")}
-    if "pdms" in res:
-        metrics["pdms"] = res["pdms"]["mean"]
-        metrics["pdms_failures"] = res["pdms"]["failures"]
-        metrics["protocols"]["pdms"] = res["pdms"]["protocol"]
-        metrics["pdms_ego"] = {
-            "rear_axle_behind_centre_m": REAR_AXLE_BEHIND_CENTRE,
-            "geometry": pdms_ego_geometry(),
-        }
-    if "closed_loop" in res:
-        cl = res["closed_loop"]
-        keys = (
-            "collision_rate",
-            "offroad_rate",
-            "progress_m",
-            "route_completion",
-            "comfort_violation",
-            "driving_score",
-        )
-        metrics["closedloop"] = {k: cl[k] for k in keys}
-        metrics["closedloop_episodes"] = cl["episodes"]
-        metrics["protocols"]["closedloop"] = cl["protocol"]
+    metrics.update(study_metrics(res))
     core = getattr(module, "core", None)
     if core is not None and cfg.evodrive.get("probe_after", True):
         from drivedistill.models.perception import linear_probe
@@ -161,49 +130,59 @@ def evaluate_model(
     return {k: metrics[k] for k in ("num_scenes", "params_m")}
 
 
+def eval_config(cfg: StudyConfig) -> Any:
+    """The study's eval section as `train.evaluate.EvalConfig` (planning on the CPU)."""
+    from drivedistill.train.evaluate import EvalConfig
+
+    return EvalConfig(
+        device="cpu",
+        openloop=cfg.eval.openloop,
+        pdms=cfg.eval.pdms,
+        closed_loop=cfg.eval.closedloop_episodes > 0,
+        closed_loop_episodes=max(cfg.eval.closedloop_episodes, 1),
+    )
+
+
+def study_metrics(res: dict[str, Any]) -> dict[str, Any]:
+    """`evaluate_plans` output → the blocks of one results.json row, each with its protocol."""
+    from drivedistill.metrics.closedloop import SUMMARY_KEYS
+    from drivedistill.world.ego import REAR_AXLE_BEHIND_CENTRE, pdms_ego_geometry
+
+    metrics: dict[str, Any] = {"protocols": {}}
+    if "openloop" in res:
+        ol = res["openloop"]
+        metrics["openloop"] = {"stp3": ol["stp3"], "uniad": ol["uniad"]}
+        metrics["protocols"]["openloop"] = {"protocol": ol.get("protocol"), "options": ol.get("options")}
+    if "pdms" in res:
+        metrics["pdms"] = res["pdms"]["mean"]
+        metrics["pdms_failures"] = res["pdms"]["failures"]
+        metrics["protocols"]["pdms"] = res["pdms"]["protocol"]
+        metrics["pdms_ego"] = {
+            "rear_axle_behind_centre_m": REAR_AXLE_BEHIND_CENTRE,
+            "geometry": pdms_ego_geometry(),
+        }
+    if "closed_loop" in res:
+        cl = res["closed_loop"]
+        metrics["closedloop"] = {k: cl[k] for k in SUMMARY_KEYS}
+        metrics["closedloop_episodes"] = cl["episodes"]
+        metrics["protocols"]["closedloop"] = cl["protocol"]
+    return metrics
+
+
 def evaluate_expert(cfg: StudyConfig, store_path: Path, out: Path) -> dict[str, Any]:
     """The reference row: the privileged expert's own 4 s plan scored like a model (open loop: 0 by
     construction; PDMS: NAVSIM's "human" row), and the expert driving the closed-loop episodes."""
     from drivedistill.data.store import SceneStore
-    from drivedistill.metrics.closedloop import EXPERT, ClosedLoopConfig, evaluate_closed_loop
-    from drivedistill.metrics.metric_scene import centre_plan_to_rear_axle, metric_scene_from_scene
-    from drivedistill.metrics.openloop import evaluate_openloop_scenes
-    from drivedistill.metrics.pdms import score_plans
-    from drivedistill.world.config import WorldConfig
-    from drivedistill.world.ego import REAR_AXLE_BEHIND_CENTRE as D
-    from drivedistill.world.ego import pdms_ego_geometry
+    from drivedistill.metrics.closedloop import EXPERT
+    from drivedistill.train.evaluate import evaluate_plans
 
     store = SceneStore(store_path)
     tokens = store.tokens(cfg.eval.split)[: cfg.eval.max_scenes or None]
     scenes = [store.load(t) for t in tokens]
-    plans = np.stack([s.privileged.future_trajectory for s in scenes if s.privileged is not None]).astype(
-        np.float64
+    plans = np.stack([s.privileged.future_trajectory for s in scenes if s.privileged is not None])
+    metrics: dict[str, Any] = {"seed": 0, "num_scenes": len(tokens), "params_m": 0.0}
+    metrics.update(
+        study_metrics(evaluate_plans(plans.astype(np.float64), scenes, store, eval_config(cfg), EXPERT))
     )
-    metrics: dict[str, Any] = {"seed": 0, "num_scenes": len(tokens), "params_m": 0.0, "protocols": {}}
-    if cfg.eval.openloop:
-        ol = evaluate_openloop_scenes(plans, scenes)
-        metrics["openloop"] = {"stp3": ol["stp3"], "uniad": ol["uniad"]}
-    if cfg.eval.pdms:
-        report = score_plans(
-            [metric_scene_from_scene(s, D, pdms_ego_geometry()) for s in scenes],
-            np.stack([centre_plan_to_rear_axle(p, D) for p in plans]),
-        ).to_json()
-        metrics["pdms"], metrics["pdms_failures"] = report["mean"], report["failures"]
-        metrics["protocols"]["pdms"] = report["protocol"]
-    if cfg.eval.closedloop_episodes > 0:
-        world = from_dict(WorldConfig, store.config.get("world", {}), "world")
-        res = evaluate_closed_loop(
-            EXPERT, ClosedLoopConfig(episodes=cfg.eval.closedloop_episodes, world=world)
-        ).to_dict()
-        keys = (
-            "collision_rate",
-            "offroad_rate",
-            "progress_m",
-            "route_completion",
-            "comfort_violation",
-            "driving_score",
-        )
-        metrics["closedloop"] = {k: res[k] for k in keys}
-        metrics["protocols"]["closedloop"] = res["protocol"]
     atomic_write_json(out / "metrics.json", metrics)
     return {"num_scenes": len(tokens)}

@@ -110,6 +110,11 @@ def train_stage(
     return runner.run(f"train-{model.name.replace('/', '_')}-s{seed}", stage_cfg, [store, *deps], run)
 
 
+def eval_key(cfg: StudyConfig) -> dict[str, Any]:
+    """The eval section as it keys eval stages: scene_panels only shapes the report, not the metrics."""
+    return {k: v for k, v in to_dict(cfg.eval).items() if k != "scene_panels"}
+
+
 def eval_stage(
     runner: StageRunner,
     cfg: StudyConfig,
@@ -126,9 +131,8 @@ def eval_stage(
     def run(d: Path) -> dict[str, Any]:
         return evaluate_model(cfg, model, seed, Path(store.summary["store"]), trained, deps, d)
 
-    # scene_panels only shapes the report, not the metrics: it stays out of the key
     key = {
-        "eval": {k: v for k, v in to_dict(cfg.eval).items() if k != "scene_panels"},
+        "eval": eval_key(cfg),
         "model": to_dict(model),
         "student_defaults": cfg.students.get(model.student, {}),  # untrained rows (method "none")
         "probe": {k: cfg.evodrive.get(k) for k in ("perception", "probe_after")},
@@ -238,7 +242,7 @@ def run_study(cfg: StudyConfig, out: Path) -> dict[str, Any]:
 
         ref = runner.run(
             "eval-expert",
-            {"eval": {k: v for k, v in to_dict(cfg.eval).items() if k != "scene_panels"}},
+            {"eval": eval_key(cfg)},
             [store],
             lambda d: evaluate_expert(cfg, Path(store.summary["store"]), d),
         )

@@ -89,6 +89,22 @@ def evaluate_student(
         raise ValueError(f"{getattr(store, 'root', store)}: split {split!r} is empty; choose another --split")
     plans = plan_scenes(student, scenes, cfg.batch_size, device)
     out: dict[str, Any] = {"split": split, "num_scenes": len(scenes), "tokens": tokens, "plans": plans}
+    out.update(evaluate_plans(plans, scenes, store, cfg, student_planner(student, device), gif))
+    return out
+
+
+def evaluate_plans(
+    plans: np.ndarray,
+    scenes: list[Scene],
+    store: Any,
+    cfg: EvalConfig,
+    driver: Any,
+    gif: str | Path | None = None,
+) -> dict[str, Any]:
+    """Score (N, 8, 3) plans (box-centre poses, current ego frame) of `scenes` open loop and with PDMS, and
+    let `driver` (a closed-loop planner on AgentInput, or `metrics.closedloop.EXPERT`) drive the
+    closed-loop episodes of the store's world. Keys: "openloop", "pdms", "closed_loop" as enabled."""
+    out: dict[str, Any] = {}
     if cfg.openloop:
         from drivedistill.metrics.openloop import evaluate_openloop_scenes
 
@@ -110,7 +126,7 @@ def evaluate_student(
         world_cfg = store.config.get("world")
         world = from_dict(WorldConfig, world_cfg, "world") if world_cfg else WorldConfig()
         cl = ClosedLoopConfig(episodes=cfg.closed_loop_episodes, seed=cfg.closed_loop_seed, world=world)
-        out["closed_loop"] = evaluate_closed_loop(student_planner(student, device), cl, gif=gif).to_dict()
+        out["closed_loop"] = evaluate_closed_loop(driver, cl, gif=gif).to_dict()
     return out
 
 

@@ -218,3 +218,33 @@ def test_occupancy_grid_and_probe(student: VLAStudent) -> None:
     scenes = [random_scene(i, camera_hw=(64, 128)) for i in range(6)]
     res = linear_probe(student.core, scenes[:4], scenes[4:], cfg)
     assert 0.0 <= res["iou"] <= 1.0 and 0.0 <= res["accuracy"] <= 1.0
+
+
+def test_precomputed_targets_equal_online_without_dropout(student: VLAStudent, oracle: OracleTeacher) -> None:
+    """teacher_targets=precompute runs the oracle once before training; with no MC-dropout the targets
+    are deterministic, so the distillation losses equal the online ones on the same batch."""
+    from drivedistill.data.dataset import collate
+    from drivedistill.train.run import WithExtras
+
+    scenes = [random_scene(token=f"s{i}", seed=i) for i in range(3)]
+    base = dict(refine=True, mc_dropout=False, visual_kd=False)
+    online = registry.build("method", "evodrive", EvoDriveConfig(**base), student=student, teacher=oracle)
+    pre = registry.build(
+        "method",
+        "evodrive",
+        EvoDriveConfig(**base, teacher_targets="precompute"),
+        student=student,
+        teacher=oracle,
+    )
+    assert online.precompute_extras(scenes, collate, 2) == {}
+    extras = pre.precompute_extras(scenes, collate, 2)
+    assert set(extras) >= {KEY_LOGITS, KEY_HIDDEN, KEY_LENGTH} and set(extras[KEY_LOGITS]) == {
+        "s0",
+        "s1",
+        "s2",
+    }
+    batch = WithExtras(collate, extras)(scenes[1:])
+    with torch.no_grad():
+        a, b = online.losses(batch), pre.losses(batch)
+    for key in ("kd_logit", "kd_hidden"):
+        torch.testing.assert_close(a[key], b[key], rtol=2e-3, atol=2e-3)  # targets stored as float16

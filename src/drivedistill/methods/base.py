@@ -10,7 +10,7 @@ named losses. Only `trainable()` is optimised and DDP-wrapped; frozen teachers s
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,10 @@ import torch
 from torch import nn
 
 from drivedistill.models.students.base import Student
-from drivedistill.types import NUM_FUTURE, Batch
+from drivedistill.types import NUM_FUTURE, Batch, Scene
+
+# per-sample arrays a method computes once before training: name → {token: array}
+PrecomputedExtras = dict[str, dict[str, Any]]
 
 
 @dataclass
@@ -73,4 +76,11 @@ class Method(nn.Module):
 
     def extra_state(self) -> dict[str, Any]:
         """Extra metadata saved with the checkpoint."""
+        return {}
+
+    def precompute_extras(
+        self, data: Sequence[Scene], collate: Callable[[Sequence[Scene]], Batch], batch_size: int
+    ) -> PrecomputedExtras:
+        """Per-sample targets computed once before training (e.g. a frozen teacher's outputs), merged
+        into every training batch's extras by `train.run.train_student`. Default: none."""
         return {}

@@ -15,15 +15,20 @@ on the answer (plan) tokens of the VLA student. Ablation ladder (methods.md §1)
 Defaults follow the public code (hidden SmoothL1 0.2, logits 0.1, AnchorFormer from the first layer);
 the paper's variant: hidden_loss=mse hidden_weight=0.1 logit_weight=0.2 anchor_layer=last.
 
-Teacher targets come from the frozen oracle online (artifact "oracle": a dir written by
-`OracleTeacher.save`), or from per-token caches in `Batch.extras` (`teacher_targets="cache"`; fill them
-with `cache_teacher_targets`) — the oracle's 2 + 2·10 passes per sample dominate CPU cost otherwise.
+Teacher targets (`teacher_targets`):
+- "online": the frozen oracle (artifact "oracle": a dir written by `OracleTeacher.save`) runs on every
+  batch, fresh MC-dropout draws each epoch — as the public code does;
+- "precompute": the oracle runs once over the training set before training (`precompute_extras`), one
+  seeded MC-dropout draw per sample, and the targets are read from the batch extras. The coarse and
+  refined passes are deterministic, so only the dropout draws differ from "online"; it costs one teacher
+  pass per sample instead of one per sample and epoch (the presets use it to fit the CPU budget);
+- "cache": per-token targets already in `Batch.extras` (fill them with `cache_teacher_targets`).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -31,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from drivedistill.methods.base import Method, MethodContext
+from drivedistill.methods.base import Method, MethodContext, PrecomputedExtras
 from drivedistill.methods.vla_sft import answer_ce
 from drivedistill.models.students.base import Student
 from drivedistill.models.students.vla import VLAStudent, answer_token_budget
@@ -39,7 +44,7 @@ from drivedistill.models.teachers.oracle import OracleConfig, OracleTeacher, ans
 from drivedistill.models.vlm.anchorformer import AnchorFormer
 from drivedistill.models.vlm.prompt import Encoded
 from drivedistill.registry import register
-from drivedistill.types import Batch
+from drivedistill.types import Batch, Scene
 
 KEY_LOGITS = "evodrive/teacher_logits"  # (B, A, V) float: selected candidate's logits on the answer tokens
 KEY_HIDDEN = "evodrive/teacher_hidden"  # (B, A, D) float: its final hidden states at the answer tokens
@@ -65,7 +70,7 @@ class EvoDriveConfig:
     anchor_weight: float = 0.05
     anchor_layer: Literal["first", "last"] = "first"  # code: first, paper: last
     anchor_weighting: bool = True  # False: uniform token weights (ablation of the AnchorFormer)
-    teacher_targets: Literal["online", "cache"] = "online"
+    teacher_targets: Literal["online", "precompute", "cache"] = "online"  # see the module docstring
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.dropout < 1.0:
@@ -120,9 +125,9 @@ class EvoDrive(Method):
         self.cfg = cfg
         self.vla = student
         self.teacher = teacher
-        if cfg.trajectory_kd and cfg.teacher_targets == "online" and teacher is None:
+        if cfg.trajectory_kd and cfg.teacher_targets != "cache" and teacher is None:
             raise ValueError(
-                "evodrive: trajectory_kd with teacher_targets=online needs the oracle (artifact 'oracle')"
+                f"evodrive: trajectory_kd with teacher_targets={cfg.teacher_targets} needs the oracle (artifact 'oracle')"
             )
         if teacher is not None:
             teacher.requires_grad_(False).eval()
@@ -132,7 +137,7 @@ class EvoDrive(Method):
                 )
         self.required_extras = (
             (KEY_LOGITS, KEY_HIDDEN, KEY_LENGTH)
-            if cfg.trajectory_kd and cfg.teacher_targets == "cache"
+            if cfg.trajectory_kd and cfg.teacher_targets != "online"
             else ()
         )
         # the self-anchor: the student's vision encoder + merger as it is at fine-tuning start, frozen
@@ -143,9 +148,28 @@ class EvoDrive(Method):
             AnchorFormer(student.core, cfg.anchor_layer) if cfg.visual_kd and cfg.anchor_weighting else None
         )
         self._gen = torch.Generator().manual_seed(0)
+        self.seed = 0  # seeds the MC-dropout draws of teacher_targets="precompute" (the run's seed)
 
     def frozen(self) -> list[torch.nn.Module]:
         return [m for m in (self.anchor, self.teacher) if m is not None]
+
+    def precompute_extras(
+        self, data: Sequence[Scene], collate: Callable[[Sequence[Scene]], Batch], batch_size: int
+    ) -> PrecomputedExtras:
+        """teacher_targets="precompute": the oracle's soft targets for every training sample, once."""
+        if not (self.cfg.trajectory_kd and self.cfg.teacher_targets == "precompute"):
+            return {}
+        from rich.progress import track
+
+        assert self.teacher is not None
+        device = next(self.teacher.parameters()).device
+        chunks = [range(i, min(i + batch_size, len(data))) for i in range(0, len(data), batch_size)]
+        batches = (
+            collate([data[j] for j in idx]).to(device)
+            for idx in track(chunks, description="oracle targets", transient=True)
+        )
+        with torch.inference_mode():
+            return cache_teacher_targets(self.teacher, batches, self.cfg, seed=self.seed)
 
     def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
         priv = batch.require_privileged("evodrive")
@@ -171,7 +195,7 @@ class EvoDrive(Method):
     def _trajectory_kd(
         self, batch: Batch, enc: Encoded, logits: torch.Tensor, hidden: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.cfg.teacher_targets == "cache":
+        if self.cfg.teacher_targets != "online":
             t_logits, t_hidden, t_len = (
                 batch.extras[KEY_LOGITS].float(),
                 batch.extras[KEY_HIDDEN].float(),
@@ -238,9 +262,11 @@ def build(
         raise TypeError(
             f"evodrive trains the 'vla' student only, got {type(student).__name__}; use --student.name=vla"
         )
-    if teacher is None and cfg.trajectory_kd and cfg.teacher_targets == "online":
+    if teacher is None and cfg.trajectory_kd and cfg.teacher_targets != "cache":
         ctx = context or MethodContext()
         teacher = OracleTeacher.load(
             ctx.artifact("oracle", "evodrive"), OracleConfig(num_poses=student.cfg.num_poses)
         )
-    return EvoDrive(cfg, student, teacher)
+    method = EvoDrive(cfg, student, teacher)
+    method.seed = (context or MethodContext()).seed
+    return method

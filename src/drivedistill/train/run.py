@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from torch.utils.data import Dataset
 
 from drivedistill import registry
@@ -35,6 +37,21 @@ def input_shapes(sample: Scene) -> dict[str, list[int]]:
     """(H, W, C) of the camera and the BEV raster, saved in meta.json for export and benchmarks."""
     ai = sample.agent_input
     return {"camera": list(ai.camera.shape), "bev": list(ai.bev.shape)}
+
+
+class WithExtras:
+    """A collate function that adds per-token arrays (`Method.precompute_extras`) to `Batch.extras`."""
+
+    def __init__(self, base: Callable[[Sequence[Scene]], Any], extras: dict[str, dict[str, Any]]) -> None:
+        self.base, self.extras = base, extras
+
+    def __call__(self, scenes: Sequence[Scene]) -> Any:
+        batch = self.base(scenes)
+        for name, by_token in self.extras.items():
+            if name in batch.extras:
+                raise ValueError(f"extra {name!r} is both in the data and precomputed by the method")
+            batch.extras[name] = torch.from_numpy(np.stack([np.asarray(by_token[s.token]) for s in scenes]))
+        return batch
 
 
 def build_method(spec: RunSpec, context: MethodContext | None = None) -> Any:
@@ -69,6 +86,9 @@ def train_student(
     first = data[0]
     spec = fill_from_data(spec, first)
     method = build_method(spec, context)
+    pre = method.precompute_extras(data, collate, spec.train.batch_size)  # type: ignore[arg-type]
+    if pre:
+        collate = WithExtras(collate, pre)
     extras = collate([first]).extras
     missing = [k for k in method.required_extras if k not in extras]
     if missing:

@@ -68,3 +68,8 @@ def test_smoke_study_end_to_end_and_cached(tmp_path: Path) -> None:
         "train-transfuser_vlm_ad-s0",
         "eval-transfuser_vlm_ad-s0",
     }
+
+    # a run directory can be moved: stages name their outputs relative to themselves
+    moved = tmp_path / "moved"
+    out.rename(moved)
+    assert set(run_study(changed, moved)["stage_seconds"]) == {"total"}

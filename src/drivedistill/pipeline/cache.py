@@ -32,6 +32,12 @@ class Artifact:
     summary: dict[str, Any]
     cached: bool
 
+    def store_dir(self) -> Path:
+        """The scene store a collect stage wrote: its summary names it relative to the stage directory,
+        so a run directory can be moved or copied (absolute / CWD-relative paths of older runs work too)."""
+        path = Path(self.summary["store"])
+        return path if path.is_absolute() or not (self.path / path).exists() else self.path / path
+
 
 class StageRunner:
     """Runs named stages once per content hash inside a run directory."""

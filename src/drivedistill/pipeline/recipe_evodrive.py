@@ -19,7 +19,7 @@ def _vlm_config(cfg: StudyConfig, store: Artifact) -> Any:
     from drivedistill.data.store import SceneStore
     from drivedistill.models.vlm import VLMConfig
 
-    cam = SceneStore(Path(store.summary["store"])).config.get("world", {}).get("camera", {})
+    cam = SceneStore(store.store_dir()).config.get("world", {}).get("camera", {})
     hw = [int(cam.get("height", 128)), int(cam.get("width", 256))]
     return from_dict(VLMConfig, deep_merge({"image_hw": hw}, cfg.evodrive.get("vlm", {})), "evodrive.vlm")
 
@@ -33,7 +33,7 @@ def perception_config(cfg: StudyConfig) -> Any:
 def split_scenes(store: Artifact) -> tuple[list[Any], list[Any]]:
     from drivedistill.data.store import SceneStore
 
-    scenes = SceneStore(Path(store.summary["store"]))
+    scenes = SceneStore(store.store_dir())
     return list(scenes.scenes("train")), list(scenes.scenes("val"))
 
 
@@ -96,7 +96,7 @@ def oracle_stage(
     stage_cfg = {"oracle": cfg.evodrive.get("oracle", {}), "train": to_dict(train_cfg)}
 
     def run(d: Path) -> dict[str, Any]:
-        scenes = SceneStore(Path(store.summary["store"]))
+        scenes = SceneStore(store.store_dir())
         train = SceneDataset(scenes, "train", cache_decoded=True)
         seed_everything(train_cfg.seed)
         oracle = registry.build(

@@ -55,7 +55,7 @@ def lam_stage(runner: StageRunner, cfg: StudyConfig, store: Artifact, prior: dic
     def run(d: Path) -> dict[str, Any]:
         import torch
 
-        scenes = SceneStore(Path(store.summary["store"]))
+        scenes = SceneStore(store.store_dir())
         train = SceneDataset(scenes, "train", cache_decoded=True)
         every = SceneDataset(scenes, None, cache_decoded=True)
         seed_everything(train_cfg.seed)
@@ -118,7 +118,7 @@ def teacher_stage(
     from drivedistill.utils.runtime import seed_everything
 
     lam = prior["latent_lam"]
-    scenes = SceneStore(Path(store.summary["store"]))
+    scenes = SceneStore(store.store_dir())
     cam = scenes.config.get("world", {}).get("camera", {})
     default_hw = [int(cam.get("height", 128)), int(cam.get("width", 256))]
     teacher_cfg = from_dict(

@@ -40,7 +40,7 @@ def annotate_stage(
     def run(d: Path) -> dict[str, Any]:
         from drivedistill.config import from_dict
 
-        scenes = SceneStore(Path(store.summary["store"]))
+        scenes = SceneStore(store.store_dir())
         annotator = build_annotator(
             name, [f"--annotator.{k}={v}" for k, v in options.items()], camera=store_camera(scenes.config)
         )

@@ -43,7 +43,7 @@ def collect_stage(runner: StageRunner, cfg: StudyConfig) -> Artifact:
             val_fraction=cfg.val_fraction,
         )
         return {
-            "store": str(d / "store"),
+            "store": "store",  # relative to the stage directory (Artifact.store_dir)
             "stats": manifest.get("stats", {}),
             "seconds": manifest.get("collect_seconds"),
         }
@@ -92,9 +92,7 @@ def train_stage(
     }
 
     def run(d: Path) -> dict[str, Any]:
-        ds = SceneDataset(
-            SceneStore(Path(store.summary["store"])), "train", extras=extras, cache_decoded=True
-        )
+        ds = SceneDataset(SceneStore(store.store_dir()), "train", extras=extras, cache_decoded=True)
         resume = (d / "checkpoints").exists() and any((d / "checkpoints").iterdir())
         from drivedistill.utils.runtime import select_device
 
@@ -129,7 +127,7 @@ def eval_stage(
     inputs = [store, *deps] + ([trained] if trained is not None else [])
 
     def run(d: Path) -> dict[str, Any]:
-        return evaluate_model(cfg, model, seed, Path(store.summary["store"]), trained, deps, d)
+        return evaluate_model(cfg, model, seed, store.store_dir(), trained, deps, d)
 
     key = {
         "eval": eval_key(cfg),
@@ -244,12 +242,12 @@ def run_study(cfg: StudyConfig, out: Path) -> dict[str, Any]:
             "eval-expert",
             {"eval": eval_key(cfg)},
             [store],
-            lambda d: evaluate_expert(cfg, Path(store.summary["store"]), d),
+            lambda d: evaluate_expert(cfg, store.store_dir(), d),
         )
         per_seed[EXPERT_ROW] = [json.loads((ref.path / "metrics.json").read_text())]
     results = aggregate(cfg, per_seed)
     results["stage_seconds"] = {**runner.timings, "total": time.perf_counter() - t0}
     atomic_write_json(out / "results.json", results)
-    assets = build_assets(cfg, out, Path(store.summary["store"]), trained_runs, evaluated, recipe_artifacts)
+    assets = build_assets(cfg, out, store.store_dir(), trained_runs, evaluated, recipe_artifacts)
     write_report(out, results, assets)
     return results

@@ -152,3 +152,14 @@ def test_constant_velocity_from_history_matches_status() -> None:
     from_status = _student("constant_velocity")(b.inputs).trajectory
     from_history = _student("constant_velocity", source="history")(b.inputs).trajectory
     assert torch.allclose(from_status, from_history, atol=1e-4)
+
+
+def test_transfuser_starts_at_the_constant_velocity_prior() -> None:
+    """cv_prior: an untrained TransFuser plans the constant-velocity arc (zero residual), and it reads
+    the ego status; without ego status the prior is off."""
+    batch = random_batch(batch_size=2, seed=3)
+    cv = _student("constant_velocity")(batch.inputs).trajectory
+    with torch.no_grad():
+        torch.testing.assert_close(_student("transfuser").eval()(batch.inputs).trajectory, cv)
+        assert not _student("transfuser", use_ego_status=False).prior
+        assert not _student("transfuser", cv_prior=False).eval()(batch.inputs).trajectory.allclose(cv)

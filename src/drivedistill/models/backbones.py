@@ -45,6 +45,9 @@ class PerceptionConfig(StudentConfig):
     num_heads: int = 4
     num_fusion_layers: int = 2  # transformer encoder layers over camera + BEV (+ ego) tokens
     dropout: float = 0.0
+    # with use_ego_status: every decoded plan is a learnt residual on the constant-velocity arc of the
+    # ego status (an anchor, as proposal/anchor planners use); without ego status it has no input → off
+    cv_prior: bool = True
 
     def __post_init__(self) -> None:
         if self.hidden_dim % self.num_heads:

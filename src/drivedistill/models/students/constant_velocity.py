@@ -33,14 +33,24 @@ class ConstantVelocityConfig(StudentConfig):
 
 
 def arc_trajectory(speed: torch.Tensor, yaw_rate: torch.Tensor, num_steps: int = NUM_FUTURE) -> torch.Tensor:
-    """(B,) speed [m/s], (B,) yaw rate [rad/s] → (B, num_steps, 3) poses at DT, 2·DT, … [m, m, rad]."""
+    """(B,) speed [m/s], (B,) yaw rate [rad/s] → (B, num_steps, 3) poses at DT, 2·DT, … [m, m, rad].
+
+    x = v sin(ωt)/ω, y = 2 v sin²(ωt/2)/ω (no 1 − cos cancellation), and the straight line v·t where
+    |ω| < 1e-6; written with elementary ops only so that students using it as a prior export to ONNX.
+    """
     t = torch.arange(1, num_steps + 1, dtype=speed.dtype, device=speed.device) * DT  # (T,)
     w, v = yaw_rate[:, None], speed[:, None]
     wt = w * t  # (B, T)
-    # sin(ωt)/ω = t·sinc(ωt/π);  (1 − cos ωt)/ω = 2 sin²(ωt/2)/ω = t·sin(ωt/2)·sinc(ωt/2π)
-    x = v * t * torch.sinc(wt / torch.pi)
-    y = v * t * torch.sin(wt / 2) * torch.sinc(wt / (2 * torch.pi))
+    straight = w.abs() < 1e-6
+    w_safe = torch.where(straight, torch.ones_like(w), w)
+    x = torch.where(straight, v * t, v * torch.sin(wt) / w_safe)
+    y = torch.where(straight, v * w * t * t / 2, 2 * v * torch.sin(wt / 2) ** 2 / w_safe)
     return torch.stack([x, y, wt], dim=-1)
+
+
+def constant_velocity_prior(inputs: AgentInputBatch) -> torch.Tensor:
+    """(B, NUM_FUTURE, 3) the constant speed / yaw-rate arc of the ego status (a plan prior)."""
+    return arc_trajectory(inputs.ego_status[:, 0], inputs.ego_status[:, 2])
 
 
 class ConstantVelocity(Student):

@@ -32,6 +32,7 @@ from drivedistill.models.backbones import (
     transformer_layer,
 )
 from drivedistill.models.students.base import Student
+from drivedistill.models.students.constant_velocity import constant_velocity_prior
 from drivedistill.registry import register
 from drivedistill.types import NUM_FUTURE, AgentInputBatch, PlanOutput
 
@@ -72,6 +73,7 @@ class Ipad(Student):
             for _ in range(cfg.num_iterations - 1)
         )
         self.norm = nn.LayerNorm(d)
+        self.prior = cfg.cv_prior and cfg.use_ego_status  # proposals = CV arc + learnt offsets
         self.score = nn.Sequential(nn.Linear(d + NUM_FUTURE * 3, d), nn.GELU(), nn.Linear(d, 1))
 
     @staticmethod
@@ -84,9 +86,12 @@ class Ipad(Student):
         scene, ego = self.encoder(inputs)  # (B, N, D), (B, D)
         q = self.queries + ego.unsqueeze(1)  # (B, K, D)
         per_iteration = []
+        prior = constant_velocity_prior(inputs)[:, None] if self.prior else None  # (B, 1, 8, 3)
         for i, (layer, head) in enumerate(zip(self.layers, self.heads)):
             q = layer(q, scene)
             poses = head(q)  # (B, K, 8, 3)
+            if prior is not None:
+                poses = poses + prior
             per_iteration.append(poses)
             if i < len(self.feedback):
                 q = q + self.feedback[i](self._scaled(poses.detach()))

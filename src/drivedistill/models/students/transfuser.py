@@ -4,7 +4,8 @@ A compact reading of TransFuser / Latent TransFuser (Chitta et al., NAVSIM basel
 streams go through their own timm backbone (`models/backbones.py`), their pooled feature maps become
 tokens, transformer encoder layers fuse them (late fusion instead of TransFuser's multi-scale GPT
 blocks — cheaper on a CPU, the same inputs), and a learnt plan query, conditioned on the command (and on
-the ego status when `use_ego_status`), cross-attends to the fused tokens before an MLP decodes the plan.
+the ego status when `use_ego_status`), cross-attends to the fused tokens before an MLP decodes the plan —
+with ego status, as a residual on the constant-velocity arc (`cv_prior`; its last layer starts at zero).
 
 Defaults train on a CPU (regnety_002, D = 128); paper scale is `--student.camera_backbone=resnet34
 --student.bev_backbone=resnet34 --student.hidden_dim=256 --student.num_fusion_layers=4`.
@@ -19,6 +20,7 @@ from torch import nn
 
 from drivedistill.models.backbones import PerceptionConfig, PoseHead, SceneEncoder, transformer_layer
 from drivedistill.models.students.base import Student
+from drivedistill.models.students.constant_velocity import constant_velocity_prior
 from drivedistill.registry import register
 from drivedistill.types import AgentInputBatch, PlanOutput
 
@@ -47,6 +49,10 @@ class Transfuser(Student):
         )
         self.norm = nn.LayerNorm(d)
         self.head = PoseHead(d)
+        self.prior = cfg.cv_prior and cfg.use_ego_status
+        if self.prior:  # start exactly at the constant-velocity plan; learn the correction
+            nn.init.zeros_(self.head.mlp[-1].weight)
+            nn.init.zeros_(self.head.mlp[-1].bias)
 
     def forward(self, inputs: AgentInputBatch) -> PlanOutput:
         scene, ego = self.encoder(inputs)  # (B, N, D), (B, D)
@@ -54,9 +60,10 @@ class Transfuser(Student):
         for layer in self.decoder:
             q = layer(q, scene)
         plan_query = self.norm(q[:, 0])
-        return PlanOutput(
-            self.head(plan_query), {"plan_query": plan_query, "scene_tokens": scene, "ego_token": ego}
-        )
+        plan = self.head(plan_query)
+        if self.prior:
+            plan = plan + constant_velocity_prior(inputs)
+        return PlanOutput(plan, {"plan_query": plan_query, "scene_tokens": scene, "ego_token": ego})
 
 
 @register("student", "transfuser", TransfuserConfig)

@@ -51,8 +51,10 @@ class Transfuser(Student):
         self.head = PoseHead(d)
         self.prior = cfg.cv_prior and cfg.use_ego_status
         if self.prior:  # start exactly at the constant-velocity plan; learn the correction
-            nn.init.zeros_(self.head.mlp[-1].weight)
-            nn.init.zeros_(self.head.mlp[-1].bias)
+            last = self.head.mlp[-1]
+            assert isinstance(last, nn.Linear)
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
 
     def forward(self, inputs: AgentInputBatch) -> PlanOutput:
         scene, ego = self.encoder(inputs)  # (B, N, D), (B, D)

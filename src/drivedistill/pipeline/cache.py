@@ -10,6 +10,7 @@ its own resume logic (complete shards, training checkpoints) picks up what was f
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -69,7 +70,21 @@ class StageRunner:
         return f"[{self.count}{of}] {status} {name} ({key}) · elapsed {elapsed / 60:.1f} min{eta}"
 
     def key(self, name: str, cfg: Any, inputs: list[Artifact]) -> str:
-        return config_hash({"stage": name, "cfg": cfg, "inputs": [a.key for a in inputs]})
+        """Hash of the stage's config and its inputs' keys. Paths into this run's stages (e.g. a student
+        starting from a recipe artifact) enter as `<stages>/…`: the input keys already pin their content,
+        and the key must not change when the run directory is moved or named differently."""
+        return config_hash({"stage": name, "cfg": self._portable(cfg), "inputs": [a.key for a in inputs]})
+
+    def _portable(self, node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: self._portable(v) for k, v in node.items()}
+        if isinstance(node, list | tuple):
+            return [self._portable(v) for v in node]
+        if isinstance(node, str):
+            for root in (str(self.stage_root.resolve()), str(self.stage_root)):
+                if node == root or node.startswith(root + os.sep):
+                    return "<stages>" + node[len(root) :]
+        return node
 
     def run(
         self,

@@ -279,17 +279,16 @@ def markdown_table(results: dict[str, Any]) -> str:
     return "\n".join([*lines, "", f"<sub>{meta}</sub>"])
 
 
-BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
-
-
-def update_readme(readme: Path, results: dict[str, Any]) -> None:
-    """Replace the text between the results markers in the README with the table of `results`."""
+def update_readme(readme: Path, results: dict[str, Any], block: str = "results") -> None:
+    """Replace the text between the `<!-- {block}:begin -->` / `:end -->` markers in the README with the
+    table of `results` (block "results": the latest default run; others, e.g. "study", for more runs)."""
+    begin, end = f"<!-- {block}:begin -->", f"<!-- {block}:end -->"
     text = readme.read_text()
-    if BEGIN not in text or END not in text:
-        raise ValueError(f"{readme}: add the markers {BEGIN} and {END} where the results table goes")
+    if begin not in text or end not in text:
+        raise ValueError(f"{readme}: add the markers {begin} and {end} where the table goes")
     new = re.sub(
-        re.escape(BEGIN) + r".*?" + re.escape(END),
-        f"{BEGIN}\n{markdown_table(results)}\n{END}",
+        re.escape(begin) + r".*?" + re.escape(end),
+        lambda _: f"{begin}\n{markdown_table(results)}\n{end}",
         text,
         flags=re.S,
     )
@@ -302,8 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--results", type=Path, required=True)
     parser.add_argument("--readme", type=Path, default=Path("README.md"))
+    parser.add_argument("--block", default="results", help="README markers <!-- BLOCK:begin/end -->")
     args = parser.parse_args(argv)
-    update_readme(args.readme, json.loads(args.results.read_text()))
+    update_readme(args.readme, json.loads(args.results.read_text()), args.block)
     print(f"updated {args.readme} from {args.results}")
     return 0
 

@@ -71,8 +71,15 @@ def collate(scenes: Sequence[Scene], extras: Mapping[str, Mapping[str, np.ndarra
                 scenes, "future_ego_status", [p.future_ego_status.astype(np.float32) for p in ps]
             ),
         )
+    return Batch([s.token for s in scenes], inputs, privileged, collate_extras(scenes, extras or {}))
+
+
+def collate_extras(
+    scenes: Sequence[Scene], extras: Mapping[str, Mapping[str, np.ndarray]]
+) -> dict[str, torch.Tensor]:
+    """name → (B, ...) tensor stacked from `extras[name][token]` for the scenes' tokens, checked."""
     out: dict[str, torch.Tensor] = {}
-    for name, by_token in (extras or {}).items():
+    for name, by_token in extras.items():
         missing = [s.token for s in scenes if s.token not in by_token]
         if missing:
             raise ValidationError(
@@ -80,7 +87,7 @@ def collate(scenes: Sequence[Scene], extras: Mapping[str, Mapping[str, np.ndarra
                 "missing); re-run the stage that produces it on this store"
             )
         out[name] = _stack(scenes, f"extras[{name!r}]", [np.asarray(by_token[s.token]) for s in scenes])
-    return Batch([s.token for s in scenes], inputs, privileged, out)
+    return out
 
 
 class SceneDataset(Dataset[Scene]):

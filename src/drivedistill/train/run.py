@@ -12,8 +12,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 from torch.utils.data import Dataset
 
 from drivedistill import registry
@@ -46,11 +44,13 @@ class WithExtras:
         self.base, self.extras = base, extras
 
     def __call__(self, scenes: Sequence[Scene]) -> Any:
+        from drivedistill.data.dataset import collate_extras
+
         batch = self.base(scenes)
-        for name, by_token in self.extras.items():
-            if name in batch.extras:
-                raise ValueError(f"extra {name!r} is both in the data and precomputed by the method")
-            batch.extras[name] = torch.from_numpy(np.stack([np.asarray(by_token[s.token]) for s in scenes]))
+        both = sorted(set(batch.extras) & set(self.extras))
+        if both:
+            raise ValueError(f"extras {both} are both in the data and precomputed by the method")
+        batch.extras.update(collate_extras(scenes, self.extras))
         return batch
 
 

@@ -120,7 +120,9 @@ def cache_teacher_targets(
 class EvoDrive(Method):
     """The student VLA + frozen anchor encoder, AnchorFormer and (online) frozen oracle."""
 
-    def __init__(self, cfg: EvoDriveConfig, student: VLAStudent, teacher: OracleTeacher | None) -> None:
+    def __init__(
+        self, cfg: EvoDriveConfig, student: VLAStudent, teacher: OracleTeacher | None, seed: int = 0
+    ) -> None:
         super().__init__(student)
         self.cfg = cfg
         self.vla = student
@@ -148,7 +150,7 @@ class EvoDrive(Method):
             AnchorFormer(student.core, cfg.anchor_layer) if cfg.visual_kd and cfg.anchor_weighting else None
         )
         self._gen = torch.Generator().manual_seed(0)
-        self.seed = 0  # seeds the MC-dropout draws of teacher_targets="precompute" (the run's seed)
+        self.seed = seed  # seeds the MC-dropout draws of teacher_targets="precompute" (the run's seed)
 
     def frozen(self) -> list[torch.nn.Module]:
         return [m for m in (self.anchor, self.teacher) if m is not None]
@@ -262,11 +264,9 @@ def build(
         raise TypeError(
             f"evodrive trains the 'vla' student only, got {type(student).__name__}; use --student.name=vla"
         )
+    ctx = context or MethodContext()
     if teacher is None and cfg.trajectory_kd and cfg.teacher_targets != "cache":
-        ctx = context or MethodContext()
         teacher = OracleTeacher.load(
             ctx.artifact("oracle", "evodrive"), OracleConfig(num_poses=student.cfg.num_poses)
         )
-    method = EvoDrive(cfg, student, teacher)
-    method.seed = (context or MethodContext()).seed
-    return method
+    return EvoDrive(cfg, student, teacher, seed=ctx.seed)

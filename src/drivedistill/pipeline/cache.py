@@ -47,6 +47,8 @@ class StageRunner:
         self.run_dir = Path(run_dir)
         self.stage_root = self.run_dir / "stages"
         self.stage_root.mkdir(parents=True, exist_ok=True)
+        # how paths into the stages may be spelt in a stage config (resolved and as given)
+        self._roots = tuple(dict.fromkeys((str(self.stage_root.resolve()), str(self.stage_root))))
         self.log = log
         self.timings: dict[str, float] = {}
         self.total = total  # planned stages, for the overall progress line
@@ -81,7 +83,7 @@ class StageRunner:
         if isinstance(node, list | tuple):
             return [self._portable(v) for v in node]
         if isinstance(node, str):
-            for root in (str(self.stage_root.resolve()), str(self.stage_root)):
+            for root in self._roots:
                 if node == root or node.startswith(root + os.sep):
                     return "<stages>" + node[len(root) :]
         return node

@@ -65,3 +65,16 @@ def test_hash_and_resolved_round_trip(tmp_path: Path) -> None:
     save_resolved(a, tmp_path / "resolved.yaml")
     again = load_config(Outer, tmp_path / "resolved.yaml")
     assert to_dict(again) == to_dict(a)
+
+
+def test_eval_stage_key_ignores_report_only_fields() -> None:
+    from drivedistill.pipeline.config import load_study
+    from drivedistill.pipeline.study import eval_key
+
+    cfg = load_study("smoke")
+    base = eval_key(cfg)
+    cfg.eval.scene_panels += 1  # shapes the report only
+    cfg.eval.oracle_reference = not cfg.eval.oracle_reference  # adds a row, measures no (model, seed)
+    assert eval_key(cfg) == base
+    cfg.eval.closedloop_episodes += 1
+    assert eval_key(cfg) != base

@@ -25,7 +25,7 @@ from drivedistill.models.teachers.oracle import (
     answer_slices,
     select_min_ce,
 )
-from drivedistill.models.vlm import VLMConfig
+from drivedistill.models.vlm import VLMConfig, format_plan
 from drivedistill.testing import random_batch, random_scene
 from drivedistill.types import Batch
 
@@ -115,6 +115,32 @@ def test_oracle_candidates_are_min_ce(oracle: OracleTeacher, batch: Batch) -> No
     assert (ce[:, 1] <= ce[:, 0] + 0.5).all()  # best of 3 dropout samples stays close to the coarse pass
     sel, _ = select_min_ce(cands)
     torch.testing.assert_close(sel.ce, ce.min(1).values)
+
+
+def test_oracle_plan_refines_its_own_draft_and_counts_failures(
+    oracle: OracleTeacher, batch: Batch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    k = np.arange(1, 7)[:, None]
+    coarse = [format_plan(k * [1.0, 0.0]), "nonsense"]
+    refined = [format_plan(k * [1.5, 0.1]), "[(+01.00,+00.00)]"]  # one pose of six: a failure
+    prompts: list[str] = []
+
+    def fake_generate(enc: object, images: torch.Tensor, max_new_tokens: int) -> list[str]:
+        assert images.shape[0] == 2 * 4  # current + 3 future frames per sample
+        prompts.append(oracle.core.tokenizer.decode(enc.input_ids[0]))  # type: ignore[attr-defined]
+        return coarse if len(prompts) == 1 else refined
+
+    monkeypatch.setattr(oracle.core, "generate", fake_generate)
+    xy, texts, failed = oracle.plan(batch, refine=True)
+    assert texts == refined and failed.tolist() == [False, True]
+    assert "Draft trajectory" not in prompts[0] and f"Draft trajectory: {coarse[0]}" in prompts[1]
+    torch.testing.assert_close(xy[0, :, 0], torch.arange(1, 7, dtype=torch.float32) * 1.5)
+    t = torch.arange(1, 7, dtype=torch.float32) * 0.5  # the unparsable row: constant-speed fallback
+    torch.testing.assert_close(xy[1, :, 0], batch.inputs.ego_status[1, 0] * t)
+    prompts.clear()
+    assert oracle.plan(batch, refine=False)[1] == coarse and len(prompts) == 1
+    with pytest.raises(ValueError, match="privileged"):
+        oracle.plan(random_batch(2, with_privileged=False))
 
 
 def test_anchor_is_frozen_initial_encoder_and_losses(

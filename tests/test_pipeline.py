@@ -29,9 +29,14 @@ def test_smoke_study_end_to_end_and_cached(tmp_path: Path) -> None:
     # results.json: the documented shape, every model, every benchmark with its protocol
     saved = json.loads((out / "results.json").read_text())
     assert saved["schema"] == 1 and saved["preset"] == "smoke" and saved["seeds"] == [0]
-    assert set(saved["models"]) == {"expert/privileged", *cfg.model_names()}
+    assert set(saved["models"]) == {"expert/privileged", "oracle/privileged", *cfg.model_names()}
+    assert list(saved["models"])[:2] == ["expert/privileged", "oracle/privileged"]
     expert = saved["models"].pop("expert/privileged")  # the reference row: the expert's own plan
     assert expert["openloop"]["stp3"]["l2"]["avg"] == 0.0 and expert["closedloop"]["route_completion"] == 1.0
+    oracle = saved["models"].pop("oracle/privileged")  # EvoDriveVLA's teacher alone: open loop + PDMS
+    assert oracle["parse_failures"]["decoded"] > 0 and oracle["params_m"] > 0
+    assert 0.0 <= oracle["pdms"]["pdms"] <= 1.0 and oracle["openloop"]["stp3"]["l2"]["avg"] > 0.0
+    assert "closedloop" not in oracle  # the future frames do not exist while driving
     for name, m in saved["models"].items():
         assert m["student"] == name.split("/")[0]
         for proto in ("stp3", "uniad"):

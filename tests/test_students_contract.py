@@ -163,3 +163,12 @@ def test_transfuser_starts_at_the_constant_velocity_prior() -> None:
         torch.testing.assert_close(_student("transfuser").eval()(batch.inputs).trajectory, cv)
         assert not _student("transfuser", use_ego_status=False).prior
         assert not _student("transfuser", cv_prior=False).eval()(batch.inputs).trajectory.allclose(cv)
+
+
+def test_checkpoint_written_before_a_field_existed_keeps_its_behaviour() -> None:
+    from drivedistill.train.checkpoint import student_config
+
+    saved = {"hidden_dim": 64, "num_heads": 4, "bev_channels": 3}  # a config written before cv_prior
+    assert student_config({"student": "transfuser"}, {"student": saved}).cv_prior is False
+    now = student_config({"student": "transfuser"}, {"student": {**saved, "cv_prior": True}})
+    assert now.cv_prior is True

@@ -52,6 +52,7 @@ class EvalStageConfig:
     latency_repeats: int = 30  # batch-1 planning latency samples (after 5 warm-up calls)
     scene_panels: int = 4  # validation scenes drawn in the report
     expert_reference: bool = True  # add the privileged expert's row (its own plan; it driving closed loop)
+    oracle_reference: bool = True  # with the evodrive recipe: the oracle teacher's own row (open loop, PDMS)
 
 
 @dataclass

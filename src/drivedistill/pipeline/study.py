@@ -108,9 +108,13 @@ def train_stage(
     return runner.run(f"train-{model.name.replace('/', '_')}-s{seed}", stage_cfg, [store, *deps], run)
 
 
+# eval fields that choose report panels or reference rows, not how a (model, seed) is measured
+NOT_IN_EVAL_KEY = ("scene_panels", "oracle_reference")
+
+
 def eval_key(cfg: StudyConfig) -> dict[str, Any]:
-    """The eval section as it keys eval stages: scene_panels only shapes the report, not the metrics."""
-    return {k: v for k, v in to_dict(cfg.eval).items() if k != "scene_panels"}
+    """The eval section as it keys eval stages (without NOT_IN_EVAL_KEY)."""
+    return {k: v for k, v in to_dict(cfg.eval).items() if k not in NOT_IN_EVAL_KEY}
 
 
 def eval_stage(
@@ -156,6 +160,7 @@ def _mean_std(values: list[Any]) -> tuple[Any, Any]:
 
 
 EXPERT_ROW = "expert/privileged"  # the reference row: the expert that produced the targets
+ORACLE_ROW = "oracle/privileged"  # EvoDriveVLA's future-aware teacher alone (reads future frames)
 METRIC_BLOCKS = (
     "openloop",
     "pdms",
@@ -173,7 +178,9 @@ def aggregate(cfg: StudyConfig, per_seed: dict[str, list[dict[str, Any]]]) -> di
 
     models: dict[str, Any] = {}
     specs = list(cfg.models)
-    if EXPERT_ROW in per_seed:  # the privileged reference row first
+    if ORACLE_ROW in per_seed:  # the privileged reference rows first
+        specs.insert(0, ModelSpec(name=ORACLE_ROW, student="oracle", method="privileged"))
+    if EXPERT_ROW in per_seed:
         specs.insert(0, ModelSpec(name=EXPERT_ROW, student="expert", method="privileged"))
     for spec in specs:
         runs = per_seed.get(spec.name, [])
@@ -245,6 +252,17 @@ def run_study(cfg: StudyConfig, out: Path) -> dict[str, Any]:
             lambda d: evaluate_expert(cfg, store.store_dir(), d),
         )
         per_seed[EXPERT_ROW] = [json.loads((ref.path / "metrics.json").read_text())]
+    if cfg.eval.oracle_reference and "evodrive_oracle" in recipe_artifacts:
+        from drivedistill.pipeline.evaluation import evaluate_oracle
+
+        oracle = recipe_artifacts["evodrive_oracle"]
+        ref = runner.run(
+            "eval-oracle",
+            {"eval": eval_key(cfg), "oracle": cfg.evodrive.get("oracle", {})},
+            [store, oracle],
+            lambda d: evaluate_oracle(cfg, store.store_dir(), oracle, d),
+        )
+        per_seed[ORACLE_ROW] = [json.loads((ref.path / "metrics.json").read_text())]
     results = aggregate(cfg, per_seed)
     results["stage_seconds"] = {**runner.timings, "total": time.perf_counter() - t0}
     atomic_write_json(out / "results.json", results)

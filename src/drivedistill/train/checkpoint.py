@@ -196,17 +196,36 @@ def load_weights(path: str | Path, model: nn.Module, prefix: str = "") -> None:
     model.load_state_dict(weights, strict=False)
 
 
+# Student config fields added after checkpoints were first written → the value that reproduces how a
+# checkpoint saved before the field existed behaves (checkpoints store the fully resolved config, so a
+# missing field means an older writer; the dataclass default may differ).
+LEGACY_STUDENT_FIELDS: dict[str, Any] = {"cv_prior": False}
+
+
+def student_config(meta: Mapping[str, Any], config: Mapping[str, Any]) -> Any:
+    """The saved student config of a checkpoint as its registered config class (None if it has none)."""
+    import dataclasses
+
+    from drivedistill import registry
+    from drivedistill.config import from_dict
+
+    entry = registry.get("student", meta["student"])
+    if entry.config_cls is None:
+        return None
+    saved = dict(config.get("student", {}))
+    names = {f.name for f in dataclasses.fields(entry.config_cls)}
+    saved.update({k: v for k, v in LEGACY_STUDENT_FIELDS.items() if k in names and k not in saved})
+    return from_dict(entry.config_cls, saved, "student")
+
+
 def load_student(path: str | Path, device: str = "cpu") -> Any:
     """Rebuild the student of a checkpoint from its registry name + saved config, load its weights, eval()."""
     from drivedistill import registry
-    from drivedistill.config import from_dict
 
     meta, config = read_meta(path), read_config(path)
     if "student" not in meta:
         raise CheckpointError(f"{resolve(path)}: meta.json names no student (is this a teacher checkpoint?)")
-    entry = registry.get("student", meta["student"])
-    cfg = from_dict(entry.config_cls, config.get("student", {}), "student") if entry.config_cls else None
-    student = registry.build("student", meta["student"], cfg)
+    student = registry.build("student", meta["student"], student_config(meta, config))
     load_weights(path, student, prefix=meta.get("student_prefix", ""))
     return student.to(device).eval()
 
@@ -222,13 +241,7 @@ def load_method(path: str | Path, context: Any = None, device: str = "cpu") -> A
         raise CheckpointError(
             f"{resolve(path)}: meta.json names no method; use load_student for a bare student"
         )
-    student_entry = registry.get("student", meta["student"])
-    student_cfg = (
-        from_dict(student_entry.config_cls, config.get("student", {}), "student")
-        if student_entry.config_cls
-        else None
-    )
-    student = registry.build("student", meta["student"], student_cfg)
+    student = registry.build("student", meta["student"], student_config(meta, config))
     entry = registry.get("method", meta["method"])
     cfg = from_dict(entry.config_cls, config.get("method", {}), "method") if entry.config_cls else None
     method = entry.builder(cfg, student=student, context=context or MethodContext(device=device))

@@ -78,6 +78,21 @@ def fallback_xy(inputs: AgentInputBatch, num_poses: int, use_ego_status: bool) -
     return torch.stack([speed * t, torch.zeros_like(speed * t)], dim=-1)
 
 
+def parse_plans(
+    texts: list[str], fallback: torch.Tensor, num_poses: int, who: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Strictly parse answer texts → (xy (B, num_poses, 2), failed (B,) bool). An unparsable answer is
+    replaced by its row of `fallback` (B, num_poses, 2) and logged with its raw text, never dropped."""
+    rows, failed = [], []
+    for i, text in enumerate(texts):
+        parsed = parse_plan(text, num_poses)
+        failed.append(parsed is None)
+        rows.append(fallback[i] if parsed is None else torch.from_numpy(parsed).to(fallback))
+        if parsed is None:
+            log.warning("%s: unparsable plan replaced by the constant-speed fallback: %r", who, text[:200])
+    return torch.stack(rows), torch.tensor(failed, dtype=torch.bool)
+
+
 def answer_token_budget(num_poses: int) -> int:
     """Upper bound on the tokens of a plan answer + `<|im_end|>`: 12 per pose ("),(+DD.DD,-DD.DD"), +1 per
     3-digit number, + 4 (brackets, `<|im_end|>`, slack)."""
@@ -139,17 +154,11 @@ class VLAStudent(Student):
         prompt_out = self.core(enc, inputs.camera)
         texts = self.core.generate(enc, inputs.camera, self.max_new_tokens)
         fallback = fallback_xy(inputs, self.cfg.num_poses, self.cfg.use_ego_status)
-        rows, failed = [], []
-        for i, text in enumerate(texts):
-            parsed = parse_plan(text, self.cfg.num_poses)
-            failed.append(parsed is None)
-            rows.append(fallback[i] if parsed is None else torch.from_numpy(parsed).to(fallback))
+        xy, failed = parse_plans(texts, fallback, self.cfg.num_poses, "vla")
         self.decode_stats["decoded"] += len(texts)
-        self.decode_stats["parse_failures"] += sum(failed)
-        self.last_failures = [t for t, f in zip(texts, failed) if f]
-        for t in self.last_failures:
-            log.warning("vla: unparsable plan replaced by the constant-speed fallback: %r", t[:200])
-        return torch.stack(rows), texts, torch.tensor(failed), prompt_out
+        self.decode_stats["parse_failures"] += int(failed.sum())
+        self.last_failures = [t for t, f in zip(texts, failed.tolist()) if f]
+        return xy, texts, failed, prompt_out
 
     def forward(self, inputs: AgentInputBatch) -> PlanOutput:
         """Plan by greedy decoding. trajectory (B, 8, 3) ego frame [m, m, rad]; features:

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from drivedistill.models.students.vla import plan_answers
+from drivedistill.models.students.vla import answer_token_budget, fallback_xy, parse_plans, plan_answers
 from drivedistill.models.vlm import IGNORE_INDEX, Encoded, VLMConfig, VLMCore, chat_prompt, encode, user_text
 from drivedistill.registry import register
 from drivedistill.types import Batch
@@ -182,6 +182,23 @@ class OracleTeacher(nn.Module):
                 assert best is not None
                 cands.append(best)
         return cands
+
+    @torch.no_grad()
+    def plan(self, batch: Batch, refine: bool = True) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+        """The oracle's own plan (its row in the study, a privileged reference like the expert's): greedy
+        decoding of the coarse answer, then — `refine` — of the answer to the prompt holding the coarse
+        answer as its draft (as in training). Parsed strictly like the student's: unparsable answers take
+        the constant-speed fallback and are counted. Returns xy (B, num_poses, 2), texts, failed (B,)."""
+        images = self.images(batch)
+        budget = answer_token_budget(self.cfg.num_poses)
+        enc = encode(self.core.tokenizer, self.prompts(batch), padding_side="left")
+        texts = self.core.generate(enc, images, budget)
+        if refine:
+            enc = encode(self.core.tokenizer, self.prompts(batch, texts), padding_side="left")
+            texts = self.core.generate(enc, images, budget)
+        fallback = fallback_xy(batch.inputs, self.cfg.num_poses, use_ego_status=True)
+        xy, failed = parse_plans(texts, fallback, self.cfg.num_poses, "oracle")
+        return xy, texts, failed
 
     def save(self, path: str | Path) -> None:
         self.core.save(path)

@@ -46,3 +46,32 @@ def test_closed_loop_expert_vs_constant_velocity(tmp_path: Path) -> None:
     assert expert.driving_score >= cv_result.driving_score
     assert all(not hasattr(x, "privileged") for x in seen) and len(seen) >= 5
     assert gif.exists() and gif.stat().st_size > 1000
+
+
+@pytest.mark.parametrize("scenario", ["racetrack", "roundabout"])
+def test_tracker_keeps_a_lane_centre_plan_on_the_road(scenario: str) -> None:
+    """A plan along the route's lane-0 centreline at the current speed (read from the simulator — a test
+    planner, not a student) tracked by pure pursuit stays on the road through the curves: off-road in
+    the students' episodes is theirs, not the tracker's (nor a sign error in the highway-env mirror)."""
+    from drivedistill.world.closedloop import ClosedLoopEnv
+    from drivedistill.world.roadmap import to_world, world_to_ego
+
+    world = WorldConfig(scenarios=[scenario], camera=CameraConfig(height=32, width=64))
+    env = ClosedLoopEnv(world, duration_s=10.0)
+    env.reset(1000, scenario, 0)
+    assert env.world is not None
+    while not env.done:
+        ego, net = env.world.ego, env.world.road.network
+        route = [(a, b, 0) for a, b in env.world.route_edges] * 2
+        edges = [r[:2] for r in route]
+        route = route[edges.index(ego.lane_index[:2]) :] if ego.lane_index[:2] in edges else [ego.lane_index]
+        s0 = net.get_lane(route[0]).local_coordinates(ego.position)[0]
+        ahead = [
+            to_world(net.position_heading_along_route(route, s0 + ego.speed * 0.5 * k, 0, route[0])[0], 0.0)[
+                0
+            ]
+            for k in range(1, 9)
+        ]
+        plan = np.concatenate([world_to_ego(np.array(ahead), env.trace.poses[-1]), np.zeros((8, 1))], 1)
+        env.step(plan)
+    assert env.offroad_steps <= 10  # of 100 (10 s at 10 Hz); a mirrored steering sign leaves at once

@@ -65,6 +65,9 @@ def test_smoke_study_end_to_end_and_cached(tmp_path: Path) -> None:
     # a second run skips every stage
     again = run_study(cfg, out)
     assert set(again["stage_seconds"]) == {"total"}
+    # ... and still reports what every stage cost when it ran (the run's compute time)
+    assert again["compute_seconds"] == results["compute_seconds"]
+    assert set(again["compute_seconds"]) == set(results["stage_seconds"])
 
     # one knob of one method re-runs only that model's training and evaluation
     changed = load_study("smoke", overrides=["--methods.vlm_ad.align_weight=0.5"])

@@ -205,7 +205,13 @@ def render_html(results: dict[str, Any], assets: ReportAssets) -> str:
         f"<style>{CSS}</style></head><body>",
         f"<h1>drivedistill — study report ({html.escape(str(results.get('preset', '')))})</h1>",
         f"<p>seeds {html.escape(str(results.get('seeds')))} · config hash <code>{html.escape(str(results.get('config_hash')))}</code>"
-        f" · generated {html.escape(str(results.get('created', '')))}</p>",
+        f" · generated {html.escape(str(results.get('created', '')))}"
+        + (
+            f" · compute {results['compute_seconds']['total'] / 60:.1f} min (sum of its stages as they ran)"
+            if "compute_seconds" in results
+            else ""
+        )
+        + "</p>",
     ]
     parts += [f"<p class='note'>{html.escape(n)}</p>" for n in assets.notes]
     for title, (headers, rows) in table_rows(results).items():

@@ -50,7 +50,10 @@ class StageRunner:
         # how paths into the stages may be spelt in a stage config (resolved and as given)
         self._roots = tuple(dict.fromkeys((str(self.stage_root.resolve()), str(self.stage_root))))
         self.log = log
-        self.timings: dict[str, float] = {}
+        self.timings: dict[str, float] = {}  # seconds of the stages that ran in this invocation
+        # seconds of every stage of the run when it ran, now or in an earlier invocation (from _done.json):
+        # their sum is what the whole run costs, however often it was interrupted or extended
+        self.recorded: dict[str, float] = {}
         self.total = total  # planned stages, for the overall progress line
         self.count = 0
         self.start = time.perf_counter()
@@ -101,7 +104,9 @@ class StageRunner:
         done = path / DONE
         self.count += 1
         if done.exists():
-            summary = json.loads(done.read_text())["summary"]
+            record = json.loads(done.read_text())
+            summary = record["summary"]
+            self.recorded[name] = float(record.get("seconds", 0.0))
             self.log(self._progress(name, key, "skip (done)"))
             return Artifact(name, key, path, summary, cached=True)
         path.mkdir(parents=True, exist_ok=True)
@@ -112,6 +117,7 @@ class StageRunner:
         self.work_seconds += seconds
         self.ran += 1
         self.timings[name] = self.timings.get(name, 0.0) + seconds
+        self.recorded[name] = seconds
         atomic_write_json(
             done,
             {

@@ -265,6 +265,7 @@ def run_study(cfg: StudyConfig, out: Path) -> dict[str, Any]:
         per_seed[ORACLE_ROW] = [json.loads((ref.path / "metrics.json").read_text())]
     results = aggregate(cfg, per_seed)
     results["stage_seconds"] = {**runner.timings, "total": time.perf_counter() - t0}
+    results["compute_seconds"] = {**runner.recorded, "total": sum(runner.recorded.values())}
     atomic_write_json(out / "results.json", results)
     assets = build_assets(cfg, out, store.store_dir(), trained_runs, evaluated, recipe_artifacts)
     write_report(out, results, assets)

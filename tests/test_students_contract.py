@@ -155,12 +155,19 @@ def test_constant_velocity_from_history_matches_status() -> None:
 
 
 def test_transfuser_starts_at_the_constant_velocity_prior() -> None:
-    """cv_prior: an untrained TransFuser plans the constant-velocity arc (zero residual), and it reads
-    the ego status; without ego status the prior is off."""
+    """cv_prior: an untrained TransFuser plans the constant-speed line (zero residual), or the
+    constant-velocity arc with cv_prior_turns; without ego status the prior is off."""
     batch = random_batch(batch_size=2, seed=3)
+    batch.inputs.ego_status[:, 2] = torch.tensor([0.0, 0.3])  # one sample turning
     cv = _student("constant_velocity")(batch.inputs).trajectory
+    straight = batch.inputs.ego_status[:, :1] * torch.arange(1, NUM_FUTURE + 1) * 0.5  # (B, 8) x
     with torch.no_grad():
-        torch.testing.assert_close(_student("transfuser").eval()(batch.inputs).trajectory, cv)
+        plan = _student("transfuser").eval()(batch.inputs).trajectory
+        torch.testing.assert_close(plan[..., 0], straight)
+        assert torch.equal(plan[..., 1:], torch.zeros_like(plan[..., 1:]))
+        torch.testing.assert_close(
+            _student("transfuser", cv_prior_turns=True).eval()(batch.inputs).trajectory, cv
+        )
         assert not _student("transfuser", use_ego_status=False).prior
         assert not _student("transfuser", cv_prior=False).eval()(batch.inputs).trajectory.allclose(cv)
 
@@ -169,6 +176,18 @@ def test_checkpoint_written_before_a_field_existed_keeps_its_behaviour() -> None
     from drivedistill.train.checkpoint import student_config
 
     saved = {"hidden_dim": 64, "num_heads": 4, "bev_channels": 3}  # a config written before cv_prior
-    assert student_config({"student": "transfuser"}, {"student": saved}).cv_prior is False
+    old = student_config({"student": "transfuser"}, {"student": saved})
+    assert old.cv_prior is False and old.cv_prior_turns is True and old.use_ego_history is True
     now = student_config({"student": "transfuser"}, {"student": {**saved, "cv_prior": True}})
     assert now.cv_prior is True
+    assert student_config({"student": "ego_mlp"}, {"student": {}}).use_ego_status is True  # no such fields
+
+
+@pytest.mark.parametrize("name", ["transfuser", "ipad"])
+def test_without_ego_history_ignores_past_poses(name: str, batch: Batch) -> None:
+    moved = dataclasses.replace(batch.inputs, ego_history=batch.inputs.ego_history * 2 + 1.0)
+    with torch.no_grad():
+        for history, same in ((False, True), (True, False)):
+            student = _student(name, use_ego_history=history, cv_prior=False).eval()
+            a, b = student(batch.inputs).trajectory, student(moved).trajectory
+            assert torch.equal(a, b) is same

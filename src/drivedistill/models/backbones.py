@@ -45,9 +45,15 @@ class PerceptionConfig(StudentConfig):
     num_heads: int = 4
     num_fusion_layers: int = 2  # transformer encoder layers over camera + BEV (+ ego) tokens
     dropout: float = 0.0
-    # with use_ego_status: every decoded plan is a learnt residual on the constant-velocity arc of the
-    # ego status (an anchor, as proposal/anchor planners use); without ego status it has no input → off
+    # with use_ego_status: every decoded plan is a learnt residual on a constant-velocity plan of the ego
+    # status (an anchor, as proposal/anchor planners use); without ego status it has no input → off
     cv_prior: bool = True
+    # the prior keeps the yaw rate for 4 s (an arc) or drives straight at the current speed (default: the
+    # arc over-steers on curves and feeds back on its own yaw rate in closed loop — docs/LOG.md)
+    cv_prior_turns: bool = False
+    # with use_ego_status: also the past poses (False: speed, acceleration, yaw rate only, as NAVSIM's
+    # TransFuser reads them — a planner that sees its own past can copy it instead of the road)
+    use_ego_history: bool = True
 
     def __post_init__(self) -> None:
         if self.hidden_dim % self.num_heads:
@@ -64,10 +70,13 @@ class PerceptionConfig(StudentConfig):
             raise ConfigError(f"bev_channels={self.bev_channels} must be >= 0 (0 = from the data)")
 
 
-def ego_vector(inputs: AgentInputBatch) -> torch.Tensor:
-    """(B, EGO_VECTOR_DIM) scaled past poses (B, 4·3) then speed, acceleration, yaw rate (B, 3)."""
+def ego_vector(inputs: AgentInputBatch, history: bool = True) -> torch.Tensor:
+    """(B, EGO_VECTOR_DIM) scaled past poses (B, 4·3; zeros when not `history`) then speed, acceleration,
+    yaw rate (B, 3)."""
     hist = inputs.ego_history.clone()
     hist[..., :2] = hist[..., :2] / POSITION_SCALE
+    if not history:
+        hist = torch.zeros_like(hist)
     scale = inputs.ego_status.new_tensor([SPEED_SCALE, ACCEL_SCALE, YAW_RATE_SCALE])
     return torch.cat([hist.flatten(1), inputs.ego_status / scale], dim=1)
 
@@ -135,6 +144,7 @@ class SceneEncoder(nn.Module):
             )
         d = cfg.hidden_dim
         self.use_ego_status = cfg.use_ego_status
+        self.use_ego_history = cfg.use_ego_history
         self.camera = ImageTokenizer(cfg.camera_backbone, 3, d, cfg.camera_grid, cfg.backbone_out_index)
         self.bev = ImageTokenizer(cfg.bev_backbone, cfg.bev_channels, d, cfg.bev_grid, cfg.backbone_out_index)
         self.type_embed = nn.Parameter(torch.zeros(3, d))  # camera, BEV, ego
@@ -155,7 +165,7 @@ class SceneEncoder(nn.Module):
         bev = self.bev(inputs.bev) + self.type_embed[1]
         ego = self.command(inputs.command) + self.type_embed[2]
         if self.ego is not None:
-            ego = ego + self.ego(ego_vector(inputs))
+            ego = ego + self.ego(ego_vector(inputs, self.use_ego_history))
         tokens = torch.cat([cam, bev, ego.unsqueeze(1)], dim=1)
         for layer in self.fusion:
             tokens = layer(tokens)

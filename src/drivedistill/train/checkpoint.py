@@ -199,7 +199,7 @@ def load_weights(path: str | Path, model: nn.Module, prefix: str = "") -> None:
 # Student config fields added after checkpoints were first written → the value that reproduces how a
 # checkpoint saved before the field existed behaves (checkpoints store the fully resolved config, so a
 # missing field means an older writer; the dataclass default may differ).
-LEGACY_STUDENT_FIELDS: dict[str, Any] = {"cv_prior": False}
+LEGACY_STUDENT_FIELDS: dict[str, Any] = {"cv_prior": False, "cv_prior_turns": True, "use_ego_history": True}
 
 
 def student_config(meta: Mapping[str, Any], config: Mapping[str, Any]) -> Any:

@@ -48,9 +48,11 @@ def arc_trajectory(speed: torch.Tensor, yaw_rate: torch.Tensor, num_steps: int =
     return torch.stack([x, y, wt], dim=-1)
 
 
-def constant_velocity_prior(inputs: AgentInputBatch) -> torch.Tensor:
-    """(B, NUM_FUTURE, 3) the constant speed / yaw-rate arc of the ego status (a plan prior)."""
-    return arc_trajectory(inputs.ego_status[:, 0], inputs.ego_status[:, 2])
+def constant_velocity_prior(inputs: AgentInputBatch, turn: bool = True) -> torch.Tensor:
+    """(B, NUM_FUTURE, 3) the constant speed / yaw-rate arc of the ego status (a plan prior); with
+    `turn=False` the constant-speed straight line (the yaw rate is not used)."""
+    yaw_rate = inputs.ego_status[:, 2] if turn else torch.zeros_like(inputs.ego_status[:, 2])
+    return arc_trajectory(inputs.ego_status[:, 0], yaw_rate)
 
 
 class ConstantVelocity(Student):

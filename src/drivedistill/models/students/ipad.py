@@ -86,7 +86,9 @@ class Ipad(Student):
         scene, ego = self.encoder(inputs)  # (B, N, D), (B, D)
         q = self.queries + ego.unsqueeze(1)  # (B, K, D)
         per_iteration = []
-        prior = constant_velocity_prior(inputs)[:, None] if self.prior else None  # (B, 1, 8, 3)
+        prior = (
+            constant_velocity_prior(inputs, self.cfg.cv_prior_turns)[:, None] if self.prior else None
+        )  # (B, 1, 8, 3)
         for i, (layer, head) in enumerate(zip(self.layers, self.heads)):
             q = layer(q, scene)
             poses = head(q)  # (B, K, 8, 3)

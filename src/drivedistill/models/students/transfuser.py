@@ -5,7 +5,8 @@ streams go through their own timm backbone (`models/backbones.py`), their pooled
 tokens, transformer encoder layers fuse them (late fusion instead of TransFuser's multi-scale GPT
 blocks — cheaper on a CPU, the same inputs), and a learnt plan query, conditioned on the command (and on
 the ego status when `use_ego_status`), cross-attends to the fused tokens before an MLP decodes the plan —
-with ego status, as a residual on the constant-velocity arc (`cv_prior`; its last layer starts at zero).
+with ego status, as a residual on the constant-speed plan of the ego status (`cv_prior`, straight ahead
+unless `cv_prior_turns`; the head's last layer starts at zero).
 
 Defaults train on a CPU (regnety_002, D = 128); paper scale is `--student.camera_backbone=resnet34
 --student.bev_backbone=resnet34 --student.hidden_dim=256 --student.num_fusion_layers=4`.
@@ -64,7 +65,7 @@ class Transfuser(Student):
         plan_query = self.norm(q[:, 0])
         plan = self.head(plan_query)
         if self.prior:
-            plan = plan + constant_velocity_prior(inputs)
+            plan = plan + constant_velocity_prior(inputs, self.cfg.cv_prior_turns)
         return PlanOutput(plan, {"plan_query": plan_query, "scene_tokens": scene, "ego_token": ego})
 
 

@@ -78,3 +78,16 @@ def test_eval_stage_key_ignores_report_only_fields() -> None:
     assert eval_key(cfg) == base
     cfg.eval.closedloop_episodes += 1
     assert eval_key(cfg) != base
+
+
+def test_override_into_a_free_form_section_reads_like_yaml() -> None:
+    """`--students.transfuser.hidden_dim=128` must equal `hidden_dim: 128` in a file: same config, same
+    stage keys (free-form sections have no dataclass field to type the text)."""
+    from drivedistill.pipeline.config import load_study
+
+    cfg = load_study(
+        "smoke", overrides=["--students.transfuser.hidden_dim=128", "--students.transfuser.cv_prior=false"]
+    )
+    assert cfg.students["transfuser"]["hidden_dim"] == 128 and cfg.students["transfuser"]["cv_prior"] is False
+    cfg = load_study("smoke", overrides=["--students.transfuser.camera_backbone=resnet18"])
+    assert cfg.students["transfuser"]["camera_backbone"] == "resnet18"

@@ -38,7 +38,7 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is Any:
-        return value
+        return _untyped(value)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -80,7 +80,7 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
     if origin is dict or tp is dict:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{path}: expected a mapping, got {value!r}")
-        return dict(value)
+        return {k: _untyped(v) for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -137,8 +137,28 @@ def config_hash(*parts: Any, length: int = 12) -> str:
     return hashlib.sha256(blob).hexdigest()[:length]
 
 
+class OverrideText(str):
+    """A value written on the command line: typed by its dataclass field later, or — where no field
+    types it (free-form sections such as `students:`) — read as a YAML scalar, so that
+    `--students.transfuser.hidden_dim=128` means the same as `hidden_dim: 128` in a file (and hashes
+    the same in stage keys)."""
+
+
+def _untyped(value: Any) -> Any:
+    """Values under an untyped (Any) field: command-line text read as YAML, containers recursively."""
+    if isinstance(value, OverrideText):
+        parsed = yaml.safe_load(str(value)) if value.strip() else str(value)
+        return str(value) if isinstance(parsed, str) else parsed
+    if isinstance(value, Mapping):
+        return {k: _untyped(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_untyped(v) for v in value]
+    return value
+
+
 def parse_overrides(args: Iterable[str]) -> dict[str, Any]:
-    """`["--a.b=1", "c=x"]` → `{"a": {"b": "1"}, "c": "x"}` (values stay strings; types come later)."""
+    """`["--a.b=1", "c=x"]` → `{"a": {"b": "1"}, "c": "x"}` (values stay text, `OverrideText`; types come
+    from the dataclass fields later, untyped places read them as YAML)."""
     out: dict[str, Any] = {}
     for arg in args:
         text = arg[2:] if arg.startswith("--") else arg
@@ -151,7 +171,7 @@ def parse_overrides(args: Iterable[str]) -> dict[str, Any]:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override '{arg}' conflicts with an earlier override of '{p}'")
-        node[parts[-1]] = value
+        node[parts[-1]] = OverrideText(value)
     return out
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,15 @@ def resolved_spec(cfg: StudyConfig, model: ModelSpec, seed: int, deps: list[Arti
     )
 
 
+def keyed_student(section: Mapping[str, Any]) -> dict[str, Any]:
+    """A student config section as it enters stage keys: fields at their legacy value (added after runs
+    were first cached, at the value that reproduces the earlier behaviour — `LEGACY_STUDENT_FIELDS`)
+    are left out, so adding a field never invalidates finished stages that behave the same."""
+    from drivedistill.train.checkpoint import LEGACY_STUDENT_FIELDS as LEGACY
+
+    return {k: v for k, v in section.items() if not (k in LEGACY and v == LEGACY[k])}
+
+
 def train_stage(
     runner: StageRunner,
     cfg: StudyConfig,
@@ -88,7 +98,12 @@ def train_stage(
     spec = resolved_spec(cfg, model, seed, deps)
     stage_cfg = {
         "model": model.name,
-        "spec": {**spec.config(), "train": to_dict(spec.train), "names": spec.meta()},
+        "spec": {
+            **spec.config(),
+            "student": keyed_student(spec.config()["student"]),
+            "train": to_dict(spec.train),
+            "names": spec.meta(),
+        },
     }
 
     def run(d: Path) -> dict[str, Any]:
@@ -135,8 +150,8 @@ def eval_stage(
 
     key = {
         "eval": eval_key(cfg),
-        "model": to_dict(model),
-        "student_defaults": cfg.students.get(model.student, {}),  # untrained rows (method "none")
+        "model": {**to_dict(model), "student_cfg": keyed_student(model.student_cfg)},
+        "student_defaults": keyed_student(cfg.students.get(model.student, {})),  # untrained rows
         "probe": {k: cfg.evodrive.get(k) for k in ("perception", "probe_after")},
     }
     return runner.run(f"eval-{model.name.replace('/', '_')}-s{seed}", key, inputs, run)

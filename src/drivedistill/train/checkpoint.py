@@ -164,8 +164,14 @@ def read_meta(path: str | Path) -> dict[str, Any]:
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
+    """The saved config; a student section written before a field existed gets the field's legacy value
+    (`LEGACY_STUDENT_FIELDS`), so it compares equal to the same config written today (resume)."""
     ckpt = resolve(path)
-    return dict(yaml.safe_load((ckpt / CONFIG).read_text()) or {})
+    config = dict(yaml.safe_load((ckpt / CONFIG).read_text()) or {})
+    meta = json.loads((ckpt / META).read_text()) if (ckpt / META).exists() else {}
+    if isinstance(config.get("student"), dict) and "student" in meta:
+        config["student"] = with_legacy_fields(meta["student"], config["student"])
+    return config
 
 
 def read_state(path: str | Path) -> dict[str, Any]:
@@ -202,19 +208,27 @@ def load_weights(path: str | Path, model: nn.Module, prefix: str = "") -> None:
 LEGACY_STUDENT_FIELDS: dict[str, Any] = {"cv_prior": False, "cv_prior_turns": True, "use_ego_history": True}
 
 
-def student_config(meta: Mapping[str, Any], config: Mapping[str, Any]) -> Any:
-    """The saved student config of a checkpoint as its registered config class (None if it has none)."""
+def with_legacy_fields(student: str, section: Mapping[str, Any]) -> dict[str, Any]:
+    """A saved student config section with the legacy value of every later-added field it lacks."""
     import dataclasses
 
+    from drivedistill import registry
+
+    cls = registry.get("student", student).config_cls
+    names = {f.name for f in dataclasses.fields(cls)} if cls is not None else set()
+    missing = {k: v for k, v in LEGACY_STUDENT_FIELDS.items() if k in names and k not in section}
+    return {**section, **missing}
+
+
+def student_config(meta: Mapping[str, Any], config: Mapping[str, Any]) -> Any:
+    """The saved student config of a checkpoint as its registered config class (None if it has none)."""
     from drivedistill import registry
     from drivedistill.config import from_dict
 
     entry = registry.get("student", meta["student"])
     if entry.config_cls is None:
         return None
-    saved = dict(config.get("student", {}))
-    names = {f.name for f in dataclasses.fields(entry.config_cls)}
-    saved.update({k: v for k, v in LEGACY_STUDENT_FIELDS.items() if k in names and k not in saved})
+    saved = with_legacy_fields(meta["student"], config.get("student", {}))
     return from_dict(entry.config_cls, saved, "student")
 
 

@@ -202,3 +202,25 @@ def test_torchrun_two_cpu_processes_end_identical(tmp_path: Path) -> None:
     saved = _weights(out)
     assert all(torch.equal(saved[k], a[k]) for k in saved)  # rank 0 wrote the checkpoint
     assert checkpoint.read_meta(out)["world_size"] == 2
+
+
+def test_resume_accepts_a_config_written_before_a_field_existed(tmp_path: Path) -> None:
+    """A checkpoint whose student section predates `cv_prior_turns` / `use_ego_history` resumes under
+    the same behaviour (their legacy values) and is refused under another (today's default prior)."""
+    import yaml
+
+    args = [*FAST, "--train.epochs=1", "--student.hidden_dim=32", "--student.cv_prior_turns=true"]
+    tiny = [*args, "--student.num_fusion_layers=1", "--student.num_decoder_layers=1"]
+    train_student(resolve_run("transfuser", overrides=tiny), _scenes(8), tmp_path, collate=collate)
+    for cfg_file in tmp_path.glob("checkpoints/step_*/config.yaml"):  # as an older writer left it
+        saved = yaml.safe_load(cfg_file.read_text())
+        del saved["student"]["cv_prior_turns"], saved["student"]["use_ego_history"]
+        cfg_file.write_text(yaml.safe_dump(saved))
+    train_student(
+        resolve_run("transfuser", overrides=tiny), _scenes(8), tmp_path, collate=collate, resume=True
+    )
+    today = [a for a in tiny if "cv_prior_turns" not in a]
+    with pytest.raises(ConfigError, match="student"):
+        train_student(
+            resolve_run("transfuser", overrides=today), _scenes(8), tmp_path, collate=collate, resume=True
+        )

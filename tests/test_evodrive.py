@@ -106,6 +106,15 @@ def test_candidate_selection_picks_min_ce() -> None:
     torch.testing.assert_close(sel.ce, torch.tensor([1.0, 0.5, 0.2]))
 
 
+def test_dropout_candidates_without_dropout_equal_the_pass(oracle: OracleTeacher, batch: Batch) -> None:
+    """p = 0: every MC-dropout candidate is its pass (logits aligned with the answer tokens; a one-token
+    shift made every dropout candidate lose the min-CE selection in the 3-seed ladder)."""
+    cands = oracle.candidates(batch, refine=False, num_samples=2, dropout=0.0, length=100)
+    torch.testing.assert_close(cands[1].ce, cands[0].ce)
+    torch.testing.assert_close(cands[1].logits, cands[0].logits)
+    torch.testing.assert_close(cands[1].hidden, cands[0].hidden)
+
+
 def test_oracle_candidates_are_min_ce(oracle: OracleTeacher, batch: Batch) -> None:
     gen = torch.Generator().manual_seed(0)
     cands = oracle.candidates(batch, refine=True, num_samples=3, dropout=0.1, length=100, generator=gen)

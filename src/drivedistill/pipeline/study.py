@@ -81,6 +81,11 @@ def keyed_student(section: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in section.items() if not (k in LEGACY and v == LEGACY[k])}
 
 
+# Bumped when a method's training changes without a config change, so cached stages of it re-run
+# (evodrive 2: MC-dropout candidates took their logits from hidden states one token late).
+METHOD_REVISIONS = {"evodrive": 2}
+
+
 def train_stage(
     runner: StageRunner,
     cfg: StudyConfig,
@@ -96,7 +101,7 @@ def train_stage(
     from drivedistill.train.run import train_student
 
     spec = resolved_spec(cfg, model, seed, deps)
-    stage_cfg = {
+    stage_cfg: dict[str, Any] = {
         "model": model.name,
         "spec": {
             **spec.config(),
@@ -105,6 +110,9 @@ def train_stage(
             "names": spec.meta(),
         },
     }
+
+    if model.method in METHOD_REVISIONS:
+        stage_cfg["revision"] = METHOD_REVISIONS[model.method]
 
     def run(d: Path) -> dict[str, Any]:
         ds = SceneDataset(SceneStore(store.store_dir()), "train", extras=extras, cache_decoded=True)

@@ -172,12 +172,16 @@ class OracleTeacher(nn.Module):
             logits, hidden, target = answer_slices(e, o.logits, o.hidden, length)
             cands.append(Candidate(logits.float(), hidden, _ce(logits, target)))
             if num_samples > 0:
+                # the logits of answer token t come from the hidden state at t - 1: drop out those
+                _, prev, _ = answer_slices(e, o.logits, torch.roll(o.hidden, 1, dims=1), length)
                 best: Candidate | None = None
                 for _ in range(num_samples):
-                    keep = (torch.rand(hidden.shape, generator=generator) >= dropout).to(hidden)
-                    h = hidden * keep / (1.0 - dropout)
-                    lg = self.core.lm_head(h).float()
-                    c = Candidate(lg, h, _ce(lg, target))
+                    keep = (torch.rand(prev.shape, generator=generator) >= dropout).to(prev)
+                    lg = (
+                        self.core.lm_head(prev * keep / (1.0 - dropout)).float() * (target != -100)[..., None]
+                    )
+                    keep_h = (torch.rand(hidden.shape, generator=generator) >= dropout).to(hidden)
+                    c = Candidate(lg, hidden * keep_h / (1.0 - dropout), _ce(lg, target))
                     best = c if best is None else select_min_ce([best, c])[0]
                 assert best is not None
                 cands.append(best)

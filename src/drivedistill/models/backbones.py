@@ -73,10 +73,11 @@ class PerceptionConfig(StudentConfig):
 def ego_vector(inputs: AgentInputBatch, history: bool = True) -> torch.Tensor:
     """(B, EGO_VECTOR_DIM) scaled past poses (B, 4·3; zeros when not `history`) then speed, acceleration,
     yaw rate (B, 3)."""
-    hist = inputs.ego_history.clone()
-    hist[..., :2] = hist[..., :2] / POSITION_SCALE
-    if not history:
-        hist = torch.zeros_like(hist)
+    if history:
+        hist = inputs.ego_history.clone()
+        hist[..., :2] = hist[..., :2] / POSITION_SCALE
+    else:
+        hist = torch.zeros_like(inputs.ego_history)
     scale = inputs.ego_status.new_tensor([SPEED_SCALE, ACCEL_SCALE, YAW_RATE_SCALE])
     return torch.cat([hist.flatten(1), inputs.ego_status / scale], dim=1)
 

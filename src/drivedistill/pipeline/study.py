@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -72,15 +71,6 @@ def resolved_spec(cfg: StudyConfig, model: ModelSpec, seed: int, deps: list[Arti
     )
 
 
-def keyed_student(section: Mapping[str, Any]) -> dict[str, Any]:
-    """A student config section as it enters stage keys: fields at their legacy value (added after runs
-    were first cached, at the value that reproduces the earlier behaviour — `LEGACY_STUDENT_FIELDS`)
-    are left out, so adding a field never invalidates finished stages that behave the same."""
-    from drivedistill.train.checkpoint import LEGACY_STUDENT_FIELDS as LEGACY
-
-    return {k: v for k, v in section.items() if not (k in LEGACY and v == LEGACY[k])}
-
-
 # Bumped when a method's training changes without a config change, so cached stages of it re-run
 # (evodrive 2: MC-dropout candidates took their logits from hidden states one token late).
 METHOD_REVISIONS = {"evodrive": 2}
@@ -98,14 +88,16 @@ def train_stage(
     from drivedistill.data.dataset import SceneDataset
     from drivedistill.data.store import SceneStore
     from drivedistill.methods.base import MethodContext
+    from drivedistill.train.checkpoint import without_legacy_fields
     from drivedistill.train.run import train_student
 
     spec = resolved_spec(cfg, model, seed, deps)
+    sections = spec.config()
     stage_cfg: dict[str, Any] = {
         "model": model.name,
         "spec": {
-            **spec.config(),
-            "student": keyed_student(spec.config()["student"]),
+            **sections,
+            "student": without_legacy_fields(sections["student"]),
             "train": to_dict(spec.train),
             "names": spec.meta(),
         },
@@ -150,6 +142,7 @@ def eval_stage(
     deps: list[Artifact],
 ) -> Artifact:
     from drivedistill.pipeline.evaluation import evaluate_model
+    from drivedistill.train.checkpoint import without_legacy_fields
 
     inputs = [store, *deps] + ([trained] if trained is not None else [])
 
@@ -158,8 +151,8 @@ def eval_stage(
 
     key = {
         "eval": eval_key(cfg),
-        "model": {**to_dict(model), "student_cfg": keyed_student(model.student_cfg)},
-        "student_defaults": keyed_student(cfg.students.get(model.student, {})),  # untrained rows
+        "model": {**to_dict(model), "student_cfg": without_legacy_fields(model.student_cfg)},
+        "student_defaults": without_legacy_fields(cfg.students.get(model.student, {})),  # untrained rows
         "probe": {k: cfg.evodrive.get(k) for k in ("perception", "probe_after")},
     }
     return runner.run(f"eval-{model.name.replace('/', '_')}-s{seed}", key, inputs, run)

@@ -168,7 +168,7 @@ def read_config(path: str | Path) -> dict[str, Any]:
     (`LEGACY_STUDENT_FIELDS`), so it compares equal to the same config written today (resume)."""
     ckpt = resolve(path)
     config = dict(yaml.safe_load((ckpt / CONFIG).read_text()) or {})
-    meta = json.loads((ckpt / META).read_text()) if (ckpt / META).exists() else {}
+    meta = read_meta(ckpt) if (ckpt / META).exists() else {}
     if isinstance(config.get("student"), dict) and "student" in meta:
         config["student"] = with_legacy_fields(meta["student"], config["student"])
     return config
@@ -218,6 +218,14 @@ def with_legacy_fields(student: str, section: Mapping[str, Any]) -> dict[str, An
     names = {f.name for f in dataclasses.fields(cls)} if cls is not None else set()
     missing = {k: v for k, v in LEGACY_STUDENT_FIELDS.items() if k in names and k not in section}
     return {**section, **missing}
+
+
+def without_legacy_fields(section: Mapping[str, Any]) -> dict[str, Any]:
+    """A student config section without the later-added fields at their legacy value — how it enters
+    stage keys, so adding a field never invalidates finished stages that behave the same."""
+    return {
+        k: v for k, v in section.items() if not (k in LEGACY_STUDENT_FIELDS and v == LEGACY_STUDENT_FIELDS[k])
+    }
 
 
 def student_config(meta: Mapping[str, Any], config: Mapping[str, Any]) -> Any:

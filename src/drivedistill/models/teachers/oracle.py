@@ -178,7 +178,8 @@ class OracleTeacher(nn.Module):
                 for _ in range(num_samples):
                     keep = (torch.rand(prev.shape, generator=generator) >= dropout).to(prev)
                     lg = (
-                        self.core.lm_head(prev * keep / (1.0 - dropout)).float() * (target != -100)[..., None]
+                        self.core.lm_head(prev * keep / (1.0 - dropout)).float()
+                        * (target != IGNORE_INDEX)[..., None]
                     )
                     keep_h = (torch.rand(hidden.shape, generator=generator) >= dropout).to(hidden)
                     c = Candidate(lg, hidden * keep_h / (1.0 - dropout), _ce(lg, target))

@@ -71,6 +71,9 @@ def test_smoke_study_end_to_end_and_cached(tmp_path: Path) -> None:
 
     # one knob of one method re-runs only that model's training and evaluation
     changed = load_study("smoke", overrides=["--methods.vlm_ad.align_weight=0.5"])
+    plan = run_study(changed, out, dry_run=True)  # --dry-run says so before anything runs
+    assert set(plan["planned"]) == {"train-transfuser_vlm_ad-s0", "eval-transfuser_vlm_ad-s0"}
+    assert all(seconds is not None for seconds in plan["planned"].values())  # estimated from this run
     third = run_study(changed, out)
     assert set(third["stage_seconds"]) - {"total"} == {
         "train-transfuser_vlm_ad-s0",

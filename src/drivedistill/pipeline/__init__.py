@@ -12,6 +12,7 @@ import argparse
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,6 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--config", type=Path, default=None, help="a YAML file merged over the preset")
     parser.add_argument("--out", type=Path, default=None, help="run directory (default runs/<preset>)")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="run nothing: list the stages that would run (with what each took last time) and exit",
+    )
     args, overrides = parser.parse_known_args(argv)
     bad = [o for o in overrides if not (o.startswith("--") and "=" in o)]
     if bad:
@@ -45,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     console.rule(
         f"drivedistill run · preset {cfg.preset} · {len(cfg.models)} models × {len(cfg.seeds)} seeds → {out}"
     )
+    if args.dry_run:
+        return _print_plan(console, run_study(cfg, out, dry_run=True), out)
     t0 = time.perf_counter()
     results = run_study(cfg, out)
     minutes = (time.perf_counter() - t0) / 60
@@ -53,4 +61,22 @@ def main(argv: list[str] | None = None) -> int:
 
     console.print(markdown_table(results))
     console.print(f"\nreport: {out / 'report.html'}\nresults: {out / 'results.json'}")
+    return 0
+
+
+def _print_plan(console: Any, plan: dict[str, Any], out: Path) -> int:
+    """The dry run's answer: what would run, and an estimate from earlier runs of the same stages."""
+    if plan["everything"]:
+        console.print(f"{out} has no finished collect stage: every stage would run.")
+        return 0
+    planned: dict[str, float | None] = plan["planned"]
+    console.print(f"{len(plan['cached'])} stages finished, {len(planned)} would run:")
+    for name, seconds in planned.items():
+        last = f"{seconds / 60:6.1f} min last time" if seconds is not None else "   never ran here"
+        console.print(f"  {name:<44} {last}")
+    known = [s for s in planned.values() if s is not None]
+    if planned:
+        unknown = len(planned) - len(known)
+        more = f" + {unknown} stages that never ran here" if unknown else ""
+        console.print(f"estimate: {sum(known) / 60:.1f} min{more}")
     return 0

@@ -5,6 +5,11 @@ the hashes of the artifacts it reads. A finished stage leaves `_done.json` (writ
 a second run skips it; changing a knob changes the hash of that stage and of everything downstream,
 so only those re-run. An interrupted stage has no `_done.json` and re-runs in the same directory, where
 its own resume logic (complete shards, training checkpoints) picks up what was finished.
+
+A dry run (`StageRunner(..., dry_run=True)`) computes the same keys and runs nothing: it lists the
+stages that would run, each with what a stage of the same name cost the last time it ran in this run
+directory (under another key). A stage downstream of one that would run has a new key too, so it is
+listed even where its key could not be computed exactly (its inputs' summaries do not exist yet).
 """
 
 from __future__ import annotations
@@ -43,10 +48,17 @@ class Artifact:
 class StageRunner:
     """Runs named stages once per content hash inside a run directory."""
 
-    def __init__(self, run_dir: Path, total: int = 0, log: Callable[[str], None] = print) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        total: int = 0,
+        log: Callable[[str], None] = print,
+        dry_run: bool = False,
+    ) -> None:
         self.run_dir = Path(run_dir)
         self.stage_root = self.run_dir / "stages"
-        self.stage_root.mkdir(parents=True, exist_ok=True)
+        if not dry_run:
+            self.stage_root.mkdir(parents=True, exist_ok=True)
         # how paths into the stages may be spelt in a stage config (resolved and as given)
         self._roots = tuple(dict.fromkeys((str(self.stage_root.resolve()), str(self.stage_root))))
         self.log = log
@@ -59,6 +71,9 @@ class StageRunner:
         self.start = time.perf_counter()
         self.work_seconds = 0.0  # time spent in stages that actually ran
         self.ran = 0
+        self.dry_run = dry_run
+        # dry run: stage name → seconds its last run under another key took (None: never ran here)
+        self.planned: dict[str, float | None] = {}
 
     @staticmethod
     def key_of(*parts: Any) -> str:
@@ -91,6 +106,18 @@ class StageRunner:
                     return "<stages>" + node[len(root) :]
         return node
 
+    def previous_seconds(self, name: str) -> float | None:
+        """Seconds the most recently finished stage called `name` (any key) took in this run directory."""
+        done = [
+            p / DONE
+            for p in self.stage_root.glob(f"{name}-*")
+            if "-" not in p.name[len(name) + 1 :] and (p / DONE).exists()  # not `{name}-variant-…`
+        ]
+        if not done:
+            return None
+        latest = max(done, key=lambda p: p.stat().st_mtime)
+        return float(json.loads(latest.read_text()).get("seconds", 0.0))
+
     def run(
         self,
         name: str,
@@ -109,6 +136,10 @@ class StageRunner:
             self.recorded[name] = float(record.get("seconds", 0.0))
             self.log(self._progress(name, key, "skip (done)"))
             return Artifact(name, key, path, summary, cached=True)
+        if self.dry_run:
+            self.planned[name] = self.previous_seconds(name)
+            self.log(self._progress(name, key, "would run"))
+            return Artifact(name, key, path, {}, cached=False)
         path.mkdir(parents=True, exist_ok=True)
         self.log(self._progress(name, key, "run"))
         t0 = time.perf_counter()

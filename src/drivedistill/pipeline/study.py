@@ -229,14 +229,23 @@ def aggregate(cfg: StudyConfig, per_seed: dict[str, list[dict[str, Any]]]) -> di
     }
 
 
-def run_study(cfg: StudyConfig, out: Path) -> dict[str, Any]:
-    """Run (or resume) the whole study into `out`; returns results.json's content."""
+def _metrics(stage: Artifact) -> dict[str, Any]:
+    return dict(json.loads((stage.path / "metrics.json").read_text()))
+
+
+def run_study(cfg: StudyConfig, out: Path, dry_run: bool = False) -> dict[str, Any]:
+    """Run (or resume) the whole study into `out`; returns results.json's content.
+
+    With `dry_run`, run nothing and return the plan: {"planned": {stage: seconds it took last time or
+    None}, "cached": [finished stages]} (see StageRunner)."""
     from drivedistill.pipeline.assets import build_assets
     from drivedistill.report import write_report
 
-    runner = StageRunner(out)
+    runner = StageRunner(out, log=(lambda _: None) if dry_run else print, dry_run=dry_run)
     t0 = time.perf_counter()
     store = collect_stage(runner, cfg)
+    if dry_run and not store.cached:  # the recipe stages read the store to build their keys
+        return {"planned": {"collect": None}, "cached": [], "everything": True}
     recipe_artifacts: dict[str, Artifact] = {}
     for stage_name, needed_by, fn in RECIPE_STAGES:
         if cfg.methods_used() & needed_by:
@@ -257,7 +266,8 @@ def run_study(cfg: StudyConfig, out: Path) -> dict[str, Any]:
                 trained_runs[(model.name, seed)] = trained
             ev = eval_stage(runner, cfg, model, seed, store, trained, deps)
             evaluated[(model.name, seed)] = ev
-            per_seed.setdefault(model.name, []).append(json.loads((ev.path / "metrics.json").read_text()))
+            if not dry_run:
+                per_seed.setdefault(model.name, []).append(_metrics(ev))
     if cfg.eval.expert_reference:
         from drivedistill.pipeline.evaluation import evaluate_expert
 
@@ -267,7 +277,7 @@ def run_study(cfg: StudyConfig, out: Path) -> dict[str, Any]:
             [store],
             lambda d: evaluate_expert(cfg, store.store_dir(), d),
         )
-        per_seed[EXPERT_ROW] = [json.loads((ref.path / "metrics.json").read_text())]
+        per_seed[EXPERT_ROW] = [] if dry_run else [_metrics(ref)]
     if cfg.eval.oracle_reference and "evodrive_oracle" in recipe_artifacts:
         from drivedistill.pipeline.evaluation import evaluate_oracle
 
@@ -278,7 +288,9 @@ def run_study(cfg: StudyConfig, out: Path) -> dict[str, Any]:
             [store, oracle],
             lambda d: evaluate_oracle(cfg, store.store_dir(), oracle, d),
         )
-        per_seed[ORACLE_ROW] = [json.loads((ref.path / "metrics.json").read_text())]
+        per_seed[ORACLE_ROW] = [] if dry_run else [_metrics(ref)]
+    if dry_run:
+        return {"planned": runner.planned, "cached": sorted(runner.recorded), "everything": False}
     results = aggregate(cfg, per_seed)
     results["stage_seconds"] = {**runner.timings, "total": time.perf_counter() - t0}
     results["compute_seconds"] = {**runner.recorded, "total": sum(runner.recorded.values())}

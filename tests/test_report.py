@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from drivedistill.report import ReportAssets, markdown_table, table_rows, update_readme, write_report
@@ -61,6 +62,22 @@ def test_readme_update_requires_markers(tmp_path: Path) -> None:
     update_readme(readme, _results())
     text = readme.read_text()
     assert "old" not in text and "`transfuser/vlm_ad`" in text and text.endswith("end\n")
+
+
+def test_markdown_table_selects_rows_by_pattern_and_shows_vla_columns() -> None:
+    results = _results()
+    results["models"]["vla/evodrive"] = {
+        **results["models"]["transfuser/imitation"],
+        "parse_failures": {"count": 1.5, "decoded": 180.0},
+        "perception_probe": {"iou": 0.184},
+    }
+    table = markdown_table(results, models=["vla/*", "transfuser/imitation"], vla_columns=True)
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    assert [r.split("`")[1] for r in rows] == ["vla/evodrive", "transfuser/imitation"]  # pattern order
+    assert "probe IoU" in table and "latency" not in table
+    assert "| 1.5 | 180 | 0.184 |" in rows[0] and rows[1].endswith("| – | – | – |")
+    with pytest.raises(ValueError, match="no model in results matches"):
+        markdown_table(results, models=["ipad/*"])
 
 
 def test_report_opens_in_chromium(tmp_path: Path) -> None:

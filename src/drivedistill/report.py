@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import fnmatch
 import html
 import io
 import json
@@ -267,25 +268,52 @@ def write_report(out_dir: Path, results: dict[str, Any], assets: ReportAssets) -
     return path
 
 
-def markdown_table(results: dict[str, Any]) -> str:
-    """The compact README table: one row per model, the headline metric of each benchmark."""
-    cols = [
-        ("L2 avg [m] (ST-P3)", ("openloop", "stp3", "l2", "avg"), 2),
-        ("L2 avg [m] (UniAD)", ("openloop", "uniad", "l2", "avg"), 2),
-        ("Col. avg [%] (ST-P3)", ("openloop", "stp3", "collision", "avg"), 2),
-        ("PDMS (NAVSIM v1.1)", ("pdms", "pdms"), 3),
-        ("driving score (closed loop)", ("closedloop", "driving_score"), 3),
-        ("p50 latency [ms]", ("latency_ms", "p50"), 1),
-    ]
+HEADLINE_COLS = [
+    ("L2 avg [m] (ST-P3)", ("openloop", "stp3", "l2", "avg"), 2),
+    ("L2 avg [m] (UniAD)", ("openloop", "uniad", "l2", "avg"), 2),
+    ("Col. avg [%] (ST-P3)", ("openloop", "stp3", "collision", "avg"), 2),
+    ("PDMS (NAVSIM v1.1)", ("pdms", "pdms"), 3),
+    ("driving score (closed loop)", ("closedloop", "driving_score"), 3),
+]
+LATENCY_COL = ("p50 latency [ms]", ("latency_ms", "p50"), 1)
+# the VLA students' own figures (EvoDriveVLA ladder): unparsable plans and the frozen perception probe
+VLA_COLS = [
+    ("parse failures (count)", ("parse_failures", "count"), 1),
+    ("decoded plans", ("parse_failures", "decoded"), 0),
+    ("probe IoU (BEV occupancy)", ("perception_probe", "iou"), 3),
+]
+
+
+def markdown_table(
+    results: dict[str, Any], models: Sequence[str] | None = None, vla_columns: bool = False
+) -> str:
+    """The compact README table: one row per model, the headline metric of each benchmark.
+
+    `models`: shell-style patterns (`vla/*`) choosing and ordering rows (default: all, in results order);
+    `vla_columns`: parse failures and the perception probe instead of latency."""
+    cols = HEADLINE_COLS + (VLA_COLS if vla_columns else [LATENCY_COL])
+    everything: dict[str, Any] = results.get("models", {})
+    names = list(everything)
+    if models:
+        names = [n for n in dict.fromkeys(n for pat in models for n in names if fnmatch.fnmatchcase(n, pat))]
+        if not names:
+            raise ValueError(f"no model in results matches {list(models)}; models: {list(everything)}")
     lines = ["| model | " + " | ".join(c[0] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    for name, m in results.get("models", {}).items():
+    for name in names:
+        m = everything[name]
         cells = [_fmt(_get(m, *p), _get(m.get("std", {}), *p), d) for _, p, d in cols]
         lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
     meta = f"preset `{results.get('preset')}`, seeds {results.get('seeds')}, config `{results.get('config_hash')}`, {results.get('created', '')}"
     return "\n".join([*lines, "", f"<sub>{meta}</sub>"])
 
 
-def update_readme(readme: Path, results: dict[str, Any], block: str = "results") -> None:
+def update_readme(
+    readme: Path,
+    results: dict[str, Any],
+    block: str = "results",
+    models: Sequence[str] | None = None,
+    vla_columns: bool = False,
+) -> None:
     """Replace the text between the `<!-- {block}:begin -->` / `:end -->` markers in the README with the
     table of `results` (block "results": the latest default run; others, e.g. "study", for more runs)."""
     begin, end = f"<!-- {block}:begin -->", f"<!-- {block}:end -->"
@@ -294,7 +322,7 @@ def update_readme(readme: Path, results: dict[str, Any], block: str = "results")
         raise ValueError(f"{readme}: add the markers {begin} and {end} where the table goes")
     new = re.sub(
         re.escape(begin) + r".*?" + re.escape(end),
-        lambda _: f"{begin}\n{markdown_table(results)}\n{end}",
+        lambda _: f"{begin}\n{markdown_table(results, models, vla_columns)}\n{end}",
         text,
         flags=re.S,
     )
@@ -308,8 +336,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, required=True)
     parser.add_argument("--readme", type=Path, default=Path("README.md"))
     parser.add_argument("--block", default="results", help="README markers <!-- BLOCK:begin/end -->")
+    parser.add_argument("--models", nargs="+", default=None, help="rows to keep, as patterns: 'vla/*'")
+    parser.add_argument(
+        "--vla-columns",
+        action="store_true",
+        help="parse failures and perception-probe IoU instead of latency (the EvoDriveVLA ladder)",
+    )
     args = parser.parse_args(argv)
-    update_readme(args.readme, json.loads(args.results.read_text()), args.block)
+    results = json.loads(args.results.read_text())
+    update_readme(args.readme, results, args.block, args.models, args.vla_columns)
     print(f"updated {args.readme} from {args.results}")
     return 0
 

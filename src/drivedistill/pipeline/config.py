@@ -90,6 +90,16 @@ class StudyConfig:
     def methods_used(self) -> set[str]:
         return {m.method for m in self.models}
 
+    def recipe_train(self, section: str, key: str, default: dict[str, Any]) -> Any:
+        """The TrainConfig of a recipe stage (e.g. `latent.lam_train`): its defaults ← the preset's
+        `section.key` ← the study's device."""
+        from drivedistill.train.loop import TrainConfig
+
+        node = getattr(self, section).get(key, {})
+        return from_dict(
+            TrainConfig, deep_merge({**default, "device": self.device}, node), f"{section}.{key}"
+        )
+
 
 def preset_file(preset: str) -> Path:
     path = PRESETS_DIR / f"{preset}.yaml"

@@ -81,18 +81,14 @@ def oracle_stage(
     from drivedistill.data.dataset import SceneDataset
     from drivedistill.data.store import SceneStore
     from drivedistill.models.teachers.oracle import OracleConfig
-    from drivedistill.train.loop import TrainConfig, fit
+    from drivedistill.train.loop import fit
     from drivedistill.utils.runtime import seed_everything
 
     perception = prior["evodrive_perception"]
     oracle_cfg_dict = deep_merge(
         cfg.evodrive.get("oracle", {}), {"vlm": {"pretrained_dir": str(perception.path / "perception")}}
     )
-    train_cfg = from_dict(
-        TrainConfig,
-        deep_merge({**ORACLE_TRAIN, "device": cfg.device}, cfg.evodrive.get("oracle_train", {})),
-        "evodrive.oracle_train",
-    )
+    train_cfg = cfg.recipe_train("evodrive", "oracle_train", ORACLE_TRAIN)
     stage_cfg = {"oracle": cfg.evodrive.get("oracle", {}), "train": to_dict(train_cfg)}
 
     def run(d: Path) -> dict[str, Any]:

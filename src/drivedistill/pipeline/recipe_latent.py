@@ -21,14 +21,6 @@ LAM_TRAIN = {"epochs": 10, "batch_size": 16, "lr": 1e-3, "log_every": 20}
 TEACHER_TRAIN = {"epochs": 10, "batch_size": 16, "lr": 2e-3, "log_every": 20}
 
 
-def _train_cfg(cfg: StudyConfig, key: str, default: dict[str, Any]) -> Any:
-    from drivedistill.train.loop import TrainConfig
-
-    return from_dict(
-        TrainConfig, deep_merge({**default, "device": cfg.device}, cfg.latent.get(key, {})), f"latent.{key}"
-    )
-
-
 def _futures(store: Any, tokens: list[str]) -> np.ndarray:
     return np.stack([store.load(t).privileged.future_trajectory for t in tokens])
 
@@ -49,7 +41,7 @@ def lam_stage(runner: StageRunner, cfg: StudyConfig, store: Artifact, prior: dic
     from drivedistill.utils.runtime import seed_everything
 
     lam_cfg = from_dict(LatentActionConfig, cfg.latent.get("lam", {}), "latent.lam")
-    train_cfg = _train_cfg(cfg, "lam_train", LAM_TRAIN)
+    train_cfg = cfg.recipe_train("latent", "lam_train", LAM_TRAIN)
     stage_cfg = {"lam": to_dict(lam_cfg), "train": to_dict(train_cfg)}
 
     def run(d: Path) -> dict[str, Any]:
@@ -126,7 +118,7 @@ def teacher_stage(
         deep_merge({"vlm": {"image_hw": default_hw}}, cfg.latent.get("teacher", {})),
         "latent.teacher",
     )
-    train_cfg = _train_cfg(cfg, "teacher_train", TEACHER_TRAIN)
+    train_cfg = cfg.recipe_train("latent", "teacher_train", TEACHER_TRAIN)
     stage_cfg = {"teacher": to_dict(teacher_cfg), "train": to_dict(train_cfg)}
 
     def run(d: Path) -> dict[str, Any]:

@@ -202,6 +202,35 @@ def test_anchorformer_weights_depend_on_gt_trajectory(student: VLAStudent, batch
     assert (w - w2).abs().max() > 1e-6
 
 
+def test_anchor_loss_survives_weights_that_underflow(student: VLAStudent, batch: Batch) -> None:
+    """The anchor loss is a weighted mean of the token errors even when every sigmoid weight underflows
+    to 0 (the AnchorFormer drove them to ~1e-40 in 50 steps of the default run, and a clamped normaliser
+    then made the loss 0 and the anchor inert): it stays between the smallest and largest token error
+    and still trains the student's encoder."""
+    method = registry.build("method", "evodrive", EvoDriveConfig(trajectory_kd=False), student=student)
+    assert method.anchorformer is not None
+    with torch.no_grad():  # move the encoder off its anchor, then push every weight below float range
+        for p in student.core.visual.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        method.anchorformer.ranker.weight.mul_(1e6)
+        method.anchorformer.ranker.weight.copy_(-method.anchorformer.ranker.weight.abs())
+    assert batch.privileged is not None
+    enc = student.encode_train(batch.inputs, batch.privileged.trajectory)
+    core = student.core
+    pv, grid = core.image_inputs(batch.inputs.camera)
+    img = core.visual_tokens(pv, grid)
+    loss, diagnostics = method._anchor_loss(enc, pv, grid, img)
+    with torch.no_grad():
+        mse = (img - core.visual_tokens(pv, grid, visual=method.anchor)).pow(2).mean(-1)
+    assert float(diagnostics["anchor_w_mean"]) < 1e-30  # the weights did underflow …
+    value = float(loss.detach())
+    assert float(mse.min()) - 1e-6 <= value <= float(mse.max()) + 1e-6 and value > 0
+    loss.backward()  # … and the anchor still pulls the encoder back
+    grads = [p.grad for p in student.core.visual.parameters() if p.grad is not None]
+    assert grads and any(float(g.abs().sum()) > 0 for g in grads)
+    student.zero_grad()
+
+
 def test_cached_targets_and_length_mismatch(student: VLAStudent, oracle: OracleTeacher, batch: Batch) -> None:
     cfg = EvoDriveConfig(refine=False, mc_dropout=False, visual_kd=False, teacher_targets="cache")
     cache = cache_teacher_targets(oracle, [batch], cfg)

@@ -189,8 +189,8 @@ class EvoDrive(Method):
             parts |= {"kd_logit": kd_logit, "kd_hidden": kd_hidden}
             total = total + self.cfg.logit_weight * kd_logit + self.cfg.hidden_weight * kd_hidden
         if self.anchor is not None:
-            anchor_loss, w = self._anchor_loss(enc, pv, grid, img)
-            parts |= {"anchor": anchor_loss, "anchor_w_mean": w.mean()}
+            anchor_loss, diagnostics = self._anchor_loss(enc, pv, grid, img)
+            parts |= {"anchor": anchor_loss, **diagnostics}
             total = total + self.cfg.anchor_weight * anchor_loss
         return {"loss": total, **{k: v.detach() for k, v in parts.items()}}
 
@@ -230,8 +230,8 @@ class EvoDrive(Method):
 
     def _anchor_loss(
         self, enc: Encoded, pv: torch.Tensor, grid: torch.Tensor, img: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """L_a = Σ w_i mse_i / Σ w_i over the visual tokens; returns (L_a, w (B, T))."""
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """L_a = Σ w_i mse_i / Σ w_i over the visual tokens; returns (L_a, diagnostics)."""
         assert self.anchor is not None
         core = self.vla.core
         with torch.no_grad():
@@ -239,14 +239,25 @@ class EvoDrive(Method):
         b = enc.input_ids.shape[0]
         mse = (img - anchor_tok).pow(2).mean(-1).view(b, -1)  # (B, T)
         if self.anchorformer is None:
-            w = torch.ones_like(mse)
-        else:
-            embeds, image_mask = core.embed(enc, anchor_tok)
-            w = self.anchorformer(
-                embeds.detach(), enc.attention_mask, core.position_ids(enc, grid), image_mask
-            )
-        # sigmoid weights can underflow to 0 for every token: guard the normaliser (else 0/0 = NaN)
-        return (w * mse).sum() / w.sum().clamp_min(1e-6), w.detach()
+            return mse.mean(), {
+                "anchor_w_mean": torch.ones(()),
+                "anchor_share_max": 1.0 / mse.new_tensor(mse.numel()),
+            }
+        embeds, image_mask = core.embed(enc, anchor_tok)
+        z = self.anchorformer.scores(
+            embeds.detach(), enc.attention_mask, core.position_ids(enc, grid), image_mask
+        )
+        # Σ w·mse / Σ w with w = sigmoid(z) is Σ softmax(log w)·mse: computed that way it stays a weighted
+        # mean of the token errors however small the weights get. Computed directly, the weights drifted
+        # to ~1e-40 within 50 steps, the clamped normaliser made "all weights → 0" a zero loss, and the
+        # anchor stopped acting (and denormal arithmetic made runs differ between processes).
+        log_w = F.logsigmoid(z)
+        share = torch.softmax(log_w.flatten(), dim=0).view_as(mse)
+        # diagnostics: the mean weight, and the largest share one visual token has (1 / tokens = uniform)
+        return (share * mse).sum(), {
+            "anchor_w_mean": log_w.detach().exp().mean(),
+            "anchor_share_max": share.max(),
+        }
 
     def extra_state(self) -> dict[str, object]:
         return {"decode_stats": dict(self.vla.decode_stats)}

@@ -71,9 +71,23 @@ def resolved_spec(cfg: StudyConfig, model: ModelSpec, seed: int, deps: list[Arti
     )
 
 
-# Bumped when a method's training changes without a config change, so cached stages of it re-run
-# (evodrive 2: MC-dropout candidates took their logits from hidden states one token late).
-METHOD_REVISIONS = {"evodrive": 2}
+# Bumped when a method's training changes without a config change, so cached stages of it re-run:
+# method → [(revision, method-config switches it applies to)], the last matching entry wins.
+# evodrive 2: MC-dropout candidates took their logits from hidden states one token late;
+# evodrive 3: the anchor loss collapsed to 0 once the AnchorFormer weights underflowed (visual KD only).
+METHOD_REVISIONS: dict[str, list[tuple[int, dict[str, Any]]]] = {
+    "evodrive": [(2, {}), (3, {"visual_kd": True})],
+}
+
+
+def method_revision(method: str, method_cfg: dict[str, Any]) -> int | None:
+    """The revision of `method` with this resolved config (None: never revised)."""
+    matching = [
+        rev
+        for rev, switches in METHOD_REVISIONS.get(method, [])
+        if all(method_cfg.get(k) == v for k, v in switches.items())
+    ]
+    return matching[-1] if matching else None
 
 
 def train_stage(
@@ -103,8 +117,9 @@ def train_stage(
         },
     }
 
-    if model.method in METHOD_REVISIONS:
-        stage_cfg["revision"] = METHOD_REVISIONS[model.method]
+    revision = method_revision(model.method, sections["method"])
+    if revision is not None:
+        stage_cfg["revision"] = revision
 
     def run(d: Path) -> dict[str, Any]:
         ds = SceneDataset(SceneStore(store.store_dir()), "train", extras=extras, cache_decoded=True)

@@ -42,6 +42,17 @@ class AnchorFormer(nn.Module):
         position_ids: torch.Tensor,
         image_mask: torch.Tensor,
     ) -> torch.Tensor:
+        return torch.sigmoid(self.scores(embeds, attention_mask, position_ids, image_mask))
+
+    def scores(
+        self,
+        embeds: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        image_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """The weights before the sigmoid, Linear(h ⊙ q) / T, (B, T): losses built from the weights
+        take `logsigmoid` of these instead of the log of a weight that may have underflowed to 0."""
         b, n, _ = embeds.shape
         x = torch.cat([embeds, self.query.expand(b, -1, -1).to(embeds)], dim=1)  # (B, L+1, D)
         q_pos = (
@@ -63,4 +74,4 @@ class AnchorFormer(nn.Module):
         h = h[0] if isinstance(h, tuple) else h
         q = h[:, -1:]  # (B, 1, D)
         vis = h[:, :n][image_mask].view(b, -1, h.shape[-1])  # (B, T, D)
-        return torch.sigmoid(self.ranker(vis * q).squeeze(-1) / self.temperature)
+        return self.ranker(vis * q).squeeze(-1) / self.temperature  # type: ignore[no-any-return]

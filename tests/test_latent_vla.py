@@ -147,3 +147,34 @@ def test_distill_trains_head_towards_teacher() -> None:
         opt.step()
     assert float(method.losses(batch)["kd"]) < 0.5 * first
     assert method.deployable() is method.student
+
+
+def test_distill_reads_all_of_ipads_proposals_not_only_the_winner() -> None:
+    """iPad's plan_query is the best-scored proposal's query; the KD head reads the mean of all proposal
+    queries, so the distillation gradient reaches every proposal."""
+    entry = registry.get("student", "ipad")
+    assert entry.config_cls is not None
+    ipad = registry.build(
+        "student", "ipad", entry.config_cls(bev_channels=3, **STUDENT, num_proposals=4, num_iterations=1)
+    )
+    method = registry.build("method", "latent_vla_distill", student=ipad, context=MethodContext())
+    batch = _batch(2)
+    batch.extras[TEACHER_LOGITS_KEY] = 4 * torch.randn(2, 12, 16)
+    out = ipad(batch.inputs)
+    query = method.distilled_query(out.features)
+    assert torch.allclose(query, out.features["proposal_queries"].mean(dim=1))
+    losses = method.losses(batch)
+    assert {"imitation", "proposal", "score", "kd"} <= set(losses)  # iPad's own terms are logged too
+    q = out.features["proposal_queries"]
+    q.retain_grad()
+    method.action_logits(method.distilled_query(out.features)).sum().backward()
+    assert q.grad is not None and bool((q.grad.abs().sum(dim=-1) > 0).all())  # every proposal
+    with pytest.raises(ValueError, match="proposal_mean needs a student with proposals"):
+        transfuser = registry.build(
+            "method",
+            "latent_vla_distill",
+            LatentVLADistillConfig(query="proposal_mean"),
+            student=_student(),
+            context=MethodContext(),
+        )
+        transfuser.losses(batch)

@@ -1,7 +1,7 @@
 """Distilled LatentVLA: a fast student matches the VLM's latent-action distribution while planning (no VLM at inference).
 
-A small head on the student's "plan_query" predicts the 12 latent action tokens in parallel, (B, 12, 16)
-logits. Loss:
+A small head on a student feature (`query`: "plan_query", or the mean proposal query of iPad) predicts
+the 12 latent action tokens in parallel, (B, 12, 16) logits. Loss:
 
     L = plan_weight · imitation(student) + kd_weight · T² · KL(softmax(teacher / T) ‖ softmax(head / T))
         [+ code_weight · CE(head, LAM codes)]
@@ -28,6 +28,8 @@ from drivedistill.models.teachers.vlm import TEACHER_LOGITS_KEY
 from drivedistill.registry import register
 from drivedistill.types import Batch
 
+QUERIES = ("auto", "plan_query", "proposal_mean")
+
 
 @dataclass
 class LatentVLADistillConfig:
@@ -40,12 +42,19 @@ class LatentVLADistillConfig:
     code_weight: float = 0.0  # optional cross-entropy to the LAM's own codes (0 = pure distillation)
     plan_weight: float = 1.0  # imitation terms of the student
     head_hidden: int = 256  # width of the latent-action head (dropped at export)
+    # which student feature the head reads: "plan_query" (the query the plan comes from), "proposal_mean"
+    # (the mean of a multi-proposal student's queries, e.g. iPad's), "auto" (proposal_mean when the
+    # student has proposals). iPad's plan_query is the query of the best-scored proposal: distilling into
+    # it pulls whichever proposal wins towards one action, against the proposals' diversity.
+    query: str = "auto"
 
     def __post_init__(self) -> None:
         if self.temperature <= 0:
             raise ValueError(f"LatentVLADistillConfig.temperature must be > 0, got {self.temperature}")
         if min(self.kd_weight, self.code_weight, self.plan_weight) < 0:
             raise ValueError("LatentVLADistillConfig: loss weights must be ≥ 0")
+        if self.query not in QUERIES:
+            raise ValueError(f"LatentVLADistillConfig.query must be one of {QUERIES}, got {self.query!r}")
 
 
 def kd_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -73,9 +82,23 @@ class LatentVLADistill(Method):
         )
         self.imitation = ImitationConfig()
 
-    def action_logits(self, plan_query: torch.Tensor) -> torch.Tensor:
+    def action_logits(self, query: torch.Tensor) -> torch.Tensor:
         """(B, D) → (B, L, K) latent-action logits of the student."""
-        return self.head(plan_query).view(-1, self.cfg.sequence_length, self.cfg.num_codes)  # type: ignore[no-any-return]
+        return self.head(query).view(-1, self.cfg.sequence_length, self.cfg.num_codes)  # type: ignore[no-any-return]
+
+    def distilled_query(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The (B, D) student feature the latent-action head reads (`cfg.query`)."""
+        choice = self.cfg.query
+        if choice == "auto":
+            choice = "proposal_mean" if "proposal_queries" in features else "plan_query"
+        if choice == "proposal_mean":
+            if "proposal_queries" not in features:
+                raise ValueError(
+                    "latent_vla_distill: method.query=proposal_mean needs a student with proposals "
+                    "(features['proposal_queries'], e.g. ipad); use method.query=plan_query"
+                )
+            return features["proposal_queries"].mean(dim=1)
+        return features["plan_query"]
 
     def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
         if TEACHER_LOGITS_KEY not in batch.extras:
@@ -92,10 +115,13 @@ class LatentVLADistill(Method):
             )
         out = self.student(batch.inputs)
         plan = imitation_losses(out, batch, self.imitation)
-        logits = self.action_logits(out.features["plan_query"])
+        logits = self.action_logits(self.distilled_query(out.features))
         kd = kd_kl(teacher, logits, self.cfg.temperature)
         total = self.cfg.plan_weight * plan["loss"] + self.cfg.kd_weight * kd
-        parts = {"imitation": plan["imitation"], "kd": kd.detach()}
+        parts = {
+            **{k: v for k, v in plan.items() if k != "loss"},
+            "kd": kd.detach(),
+        }  # iPad: + proposal, score
         agree = (logits.argmax(-1) == teacher.argmax(-1)).float().mean()
         if self.cfg.code_weight > 0:
             if EGO_CODES_KEY not in batch.extras:

@@ -11,7 +11,8 @@ Training needs its own loss parts — winner-takes-all L1 over proposals at ever
 classification — which live in `methods/imitation.py::imitation_losses`, keyed on the presence of
 "proposals" in the features, so that every method reusing the imitation term trains iPad correctly.
 
-features: "plan_query" (B, D) the best proposal's query, "scene_tokens" (B, N, D), "proposals"
+features: "plan_query" (B, D) the best proposal's query, "proposal_queries" (B, K, D) all of them,
+"scene_tokens" (B, N, D), "proposals"
 (B, K, 8, 3), "proposal_scores" (B, K) logits, "proposals_per_iteration" (B, I, K, 8, 3).
 Paper scale: `--student.num_proposals=64 --student.hidden_dim=256 --student.camera_backbone=resnet34`.
 """
@@ -107,6 +108,7 @@ class Ipad(Student):
             trajectory,
             {
                 "plan_query": plan_query,
+                "proposal_queries": q,
                 "scene_tokens": scene,
                 "proposals": proposals,
                 "proposal_scores": scores,

@@ -295,7 +295,7 @@ def markdown_table(
     everything: dict[str, Any] = results.get("models", {})
     names = list(everything)
     if models:
-        names = [n for n in dict.fromkeys(n for pat in models for n in names if fnmatch.fnmatchcase(n, pat))]
+        names = list(dict.fromkeys(n for pat in models for n in names if fnmatch.fnmatchcase(n, pat)))
         if not names:
             raise ValueError(f"no model in results matches {list(models)}; models: {list(everything)}")
     lines = ["| model | " + " | ".join(c[0] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]

@@ -240,7 +240,7 @@ class EvoDrive(Method):
         mse = (img - anchor_tok).pow(2).mean(-1).view(b, -1)  # (B, T)
         if self.anchorformer is None:
             return mse.mean(), {
-                "anchor_w_mean": torch.ones(()),
+                "anchor_w_mean": mse.new_ones(()),
                 "anchor_share_max": 1.0 / mse.new_tensor(mse.numel()),
             }
         embeds, image_mask = core.embed(enc, anchor_tok)

@@ -118,10 +118,8 @@ class LatentVLADistill(Method):
         logits = self.action_logits(self.distilled_query(out.features))
         kd = kd_kl(teacher, logits, self.cfg.temperature)
         total = self.cfg.plan_weight * plan["loss"] + self.cfg.kd_weight * kd
-        parts = {
-            **{k: v for k, v in plan.items() if k != "loss"},
-            "kd": kd.detach(),
-        }  # iPad: + proposal, score
+        # the imitation parts (iPad: + proposal, score), then the distillation's
+        parts = {**{k: v for k, v in plan.items() if k != "loss"}, "kd": kd.detach()}
         agree = (logits.argmax(-1) == teacher.argmax(-1)).float().mean()
         if self.cfg.code_weight > 0:
             if EGO_CODES_KEY not in batch.extras:

@@ -91,8 +91,8 @@ class StudyConfig:
         return {m.method for m in self.models}
 
     def recipe_train(self, section: str, key: str, default: dict[str, Any]) -> Any:
-        """The TrainConfig of a recipe stage (e.g. `latent.lam_train`): its defaults ← the preset's
-        `section.key` ← the study's device."""
+        """The TrainConfig of a recipe stage (e.g. `latent.lam_train`): its defaults and the study's
+        device ← the preset's `section.key`."""
         from drivedistill.train.loop import TrainConfig
 
         node = getattr(self, section).get(key, {})

@@ -265,7 +265,6 @@ def run_study(cfg: StudyConfig, out: Path, dry_run: bool = False) -> dict[str, A
     for stage_name, needed_by, fn in RECIPE_STAGES:
         if cfg.methods_used() & needed_by:
             recipe_artifacts[stage_name] = fn(runner, cfg, store, recipe_artifacts)
-    per_seed: dict[str, list[dict[str, Any]]] = {}
     trained_runs: dict[tuple[str, int], Artifact] = {}
     evaluated: dict[tuple[str, int], Artifact] = {}
     for model in cfg.models:
@@ -281,8 +280,7 @@ def run_study(cfg: StudyConfig, out: Path, dry_run: bool = False) -> dict[str, A
                 trained_runs[(model.name, seed)] = trained
             ev = eval_stage(runner, cfg, model, seed, store, trained, deps)
             evaluated[(model.name, seed)] = ev
-            if not dry_run:
-                per_seed.setdefault(model.name, []).append(_metrics(ev))
+    references: dict[str, Artifact] = {}  # row name → its eval stage
     if cfg.eval.expert_reference:
         from drivedistill.pipeline.evaluation import evaluate_expert
 
@@ -292,7 +290,7 @@ def run_study(cfg: StudyConfig, out: Path, dry_run: bool = False) -> dict[str, A
             [store],
             lambda d: evaluate_expert(cfg, store.store_dir(), d),
         )
-        per_seed[EXPERT_ROW] = [] if dry_run else [_metrics(ref)]
+        references[EXPERT_ROW] = ref
     if cfg.eval.oracle_reference and "evodrive_oracle" in recipe_artifacts:
         from drivedistill.pipeline.evaluation import evaluate_oracle
 
@@ -303,9 +301,13 @@ def run_study(cfg: StudyConfig, out: Path, dry_run: bool = False) -> dict[str, A
             [store, oracle],
             lambda d: evaluate_oracle(cfg, store.store_dir(), oracle, d),
         )
-        per_seed[ORACLE_ROW] = [] if dry_run else [_metrics(ref)]
+        references[ORACLE_ROW] = ref
     if dry_run:
         return {"planned": runner.planned, "cached": sorted(runner.recorded), "everything": False}
+    per_seed: dict[str, list[dict[str, Any]]] = {}
+    for (name, _), ev in evaluated.items():  # models in order, seeds in order
+        per_seed.setdefault(name, []).append(_metrics(ev))
+    per_seed |= {name: [_metrics(ref)] for name, ref in references.items()}
     results = aggregate(cfg, per_seed)
     results["stage_seconds"] = {**runner.timings, "total": time.perf_counter() - t0}
     results["compute_seconds"] = {**runner.recorded, "total": sum(runner.recorded.values())}

@@ -13,10 +13,12 @@ os.environ.setdefault("SDL_VIDEODRIVER", "offscreen")
 from drivedistill.metrics.closedloop import (
     EXPERT,
     PROTOCOL,
+    BatchPlanner,
     ClosedLoopConfig,
     constant_velocity,
     evaluate_closed_loop,
     route_progress,
+    run_closed_loop_episode,
 )
 from drivedistill.world.camera import CameraConfig
 from drivedistill.world.config import WorldConfig
@@ -46,6 +48,29 @@ def test_closed_loop_expert_vs_constant_velocity(tmp_path: Path) -> None:
     assert expert.driving_score >= cv_result.driving_score
     assert all(not hasattr(x, "privileged") for x in seen) and len(seen) >= 5
     assert gif.exists() and gif.stat().st_size > 1000
+
+
+def test_lockstep_episodes_equal_one_by_one() -> None:
+    """The episodes run in lockstep with one batched planner call per step; each record equals the one of
+    running that episode alone (the episodes share nothing)."""
+    world = WorldConfig(
+        scenarios=["highway", "intersection", "merge"], camera=CameraConfig(height=32, width=64)
+    )
+    cfg = ClosedLoopConfig(episodes=3, duration_s=3.0, seed=1000, world=world)
+    batch_sizes: list[int] = []
+
+    def plan(inputs: list) -> np.ndarray:  # type: ignore[type-arg]
+        batch_sizes.append(len(inputs))
+        return np.stack([constant_velocity(x) for x in inputs])
+
+    together = evaluate_closed_loop(BatchPlanner(plan), cfg)
+    alone = [run_closed_loop_episode(constant_velocity, cfg, i)[0] for i in range(cfg.episodes)]
+    for rec, ref in zip(together.episodes, alone):
+        assert {k: rec[k] for k in ref} == ref
+    assert batch_sizes[0] == 3 and len(batch_sizes) <= 6 + 1  # 2 Hz for 3 s: one call per step
+
+    with pytest.raises(ValueError, match="expected \\(3, 8, 3\\)"):
+        evaluate_closed_loop(BatchPlanner(lambda inputs: np.zeros((1, 8, 3))), cfg)
 
 
 @pytest.mark.parametrize("scenario", ["racetrack", "roundabout"])

@@ -15,6 +15,11 @@ Per episode:
 - driving_score     route_completion × 0.60 if it collided (CARLA's vehicle-collision penalty) × 0.70 if
                     it went off-road (CARLA's off-route spirit); comfort is reported, not penalised
 Aggregates are means over episodes; every result dict carries `protocol`.
+
+The episodes run in lockstep: at each 2 Hz planning step the observations of every episode still running
+go to the planner together, so a `BatchPlanner` (a student planning a batch in one forward pass — for a
+language student one batched greedy decode) costs one call per step, not one per episode. The episodes
+are independent (each seeds its own simulator), so the records equal those of running them one by one.
 """
 
 from __future__ import annotations
@@ -42,6 +47,19 @@ COMFORT = {"lat_acc": 4.89, "jerk": 4.13, "yaw_rate": 0.95}
 EXPERT = "expert"  # pass as `planner` to let the privileged expert drive (the reference row)
 
 Planner = Callable[[AgentInput], np.ndarray]
+
+
+@dataclass(frozen=True)
+class BatchPlanner:
+    """A planner for several episodes at once: `plan(inputs)` maps a list of B `AgentInput` to (B, 8, 3)
+    plans in each one's ego frame."""
+
+    plan: Callable[[list[AgentInput]], np.ndarray]
+
+    @staticmethod
+    def of(planner: Planner) -> BatchPlanner:
+        """One call of `planner` per input."""
+        return BatchPlanner(lambda inputs: np.stack([np.asarray(planner(x)) for x in inputs]))
 
 
 @dataclass
@@ -139,21 +157,9 @@ def comfort_violation(poses: np.ndarray, speeds: np.ndarray) -> float:
     return float(bad.mean())
 
 
-def run_closed_loop_episode(
-    planner: Planner | str, cfg: ClosedLoopConfig, index: int, record: bool = False
-) -> tuple[dict[str, Any], list[tuple[np.ndarray, np.ndarray]]]:
-    """One episode; returns its record (without route completion) and the recorded (camera, BEV) frames."""
-    from drivedistill.world.closedloop import ClosedLoopEnv
-
-    scenario = cfg.world.scenarios[index % len(cfg.world.scenarios)]
-    env = ClosedLoopEnv(cfg.world, cfg.duration_s, record=record)
-    expert = planner == EXPERT
-    obs = env.reset(cfg.seed, scenario, index, expert=expert)
-    while not env.done:
-        plan = None if expert else np.asarray(planner(obs), np.float64)  # type: ignore[operator]
-        obs = env.step(plan)
+def _record(env: Any, scenario: str, index: int) -> dict[str, Any]:
     s = env.summary()
-    record_ = {
+    return {
         "index": index,
         "scenario": scenario,
         "collided": s["collided"],
@@ -162,24 +168,65 @@ def run_closed_loop_episode(
         "comfort_violation": comfort_violation(s["poses"], s["speeds"]),
         "duration_s": (len(s["poses"]) - 1) / SIM_HZ,
     }
-    return record_, env.trace.frames
+
+
+def run_closed_loop_episodes(
+    planner: Planner | BatchPlanner | str,
+    cfg: ClosedLoopConfig,
+    indices: list[int],
+    record: int | None = None,
+) -> list[tuple[dict[str, Any], list[tuple[np.ndarray, np.ndarray]]]]:
+    """Episodes `indices` in lockstep (see module docstring); per episode its record (without route
+    completion) and the (camera, BEV) frames recorded for episode `record` (empty for the others)."""
+    from drivedistill.world.closedloop import ClosedLoopEnv
+
+    expert = planner == EXPERT
+    batch = planner if isinstance(planner, BatchPlanner) or expert else BatchPlanner.of(planner)  # type: ignore[arg-type]
+    scenarios = [cfg.world.scenarios[i % len(cfg.world.scenarios)] for i in indices]
+    envs = [ClosedLoopEnv(cfg.world, cfg.duration_s, record=i == record) for i in indices]
+    obs = [env.reset(cfg.seed, sc, i, expert=expert) for env, sc, i in zip(envs, scenarios, indices)]
+    while running := [k for k, env in enumerate(envs) if not env.done]:
+        if expert:
+            plans: list[np.ndarray | None] = [None] * len(running)
+        else:
+            planned = np.asarray(batch.plan([obs[k] for k in running]), np.float64)  # type: ignore[union-attr]
+            if planned.shape != (len(running), NUM_FUTURE, 3):
+                raise ValueError(
+                    f"closed loop: the planner returned plans of shape {planned.shape} for {len(running)} "
+                    f"inputs; expected ({len(running)}, {NUM_FUTURE}, 3)"
+                )
+            plans = list(planned)
+        for k, plan in zip(running, plans):
+            obs[k] = envs[k].step(plan)
+    return [(_record(env, sc, i), env.trace.frames) for env, sc, i in zip(envs, scenarios, indices)]
+
+
+def run_closed_loop_episode(
+    planner: Planner | BatchPlanner | str, cfg: ClosedLoopConfig, index: int, record: bool = False
+) -> tuple[dict[str, Any], list[tuple[np.ndarray, np.ndarray]]]:
+    """One episode; returns its record (without route completion) and the recorded (camera, BEV) frames."""
+    return run_closed_loop_episodes(planner, cfg, [index], record=index if record else None)[0]
 
 
 def evaluate_closed_loop(
-    planner: Planner | str, cfg: ClosedLoopConfig, gif: str | Path | None = None
+    planner: Planner | BatchPlanner | str, cfg: ClosedLoopConfig, gif: str | Path | None = None
 ) -> ClosedLoopResult:
     """Run `cfg.episodes` closed-loop episodes with `planner` (a callable on `AgentInput` returning an
-    (8, 3) plan in the ego frame, or `EXPERT`); the expert's progress on the same episodes is the route
-    reference. `gif` writes an animation of the first episode."""
+    (8, 3) plan in the ego frame, a `BatchPlanner`, or `EXPERT`); the expert's progress on the same
+    episodes is the route reference. `gif` writes an animation of the first episode."""
+    indices = list(range(cfg.episodes))
+    ran = run_closed_loop_episodes(planner, cfg, indices, record=0 if gif is not None else None)
+    missing = [i for i in indices if (config_hash(cfg), i) not in _REFERENCE_PROGRESS]
+    if planner == EXPERT:
+        _REFERENCE_PROGRESS.update(
+            {(config_hash(cfg), i): rec["progress_m"] for i, (rec, _) in zip(indices, ran)}
+        )
+    elif missing:
+        for i, (rec, _) in zip(missing, run_closed_loop_episodes(EXPERT, cfg, missing)):
+            _REFERENCE_PROGRESS[(config_hash(cfg), i)] = rec["progress_m"]
     records = []
-    for i in range(cfg.episodes):
-        rec, frames = run_closed_loop_episode(planner, cfg, i, record=gif is not None and i == 0)
-        key = (config_hash(cfg), i)
-        if planner == EXPERT:
-            _REFERENCE_PROGRESS[key] = rec["progress_m"]
-        elif key not in _REFERENCE_PROGRESS:
-            _REFERENCE_PROGRESS[key] = run_closed_loop_episode(EXPERT, cfg, i)[0]["progress_m"]
-        ref_progress = _REFERENCE_PROGRESS[key]
+    for i, (rec, frames) in zip(indices, ran):
+        ref_progress = _REFERENCE_PROGRESS[(config_hash(cfg), i)]
         rec["reference_progress_m"] = ref_progress
         rec["route_completion"] = float(min(1.0, max(0.0, rec["progress_m"]) / max(ref_progress, 1.0)))
         penalty = (COLLISION_PENALTY if rec["collided"] else 1.0) * (

@@ -62,12 +62,15 @@ def plan_scenes(
 
 
 def student_planner(student: nn.Module, device: str = "cpu") -> Any:
-    """A closed-loop planner: AgentInput → (8, 3) plan in the current ego frame (float64)."""
+    """A closed-loop planner (`metrics.closedloop.BatchPlanner`): the AgentInputs of the episodes still
+    running → their (B, 8, 3) plans in each current ego frame (float64), in one batch."""
+    from drivedistill.metrics.closedloop import BatchPlanner
 
-    def planner(inputs: AgentInput) -> np.ndarray:
-        return plan_scenes(student, [Scene("closed-loop", "closed-loop", 0, inputs, None)], 1, device)[0]
+    def plan(inputs: list[AgentInput]) -> np.ndarray:
+        scenes = [Scene(f"closed-loop-{i}", "closed-loop", i, x, None) for i, x in enumerate(inputs)]
+        return plan_scenes(student, scenes, max(1, len(scenes)), device)
 
-    return planner
+    return BatchPlanner(plan)
 
 
 def evaluate_student(

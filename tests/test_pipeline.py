@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from drivedistill.pipeline import study
 from drivedistill.pipeline.config import load_study
 from drivedistill.pipeline.study import run_study
 
@@ -21,7 +22,7 @@ from .browser import render
 pytestmark = pytest.mark.slow
 
 
-def test_smoke_study_end_to_end_and_cached(tmp_path: Path) -> None:
+def test_smoke_study_end_to_end_and_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "run"
     cfg = load_study("smoke")
     results = run_study(cfg, out)
@@ -62,8 +63,17 @@ def test_smoke_study_end_to_end_and_cached(tmp_path: Path) -> None:
     assert total >= 8 and loaded == total
     assert np.asarray(Image.open(tmp_path / "shot.png").convert("L"), np.float32).std() > 5.0
 
-    # a second run skips every stage
+    # a second run skips every stage, and reads no recipe's extras (only a train stage that runs does)
+    extras_read: list[list[str]] = []
+
+    def spy(paths: list[Path]) -> object:
+        extras_read.append([p.parent.name for p in paths])
+        return read_extras(paths)
+
+    read_extras = study.read_extras
+    monkeypatch.setattr(study, "read_extras", spy)
     again = run_study(cfg, out)
+    assert extras_read == []
     assert set(again["stage_seconds"]) == {"total"}
     # ... and still reports what every stage cost when it ran (the run's compute time)
     assert again["compute_seconds"] == results["compute_seconds"]
@@ -79,6 +89,7 @@ def test_smoke_study_end_to_end_and_cached(tmp_path: Path) -> None:
         "train-transfuser_vlm_ad-s0",
         "eval-transfuser_vlm_ad-s0",
     }
+    assert len(extras_read) == 1 and extras_read[0][0].startswith("annotate")  # VLM-AD's, once
 
     # a run directory can be moved: stages name their outputs relative to themselves
     moved = tmp_path / "moved"

@@ -6,7 +6,7 @@ Loaded back as `{name: {token: array}}`, the form `SceneDataset(store, split, ex
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -51,3 +51,8 @@ def merge_extras(*parts: Extras) -> Extras:
                 raise ValueError(f"extra {name!r} produced by two stages")
             out[name] = by_token
     return out
+
+
+def read_extras(paths: Sequence[Path]) -> Extras:
+    """Merge the extras files among `paths` that exist (a recipe stage may write none)."""
+    return merge_extras(*[load_extras(p) for p in paths if Path(p).exists()])

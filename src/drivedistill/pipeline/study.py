@@ -8,8 +8,10 @@ only its models).
 
 from __future__ import annotations
 
+import functools
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ import numpy as np
 from drivedistill.config import deep_merge, from_dict, to_dict
 from drivedistill.pipeline.cache import Artifact, StageRunner
 from drivedistill.pipeline.config import ModelSpec, StudyConfig
-from drivedistill.pipeline.extras import Extras, load_extras, merge_extras
+from drivedistill.pipeline.extras import Extras, read_extras
 from drivedistill.pipeline.recipes import RECIPE_STAGES, extras_for, method_artifacts, student_paths
 from drivedistill.utils.io import atomic_write_json
 
@@ -97,8 +99,9 @@ def train_stage(
     seed: int,
     store: Artifact,
     deps: list[Artifact],
-    extras: Extras,
+    extras: Callable[[], Extras],
 ) -> Artifact:
+    """Train one (model, seed); `extras` is called only if the stage runs (not when cached or dry)."""
     from drivedistill.data.dataset import SceneDataset
     from drivedistill.data.store import SceneStore
     from drivedistill.methods.base import MethodContext
@@ -122,7 +125,7 @@ def train_stage(
         stage_cfg["revision"] = revision
 
     def run(d: Path) -> dict[str, Any]:
-        ds = SceneDataset(SceneStore(store.store_dir()), "train", extras=extras, cache_decoded=True)
+        ds = SceneDataset(SceneStore(store.store_dir()), "train", extras=extras(), cache_decoded=True)
         resume = (d / "checkpoints").exists() and any((d / "checkpoints").iterdir())
         from drivedistill.utils.runtime import select_device
 
@@ -269,9 +272,8 @@ def run_study(cfg: StudyConfig, out: Path, dry_run: bool = False) -> dict[str, A
     evaluated: dict[tuple[str, int], Artifact] = {}
     for model in cfg.models:
         deps = [recipe_artifacts[n] for n in extras_for(model.method) if n in recipe_artifacts]
-        extras = merge_extras(
-            *[load_extras(a.path / "extras.npz") for a in deps if (a.path / "extras.npz").exists()]
-        )
+        # read once per model, and only if one of its train stages runs
+        extras = functools.cache(functools.partial(read_extras, [a.path / "extras.npz" for a in deps]))
         for seed in cfg.seeds:
             trained = (
                 None if model.method == "none" else train_stage(runner, cfg, model, seed, store, deps, extras)

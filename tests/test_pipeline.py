@@ -1,7 +1,7 @@
 """`drivedistill run --preset smoke`: the whole study end to end on the CPU, then its caching.
 
-One slow test: a first run (every recipe), a second run that skips every stage, and a changed knob
-that re-runs only the stages depending on it. The report is opened in headless Chromium.
+One slow test: a first run in two one-thread jobs (every recipe), a second run that skips every stage,
+and a changed knob that re-runs only the stages depending on it (both in one process). The report is opened in headless Chromium.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from PIL import Image
 
 from drivedistill.pipeline import study
 from drivedistill.pipeline.config import load_study
+from drivedistill.pipeline.jobs import run_parallel
 from drivedistill.pipeline.study import run_study
 
 from .browser import render
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.slow
 def test_smoke_study_end_to_end_and_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "run"
     cfg = load_study("smoke")
-    results = run_study(cfg, out)
+    results = run_parallel(cfg, out, jobs=2)  # two one-thread jobs; the later runs are one process
 
     # results.json: the documented shape, every model, every benchmark with its protocol
     saved = json.loads((out / "results.json").read_text())
@@ -45,10 +46,11 @@ def test_smoke_study_end_to_end_and_cached(tmp_path: Path, monkeypatch: pytest.M
         assert set(m["pdms"]) >= {"pdms", "nc", "dac", "ddc", "ttc", "ep", "c"}
         assert 0.0 <= m["pdms"]["pdms"] <= 1.0
         assert set(m["closedloop"]) >= {"collision_rate", "offroad_rate", "progress_m", "driving_score"}
-        assert m["latency_ms"]["p50"] > 0 and "std" in m
+        assert m["latency_ms"]["p50"] > 0 and "std" in m  # measured after the jobs, alone
         assert m["protocols"]["pdms"] == "navsim-v1.1"
     assert saved["models"]["vla/vla_sft"]["parse_failures"]["decoded"] > 0  # counted, never dropped
-    ran_first = set(results["stage_seconds"]) - {"total"}
+    ran_first = set(results["stage_seconds"]) - {"total"}  # the jobs' stages and this process's
+    assert {p.name for p in (out / "logs").iterdir()} == {"job-0.log", "job-1.log"}
     assert {
         "collect",
         "annotate",

@@ -86,9 +86,11 @@ def evaluate_model(
     trained: Artifact | None,
     deps: list[Artifact],
     out: Path,
+    latency: bool = True,
 ) -> dict[str, Any]:
-    """Every enabled metric of one (model, seed) through `train.evaluate.evaluate_student`, plus latency,
-    parse failures (language students) and the perception probe (VLA students); writes metrics.json,
+    """Every enabled metric of one (model, seed) through `train.evaluate.evaluate_student`, plus latency
+    (unless `latency` is False: a job of a parallel run leaves it to `add_latency`, measured alone), parse
+    failures (language students) and the perception probe (VLA students); writes metrics.json,
     predictions.npz and, for the first seed, closedloop.gif into `out`."""
     from drivedistill.data.store import SceneStore
     from drivedistill.train.evaluate import evaluate_student
@@ -125,12 +127,37 @@ def evaluate_model(
         metrics["perception_probe"] = linear_probe(
             core, list(store.scenes("train")), val, perception_config(cfg)
         )
-    if cfg.eval.latency_repeats > 0:
+    if latency and cfg.eval.latency_repeats > 0:
         ai = store.load(tokens[0], with_privileged=False).agent_input
         metrics["latency_ms"] = latency_ms(module, ai, cfg.eval.latency_repeats)
     metrics["eval_config"] = to_dict(cfg.eval)
     atomic_write_json(out / "metrics.json", metrics)
     return {k: metrics[k] for k in ("num_scenes", "params_m")}
+
+
+def add_latency(
+    cfg: StudyConfig,
+    model: ModelSpec,
+    store_path: Path,
+    trained: Artifact | None,
+    deps: list[Artifact],
+    out: Path,
+) -> bool:
+    """Measure the latency an eval stage in `out` left out (see `evaluate_model`) and add it to its
+    metrics.json; False when there was nothing to add."""
+    import json
+
+    from drivedistill.data.store import SceneStore
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    if "latency_ms" in metrics or cfg.eval.latency_repeats <= 0:
+        return False
+    store = SceneStore(store_path)
+    ai = store.load(store.tokens(cfg.eval.split)[0], with_privileged=False).agent_input
+    module = load_deployable(model, cfg, trained, deps)
+    metrics["latency_ms"] = latency_ms(module, ai, cfg.eval.latency_repeats)
+    atomic_write_json(out / "metrics.json", metrics)
+    return True
 
 
 def eval_config(cfg: StudyConfig) -> Any:

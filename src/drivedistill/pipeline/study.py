@@ -158,14 +158,16 @@ def eval_stage(
     store: Artifact,
     trained: Artifact | None,
     deps: list[Artifact],
+    latency: bool = True,
 ) -> Artifact:
+    """Evaluate one (model, seed); `latency=False` leaves the latency to `add_latency` (parallel jobs)."""
     from drivedistill.pipeline.evaluation import evaluate_model
     from drivedistill.train.checkpoint import without_legacy_fields
 
     inputs = [store, *deps] + ([trained] if trained is not None else [])
 
     def run(d: Path) -> dict[str, Any]:
-        return evaluate_model(cfg, model, seed, store.store_dir(), trained, deps, d)
+        return evaluate_model(cfg, model, seed, store.store_dir(), trained, deps, d, latency=latency)
 
     key = {
         "eval": eval_key(cfg),
@@ -251,16 +253,27 @@ def _metrics(stage: Artifact) -> dict[str, Any]:
     return dict(json.loads((stage.path / "metrics.json").read_text()))
 
 
-def run_study(cfg: StudyConfig, out: Path, dry_run: bool = False) -> dict[str, Any]:
+def run_study(
+    cfg: StudyConfig,
+    out: Path,
+    dry_run: bool = False,
+    part: bool = False,
+    timings: dict[str, float] | None = None,
+    started: float | None = None,
+) -> dict[str, Any]:
     """Run (or resume) the whole study into `out`; returns results.json's content.
 
     With `dry_run`, run nothing and return the plan: {"planned": {stage: seconds it took last time or
-    None}, "cached": [finished stages]} (see StageRunner)."""
+    None}, "cached": [finished stages]} (see StageRunner). With `part` (a job of a parallel run, see
+    pipeline/jobs.py), run only the stages of `cfg.models` — no reference rows, latency left out,
+    no results.json or report — and return {"stage_seconds": ...}. `timings` / `started`: seconds of the
+    stages this invocation's jobs ran and its `time.perf_counter()` start, reported with its own."""
     from drivedistill.pipeline.assets import build_assets
+    from drivedistill.pipeline.evaluation import add_latency
     from drivedistill.report import write_report
 
     runner = StageRunner(out, log=(lambda _: None) if dry_run else print, dry_run=dry_run)
-    t0 = time.perf_counter()
+    t0 = time.perf_counter() if started is None else started
     store = collect_stage(runner, cfg)
     if dry_run and not store.cached:  # the recipe stages read the store to build their keys
         return {"planned": {"collect": None}, "cached": [], "everything": True}
@@ -280,8 +293,12 @@ def run_study(cfg: StudyConfig, out: Path, dry_run: bool = False) -> dict[str, A
             )
             if trained is not None:
                 trained_runs[(model.name, seed)] = trained
-            ev = eval_stage(runner, cfg, model, seed, store, trained, deps)
+            ev = eval_stage(runner, cfg, model, seed, store, trained, deps, latency=not part)
             evaluated[(model.name, seed)] = ev
+            if not (dry_run or part) and add_latency(cfg, model, store.store_dir(), trained, deps, ev.path):
+                print(f"latency of {model.name} seed {seed} measured alone (its job ran beside another)")
+    if part:
+        return {"stage_seconds": runner.timings}
     references: dict[str, Artifact] = {}  # row name → its eval stage
     if cfg.eval.expert_reference:
         from drivedistill.pipeline.evaluation import evaluate_expert
@@ -311,7 +328,7 @@ def run_study(cfg: StudyConfig, out: Path, dry_run: bool = False) -> dict[str, A
         per_seed.setdefault(name, []).append(_metrics(ev))
     per_seed |= {name: [_metrics(ref)] for name, ref in references.items()}
     results = aggregate(cfg, per_seed)
-    results["stage_seconds"] = {**runner.timings, "total": time.perf_counter() - t0}
+    results["stage_seconds"] = {**(timings or {}), **runner.timings, "total": time.perf_counter() - t0}
     results["compute_seconds"] = {**runner.recorded, "total": sum(runner.recorded.values())}
     atomic_write_json(out / "results.json", results)
     assets = build_assets(cfg, out, store.store_dir(), trained_runs, evaluated, recipe_artifacts)

@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/drivedistill run --preset default --out runs/default
+	$(BIN)/drivedistill run --preset default --out runs/default --jobs 2
 
 smoke: $(STAMP)
 	$(BIN)/drivedistill run --preset smoke --out runs/smoke

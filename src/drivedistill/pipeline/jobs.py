@@ -83,9 +83,13 @@ def _job(cfg: StudyConfig, out: Path, log: Path) -> dict[str, float]:
     from drivedistill.pipeline.study import run_study
 
     torch.set_num_threads(1)
+    stdout, stderr = sys.stdout, sys.stderr
     with open(log, "a", buffering=1) as f:
         sys.stdout = sys.stderr = f
-        timings: dict[str, float] = run_study(cfg, out, part=True)["stage_seconds"]
+        try:
+            timings: dict[str, float] = run_study(cfg, out, part=True)["stage_seconds"]
+        finally:
+            sys.stdout, sys.stderr = stdout, stderr
         return timings
 
 

@@ -1,6 +1,6 @@
 """`drivedistill run --preset smoke`: the whole study end to end on the CPU, then its caching.
 
-One slow test: a first run in two one-thread jobs (every recipe), a second run that skips every stage,
+One slow test: a first run in two one-thread workers (every recipe), a second run that skips every stage,
 and a changed knob that re-runs only the stages depending on it (both in one process). The report is opened in headless Chromium.
 """
 
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 def test_smoke_study_end_to_end_and_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "run"
     cfg = load_study("smoke")
-    results = run_parallel(cfg, out, jobs=2)  # two one-thread jobs; the later runs are one process
+    results = run_parallel(cfg, out, jobs=2)  # two one-thread workers; the later runs are one process
 
     # results.json: the documented shape, every model, every benchmark with its protocol
     saved = json.loads((out / "results.json").read_text())
@@ -50,7 +50,8 @@ def test_smoke_study_end_to_end_and_cached(tmp_path: Path, monkeypatch: pytest.M
         assert m["protocols"]["pdms"] == "navsim-v1.1"
     assert saved["models"]["vla/vla_sft"]["parse_failures"]["decoded"] > 0  # counted, never dropped
     ran_first = set(results["stage_seconds"]) - {"total"}  # the jobs' stages and this process's
-    assert {p.name for p in (out / "logs").iterdir()} == {"job-0.log", "job-1.log"}
+    logs = {n.replace("/", "_") + ".log" for n in cfg.model_names()}  # one per model, each ran in a worker
+    assert {p.name for p in (out / "logs").iterdir()} == logs
     assert {
         "collect",
         "annotate",

@@ -5,13 +5,15 @@ on a 2-core machine two one-thread processes finish the study sooner than one tw
 (measured: docs/LOG.md). The run goes in three phases:
 
 1. collect, in this process (every other stage reads the store);
-2. the models, split into N groups that share no recipe stage (a method and the recipe stages it reads
-   stay in one group: VLM-AD + annotate, LatentVLA + LAM + teacher, the VLAs + perception + oracle),
-   balanced by a rough cost per model, each group a `run_study(part=True)` in a spawned process with
-   one torch thread, its output in `RUN/logs/job-K.log`;
+2. the models, one unit of work per model (all its seeds), handed out to N spawned worker processes of
+   one torch thread as workers come free (`Scheduler`). A unit that needs a recipe stage nobody has run
+   yet (annotate, the LAM and latent teacher, the VLA perception and oracle stages) claims it and
+   computes it first; units that need a claimed stage wait until it is finished, so no stage is ever
+   computed twice and independent models fill the other workers meanwhile. Claiming units go first,
+   then the costliest (a rough cost per model). Each unit's output goes to `RUN/logs/<model>.log`;
 3. `run_study` here over the whole config: every stage is cached by now; it adds the reference rows,
-   measures each model's latency alone (the jobs leave it out: it would be measured beside the other
-   job), writes results.json and the report.
+   measures each model's latency alone (the workers leave it out: it would be measured beside another
+   worker), writes results.json and the report.
 
 Stages are the same stages with the same keys as in a one-process run, so the two kinds of run extend
 each other. Results are reproducible for a given thread count: a one-thread stage is not bit-identical
@@ -25,24 +27,17 @@ import multiprocessing
 import re
 import sys
 import time
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
 from drivedistill.pipeline.config import ModelSpec, StudyConfig
 from drivedistill.pipeline.recipes import extras_for
 
-# rough cost of one (model, seed) — train + eval — and of each recipe stage, relative to
-# transfuser/imitation on the default preset (measured there); used only to balance the jobs
-_STUDENT_COST = {"vla": 1.1, "ipad": 1.2, "transfuser": 1.0, "ego_mlp": 0.25, "constant_velocity": 0.2}
-_METHOD_FACTOR = {"evodrive": 1.6, "vlm_ad": 1.5, "latent_vla": 1.35, "latent_vla_distill": 0.7}
-_RECIPE_COST = {
-    "annotate": 0.45,
-    "latent_lam": 0.75,
-    "latent_teacher": 0.5,
-    "evodrive_perception": 0.15,
-    "evodrive_oracle": 1.25,
-}
+# rough cost of one (model, seed) — train + eval — relative to transfuser/imitation, measured on the
+# full preset (runs/full/results.json stage_seconds, one-thread stages); used only to order the units
+_STUDENT_COST = {"vla": 1.8, "ipad": 1.05, "transfuser": 1.0, "ego_mlp": 0.2, "constant_velocity": 0.15}
+_METHOD_FACTOR = {"evodrive": 1.45, "vlm_ad": 1.4, "latent_vla": 1.5, "latent_vla_distill": 1.0}
 _RUNNING = re.compile(r"\[\d+\] run (\S+)")
 
 
@@ -50,34 +45,45 @@ def model_cost(model: ModelSpec, seeds: int) -> float:
     return _STUDENT_COST.get(model.student, 1.0) * _METHOD_FACTOR.get(model.method, 1.0) * seeds
 
 
-def partition(cfg: StudyConfig, jobs: int) -> list[list[ModelSpec]]:
-    """Split `cfg.models` into at most `jobs` groups, models that read a common recipe stage together,
-    greedily balanced by cost (largest first); each group keeps the config's model order."""
-    groups: list[tuple[set[str], list[ModelSpec]]] = []  # (recipe stages, models) sharing them
-    for model in cfg.models:
-        needs = set(extras_for(model.method))
-        joined = [g for g in groups if g[0] & needs]
-        merged: tuple[set[str], list[ModelSpec]] = (set(needs), [model])
-        for g in joined:
-            merged[0].update(g[0])
-            merged[1].extend(g[1])
-            groups.remove(g)
-        groups.append(merged)
+class Scheduler:
+    """Which model a free worker runs next.
 
-    def cost(group: tuple[set[str], list[ModelSpec]]) -> float:
-        recipes = sum(_RECIPE_COST.get(r, 0.5) for r in group[0])
-        return recipes + sum(model_cost(m, len(cfg.seeds)) for m in group[1])
+    `pending`: the recipe stages not finished yet. A model is ready when none of the pending stages it
+    needs is claimed by a running model; starting it claims the pending stages it needs (it will compute
+    them), finishing it marks them done. Among ready models, those that claim something come first (they
+    unblock others), then the costliest, then the config's order.
+    """
 
-    bins: list[tuple[float, list[ModelSpec]]] = [(0.0, []) for _ in range(max(1, jobs))]
-    for group in sorted(groups, key=cost, reverse=True):
-        i = min(range(len(bins)), key=lambda k: bins[k][0])
-        bins[i] = (bins[i][0] + cost(group), bins[i][1] + group[1])
-    order = {m.name: i for i, m in enumerate(cfg.models)}
-    return [sorted(b[1], key=lambda m: order[m.name]) for b in bins if b[1]]
+    def __init__(self, models: list[ModelSpec], pending: set[str], seeds: int) -> None:
+        self.waiting = list(models)
+        self.pending = set(pending)
+        self.claims: dict[str, set[str]] = {}  # running model → the recipe stages it computes
+        self.seeds = seeds
+
+    def _needs(self, model: ModelSpec) -> set[str]:
+        return set(extras_for(model.method)) & self.pending
+
+    def next(self) -> ModelSpec | None:
+        """The next model to start (and claim its stages), or None when every waiting one is blocked."""
+        claimed = set().union(*self.claims.values())
+        ready = [(i, m) for i, m in enumerate(self.waiting) if not self._needs(m) & claimed]
+        if not ready:
+            return None
+        _, model = min(ready, key=lambda im: (not self._needs(im[1]), -model_cost(im[1], self.seeds), im[0]))
+        self.waiting.remove(model)
+        self.claims[model.name] = self._needs(model)
+        return model
+
+    def finished(self, model: ModelSpec) -> None:
+        self.pending -= self.claims.pop(model.name)
+
+    @property
+    def done(self) -> bool:
+        return not self.waiting and not self.claims
 
 
 def _job(cfg: StudyConfig, out: Path, log: Path) -> dict[str, float]:
-    """One group in a spawned process: one torch thread, output to `log`."""
+    """One model in a worker process: one torch thread, output to `log`."""
     import torch
 
     from drivedistill.pipeline.study import run_study
@@ -94,35 +100,38 @@ def _job(cfg: StudyConfig, out: Path, log: Path) -> dict[str, float]:
 
 
 def _current_stage(log: Path) -> str:
-    """The stage a job's log last started ("" before the first)."""
+    """The stage a log last started ("" before the first)."""
     if not log.exists():
         return ""
     found = _RUNNING.findall(log.read_text(errors="replace")[-20000:])
     return found[-1] if found else ""
 
 
+def log_path(out: Path, model: ModelSpec) -> Path:
+    return out / "logs" / (model.name.replace("/", "_") + ".log")
+
+
 def run_parallel(cfg: StudyConfig, out: Path, jobs: int) -> dict[str, Any]:
-    """The study in `jobs` processes (see module docstring); returns results.json's content."""
+    """The study in `jobs` worker processes (see module docstring); returns results.json's content."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from drivedistill.pipeline.cache import StageRunner
+    from drivedistill.pipeline.recipes import RECIPE_STAGES
     from drivedistill.pipeline.study import collect_stage, run_study
 
     started = time.perf_counter()
     collector = StageRunner(out)
     collect_stage(collector, cfg)
     planned = run_study(cfg, out, dry_run=True)["planned"]
-    groups = partition(cfg, jobs)
-    logs = out / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    print(f"{len(planned)} stages to run in {len(groups)} jobs of one thread (logs: {logs}/job-K.log):")
-    for k, group in enumerate(groups):
-        print(f"  job {k}: {', '.join(m.name for m in group)}")
+    scheduler = Scheduler(cfg.models, {name for name, _, _ in RECIPE_STAGES} & set(planned), len(cfg.seeds))
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    print(f"{len(planned)} stages to run in {jobs} workers of one thread (logs: {out / 'logs'}/MODEL.log)")
     done_before = {p.parent.name for p in (out / "stages").glob("*/_done.json")}
     timings: dict[str, float] = dict(collector.timings)
-    ctx = multiprocessing.get_context("spawn")
+    running: dict[Future[dict[str, float]], ModelSpec] = {}
+    failed: list[tuple[ModelSpec, BaseException]] = []
     with (
-        ProcessPoolExecutor(len(groups), mp_context=ctx) as pool,
+        ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool,
         Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -131,23 +140,34 @@ def run_parallel(cfg: StudyConfig, out: Path, jobs: int) -> dict[str, Any]:
             TextColumn("{task.fields[now]}"),
         ) as progress,
     ):
-        paths = [logs / f"job-{k}.log" for k in range(len(groups))]
-        futures: list[Future[dict[str, float]]] = [
-            pool.submit(_job, dataclasses.replace(cfg, models=group), out, path)
-            for group, path in zip(groups, paths)
-        ]
         task = progress.add_task("stages", total=max(1, len(planned)), now="")
         finished: set[str] = set()
-        while not all(f.done() for f in futures):
+        while not scheduler.done:
+            while not failed and len(running) < jobs and (model := scheduler.next()) is not None:
+                unit = dataclasses.replace(cfg, models=[model])
+                running[pool.submit(_job, unit, out, log_path(out, model))] = model
+            if not running:  # a failure stopped the hand-out and the running units are over
+                break
+            completed, _ = wait(running, timeout=1.0, return_when=FIRST_COMPLETED)
+            for future in completed:
+                model = running.pop(future)
+                error = future.exception()
+                if error is not None:
+                    failed.append((model, error))
+                else:
+                    timings.update(future.result())
+                    scheduler.finished(model)
             now_done = {p.parent.name for p in (out / "stages").glob("*/_done.json")} - done_before
             for name in sorted(now_done - finished):  # a line per finished stage (also in a log file)
                 progress.console.print(f"[{len(finished) + 1}/{len(planned)}] done {name.rsplit('-', 1)[0]}")
                 finished.add(name)
-            now = " · ".join(f"job {k}: {_current_stage(p) or '…'}" for k, p in enumerate(paths))
+            now = " · ".join(f"{_current_stage(log_path(out, m)) or m.name}" for m in running.values())
             progress.update(task, completed=len(finished), now=now)
-            time.sleep(1.0)
-        for k, f in enumerate(futures):
-            if f.exception() is not None:
-                raise RuntimeError(f"job {k} failed; its log: {paths[k]}") from f.exception()
-            timings.update(f.result())
+    if failed:
+        model, error = failed[0]
+        others = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+        raise RuntimeError(
+            f"the stages of {model.name} failed{others}; its log: {log_path(out, model)}. "
+            "Finished stages are kept: the same command resumes."
+        ) from error
     return run_study(cfg, out, timings=timings, started=started)

@@ -1,6 +1,8 @@
 """Atomic file writes: write to a temporary file in the same directory, fsync, then rename.
 
-A crash leaves either the old file or the new one, never a torn file.
+A crash leaves either the old file or the new one, never a torn file. The file gets the permissions a
+plain `open(path, "w")` would give it (mkstemp's own are 0600: a run directory would be unreadable to
+the rest of a team on a shared disk).
 """
 
 from __future__ import annotations
@@ -15,6 +17,19 @@ from pathlib import Path
 from typing import Any
 
 
+def _file_mode() -> int:
+    """0o666 less the process umask (read without changing it where /proc says it, else set and restored)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it is renamed over `path`."""
@@ -22,6 +37,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, _file_mode())
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as f:

@@ -5,12 +5,13 @@ on a 2-core machine two one-thread processes finish the study sooner than one tw
 (measured: docs/LOG.md). The run goes in three phases:
 
 1. collect, in this process (every other stage reads the store);
-2. the models, one unit of work per model (all its seeds), handed out to N spawned worker processes of
-   one torch thread as workers come free (`Scheduler`). A unit that needs a recipe stage nobody has run
-   yet (annotate, the LAM and latent teacher, the VLA perception and oracle stages) claims it and
-   computes it first; units that need a claimed stage wait until it is finished, so no stage is ever
-   computed twice and independent models fill the other workers meanwhile. Claiming units go first,
-   then the costliest (a rough cost per model). Each unit's output goes to `RUN/logs/<model>.log`;
+2. the models, handed out as units of work to N spawned worker processes of one torch thread as workers
+   come free (`Scheduler`). A model's unit runs its train and eval stages for every seed. Before it, a
+   model that needs recipe stages nobody has run yet (annotate, the LAM and latent teacher, the VLA
+   perception and oracle stages) gets a recipe unit that claims and computes just those; models that
+   need a claimed stage wait for it, the other workers run independent models meanwhile. No stage is
+   ever computed twice. Recipe units go first, then the costliest models (a rough cost per model).
+   Output goes to `RUN/logs/<model>.log` (a recipe unit writes into the log of the model it ran for);
 3. `run_study` here over the whole config: every stage is cached by now; it adds the reference rows,
    measures each model's latency alone (the workers leave it out: it would be measured beside another
    worker), writes results.json and the report.
@@ -38,6 +39,14 @@ from drivedistill.pipeline.recipes import extras_for
 # full preset (runs/full/results.json stage_seconds, one-thread stages); used only to order the units
 _STUDENT_COST = {"vla": 1.8, "ipad": 1.05, "transfuser": 1.0, "ego_mlp": 0.2, "constant_velocity": 0.15}
 _METHOD_FACTOR = {"evodrive": 1.45, "vlm_ad": 1.4, "latent_vla": 1.5, "latent_vla_distill": 1.0}
+# the same for one recipe stage (full preset, one thread): only the tests' simulated clock uses it
+RECIPE_COST = {
+    "annotate": 0.5,
+    "latent_lam": 1.1,
+    "latent_teacher": 0.7,
+    "evodrive_perception": 0.35,
+    "evodrive_oracle": 1.6,
+}
 _RUNNING = re.compile(r"\[\d+\] run (\S+)")
 
 
@@ -45,45 +54,59 @@ def model_cost(model: ModelSpec, seeds: int) -> float:
     return _STUDENT_COST.get(model.student, 1.0) * _METHOD_FACTOR.get(model.method, 1.0) * seeds
 
 
-class Scheduler:
-    """Which model a free worker runs next.
+@dataclasses.dataclass(frozen=True)
+class Unit:
+    """What a worker runs: a model's stages (all its seeds), or only the recipe stages it needs."""
 
-    `pending`: the recipe stages not finished yet. A model is ready when none of the pending stages it
-    needs is claimed by a running model; starting it claims the pending stages it needs (it will compute
-    them), finishing it marks them done. Among ready models, those that claim something come first (they
-    unblock others), then the costliest, then the config's order.
+    model: ModelSpec
+    recipes_only: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"recipes of {self.model.name}" if self.recipes_only else self.model.name
+
+
+class Scheduler:
+    """Which unit a free worker runs next.
+
+    `pending`: the recipe stages not finished yet. A model whose pending stages are all unclaimed first
+    gets a recipe unit that claims and computes them (and nothing else), so the models waiting for them
+    are free as soon as they exist; a model whose pending stages are claimed waits; a model with nothing
+    pending runs. Recipe units go first, then the costliest model, then the config's order.
     """
 
     def __init__(self, models: list[ModelSpec], pending: set[str], seeds: int) -> None:
         self.waiting = list(models)
         self.pending = set(pending)
-        self.claims: dict[str, set[str]] = {}  # running model → the recipe stages it computes
+        self.claims: dict[str, set[str]] = {}  # running unit's label → the recipe stages it computes
         self.seeds = seeds
 
     def _needs(self, model: ModelSpec) -> set[str]:
         return set(extras_for(model.method)) & self.pending
 
-    def next(self) -> ModelSpec | None:
-        """The next model to start (and claim its stages), or None when every waiting one is blocked."""
+    def next(self) -> Unit | None:
+        """The next unit to start, or None while every waiting model waits for a running recipe unit."""
         claimed = set().union(*self.claims.values())
         ready = [(i, m) for i, m in enumerate(self.waiting) if not self._needs(m) & claimed]
         if not ready:
             return None
         _, model = min(ready, key=lambda im: (not self._needs(im[1]), -model_cost(im[1], self.seeds), im[0]))
-        self.waiting.remove(model)
-        self.claims[model.name] = self._needs(model)
-        return model
+        unit = Unit(model, recipes_only=bool(self._needs(model)))
+        if not unit.recipes_only:
+            self.waiting.remove(model)
+        self.claims[unit.label] = self._needs(model)
+        return unit
 
-    def finished(self, model: ModelSpec) -> None:
-        self.pending -= self.claims.pop(model.name)
+    def finished(self, unit: Unit) -> None:
+        self.pending -= self.claims.pop(unit.label)
 
     @property
     def done(self) -> bool:
         return not self.waiting and not self.claims
 
 
-def _job(cfg: StudyConfig, out: Path, log: Path) -> dict[str, float]:
-    """One model in a worker process: one torch thread, output to `log`."""
+def _job(cfg: StudyConfig, out: Path, log: Path, recipes_only: bool) -> dict[str, float]:
+    """One unit in a worker process: one torch thread, output to `log`."""
     import torch
 
     from drivedistill.pipeline.study import run_study
@@ -93,7 +116,9 @@ def _job(cfg: StudyConfig, out: Path, log: Path) -> dict[str, float]:
     with open(log, "a", buffering=1) as f:
         sys.stdout = sys.stderr = f
         try:
-            timings: dict[str, float] = run_study(cfg, out, part=True)["stage_seconds"]
+            timings: dict[str, float] = run_study(cfg, out, part=True, recipes_only=recipes_only)[
+                "stage_seconds"
+            ]
         finally:
             sys.stdout, sys.stderr = stdout, stderr
         return timings
@@ -128,8 +153,8 @@ def run_parallel(cfg: StudyConfig, out: Path, jobs: int) -> dict[str, Any]:
     print(f"{len(planned)} stages to run in {jobs} workers of one thread (logs: {out / 'logs'}/MODEL.log)")
     done_before = {p.parent.name for p in (out / "stages").glob("*/_done.json")}
     timings: dict[str, float] = dict(collector.timings)
-    running: dict[Future[dict[str, float]], ModelSpec] = {}
-    failed: list[tuple[ModelSpec, BaseException]] = []
+    running: dict[Future[dict[str, float]], Unit] = {}
+    failed: list[tuple[Unit, BaseException]] = []
     with (
         ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool,
         Progress(
@@ -143,31 +168,32 @@ def run_parallel(cfg: StudyConfig, out: Path, jobs: int) -> dict[str, Any]:
         task = progress.add_task("stages", total=max(1, len(planned)), now="")
         finished: set[str] = set()
         while not scheduler.done:
-            while not failed and len(running) < jobs and (model := scheduler.next()) is not None:
-                unit = dataclasses.replace(cfg, models=[model])
-                running[pool.submit(_job, unit, out, log_path(out, model))] = model
+            while not failed and len(running) < jobs and (unit := scheduler.next()) is not None:
+                part = dataclasses.replace(cfg, models=[unit.model])
+                log = log_path(out, unit.model)
+                running[pool.submit(_job, part, out, log, unit.recipes_only)] = unit
             if not running:  # a failure stopped the hand-out and the running units are over
                 break
             completed, _ = wait(running, timeout=1.0, return_when=FIRST_COMPLETED)
             for future in completed:
-                model = running.pop(future)
+                unit = running.pop(future)
                 error = future.exception()
                 if error is not None:
-                    failed.append((model, error))
+                    failed.append((unit, error))
                 else:
                     timings.update(future.result())
-                    scheduler.finished(model)
+                    scheduler.finished(unit)
             now_done = {p.parent.name for p in (out / "stages").glob("*/_done.json")} - done_before
             for name in sorted(now_done - finished):  # a line per finished stage (also in a log file)
                 progress.console.print(f"[{len(finished) + 1}/{len(planned)}] done {name.rsplit('-', 1)[0]}")
                 finished.add(name)
-            now = " · ".join(f"{_current_stage(log_path(out, m)) or m.name}" for m in running.values())
+            now = " · ".join(_current_stage(log_path(out, u.model)) or u.label for u in running.values())
             progress.update(task, completed=len(finished), now=now)
     if failed:
-        model, error = failed[0]
+        unit, error = failed[0]
         others = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
         raise RuntimeError(
-            f"the stages of {model.name} failed{others}; its log: {log_path(out, model)}. "
+            f"the stages of {unit.label} failed{others}; its log: {log_path(out, unit.model)}. "
             "Finished stages are kept: the same command resumes."
         ) from error
     return run_study(cfg, out, timings=timings, started=started)

@@ -138,7 +138,14 @@ def log_path(out: Path, model: ModelSpec) -> Path:
 
 def run_parallel(cfg: StudyConfig, out: Path, jobs: int) -> dict[str, Any]:
     """The study in `jobs` worker processes (see module docstring); returns results.json's content."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from drivedistill.pipeline.cache import StageRunner
     from drivedistill.pipeline.recipes import RECIPE_STAGES
@@ -162,6 +169,8 @@ def run_parallel(cfg: StudyConfig, out: Path, jobs: int) -> dict[str, Any]:
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
+            TextColumn("ETA"),  # from the stages finished so far: rough, the stages differ in cost
+            TimeRemainingColumn(),
             TextColumn("{task.fields[now]}"),
         ) as progress,
     ):

@@ -87,14 +87,14 @@ class Scheduler:
     def next(self) -> Unit | None:
         """The next unit to start, or None while every waiting model waits for a running recipe unit."""
         claimed = set().union(*self.claims.values())
-        ready = [(i, m) for i, m in enumerate(self.waiting) if not self._needs(m) & claimed]
+        ready = [(i, m, needs) for i, m in enumerate(self.waiting) if not (needs := self._needs(m)) & claimed]
         if not ready:
             return None
-        _, model = min(ready, key=lambda im: (not self._needs(im[1]), -model_cost(im[1], self.seeds), im[0]))
-        unit = Unit(model, recipes_only=bool(self._needs(model)))
+        _, model, needs = min(ready, key=lambda r: (not r[2], -model_cost(r[1], self.seeds), r[0]))
+        unit = Unit(model, recipes_only=bool(needs))
         if not unit.recipes_only:
             self.waiting.remove(model)
-        self.claims[unit.label] = self._needs(model)
+        self.claims[unit.label] = needs
         return unit
 
     def finished(self, unit: Unit) -> None:

@@ -267,8 +267,8 @@ def run_study(
     With `dry_run`, run nothing and return the plan: {"planned": {stage: seconds it took last time or
     None}, "cached": [finished stages]} (see StageRunner). With `part` (a job of a parallel run, see
     pipeline/jobs.py), run only the stages of `cfg.models` — no reference rows, latency left out,
-    no results.json or report — and return {"stage_seconds": ...}; with `recipes_only` too, only the
-    recipe stages that `cfg.models` need. `timings` / `started`: seconds of the
+    no results.json or report — and return {"stage_seconds": ...}; `recipes_only` (such a part) runs
+    only the recipe stages that `cfg.models` need. `timings` / `started`: seconds of the
     stages this invocation's jobs ran and its `time.perf_counter()` start, reported with its own."""
     from drivedistill.pipeline.assets import build_assets
     from drivedistill.pipeline.evaluation import add_latency
@@ -283,7 +283,7 @@ def run_study(
     for stage_name, needed_by, fn in RECIPE_STAGES:
         if cfg.methods_used() & needed_by:
             recipe_artifacts[stage_name] = fn(runner, cfg, store, recipe_artifacts)
-    if part and recipes_only:
+    if recipes_only:
         return {"stage_seconds": runner.timings}
     trained_runs: dict[tuple[str, int], Artifact] = {}
     evaluated: dict[tuple[str, int], Artifact] = {}

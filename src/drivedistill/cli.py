@@ -16,7 +16,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "drivedistill.pipeline",
         "the whole study: collect → annotate → latent actions → teachers → students → eval → report",
     ),
-    "collect": ("drivedistill.world.collect", "drive the expert in the default world and write a SceneStore"),
+    "collect": (
+        "drivedistill.data.collect",
+        "write a SceneStore: the default world (--preset) or a data source (--source av2 / nuscenes)",
+    ),
     "data": ("drivedistill.data.cli", "inspect a SceneStore: validate, show, stats"),
     "annotate": (
         "drivedistill.annotate.cli",

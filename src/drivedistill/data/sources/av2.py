@@ -14,6 +14,16 @@ segments flagged `is_intersection`. On-route lanes = the lanes the logged ego tr
 the end of the log, their successors, and their same-direction neighbours (NAVSIM's route lanes are
 whole roadblocks); the route centerline chains the traversed lanes' centerlines plus one successor.
 The ego footprint is NAVSIM's Pacifica (the protocol's), not AV2's Ford Fusion; `ego_geometry` overrides it.
+
+`Source` interface: an episode is a log; `load` parses it once (`Av2Log`), `metric_scenes_of` cuts the
+MetricScenes above and `scenes_of` the training `Scene`s of the same instants (see `scene_from_records`):
+rear-axle frame at t = 0, ego history from the pose track (held at the first pose where the log starts
+later than t - 2 s; counted in meta "history_padded"), ego status and command from the poses, the
+labelled BEV (drivable area + boxes; no lane markings) drawn from the map and cuboids. The excerpts carry
+no images and no LiDAR sweeps: the camera is a zero image listed in meta "absent". Also read when present:
+`calibration/` (camera intrinsics + extrinsics, `Av2Log.cameras`) and the ground-height raster
+(`GroundHeight`, the ego's height above it in meta). `av2_forecasting.py` reads the motion-forecasting
+scenarios with the same code.
 """
 
 from __future__ import annotations
@@ -21,15 +31,29 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.feather as feather
 import shapely
 
+from drivedistill.data.sources.base import Source, SourceError
 from drivedistill.metrics.metric_scene import PACIFICA, MetricScene
 from drivedistill.registry import register
 from drivedistill.sim.geometry import absolute_to_relative, resample_polyline
-from drivedistill.types import AgentClass
+from drivedistill.types import (
+    DT,
+    NUM_AGENT_STEPS,
+    NUM_FUTURE,
+    NUM_PAST,
+    AgentClass,
+    AgentInput,
+    Command,
+    MapGeometry,
+    Privileged,
+    Scene,
+)
+from drivedistill.world.bev import BevConfig, render_bev
 
 CATEGORY_CLASS: dict[str, AgentClass] = {
     **dict.fromkeys(
@@ -79,6 +103,9 @@ class Av2Config:
     root: str = "../shared/data/argoverse2"
     logs: list[str] = field(default_factory=list)  # log ids; empty = every log directory under root
     ego_geometry: tuple[float, float, float, float] = PACIFICA  # width, front, rear, wheelbase [m]
+    camera_height: int = 128  # [px] size of the (absent: zero) camera image of the Scenes
+    camera_width: int = 256  # [px]
+    bev: BevConfig = field(default_factory=BevConfig)  # labelled BEV raster of the Scenes
 
 
 def _yaw(qw: np.ndarray, qx: np.ndarray, qy: np.ndarray, qz: np.ndarray) -> np.ndarray:
@@ -92,12 +119,21 @@ def _xy(points: list[dict[str, float]]) -> np.ndarray:
 class EgoTrack:
     """City-frame rear-axle poses of the ego, interpolated at any time [s since the log's first pose]."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self, path: Path | None, times: np.ndarray | None = None, poses: np.ndarray | None = None
+    ) -> None:
+        self.z = np.zeros(0)
+        if path is None:  # from arrays: times (N,) [s], poses (N, 3) city frame (forecasting scenarios)
+            assert times is not None and poses is not None
+            self.t0_ns, self.times = 0, np.asarray(times, np.float64)
+            self.poses = np.c_[poses[:, :2], np.unwrap(poses[:, 2])]
+            return
         t = feather.read_table(path).to_pandas().drop_duplicates("timestamp_ns").sort_values("timestamp_ns")
         self.t0_ns = int(t.timestamp_ns.iloc[0])
         self.times = (t.timestamp_ns.to_numpy() - self.t0_ns) * 1e-9
         yaw = np.unwrap(_yaw(t.qw.to_numpy(), t.qx.to_numpy(), t.qy.to_numpy(), t.qz.to_numpy()))
         self.poses = np.stack([t.tx_m.to_numpy(), t.ty_m.to_numpy(), yaw], -1)
+        self.z = t.tz_m.to_numpy()
 
     def at(self, times: np.ndarray) -> np.ndarray:
         """Poses (N, 3) [m, m, rad] in the city frame at times (N,) [s]."""
@@ -253,42 +289,232 @@ class Annotations:
         self.clock = np.unique(self.times)  # lidar sweep times [s]
 
 
-class Av2Source:
-    """The AV2 logs under `cfg.root` as MetricScenes (see the module docstring)."""
+class GroundHeight:
+    """AV2's ground-height raster (`*_ground_height_surface_*.npy`, metres) with its Sim2 city → raster
+    transform (`*___img_Sim2_city.json`: raster (col, row) = s · (R · city_xy + t))."""
+
+    def __init__(self, map_dir: Path) -> None:
+        npy = sorted(map_dir.glob("*_ground_height_surface_*.npy"))
+        sim2 = sorted(map_dir.glob("*___img_Sim2_city.json"))
+        if not npy or not sim2:
+            raise SourceError(
+                f"{map_dir}: no ground-height raster (*_ground_height_surface_*.npy + *___img_Sim2_city.json)"
+            )
+        self.raster = np.load(npy[0], allow_pickle=False).astype(np.float64)
+        t = json.loads(sim2[0].read_text())
+        self.R = np.asarray(t["R"], np.float64).reshape(2, 2)
+        self.t = np.asarray(t["t"], np.float64)
+        self.s = float(t["s"])
+
+    def at(self, xy: np.ndarray) -> np.ndarray:
+        """Ground height [m] (N,) at city-frame points (N, 2); NaN outside the raster or where unmapped."""
+        uv = self.s * (np.asarray(xy, np.float64) @ self.R.T + self.t)
+        col, row = np.round(uv[:, 0]).astype(np.int64), np.round(uv[:, 1]).astype(np.int64)
+        ok = (row >= 0) & (row < self.raster.shape[0]) & (col >= 0) & (col < self.raster.shape[1])
+        out = np.full(len(uv), np.nan)
+        out[ok] = self.raster[row[ok], col[ok]]
+        return out
+
+
+def read_calibration(calib_dir: Path) -> dict[str, dict[str, Any]]:
+    """Cameras of `calibration/`: name → {"K" (3, 3) [px], "size" (h, w) [px], "T_ego_cam" (4, 4)}.
+
+    T_ego_cam maps camera-frame points (x right, y down, z forward) into the egovehicle frame."""
+    from scipy.spatial.transform import Rotation
+
+    paths = [calib_dir / "intrinsics.feather", calib_dir / "egovehicle_SE3_sensor.feather"]
+    for p in paths:
+        if not p.exists():
+            raise SourceError(
+                f"{p}: missing; an AV2 calibration/ directory holds intrinsics + egovehicle_SE3_sensor"
+            )
+    intr = feather.read_table(paths[0]).to_pandas().set_index("sensor_name")
+    extr = feather.read_table(paths[1]).to_pandas().set_index("sensor_name")
+    cams: dict[str, dict[str, Any]] = {}
+    for name, row in intr.iterrows():
+        if name not in extr.index:
+            continue
+        e = extr.loc[name]
+        T = np.eye(4)
+        T[:3, :3] = Rotation.from_quat([e.qx, e.qy, e.qz, e.qw]).as_matrix()
+        T[:3, 3] = [e.tx_m, e.ty_m, e.tz_m]
+        K = np.array([[row.fx_px, 0, row.cx_px], [0, row.fy_px, row.cy_px], [0, 0, 1.0]])
+        cams[str(name)] = {"K": K, "size": (int(row.height_px), int(row.width_px)), "T_ego_cam": T}
+    return cams
+
+
+def project_to_camera(points_ego: np.ndarray, camera: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Egovehicle-frame points (N, 3) → pixels (N, 2) and `visible` (N,) bool (in front and in the image)."""
+    T_cam_ego = np.linalg.inv(camera["T_ego_cam"])
+    pc = points_ego @ T_cam_ego[:3, :3].T + T_cam_ego[:3, 3]
+    uvw = pc @ camera["K"].T
+    uv = uvw[:, :2] / np.maximum(uvw[:, 2:3], 1e-6)
+    h, w = camera["size"]
+    vis = (pc[:, 2] > 0.1) & (uv[:, 0] >= 0) & (uv[:, 0] < w) & (uv[:, 1] >= 0) & (uv[:, 1] < h)
+    return uv, vis
+
+
+@dataclass
+class Av2Log:
+    """The parsed records of one AV2 log (or forecasting scenario): everything both scene kinds read."""
+
+    log: str
+    ego: EgoTrack
+    ann: Annotations
+    drivable: list[np.ndarray]
+    lanes: dict[str, Lane]
+    t0s: list[float]  # [s] scene times on the annotation clock
+    city: str = ""
+    cameras: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ground: GroundHeight | None = None
+
+
+def command_from_future(future: np.ndarray) -> Command:
+    """VAD/ST-P3 rule on the ego frame (x forward, y left): lateral offset of the 3 s pose ≥ 2 m left →
+    LEFT, ≥ 2 m right → RIGHT, else STRAIGHT (their LiDAR frame has x = right, hence the sign flip)."""
+    lateral_right = -float(future[min(5, len(future) - 1), 1])
+    if lateral_right >= 2.0:
+        return Command.RIGHT
+    if lateral_right <= -2.0:
+        return Command.LEFT
+    return Command.STRAIGHT
+
+
+def scene_from_records(rec: Av2Log, m: MetricScene, t0: float, cfg: Av2Config, source: str) -> Scene:
+    """The training `Scene` of the instant `t0` whose MetricScene is `m` (both rear-axle frame at t0)."""
+    origin = rec.ego.at(np.array([t0]))[0]
+    past_t = t0 + DT * np.arange(-NUM_PAST, 0)
+    padded = int((past_t < rec.ego.times[0] - 1e-6).sum())
+    history = absolute_to_relative(origin, rec.ego.at(np.maximum(past_t, rec.ego.times[0]))).astype(
+        np.float32
+    )
+    dyn = m.ego_dynamics
+    status = np.array([dyn[0], dyn[1], dyn[3]], np.float32)
+    fut_t = t0 + DT * np.arange(1, NUM_FUTURE + 1)
+    fut_status = np.stack([rec.ego.dynamics(float(t), cfg.ego_geometry[3])[[0, 1, 3]] for t in fut_t])
+    k = NUM_AGENT_STEPS
+    valid = m.agent_valid[:k]
+    agents = np.zeros((k, len(m.agent_ids), 8), np.float32)
+    agents[..., :3] = np.nan_to_num(m.agent_poses[:k])
+    agents[..., 3:5] = m.agent_sizes[None]
+    agents[..., 5:7] = np.nan_to_num(m.agent_velocities[:k])
+    agents[..., 7] = m.agent_types[None]
+    boxes = agents[0][valid[0]][:, :5]
+    bev = render_bev(m.drivable_polygons, [], boxes, cfg.bev)
+
+    def local(poly: np.ndarray) -> np.ndarray:
+        return absolute_to_relative(origin, np.c_[poly, np.zeros(len(poly))])[:, :2].astype(np.float32)
+
+    lane_ids = [str(i) for i in m.lane_ids]
+    lanes_map = MapGeometry(
+        lanes=[local(rec.lanes[i].centerline) for i in lane_ids],
+        lane_polygons=[p.astype(np.float32) for p in m.lane_polygons],
+        lane_on_route=np.asarray(m.lane_on_route, bool),
+        drivable_polygons=[p.astype(np.float32) for p in m.drivable_polygons],
+        intersection_polygons=[p.astype(np.float32) for p in m.intersection_polygons],
+        route=m.route.astype(np.float32),
+    )
+    h, w = cfg.camera_height, cfg.camera_width
+    meta: dict[str, Any] = {"source": source, "log": rec.log, "t0": round(t0, 3), "absent": ["camera"]}
+    meta["history_padded"] = padded
+    if rec.ground is not None and len(rec.ego.z):
+        g = rec.ground.at(origin[None, :2])[0]
+        z = float(np.interp(t0, rec.ego.times, rec.ego.z))
+        meta["ego_height_above_ground"] = None if not np.isfinite(g) else round(z - float(g), 3)
+    return Scene(
+        token=m.token,
+        episode=rec.log,
+        frame_index=rec.t0s.index(t0),
+        agent_input=AgentInput(
+            camera=np.zeros((h, w, 3), np.uint8),
+            bev=bev,
+            ego_history=history,
+            ego_status=status,
+            command=int(command_from_future(m.human_future)),
+        ),
+        privileged=Privileged(
+            future_trajectory=m.human_future.astype(np.float32),
+            future_valid=np.asarray(m.human_valid, bool),
+            future_frames=np.zeros((3, h, w, 3), np.uint8),
+            future_ego_status=fut_status.astype(np.float32),
+            agents=agents,
+            agents_valid=np.asarray(valid, bool),
+            map=lanes_map,
+            scenario=f"av2-{rec.city}" if rec.city else "av2",
+        ),
+        meta=meta,
+    )
+
+
+class Av2Source(Source[Av2Log]):
+    """The AV2 logs under `cfg.root` as MetricScenes and Scenes (see the module docstring)."""
+
+    name = "av2"
+    sensors = ("bev_labels", "ego_status")
 
     def __init__(self, cfg: Av2Config) -> None:
         self.cfg = cfg
         self.root = Path(cfg.root)
         if not self.root.is_dir():
-            raise FileNotFoundError(
+            raise SourceError(
                 f"{self.root}: AV2 root not found; pass --root (e.g. ../shared/data/argoverse2)"
             )
         logs = cfg.logs or sorted(
             p.name for p in self.root.iterdir() if (p / "city_SE3_egovehicle.feather").exists()
         )
         if not logs:
-            raise FileNotFoundError(f"{self.root}: no log directories with city_SE3_egovehicle.feather")
+            raise SourceError(f"{self.root}: no log directories with city_SE3_egovehicle.feather")
         self.logs = logs
 
-    def metric_scenes(self) -> list[MetricScene]:
-        return [scene for log in self.logs for scene in self.log_scenes(log)]
+    def episodes(self) -> list[str]:
+        return list(self.logs)
 
-    def log_scenes(self, log: str) -> list[MetricScene]:
-        """Every 2 Hz scene of one log with 4 s of logged future."""
-        log_dir = self.root / log
+    def store_config(self) -> dict[str, Any]:
+        from drivedistill.config import to_dict
+
+        return {"source": {"name": self.name, **to_dict(self.cfg)}}
+
+    def load(self, episode: str) -> Av2Log:
+        log_dir = self.root / episode
+        if not (log_dir / "city_SE3_egovehicle.feather").exists():
+            raise SourceError(
+                f"{log_dir / 'city_SE3_egovehicle.feather'}: missing; is {episode} an AV2 log id?"
+            )
         ego = EgoTrack(log_dir / "city_SE3_egovehicle.feather")
         ann = Annotations(log_dir, ego)
         drivable, lanes = _load_map(log_dir / "map")
-        scenes = []
-        clock = ann.clock[
-            ann.clock >= ego.times[0] + 0.4
-        ]  # room for the finite differences at t = 0 (±0.35 s)
+        clock = ann.clock[ann.clock >= ego.times[0] + 0.4]  # room for the finite differences at t = 0
+        t0s = []
         for k in range(0, len(clock), round(STEP_S * 10)):
-            t0 = float(clock[k])
-            if t0 + FUTURE_S > ego.times[-1] - 0.05:
+            if float(clock[k]) + FUTURE_S > ego.times[-1] - 0.05:
                 break
-            scenes.append(self._scene(f"{log}_{k // 5:03d}", t0, ego, ann, drivable, lanes))
-        return scenes
+            t0s.append(float(clock[k]))
+        city = next(iter(sorted((log_dir / "map").glob("log_map_archive_*.json")))).stem.split("____")[-1]
+        cams = read_calibration(log_dir / "calibration") if (log_dir / "calibration").is_dir() else {}
+        has_ground = any((log_dir / "map").glob("*_ground_height_surface_*.npy"))
+        ground = GroundHeight(log_dir / "map") if has_ground else None
+        return Av2Log(episode, ego, ann, drivable, lanes, t0s, city.split("_")[0], cams, ground)
+
+    def metric_scenes_of(self, records: Av2Log) -> list[MetricScene]:
+        return [
+            self._scene(
+                f"{records.log}_{k:03d}", t0, records.ego, records.ann, records.drivable, records.lanes
+            )
+            for k, t0 in enumerate(records.t0s)
+        ]
+
+    def scenes_of(self, records: Av2Log) -> list[Scene]:
+        return [
+            scene_from_records(records, m, t0, self.cfg, self.name)
+            for m, t0 in zip(self.metric_scenes_of(records), records.t0s)
+        ]
+
+    def episode_info(self, records: Av2Log) -> dict[str, Any]:
+        return {"source": self.name, "scenario": f"av2-{records.city}", "cameras": sorted(records.cameras)}
+
+    def log_scenes(self, log: str) -> list[MetricScene]:
+        """Every 2 Hz scene of one log with 4 s of logged future."""
+        return self.metric_scenes_of(self.load(log))
 
     def _scene(
         self,

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
+from drivedistill.config import to_dict
+from drivedistill.data.sources.base import Source
+from drivedistill.metrics.metric_scene import MetricScene, metric_scene_from_scene
 from drivedistill.registry import register
 from drivedistill.types import Scene
 from drivedistill.world.config import WorldConfig
@@ -12,27 +16,56 @@ from drivedistill.world.episode import EpisodeResult, run_episode
 
 
 @dataclass
-class WorldSource:
-    """Episodes 0 .. cfg.num_episodes - 1 of the default world, simulated lazily on iteration."""
+class WorldSource(Source[EpisodeResult]):
+    """Episodes 0 .. cfg.num_episodes - 1 of the default world, simulated lazily on `load`.
+
+    Records = one simulated `EpisodeResult`; its scenes are the training samples and each metric scene is
+    `metric_scene_from_scene` of a sample (box-centre frame → rear-axle frame, world/ego.py's geometry).
+    Sensors: the camera and the labelled BEV the world renders (world/camera.py, world/bev.py).
+    """
 
     cfg: WorldConfig
+    name = "world"
+    sensors = ("camera", "bev_labels", "ego_status")
 
     def __len__(self) -> int:
         return self.cfg.num_episodes
+
+    def episodes(self) -> list[str]:
+        return [str(i) for i in range(self.cfg.num_episodes)]
 
     def episode(self, index: int) -> EpisodeResult:
         if not 0 <= index < self.cfg.num_episodes:
             raise IndexError(f"WorldSource.episode: index {index} outside 0..{self.cfg.num_episodes - 1}")
         return run_episode(self.cfg, index)
 
+    def load(self, episode: str) -> EpisodeResult:
+        return self.episode(int(episode))
+
+    def scenes_of(self, records: EpisodeResult) -> list[Scene]:
+        return list(records.scenes)
+
+    def metric_scenes_of(self, records: EpisodeResult) -> list[MetricScene]:
+        from drivedistill.world.ego import REAR_AXLE_BEHIND_CENTRE, pdms_ego_geometry
+
+        return [
+            metric_scene_from_scene(s, REAR_AXLE_BEHIND_CENTRE, pdms_ego_geometry()) for s in records.scenes
+        ]
+
+    def store_config(self) -> dict[str, Any]:
+        return {"world": to_dict(self.cfg)}
+
+    def episode_info(self, records: EpisodeResult) -> dict[str, Any]:
+        return {
+            "source": self.name,
+            "scenario": records.scenario,
+            "collided": bool(records.collided),
+            "offroad": bool(records.offroad),
+        }
+
     def __iter__(self) -> Iterator[EpisodeResult]:
         for i in range(self.cfg.num_episodes):
             yield run_episode(self.cfg, i)
-
-    def scenes(self) -> Iterator[Scene]:
-        """Every sample of every episode, in episode order."""
-        for result in self:
-            yield from result.scenes
 
 
 @register("source", "world", WorldConfig)

@@ -21,6 +21,7 @@ from drivedistill.types import Command, Scene
 # BEV channel colours (RGB) composited in order; world/bev.py: 0 drivable, 1 markings, 2 vehicles
 BEV_COLOURS = [(70, 70, 78), (235, 235, 235), (60, 140, 255), (255, 170, 40)]
 FUTURE_COLOUR, PAST_COLOUR = (255, 40, 200), (40, 220, 255)
+BOX_COLOUR = (255, 230, 0)
 FONT_SIZE = 14  # [px]
 MIN_CAMERA_WIDTH = 512  # [px] the camera is upscaled by an integer factor to at least this width
 
@@ -101,19 +102,49 @@ def describe(scene: Scene, store: SceneStore, args: argparse.Namespace) -> list[
     return lines + annotation_lines(annotations, store.sample_hash(scene.token))
 
 
-def render_sample(scene: Scene, store: SceneStore, lines: list[str], scale: int = 0) -> Image.Image:
-    """Front camera (left) and BEV (right, x forward = up, same height) with the past and future ego poses
-    overlaid, text lines below. `scale` upscales the camera (0 = to at least MIN_CAMERA_WIDTH px)."""
+def _camera_projector(scene: Scene, store: SceneStore) -> Any:
+    """(N, 3) ego-frame points → ((N, 2) pixels of the stored image, (N,) in front): the world's camera
+    model, or the pinhole model a source stored in meta["camera_model"] (nuScenes CAM_FRONT)."""
+    model = scene.meta.get("camera_model")
+    if model is not None:
+        K, T = np.asarray(model["K"], np.float64), np.linalg.inv(np.asarray(model["T_ego_cam"], np.float64))
+
+        def project(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            pc = np.asarray(points, np.float64) @ T[:3, :3].T + T[:3, 3]
+            uvw = pc @ K.T
+            return uvw[:, :2] / np.maximum(uvw[:, 2:3], 1e-6), pc[:, 2] > 0.5
+
+        return project
     from drivedistill.config import from_dict
-    from drivedistill.world.bev import BevConfig, ego_to_pixels
     from drivedistill.world.camera import CameraConfig, project_points
 
     world: dict[str, Any] = store.config.get("world", {})
-    if "camera" not in world or "bev" not in world:
-        raise StoreError(
-            f"{store.root}: manifest config has no world.camera/world.bev; `data show` draws world stores only"
-        )
-    cam, bev_cfg = from_dict(CameraConfig, world["camera"]), from_dict(BevConfig, world["bev"])
+    if "camera" not in world:
+        return None
+    cam = from_dict(CameraConfig, world["camera"])
+    return lambda points: project_points(points, cam)
+
+
+def _bev_config(store: SceneStore) -> Any:
+    from drivedistill.config import from_dict
+    from drivedistill.world.bev import BevConfig
+
+    cfg = store.config
+    section = cfg.get("world", {}).get("bev") or cfg.get("source", {}).get("bev")
+    if section is None:
+        raise StoreError(f"{store.root}: manifest config has no world.bev / source.bev; cannot draw the BEV")
+    return from_dict(BevConfig, section)
+
+
+def render_sample(scene: Scene, store: SceneStore, lines: list[str], scale: int = 0) -> Image.Image:
+    """Front camera (left) and BEV (right, x forward = up, same height) with the past and future ego poses
+    overlaid, text lines below. `scale` upscales the camera (0 = to at least MIN_CAMERA_WIDTH px). Stores
+    from a source with a camera model in meta (nuScenes) also get the t = 0 agent boxes drawn (yellow) in
+    both views, as 1.5 m tall boxes on the ground plane of the ego frame."""
+    from drivedistill.world.bev import box_polygon, ego_to_pixels
+
+    project = _camera_projector(scene, store)
+    bev_cfg = _bev_config(store)
     ai = scene.agent_input
     scale = scale or -(-MIN_CAMERA_WIDTH // ai.camera.shape[1])
     camera = Image.fromarray(ai.camera).resize(
@@ -129,16 +160,33 @@ def render_sample(scene: Scene, store: SceneStore, lines: list[str], scale: int 
     canvas.paste(camera, (0, 0))
     canvas.paste(bev, (camera.width + 8, 0))
     draw = ImageDraw.Draw(canvas)
+    bev_offset = np.array([camera.width + 8, 0])
     paths = [(PAST_COLOUR, np.vstack([ai.ego_history[:, :2], np.zeros((1, 2), np.float32)]))]
     if scene.privileged is not None:
         fut = scene.privileged.future_trajectory[scene.privileged.future_valid, :2]
         paths.append((FUTURE_COLOUR, np.vstack([np.zeros((1, 2), np.float32), fut])))
     for colour, xy in paths:
         ground = np.hstack([xy, np.zeros((len(xy), 1), np.float32)])
-        uv, in_front = project_points(ground, cam)
-        _polyline(draw, uv[in_front], colour, scale)
-        pix = ego_to_pixels(xy, bev_cfg) * bev_scale + np.array([camera.width + 8, 0])
+        if project is not None:
+            uv, in_front = project(ground)
+            _polyline(draw, uv[in_front], colour, scale)
+        pix = ego_to_pixels(xy, bev_cfg) * bev_scale + bev_offset
         _polyline(draw, pix, colour, 1.0)
+    if scene.privileged is not None and "camera_model" in scene.meta:
+        agents = scene.privileged.agents[0][scene.privileged.agents_valid[0]]
+        for box in agents:
+            corners = box_polygon(box[:5])
+            pix = ego_to_pixels(corners, bev_cfg) * bev_scale + bev_offset
+            draw.polygon([(float(u), float(v)) for u, v in pix], outline=BOX_COLOUR)
+            if project is None:
+                continue
+            pts = np.vstack([np.c_[corners, np.zeros(4)], np.c_[corners, np.full(4, 1.5)]])
+            uv, in_front = project(pts)
+            if not in_front.all():
+                continue
+            uv = uv * scale
+            for a, b in [(0, 1), (1, 2), (2, 3), (3, 0), (4, 5), (5, 6), (6, 7), (7, 4), (0, 4), (1, 5), (2, 6), (3, 7)]:
+                draw.line([tuple(uv[a]), tuple(uv[b])], fill=BOX_COLOUR, width=1)
     for i, line in enumerate(lines):
         draw.text((8, camera.height + 6 + line_h * i), line, fill=(230, 230, 230), font=font)
     return canvas

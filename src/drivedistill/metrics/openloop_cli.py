@@ -1,6 +1,7 @@
 """`drivedistill eval openloop`: score predicted trajectories from arrays, as public evaluators do.
 
     drivedistill eval openloop --pred PRED.npz --gt GT.npz --json OUT.json [--occupancy-classes vehicles]
+drivedistill eval openloop --store STORE --checkpoint RUN [--write-gt GT.npz]   (data/openloop_store.py)
 
 GT.npz    trajectory (N, 6, 2) float [m], current ego frame (x forward, y left); valid (N, 6) bool;
           occupancy (N, 6, 200, 200) bool, occupancy[n, t, i, j] = cell centred at
@@ -114,6 +115,10 @@ def evaluate_files(
 
 
 def main(argv: list[str]) -> int:
+    if any(a == "--store" or a.startswith("--store=") for a in argv):  # from a SceneStore: data/openloop_store.py
+        from drivedistill.data.openloop_store import main as store_main
+
+        return store_main(argv)
     parser = argparse.ArgumentParser(
         prog="drivedistill eval openloop",
         description="nuScenes open-loop L2 / collision under the ST-P3 and UniAD protocols, from arrays.",

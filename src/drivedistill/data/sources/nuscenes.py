@@ -478,6 +478,13 @@ class NuScenesSource(Source[NuScenesEpisode]):
             )
             return np.asarray(out, np.uint8)
 
+    def _stored_intrinsics(self, K: np.ndarray) -> np.ndarray:
+        """Intrinsics of the cropped + resized image: K' = S · K, S scales and shifts the crop box."""
+        left, top, right, bottom = self.cfg.crop
+        sx, sy = self.cfg.image_width / (right - left), self.cfg.image_height / (bottom - top)
+        S = np.array([[sx, 0.0, -left * sx], [0.0, sy, -top * sy], [0.0, 0.0, 1.0]])
+        return S @ K
+
     def lidar_bev(self, sample: NuScenesSample) -> np.ndarray:
         """(H, W, 3) uint8 BEV of the keyframe sweep in the ego frame (channels: module docstring)."""
         cfg = self.cfg.bev
@@ -553,6 +560,9 @@ class NuScenesSource(Source[NuScenesEpisode]):
         }
         if not self.cfg.lidar:
             meta["absent"] = ["lidar_bev"]
+        if self.cfg.cameras == ["CAM_FRONT"]:  # the stored image's pinhole model, for `data show`
+            _, K, T_ego_cam, _ = s.cameras["CAM_FRONT"]
+            meta["camera_model"] = {"K": self._stored_intrinsics(K).tolist(), "T_ego_cam": T_ego_cam.tolist()}
         empty = np.zeros((0, 2), np.float32)
         return Scene(
             token=s.token,

@@ -138,3 +138,23 @@ def main(argv: list[str] | None = None) -> int:
         f"{manifest['collected_samples']} new in {secs:.1f} s"
     )
     return 0
+
+
+def source_stage(runner: Any, cfg: Any) -> Any:
+    """The study's collect stage for `source: {name: ..., ...}` (pipeline/study.py calls this): the
+    source's episodes into the stage's store, keyed by the source's resolved config."""
+    options = {k: v for k, v in cfg.source.items() if k != "name"}
+    source = build_source(str(cfg.source["name"]), options, [])
+    stage_cfg = {
+        **source.store_config(),
+        "val_fraction": cfg.val_fraction,
+        "episodes_per_shard": cfg.episodes_per_shard,
+    }
+
+    def run(d: Path) -> dict[str, Any]:
+        manifest = collect_source(
+            source, d / "store", episodes_per_shard=cfg.episodes_per_shard, val_fraction=cfg.val_fraction
+        )
+        return {"store": "store", "stats": manifest.get("stats", {}), "seconds": manifest.get("collect_seconds")}
+
+    return runner.run("collect", stage_cfg, [], run)

@@ -64,6 +64,8 @@ class StudyConfig:
     device: str = "auto"
     workers: int = 2  # processes for collection
     world: dict[str, Any] = field(default_factory=dict)  # → world.config.WorldConfig
+    # a data source instead of the world (configs/nuscenes.yaml): {"name": "nuscenes", <its config fields>}
+    source: dict[str, Any] = field(default_factory=dict)
     val_fraction: float = 0.2
     episodes_per_shard: int = 4
     annotate: dict[str, Any] = field(default_factory=dict)  # VLM-AD annotation stage

@@ -26,6 +26,10 @@ from drivedistill.utils.io import atomic_write_json
 
 
 def collect_stage(runner: StageRunner, cfg: StudyConfig) -> Artifact:
+    if cfg.source.get("name", "world") != "world":  # a registered data source (data/collect.py)
+        from drivedistill.data.collect import source_stage
+
+        return source_stage(runner, cfg)
     from drivedistill.world.collect import collect
     from drivedistill.world.config import WorldConfig
 

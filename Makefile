@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 export PYGAME_HIDE_SUPPORT_PROMPT ?= 1
 
-.PHONY: install run smoke test lint typecheck clean
+.PHONY: install run smoke test lint typecheck clean nuscenes-env nuscenes-splits
 
 $(STAMP): pyproject.toml constraints.txt
 	@command -v $(PY) >/dev/null || { echo "error: $(PY) not found; install Python 3.11 or run 'make PY=python3 ...'"; exit 1; }
@@ -39,5 +39,23 @@ typecheck: $(STAMP)
 test: $(STAMP) lint typecheck
 	$(BIN)/python -m pytest -q tests
 
+# nuscenes-devkit pins numpy < 2: it lives in its own environment, never in $(VENV) (docs/nuscenes.md).
+# It writes the official scene splits the `nuscenes` source reads, and tests/test_nuscenes.py cross-checks
+# the adapter against it when the environment exists.
+NUSCENES_VENV ?= .venv-nuscenes
+NUSCENES_ROOT ?=
+$(NUSCENES_VENV)/.installed:
+	test -x $(NUSCENES_VENV)/bin/python || $(PY) -m venv $(NUSCENES_VENV)
+	$(NUSCENES_VENV)/bin/python -m pip install --quiet "nuscenes-devkit==1.2.0"
+	touch $@
+
+nuscenes-env: $(NUSCENES_VENV)/.installed
+
+nuscenes-splits: nuscenes-env
+	@test -n "$(NUSCENES_ROOT)" || { echo "error: pass NUSCENES_ROOT=DIR (the directory holding v1.0-*/)"; exit 2; }
+	$(NUSCENES_VENV)/bin/python -c "import json, sys; from nuscenes.utils.splits import create_splits_scenes; \
+		json.dump(create_splits_scenes(), open(sys.argv[1] + '/drivedistill_splits.json', 'w'))" "$(NUSCENES_ROOT)"
+	@echo "wrote $(NUSCENES_ROOT)/drivedistill_splits.json"
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(NUSCENES_VENV) runs .pytest_cache .mypy_cache .ruff_cache

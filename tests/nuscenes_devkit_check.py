@@ -27,7 +27,11 @@ for sample in nusc.sample:
         box.rotate(Quaternion(pose["rotation"]).inverse)  # → ego frame of the LIDAR_TOP keyframe
         yaw = box.orientation.yaw_pitch_roll[0]
         boxes[nusc.get("sample_annotation", ann_token)["instance_token"]] = [
-            float(box.center[0]), float(box.center[1]), float(yaw), float(box.wlh[1]), float(box.wlh[0])
+            float(box.center[0]),
+            float(box.center[1]),
+            float(yaw),
+            float(box.wlh[1]),
+            float(box.wlh[0]),
         ]
     cam = nusc.get("sample_data", sample["data"]["CAM_FRONT"])
     out["samples"][sample["token"]] = {

@@ -49,7 +49,7 @@ def write_keyframe_dataset(src: Path, out: Path) -> Path:
     w = NuScenesTableWriter(out, "v1.0-mini")
     log = w.log(LOG, "singapore-onenorth", "2018-07-24")
     scene = w.scene(SCENE, log, "one real keyframe")
-    ts = int(round(info["timestamp"] * 1e6))
+    ts = round(info["timestamp"] * 1e6)
     sample = w.sample(scene, ts, tok=info["token"])
     T_global_ego = np.asarray(info["ego2global"], np.float64)
     T_ego_lidar = np.asarray(info["lidar_points"]["lidar2ego"], np.float64)
@@ -62,14 +62,23 @@ def write_keyframe_dataset(src: Path, out: Path) -> Path:
     for ch, cam in info["images"].items():
         (out / "samples" / ch).mkdir(parents=True, exist_ok=True)
         shutil.copy(src / cam["img_path"], out / "samples" / ch / cam["img_path"])
-        cts = int(round(cam["timestamp"] * 1e6))
+        cts = round(cam["timestamp"] * 1e6)
         # the camera's own ego pose (it fired up to 43 ms before the LiDAR): lidar2cam includes the ego motion,
         # T_global_cam = T_global_ego · T_ego_lidar · lidar2cam⁻¹ and T_global_ego(cam) = T_global_cam · cam2ego⁻¹
         T_ego_cam = np.asarray(cam["cam2ego"], np.float64)
         T_global_cam = T_global_ego @ T_ego_lidar @ np.linalg.inv(np.asarray(cam["lidar2cam"], np.float64))
         cpose = w.ego_pose(f"{sample}/{ch}", T_global_cam @ np.linalg.inv(T_ego_cam), cts)
         ccs = w.calibrated_sensor(LOG, ch, "camera", T_ego_cam, cam["cam2img"])
-        w.sample_data(sample, ch, cpose, ccs, cts, f"samples/{ch}/{cam['img_path']}", (1600, 900), tok=cam["sample_data_token"])
+        w.sample_data(
+            sample,
+            ch,
+            cpose,
+            ccs,
+            cts,
+            f"samples/{ch}/{cam['img_path']}",
+            (1600, 900),
+            tok=cam["sample_data_token"],
+        )
     for k, inst in enumerate(info["instances"]):
         x, y, z, length, width, height, yaw = inst["bbox_3d"]
         T_lidar_box = np.eye(4)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +73,7 @@ def test_scenes_and_metric_scenes_come_from_the_same_records(log: str, annotatio
         assert s.meta["absent"] == ["camera"] and s.agent_input.bev[..., 0].any()  # drivable area drawn
         assert s.agent_input.command in {int(c) for c in Command}
     assert scenes[-1].meta["history_padded"] == 0
-    for prev, cur in zip(scenes[:-1], scenes[1:]):  # 0.5 s apart: history[-1] = inverse of prev future[0]
+    for prev, cur in itertools.pairwise(scenes):  # 0.5 s apart: history[-1] = inverse of prev future[0]
         x, y, yaw = (float(v) for v in prev.privileged.future_trajectory[0])
         c, s_ = np.cos(yaw), np.sin(yaw)
         inverse = np.array([-(c * x + s_ * y), s_ * x - c * y, -yaw])
@@ -113,7 +114,21 @@ def test_collect_and_eval_pdms_with_source_av2(tmp_path: Path) -> None:
 
     root = ROOT / "forecasting_scenarios"
     out = tmp_path / "store"
-    assert cli(["collect", "--source", "av2_forecasting", "--root", str(root), "--out", str(out), "--no-progress"]) == 0
+    assert (
+        cli(
+            [
+                "collect",
+                "--source",
+                "av2_forecasting",
+                "--root",
+                str(root),
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert SceneStore(out).validate(deep=True) == [] and len(SceneStore(out)) == 10
     assert cli(["collect", "--source", "av2", "--version", "v1", "--out", str(tmp_path / "x")]) == 2
     report = tmp_path / "pdms.json"

@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +28,7 @@ from drivedistill.data.sources.nuscenes import (
 )
 from drivedistill.data.store import SceneStore
 from drivedistill.types import NUM_FUTURE, AgentClass
-
-sys.path.insert(0, str(Path(__file__).parent))
-from nuscenes_fixture import LOG, SCENE, load_info, write_keyframe_dataset  # noqa: E402
+from tests.nuscenes_fixture import LOG, SCENE, load_info, write_keyframe_dataset
 
 SRC = Path(__file__).resolve().parents[2] / "shared" / "data" / "nuscenes_keyframe"
 pytestmark = pytest.mark.skipif(not SRC.is_dir(), reason=f"nuScenes keyframe not found at {SRC}")
@@ -39,7 +36,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def devkit_python() -> str | None:
-    for p in (os.environ.get("DRIVEDISTILL_NUSCENES_PYTHON", ""), str(REPO / ".venv-nuscenes" / "bin" / "python")):
+    for p in (
+        os.environ.get("DRIVEDISTILL_NUSCENES_PYTHON", ""),
+        str(REPO / ".venv-nuscenes" / "bin" / "python"),
+    ):
         if p and Path(p).exists():
             return p
     return None
@@ -144,7 +144,9 @@ def test_every_camera_student_plans_on_the_real_image(scene) -> None:  # type: i
 def test_six_cameras_make_a_2x3_mosaic(root: Path) -> None:
     from drivedistill.data.sources.nuscenes import CAMERAS
 
-    src = NuScenesSource(NuScenesConfig(root=str(root), cameras=list(CAMERAS), image_width=64, image_height=32))
+    src = NuScenesSource(
+        NuScenesConfig(root=str(root), cameras=list(CAMERAS), image_width=64, image_height=32)
+    )
     s = src.scenes_of(src.load(SCENE))[0]
     assert s.agent_input.camera.shape == (64, 192, 3)
     assert s.privileged.future_frames.shape == (3, 64, 192, 3)

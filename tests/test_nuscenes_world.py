@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +16,7 @@ from drivedistill.data.sources.nuscenes_export import export_scenes, sample_toke
 from drivedistill.types import NUM_PAST, Command
 from drivedistill.world.collect import resolve_world_config
 from drivedistill.world.episode import run_episode
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_nuscenes import devkit_python  # noqa: E402
+from tests.test_nuscenes import devkit_python
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -101,7 +98,17 @@ def test_collect_train_and_openloop_eval_on_a_nuscenes_store(world_and_export, t
     store, run = tmp_path / "store", tmp_path / "run"
     h, w = world.camera.height, world.camera.width
     crop = f"--source.crop=[0,0,{w},{h}]"
-    args = ["collect", "--source", "nuscenes", "--root", str(root), "--version", "v1.0-mini", "--out", str(store)]
+    args = [
+        "collect",
+        "--source",
+        "nuscenes",
+        "--root",
+        str(root),
+        "--version",
+        "v1.0-mini",
+        "--out",
+        str(store),
+    ]
     assert cli([*args, f"--source.image_width={w}", f"--source.image_height={h}", crop, "--no-progress",
                 "--val-fraction=0"]) == 0  # fmt: skip
     assert cli(["data", "validate", str(store)]) == 0

@@ -185,7 +185,20 @@ def render_sample(scene: Scene, store: SceneStore, lines: list[str], scale: int 
             if not in_front.all():
                 continue
             uv = uv * scale
-            for a, b in [(0, 1), (1, 2), (2, 3), (3, 0), (4, 5), (5, 6), (6, 7), (7, 4), (0, 4), (1, 5), (2, 6), (3, 7)]:
+            for a, b in [
+                (0, 1),
+                (1, 2),
+                (2, 3),
+                (3, 0),
+                (4, 5),
+                (5, 6),
+                (6, 7),
+                (7, 4),
+                (0, 4),
+                (1, 5),
+                (2, 6),
+                (3, 7),
+            ]:
                 draw.line([tuple(uv[a]), tuple(uv[b])], fill=BOX_COLOUR, width=1)
     for i, line in enumerate(lines):
         draw.text((8, camera.height + 6 + line_h * i), line, fill=(230, 230, 230), font=font)

@@ -37,14 +37,18 @@ def build_source(name: str, options: dict[str, Any], overrides: list[str]) -> So
     layer = {k: v for k, v in options.items() if v is not None}
     for key in layer:
         if key not in known:
-            raise ConfigError(f"collect: source {name!r} has no --{key} option (its options: {sorted(known)})")
+            raise ConfigError(
+                f"collect: source {name!r} has no --{key} option (its options: {sorted(known)})"
+            )
     stripped = []
     for arg in overrides:
         text = arg[2:] if arg.startswith("--") else arg
         if not text.startswith("source."):
-            raise ConfigError(f"collect: unrecognised argument {arg!r}; source options are --source.<key>=<value>")
+            raise ConfigError(
+                f"collect: unrecognised argument {arg!r}; source options are --source.<key>=<value>"
+            )
         stripped.append(text[len("source.") :])
-    cfg = load_config(entry.config_cls, layer, overrides=stripped)
+    cfg: Any = load_config(entry.config_cls, layer, overrides=stripped)
     source = entry.builder(cfg)
     if not isinstance(source, Source):
         raise ConfigError(f"source {name!r} does not implement drivedistill.data.sources.base.Source")
@@ -67,7 +71,11 @@ def collect_source(
     shards = [eps[s : s + episodes_per_shard] for s in range(0, len(eps), episodes_per_shard)]
     resolved = {
         **source.store_config(),
-        "collect": {"source": source.name, "episodes_per_shard": episodes_per_shard, "val_fraction": val_fraction},
+        "collect": {
+            "source": source.name,
+            "episodes_per_shard": episodes_per_shard,
+            "val_fraction": val_fraction,
+        },
     }
     writer = SceneStoreWriter(Path(out), resolved, num_shards=len(shards), val_fraction=val_fraction)
     done = writer.completed()
@@ -84,13 +92,20 @@ def collect_source(
             scenes.extend(ep_scenes)
         writer.add_shard(
             write_shard(
-                Path(out), k, scenes, val_fraction=val_fraction, config_hash=writer.config_hash, episodes=infos
+                Path(out),
+                k,
+                scenes,
+                val_fraction=val_fraction,
+                config_hash=writer.config_hash,
+                episodes=infos,
             )
         )
         counted += len(scenes)
         if progress:
             rate = counted / max(time.perf_counter() - start, 1e-9)
-            print(f"collect {source.name}: shard {k + 1}/{len(shards)} · {counted} samples · {rate:.2f} samples/s")
+            print(
+                f"collect {source.name}: shard {k + 1}/{len(shards)} · {counted} samples · {rate:.2f} samples/s"
+            )
     manifest = writer.finish()
     manifest["collect_seconds"] = time.perf_counter() - start
     manifest["collected_samples"] = counted
@@ -115,7 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", help="nuScenes: official split (train, val, mini_train, mini_val, ...)")
     parser.add_argument("--out", type=Path, required=True, help="store directory (resumed if it exists)")
     parser.add_argument("--episodes-per-shard", type=int, default=4)
-    parser.add_argument("--val-fraction", type=float, default=0.2, help="fraction of episodes in the val split")
+    parser.add_argument(
+        "--val-fraction", type=float, default=0.2, help="fraction of episodes in the val split"
+    )
     parser.add_argument("--no-progress", action="store_true")
     args, overrides = parser.parse_known_args(argv)
     try:
@@ -155,6 +172,10 @@ def source_stage(runner: Any, cfg: Any) -> Any:
         manifest = collect_source(
             source, d / "store", episodes_per_shard=cfg.episodes_per_shard, val_fraction=cfg.val_fraction
         )
-        return {"store": "store", "stats": manifest.get("stats", {}), "seconds": manifest.get("collect_seconds")}
+        return {
+            "store": "store",
+            "stats": manifest.get("stats", {}),
+            "seconds": manifest.get("collect_seconds"),
+        }
 
     return runner.run("collect", stage_cfg, [], run)

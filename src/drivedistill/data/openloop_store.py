@@ -36,7 +36,7 @@ def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
+            np.savez_compressed(f, **arrays)  # type: ignore[arg-type]
 
     atomic_write_with(Path(path), write)
 
@@ -48,14 +48,18 @@ def gt_arrays(scenes: list[Scene], classes: str = OCCUPANCY) -> dict[str, np.nda
     if any(p is None for p in privs):
         raise StoreError("open-loop GT needs the scenes' privileged part (future, boxes)")
     return {
-        "trajectory": np.stack([p.future_trajectory[:NUM_STEPS, :2] for p in privs if p is not None]).astype(np.float32),
+        "trajectory": np.stack([p.future_trajectory[:NUM_STEPS, :2] for p in privs if p is not None]).astype(
+            np.float32
+        ),
         "valid": np.stack([p.future_valid[:NUM_STEPS] for p in privs if p is not None]),
         "occupancy": np.stack([occupancy_from_scene(s, classes) for s in scenes]),
         "tokens": np.array([s.token for s in scenes]),
     }
 
 
-def evaluate_store(student: Any, scenes: list[Scene], batch_size: int = 32, device: str = "cpu") -> dict[str, Any]:
+def evaluate_store(
+    student: Any, scenes: list[Scene], batch_size: int = 32, device: str = "cpu"
+) -> dict[str, Any]:
     """Both protocols, with and without ego status (see the module docstring)."""
     from drivedistill.metrics.openloop import evaluate_openloop_scenes
     from drivedistill.train.evaluate import plan_scenes

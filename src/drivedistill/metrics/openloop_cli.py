@@ -115,7 +115,9 @@ def evaluate_files(
 
 
 def main(argv: list[str]) -> int:
-    if any(a == "--store" or a.startswith("--store=") for a in argv):  # from a SceneStore: data/openloop_store.py
+    if any(
+        a == "--store" or a.startswith("--store=") for a in argv
+    ):  # from a SceneStore: data/openloop_store.py
         from drivedistill.data.openloop_store import main as store_main
 
         return store_main(argv)

@@ -48,7 +48,10 @@ class NuScenesTableWriter:
     def category(self, name: str) -> str:
         tok = token("category", name)
         if ("category", tok) not in self._idx:
-            self._add("category", {"token": tok, "name": name, "description": name, "index": len(self.t["category"])})
+            self._add(
+                "category",
+                {"token": tok, "name": name, "description": name, "index": len(self.t["category"])},
+            )
         return tok
 
     def log(self, name: str, location: str, date: str, vehicle: str = "drivedistill") -> str:
@@ -65,7 +68,9 @@ class NuScenesTableWriter:
             self._add("sensor", {"token": tok, "channel": channel, "modality": modality})
         return tok
 
-    def calibrated_sensor(self, key: str, channel: str, modality: str, T: np.ndarray, K: np.ndarray | None) -> str:
+    def calibrated_sensor(
+        self, key: str, channel: str, modality: str, T: np.ndarray, K: np.ndarray | None
+    ) -> str:
         tok = token("calibrated_sensor", key, channel)
         if ("calibrated_sensor", tok) not in self._idx:
             self._add(
@@ -113,7 +118,10 @@ class NuScenesTableWriter:
         scene = self._idx[("scene", scene_token)]
         tok = tok or token("sample", scene_token, timestamp)
         prev = scene["last_sample_token"]
-        self._add("sample", {"token": tok, "timestamp": int(timestamp), "prev": prev, "next": "", "scene_token": scene_token})
+        self._add(
+            "sample",
+            {"token": tok, "timestamp": int(timestamp), "prev": prev, "next": "", "scene_token": scene_token},
+        )
         if prev:
             self._idx[("sample", prev)]["next"] = tok
         else:

@@ -100,7 +100,9 @@ class Av2ForecastingSource(Av2Source):
         df = pq.read_table(path).to_pandas().sort_values(["track_id", "timestep"]).reset_index(drop=True)
         unknown = sorted(set(df.object_type) - set(TYPE_CLASS))
         if unknown:
-            raise SourceError(f"{path}: unknown object types {unknown}; add them to av2_forecasting.TYPE_CLASS")
+            raise SourceError(
+                f"{path}: unknown object types {unknown}; add them to av2_forecasting.TYPE_CLASS"
+            )
         times = df.timestep.to_numpy() * 0.1
         av = df[df.track_id == "AV"]
         if av.empty:

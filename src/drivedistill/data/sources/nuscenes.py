@@ -150,7 +150,9 @@ class NuScenesConfig:
         if not (0 <= left < right and 0 <= top < bottom):
             raise SourceError(f"nuscenes.crop: {self.crop} is not a (left, top, right, bottom) box")
         if self.image_width < 8 or self.image_height < 8:
-            raise SourceError(f"nuscenes.image_width/height: at least 8 px, got {self.image_width}x{self.image_height}")
+            raise SourceError(
+                f"nuscenes.image_width/height: at least 8 px, got {self.image_width}x{self.image_height}"
+            )
 
 
 # ----- frames --------------------------------------------------------------------------------------
@@ -182,7 +184,9 @@ def lidar_to_ego(T_ego_lidar: np.ndarray, points: np.ndarray) -> np.ndarray:
     return np.asarray(points, np.float64) @ T_ego_lidar[:3, :3].T + T_ego_lidar[:3, 3]
 
 
-def ego_to_camera(T_ego_cam: np.ndarray, K: np.ndarray, points_ego: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def ego_to_camera(
+    T_ego_cam: np.ndarray, K: np.ndarray, points_ego: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Ego points (N, 3) → pixels (N, 2) of the full-resolution image and depth (N,) [m] along the axis."""
     T = np.linalg.inv(T_ego_cam)
     pc = np.asarray(points_ego, np.float64) @ T[:3, :3].T + T[:3, 3]
@@ -197,7 +201,9 @@ class NuScenesTables:
     def __init__(self, root: str | Path, version: str) -> None:
         self.root = Path(root)
         if not str(root) or not self.root.is_dir():
-            raise SourceError(f"{self.root}: nuScenes root not found; pass --root DIR (the directory holding {version}/)")
+            raise SourceError(
+                f"{self.root}: nuScenes root not found; pass --root DIR (the directory holding {version}/)"
+            )
         if version not in VERSIONS:
             raise SourceError(f"unknown nuScenes version {version!r}; versions are {list(VERSIONS)}")
         folder = self.root / version
@@ -268,7 +274,9 @@ class NuScenesSample:
     T_global_ego: np.ndarray  # LIDAR_TOP keyframe's ego pose
     T_ego_lidar: np.ndarray
     lidar_path: Path
-    cameras: dict[str, tuple[Path, np.ndarray, np.ndarray, np.ndarray]]  # channel → path, K, T_ego_cam, T_global_ego
+    cameras: dict[
+        str, tuple[Path, np.ndarray, np.ndarray, np.ndarray]
+    ]  # channel → path, K, T_ego_cam, T_global_ego
     boxes: list[dict[str, Any]]  # instance, category, T_global_box, size (l, w), velocity_global (2,)
 
 
@@ -304,7 +312,9 @@ class NuScenesSource(Source[NuScenesEpisode]):
         if cfg.scenes:
             unknown = sorted(set(cfg.scenes) - set(names))
             if unknown:
-                raise SourceError(f"nuscenes.scenes: {unknown} not in {cfg.version} (split {cfg.split or 'all'})")
+                raise SourceError(
+                    f"nuscenes.scenes: {unknown} not in {cfg.version} (split {cfg.split or 'all'})"
+                )
             names = [n for n in names if n in set(cfg.scenes)]
         self.names = names
 
@@ -317,7 +327,9 @@ class NuScenesSource(Source[NuScenesEpisode]):
             )
         splits = json.loads(path.read_text())
         if self.cfg.split not in splits:
-            raise SourceError(f"{path}: has no split {self.cfg.split!r} (has {sorted(splits)}); regenerate it")
+            raise SourceError(
+                f"{path}: has no split {self.cfg.split!r} (has {sorted(splits)}); regenerate it"
+            )
         return set(splits[self.cfg.split])
 
     def episodes(self) -> list[str]:
@@ -378,11 +390,14 @@ class NuScenesSource(Source[NuScenesEpisode]):
                 )
             )
         lidar_sds = sorted(
-            (sd for s in samples for sd in db.lidar_by_sample.get(s.token, [])), key=lambda sd: sd["timestamp"]
+            (sd for s in samples for sd in db.lidar_by_sample.get(s.token, [])),
+            key=lambda sd: sd["timestamp"],
         )
         poses = []
         for sd in lidar_sds:
-            T = pose_matrix(*(db.get("ego_pose", sd["ego_pose_token"])[k] for k in ("translation", "rotation")))
+            T = pose_matrix(
+                *(db.get("ego_pose", sd["ego_pose_token"])[k] for k in ("translation", "rotation"))
+            )
             poses.append((sd["timestamp"] * 1e-6, T[0, 3], T[1, 3], np.arctan2(T[1, 0], T[0, 0])))
         arr = np.unique(np.asarray(poses, np.float64), axis=0)
         track = EgoTrack(None, times=arr[:, 0], poses=arr[:, 1:])
@@ -436,8 +451,14 @@ class NuScenesSource(Source[NuScenesEpisode]):
         """(speed [m/s], longitudinal acceleration [m/s²], yaw rate [rad/s]) at a time, and its source."""
         if ep.can is not None:
             c = ep.can
-            return np.array([np.interp(timestamp_us, c["utime"], c[k]) for k in ("speed", "accel", "yaw_rate")]), "can_bus"
-        dyn = ep.ego_track.dynamics(timestamp_us * 1e-6, NUSCENES_EGO[3]) if len(ep.ego_track.times) > 1 else np.zeros(4)
+            return np.array(
+                [np.interp(timestamp_us, c["utime"], c[k]) for k in ("speed", "accel", "yaw_rate")]
+            ), "can_bus"
+        dyn = (
+            ep.ego_track.dynamics(timestamp_us * 1e-6, NUSCENES_EGO[3])
+            if len(ep.ego_track.times) > 1
+            else np.zeros(4)
+        )
         return dyn[[0, 1, 3]], "poses"
 
     def command(self, ep: NuScenesEpisode, i: int) -> Command:
@@ -489,7 +510,9 @@ class NuScenesSource(Source[NuScenesEpisode]):
         """(H, W, 3) uint8 BEV of the keyframe sweep in the ego frame (channels: module docstring)."""
         cfg = self.cfg.bev
         if not sample.lidar_path.exists():
-            raise SourceError(f"{sample.lidar_path}: LiDAR sweep missing; extract the samples/LIDAR_TOP archive")
+            raise SourceError(
+                f"{sample.lidar_path}: LiDAR sweep missing; extract the samples/LIDAR_TOP archive"
+            )
         raw = np.fromfile(sample.lidar_path, np.float32)
         if raw.size % 5:
             raise SourceError(f"{sample.lidar_path}: {raw.size} floats, not (N, 5) x, y, z, intensity, ring")
@@ -544,9 +567,16 @@ class NuScenesSource(Source[NuScenesEpisode]):
         if sensors:
             camera = self.camera_image(s)
             frames = np.stack([self.camera_image(ep.samples[min(i + k, n - 1)]) for k in FUTURE_FRAME_STEPS])
-            bev = self.lidar_bev(s) if self.cfg.lidar else np.zeros((self.cfg.bev.height, self.cfg.bev.width, 3), np.uint8)
+            bev = (
+                self.lidar_bev(s)
+                if self.cfg.lidar
+                else np.zeros((self.cfg.bev.height, self.cfg.bev.width, 3), np.uint8)
+            )
         else:  # metric scenes read no sensor: 1-pixel placeholders, never stored
-            camera, frames = np.zeros((1, 1, 3), np.uint8), np.zeros((len(FUTURE_FRAME_STEPS), 1, 1, 3), np.uint8)
+            camera, frames = (
+                np.zeros((1, 1, 3), np.uint8),
+                np.zeros((len(FUTURE_FRAME_STEPS), 1, 1, 3), np.uint8),
+            )
             bev = np.zeros((1, 1, 3), np.uint8)
         padded = max(0, NUM_PAST - i)
         meta: dict[str, Any] = {

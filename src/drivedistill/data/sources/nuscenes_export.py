@@ -42,7 +42,9 @@ CLASS_CATEGORY = {
     AgentClass.STATIC: "movable_object.barrier",
 }
 BOX_HEIGHT = 1.5  # [m]
-T_EGO_LIDAR = np.array([[0.0, 1.0, 0.0, 0.0], [-1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.8], [0.0, 0.0, 0.0, 1.0]])
+T_EGO_LIDAR = np.array(
+    [[0.0, 1.0, 0.0, 0.0], [-1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.8], [0.0, 0.0, 0.0, 1.0]]
+)
 T0_US = 1_600_000_000_000_000  # [µs] timestamp of every scene's first sample
 
 
@@ -59,7 +61,9 @@ def sample_token(world_token: str) -> str:
     return token("world-sample", world_token)
 
 
-def export_scenes(episodes: Iterable[list[Scene]], camera: CameraConfig, out: str | Path, version: str = "v1.0-mini") -> Path:
+def export_scenes(
+    episodes: Iterable[list[Scene]], camera: CameraConfig, out: str | Path, version: str = "v1.0-mini"
+) -> Path:
     """Write episodes (each a list of Scenes in frame order, 0.5 s apart) as nuScenes `version` under
     `out`; returns `out`."""
     root = Path(out)
@@ -111,7 +115,9 @@ def export_scenes(episodes: Iterable[list[Scene]], camera: CameraConfig, out: st
                     if np.linalg.norm(prev_pose[:2, 3] - G[:2, 3]) < 0.01:
                         key = prev_key
                         break
-                w.annotation(smp, key, CLASS_CATEGORY[AgentClass(int(box[7]))], G, (box[4], box[3], BOX_HEIGHT))
+                w.annotation(
+                    smp, key, CLASS_CATEGORY[AgentClass(int(box[7]))], G, (box[4], box[3], BOX_HEIGHT)
+                )
                 if pv.agents_valid[1, a]:
                     boxes.append((key, T @ _se2(agents[1, a, :3])))
             prev_boxes = boxes
@@ -125,7 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     from drivedistill.world.collect import resolve_world_config
     from drivedistill.world.episode import run_episode
 
-    parser = argparse.ArgumentParser(prog="python -m drivedistill.data.sources.nuscenes_export", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m drivedistill.data.sources.nuscenes_export", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--preset", default="smoke")
     parser.add_argument("--config", type=Path)
     parser.add_argument("--out", type=Path, required=True)

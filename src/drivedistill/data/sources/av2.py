@@ -1,4 +1,4 @@
-"""Argoverse 2 sensor-log excerpts → MetricScenes at 2 Hz for PDMS log-replay scoring (pyarrow + json).
+"""Argoverse 2 sensor logs → Scenes and MetricScenes at 2 Hz (PDMS log-replay scoring; pyarrow + json).
 
 Frames. AV2's egovehicle frame has its origin at the **centre of the rear axle** on the ground, x forward,
 y left, z up (av2 docs, "coordinate systems"); `city_SE3_egovehicle.feather` gives that frame's pose in

@@ -1,4 +1,4 @@
-"""nuScenes (v1.0-mini / v1.0-trainval) → Scenes and MetricScenes, read from the JSON tables directly.
+"""nuScenes (v1.0-mini / v1.0-trainval) → Scenes (camera, LiDAR BEV, boxes), read from the JSON tables.
 
 Layout read (what the nuScenes download unpacks to; see docs/nuscenes.md):
 

@@ -208,21 +208,15 @@ class RoadsideWorld:
 
 @functools.cache
 def roadside(scenario: str) -> RoadsideWorld:
-    """The kerbs and posts of `scenario`'s road network (the boundary of the union of its lane surfaces)."""
+    """The kerbs and posts of `scenario`'s road network (the boundary of its road surface: lanes and
+    junction fillets, world/surface.py)."""
     import shapely
 
-    from drivedistill.world.scenarios import network
+    from drivedistill.world.surface import surface
 
-    roadmap = network(scenario)[1]
-    polys = []
-    for li in range(len(roadmap.keys)):
-        sl = slice(*np.searchsorted(roadmap.lane_of, [li, li + 1]))
-        ring = np.concatenate([roadmap.left[sl], roadmap.right[sl][::-1]])
-        if len(ring) >= 3:
-            polys.append(shapely.Polygon(ring).buffer(0.05))  # 5 cm overlap: adjacent lanes fuse
-    surface = shapely.union_all(polys)
+    road = surface(scenario)
     a_list, b_list, posts = [], [], []
-    for line in _boundary_lines(surface):
+    for line in _boundary_lines(road):
         # ≤ 2 m pieces: `crop` keeps walls by their midpoint (a straight kerb is one long edge otherwise)
         xy = np.asarray(shapely.segmentize(line, 2.0).coords, np.float64)
         a_list.append(xy[:-1])
@@ -234,9 +228,9 @@ def roadside(scenario: str) -> RoadsideWorld:
             tangent = (q - p) / max(float(np.hypot(*(q - p))), 1e-6)
             normal = np.array([tangent[1], -tangent[0]])  # right of the boundary's direction
             cand = p + POST_OFFSET * normal
-            if surface.contains(shapely.Point(*cand)):
+            if road.contains(shapely.Point(*cand)):
                 cand = p - POST_OFFSET * normal
-            if not surface.buffer(POST_OFFSET * 0.5).contains(shapely.Point(*cand)):
+            if not road.buffer(POST_OFFSET * 0.5).contains(shapely.Point(*cand)):
                 posts.append(cand)
     return RoadsideWorld(
         np.concatenate(a_list) if a_list else np.zeros((0, 2)),

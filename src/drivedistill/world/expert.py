@@ -62,7 +62,7 @@ class ExpertVehicle(FastIDMVehicle):
         straight = type(self.road.network.get_lane(target_lane_index)).__name__ == "FastStraightLane"
         if not (same_edge and straight):
             return super().steering_control(target_lane_index)
-        kp, limit = self.KP_LATERAL, self.MAX_HEADING_OFFSET
+        kp, limit = self.KP_LATERAL, self.MAX_HEADING_OFFSET  # type: ignore[has-type]
         self.KP_LATERAL, self.MAX_HEADING_OFFSET = self.LANE_CHANGE_KP_LATERAL, self.LANE_CHANGE_MAX_HEADING
         try:
             return super().steering_control(target_lane_index)

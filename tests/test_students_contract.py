@@ -11,6 +11,7 @@ import dataclasses
 import inspect
 import typing
 
+import numpy as np
 import pytest
 import torch
 
@@ -191,3 +192,78 @@ def test_without_ego_history_ignores_past_poses(name: str, batch: Batch) -> None
             student = _student(name, use_ego_history=history, cv_prior=False).eval()
             a, b = student(batch.inputs).trajectory, student(moved).trajectory
             assert torch.equal(a, b) is same
+
+
+def test_labelled_bev_is_privileged_and_students_get_only_the_lidar() -> None:
+    """The labelled BEV (lanes, drivable area, vehicle boxes) lives in `Privileged` / `PrivilegedBatch`
+    only: no field of the student's input carries it, stripping the privileged part removes it, and a
+    student's plan does not change when it changes."""
+    from drivedistill.data.dataset import collate
+    from drivedistill.testing import random_scene
+    from drivedistill.types import AgentInput
+
+    assert [f.name for f in dataclasses.fields(AgentInput)] == [
+        "camera",
+        "bev",
+        "ego_history",
+        "ego_status",
+        "command",
+    ]
+    assert [f.name for f in dataclasses.fields(AgentInputBatch)] == [
+        "camera",
+        "bev",
+        "ego_history",
+        "ego_status",
+        "command",
+    ]
+    scenes = [random_scene(i) for i in range(2)]
+    for s in scenes:
+        assert s.privileged is not None and s.privileged.labelled_bev is not None
+        assert not any(
+            np.shares_memory(getattr(s.agent_input, f.name), s.privileged.labelled_bev)
+            for f in dataclasses.fields(AgentInput)
+            if isinstance(getattr(s.agent_input, f.name), np.ndarray)
+        )
+        assert s.without_privileged().privileged is None
+    full = collate(scenes)
+    assert full.privileged is not None and full.privileged.labelled_bev is not None
+    assert collate([s.without_privileged() for s in scenes]).privileged is None
+    for name in PERCEPTION:
+        student = _student(name).eval()
+        flipped = [
+            dataclasses.replace(
+                s,
+                privileged=dataclasses.replace(s.privileged, labelled_bev=255 - s.privileged.labelled_bev),  # type: ignore[arg-type, operator, union-attr]
+            )
+            for s in scenes
+        ]
+        with torch.no_grad():
+            a = student(collate(scenes).inputs).trajectory
+            b = student(collate(flipped).inputs).trajectory
+        assert torch.equal(a, b), f"{name}: the plan depends on the labelled BEV"
+
+
+def test_world_students_input_is_the_lidar_histogram() -> None:
+    """In the default world the students' `bev` is the 2-channel LiDAR histogram, not the labelled raster:
+    on a collected sample the labelled raster's drivable area covers much of the grid while the LiDAR
+    (ground removed) returns on a small fraction of cells."""
+    from drivedistill.world.bev import BevConfig
+    from drivedistill.world.camera import CameraConfig
+    from drivedistill.world.config import WorldConfig
+    from drivedistill.world.episode import run_episode
+    from drivedistill.world.lidar import LIDAR_CHANNELS
+
+    cfg = WorldConfig(
+        scenarios=["intersection"],
+        num_episodes=1,
+        episode_seconds=7.0,
+        camera=CameraConfig(height=32, width=64),
+        bev=BevConfig(height=64, width=64, resolution=1.0),
+    )
+    scene = run_episode(cfg, 0).scenes[0]
+    ai, pv = scene.agent_input, scene.privileged
+    assert pv is not None and pv.labelled_bev is not None
+    assert ai.bev.shape == (64, 64, len(LIDAR_CHANNELS)) and pv.labelled_bev.shape == (64, 64, 3)
+    drivable = (pv.labelled_bev[..., 0] > 0).mean()
+    returns = (ai.bev.max(-1) > 0).mean()
+    assert drivable > 0.15 and 0.0 < returns < 0.5 * drivable

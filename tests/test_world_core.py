@@ -50,7 +50,9 @@ def test_episode_is_deterministic_and_complete() -> None:
         assert np.array_equal(sa.privileged.agents, sb.privileged.agents)  # type: ignore[union-attr]
     s = a.scenes[0]
     assert s.token == "highway-s0-e00003-f004" and s.episode == "highway-s0-e00003"
-    assert s.agent_input.camera.shape == (32, 64, 3) and s.agent_input.bev.shape == (128, 128, 3)
+    assert s.agent_input.camera.shape == (32, 64, 3) and s.agent_input.bev.shape == (128, 128, 2)
+    assert s.privileged is not None and s.privileged.labelled_bev is not None
+    assert s.privileged.labelled_bev.shape == (128, 128, 3) and s.privileged.event == s.meta["event"]
     assert s.meta["scenario"] == "highway" and s.meta["event"]
     assert s.privileged is not None and s.privileged.future_frames.shape == (3, 32, 64, 3)
     # history is behind the ego, the future ahead (the expert drives forward)

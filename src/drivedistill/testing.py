@@ -75,6 +75,8 @@ def random_scene(
         ego_status=np.array([speed, 0.0, 0.0], np.float32),
         command=int(rng.integers(0, 3)),
     )
+    priv.labelled_bev = rng.integers(0, 2, (*bev_hw, 3), dtype=np.uint8) * 255  # drawn last: seeds keep
+    priv.event = "lane_follow"
     return Scene(token or f"{episode}-{seed:05d}", episode, seed, ai, priv, {"scenario": "highway"})
 
 

@@ -3,8 +3,9 @@
 Geometry convention everywhere (unless a name says otherwise): poses are in the **current ego frame**
 at time t = 0 — x forward, y left, yaw counter-clockwise — in metres and radians. Time steps are 0.5 s.
 
-- `AgentInput`  what a deployable planner may see at time t (cameras, BEV sensor, past ego, command).
-- `Privileged`  what only teachers, targets, annotators and metrics may read (the future, the map, ...).
+- `AgentInput`  what a deployable planner may see at time t (camera, LiDAR BEV, past ego, command).
+- `Privileged`  what only teachers, targets, annotators and metrics may read (the future, the map, the
+                labelled BEV raster, the event label, ...).
 - `Scene`       both, plus bookkeeping; one sample of a data set.
 - `AgentInputBatch` / `PrivilegedBatch` / `Batch`   the collated torch tensors of the same split.
 - `Trajectory`  a plan or a ground-truth path, (T, 3) poses at a fixed step.
@@ -106,8 +107,9 @@ class AgentInput:
     """What a deployable planner sees at time t (one sample).
 
     camera        (H, W, 3) uint8   front camera at t, RGB
-    bev           (Hb, Wb, C) uint8 ego-centred BEV sensor raster at t (C channels, see world/bev.py);
-                                    current-time content only, like a LiDAR BEV: x forward = up
+    bev           (Hb, Wb, C) uint8 ego-centred LiDAR BEV at t: a point-height histogram (world world:
+                                    C = 2, world/lidar.py; no labels, no map), x forward = up. The
+                                    labelled BEV (lanes, drivable area, boxes) is `Privileged.labelled_bev`
     ego_history   (NUM_PAST, 3) f32 past poses at t = -2.0 ... -0.5 s, current ego frame [m, m, rad]
     ego_status    (3,) f32          speed [m/s], longitudinal acceleration [m/s^2], yaw rate [rad/s]
     command       int               Command
@@ -174,6 +176,10 @@ class Privileged:
     agents_valid        (NUM_AGENT_STEPS, A) bool
     map                 MapGeometry
     scenario            scenario family name ("highway", "merge", ...)
+    labelled_bev        (Hb, Wb, 3) uint8 or None  labelled BEV raster at t (drivable area, lane markings,
+                        vehicle boxes; world/bev.py) on the grid of `AgentInput.bev`; None for sources
+                        without one
+    event               event family of the sample (world/events.py EVENT_FAMILIES), "" when unknown
     """
 
     future_trajectory: np.ndarray
@@ -184,8 +190,12 @@ class Privileged:
     agents_valid: np.ndarray
     map: MapGeometry
     scenario: str
+    labelled_bev: np.ndarray | None = None
+    event: str = ""
 
     def __post_init__(self) -> None:
+        if self.labelled_bev is not None:
+            _check_array("Privileged", "labelled_bev", self.labelled_bev, (None, None, 3), "u")
         _check_array("Privileged", "future_trajectory", self.future_trajectory, (NUM_FUTURE, 3), "f")
         _check_array("Privileged", "future_valid", self.future_valid, (NUM_FUTURE,), "b")
         _check_array(
@@ -274,12 +284,15 @@ class PrivilegedBatch:
     valid             (B, NUM_FUTURE) bool
     future_frames     (B, 3, 3, H, W) float in [0, 1]  front camera at +1/+2/+3 s
     future_ego_status (B, NUM_FUTURE, 3)
+    labelled_bev      (B, 3, Hb, Wb) float in [0, 1] or None  labelled BEV raster (drivable, markings,
+                      vehicles) — what teachers and probes may read instead of the students' LiDAR
     """
 
     trajectory: torch.Tensor
     valid: torch.Tensor
     future_frames: torch.Tensor
     future_ego_status: torch.Tensor
+    labelled_bev: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         b = self.trajectory.shape[0]
@@ -289,9 +302,15 @@ class PrivilegedBatch:
         _check_tensor(
             "PrivilegedBatch", "future_ego_status", self.future_ego_status, (b, NUM_FUTURE, 3), True
         )
+        if self.labelled_bev is not None:
+            _check_tensor("PrivilegedBatch", "labelled_bev", self.labelled_bev, (b, 3, None, None), True)
 
     def to(self, device: torch.device | str) -> PrivilegedBatch:
-        return PrivilegedBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+        moved: dict[str, Any] = {
+            f.name: None if getattr(self, f.name) is None else getattr(self, f.name).to(device)
+            for f in fields(self)
+        }
+        return PrivilegedBatch(**moved)
 
 
 @dataclass

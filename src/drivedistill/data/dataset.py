@@ -44,7 +44,8 @@ def collate(scenes: Sequence[Scene], extras: Mapping[str, Mapping[str, np.ndarra
     inputs      camera (B, 3, H, W), bev (B, C, Hb, Wb) float [0, 1]; ego_history (B, 4, 3), ego_status (B, 3)
                 float32; command (B,) long
     privileged  trajectory (B, 8, 3), valid (B, 8) bool, future_frames (B, 3, 3, H, W) float [0, 1],
-                future_ego_status (B, 8, 3) — or None unless every scene carries its privileged part
+                future_ego_status (B, 8, 3), labelled_bev (B, 3, Hb, Wb) float [0, 1] or None — or None
+                unless every scene carries its privileged part
     extras      name → (B, ...) tensor stacked from `extras[name][token]`
     """
     if not scenes:
@@ -69,6 +70,11 @@ def collate(scenes: Sequence[Scene], extras: Mapping[str, Mapping[str, np.ndarra
             future_frames=_images(scenes, "future_frames", [p.future_frames for p in ps]),
             future_ego_status=_stack(
                 scenes, "future_ego_status", [p.future_ego_status.astype(np.float32) for p in ps]
+            ),
+            labelled_bev=(
+                _images(scenes, "labelled_bev", [p.labelled_bev for p in ps])  # type: ignore[misc]
+                if all(p.labelled_bev is not None for p in ps)
+                else None
             ),
         )
     return Batch([s.token for s in scenes], inputs, privileged, collate_extras(scenes, extras or {}))

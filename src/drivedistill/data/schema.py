@@ -1,4 +1,4 @@
-"""Row encoding of a `Scene` for the SceneStore's Parquet shards (schema version 1).
+"""Row encoding of a `Scene` for the SceneStore's Parquet shards (schema version 2).
 
 One row per sample. Images are PNG bytes; arrays are flat lists plus a `<name>_shape` column; the map
 is nested lists (one flat x0, y0, x1, y1, ... list per polyline/polygon). Privileged columns are null
@@ -8,6 +8,10 @@ when a sample carries no privileged part. The full column list is documented in 
 - `ShardColumns(table)`         decodes rows of a pyarrow Table back into validated `Scene`s, using the
                                 list offsets directly (no per-float Python conversion)
 - `scene_hash(scene)`           sha256 of the sample's decoded content (the cache key of later stages)
+
+Version 2 (this one): `bev_png` holds the students' LiDAR BEV histogram (2 channels, world/lidar.py);
+the labelled BEV raster moved to the privileged column `labelled_bev_png`; `event` holds the sample's
+event family. A version-1 store is refused by the SceneStore with "re-collect the store".
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from PIL import Image
 
 from drivedistill.types import AgentInput, MapGeometry, Privileged, Scene
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 PNG_COMPRESS_LEVEL = (
     6  # zlib level; on rendered frames levels 1..6 encode equally fast (~3.5 ms, 128x256) and 6 is smallest
 )
@@ -49,6 +53,7 @@ SCHEMA = pa.schema(
         ("frame_index", pa.int32()),
         ("split", pa.string()),
         ("scenario", pa.string()),
+        ("event", pa.string()),
         ("command", pa.int8()),
         ("speed", pa.float32()),
         ("meta_json", pa.string()),
@@ -58,6 +63,7 @@ SCHEMA = pa.schema(
         *[f for name, dt in AGENT_ARRAYS.items() for f in ((name, _LIST[dt]), (f"{name}_shape", _SHAPE))],
         ("has_privileged", pa.bool_()),
         ("future_frames_png", pa.list_(pa.binary())),
+        ("labelled_bev_png", pa.binary()),
         *[
             f
             for name, dt in PRIVILEGED_ARRAYS.items()
@@ -120,6 +126,7 @@ def scene_to_row(scene: Scene, split: str) -> dict[str, Any]:
         "frame_index": int(scene.frame_index),
         "split": split,
         "scenario": pv.scenario if pv is not None else str(scene.meta.get("scenario", "")),
+        "event": pv.event if pv is not None else "",
         "command": int(ai.command),
         "speed": float(ai.ego_status[0]),
         "meta_json": _json_meta(scene),
@@ -136,6 +143,7 @@ def scene_to_row(scene: Scene, split: str) -> dict[str, Any]:
         row[name] = None if arr is None else arr.ravel().tolist()
         row[f"{name}_shape"] = None if arr is None else list(arr.shape)
     row["future_frames_png"] = None if pv is None else [encode_png(f) for f in pv.future_frames]
+    row["labelled_bev_png"] = None if pv is None or pv.labelled_bev is None else encode_bev(pv.labelled_bev)
     for name in MAP_POLYLINES:
         row[f"map_{name}"] = None if pv is None else [p.ravel().tolist() for p in getattr(pv.map, name)]
     row["map_lane_on_route"] = None if pv is None else pv.map.lane_on_route.tolist()
@@ -161,7 +169,9 @@ def scene_hash(scene: Scene) -> str:
         add(name, getattr(ai, name))
     h.update(f"command:{int(ai.command)};".encode())
     if pv is not None:
-        h.update(f"scenario:{pv.scenario};".encode())
+        h.update(f"scenario:{pv.scenario};event:{pv.event};".encode())
+        if pv.labelled_bev is not None:
+            add("labelled_bev", pv.labelled_bev)
         for name in ("future_frames", *PRIVILEGED_ARRAYS):
             add(name, getattr(pv, name))
         for name in MAP_POLYLINES:
@@ -203,13 +213,28 @@ class ShardColumns:
     def __init__(self, table: pa.Table) -> None:
         missing = [n for n in SCHEMA.names if n not in table.column_names]
         if missing:
-            raise RowDecodeError(f"missing columns {missing} (schema version {SCHEMA_VERSION})")
+            raise RowDecodeError(
+                f"missing columns {missing}: this code reads schema version {SCHEMA_VERSION} "
+                "(v2 moved the labelled BEV to `labelled_bev_png`, the LiDAR BEV is `bev_png`); re-collect the store"
+            )
         self.num_rows = table.num_rows
         self.scalars = {
             n: table.column(n).to_pylist()
-            for n in ("token", "episode", "frame_index", "scenario", "command", "meta_json", "has_privileged")
+            for n in (
+                "token",
+                "episode",
+                "frame_index",
+                "scenario",
+                "event",
+                "command",
+                "meta_json",
+                "has_privileged",
+            )
         }
-        self.blobs = {n: table.column(n).to_pylist() for n in ("camera_png", "bev_png", "future_frames_png")}
+        self.blobs = {
+            n: table.column(n).to_pylist()
+            for n in ("camera_png", "bev_png", "future_frames_png", "labelled_bev_png")
+        }
         self.lists = {
             n: _ListColumn(table.column(n))
             for n in SCHEMA.names
@@ -219,6 +244,10 @@ class ShardColumns:
     def _array(self, i: int, name: str, dtype: str) -> np.ndarray:
         shape = tuple(int(s) for s in self.lists[f"{name}_shape"].row(i))
         return self.lists[name].row(i).astype(dtype, copy=True).reshape(shape)
+
+    def _labelled_bev(self, i: int, bev_shape: tuple[int, int, int]) -> np.ndarray | None:
+        blob = self.blobs["labelled_bev_png"][i]
+        return None if blob is None else decode_bev(blob, (bev_shape[0], bev_shape[1], 3))
 
     def scene(self, i: int, with_privileged: bool = True) -> Scene:
         """Row i as a `Scene` (validated by the types); `with_privileged=False` skips decoding the rest."""
@@ -248,6 +277,8 @@ class ShardColumns:
                         route=lists["map_route"].row(i).astype(np.float32, copy=True).reshape(-1, 2),
                     ),
                     scenario=s["scenario"][i],
+                    labelled_bev=self._labelled_bev(i, bev_shape),  # type: ignore[arg-type]
+                    event=s["event"][i] or "",
                     **{n: self._array(i, n, dt) for n, dt in PRIVILEGED_ARRAYS.items()},  # type: ignore[arg-type]
                 )
             meta = json.loads(s["meta_json"][i])

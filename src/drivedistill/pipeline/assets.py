@@ -55,7 +55,16 @@ def scene_panel(
     ai = scene.agent_input
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2), dpi=100, gridspec_kw={"width_ratios": [2, 1]})
     axes[0].imshow(ai.camera)
-    axes[1].imshow(ai.bev[..., : min(3, ai.bev.shape[-1])])
+    # the labelled BEV (privileged, readable) when the sample has one; else the students' LiDAR histogram
+    pv = scene.privileged
+    if pv is not None and pv.labelled_bev is not None:
+        axes[1].imshow(pv.labelled_bev)
+    else:
+        from drivedistill.world.lidar import lidar_rgb
+
+        axes[1].imshow(
+            lidar_rgb(ai.bev) if ai.bev.shape[-1] == 2 else ai.bev[..., : min(3, ai.bev.shape[-1])]
+        )
     for label, colour, traj in plans:
         pts = np.concatenate([np.zeros((1, 2)), traj[:, :2]], 0)
         uv, ok = project_points(np.concatenate([pts, np.zeros((len(pts), 1))], 1), cam)

@@ -118,6 +118,7 @@ def evaluate_model(
         metrics["parse_failures"] = {"count": stats["parse_failures"], "decoded": stats["decoded"]}
         metrics["parse_failure_examples"] = [str(t) for t in list(getattr(module, "last_failures", []))[:3]]
     metrics.update(study_metrics(res))
+    metrics.update(per_event_block([store.load(t) for t in tokens], plans, res))
     core = getattr(module, "core", None)
     if core is not None and cfg.evodrive.get("probe_after", True):
         from drivedistill.models.perception import linear_probe
@@ -199,6 +200,16 @@ def study_metrics(res: dict[str, Any]) -> dict[str, Any]:
     return metrics
 
 
+def per_event_block(scenes: list[Any], plans: np.ndarray, res: dict[str, Any]) -> dict[str, Any]:
+    """{"per_event": L2/PDMS per event family (world/event_report.py)} — empty for stores without event
+    labels (e.g. nuScenes)."""
+    from drivedistill.world.event_report import event_metrics, family_of
+
+    if not scenes or not any(family_of(s) for s in scenes):
+        return {}
+    return {"per_event": event_metrics(scenes, plans, res.get("pdms", {}).get("scenes"))}
+
+
 def evaluate_expert(cfg: StudyConfig, store_path: Path, out: Path) -> dict[str, Any]:
     """The reference row: the privileged expert's own 4 s plan scored like a model (open loop: 0 by
     construction; PDMS: NAVSIM's "human" row), and the expert driving the closed-loop episodes."""
@@ -211,9 +222,13 @@ def evaluate_expert(cfg: StudyConfig, store_path: Path, out: Path) -> dict[str, 
     scenes = [store.load(t) for t in tokens]
     plans = np.stack([s.privileged.future_trajectory for s in scenes if s.privileged is not None])
     metrics: dict[str, Any] = {"seed": 0, "num_scenes": len(tokens), "params_m": 0.0}
-    metrics.update(
-        study_metrics(evaluate_plans(plans.astype(np.float64), scenes, store, eval_config(cfg), EXPERT))
-    )
+    res = evaluate_plans(plans.astype(np.float64), scenes, store, eval_config(cfg), EXPERT)
+    metrics.update(study_metrics(res))
+    metrics.update(per_event_block(scenes, plans, res))
+    if "per_event" in metrics:
+        from drivedistill.world.event_report import expert_departure
+
+        metrics["per_event"]["expert_departs_cv"] = expert_departure(scenes)
     atomic_write_json(out / "metrics.json", metrics)
     return {"num_scenes": len(tokens)}
 

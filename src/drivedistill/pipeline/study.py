@@ -209,6 +209,7 @@ METRIC_BLOCKS = (
     "params_m",
     "parse_failures",
     "perception_probe",
+    "per_event",  # L2/PDMS per event family (world/event_report.py)
 )
 
 

@@ -26,7 +26,7 @@ from highway_env.vehicle.kinematics import Vehicle
 
 from drivedistill.types import NUM_FUTURE, NUM_PAST, AgentInput
 from drivedistill.world.config import SIM_HZ, WorldConfig
-from drivedistill.world.episode import KEY, Tracks, choose_event, ego_pose, observe, snapshot
+from drivedistill.world.episode import KEY, Tracks, choose_event, ego_pose, observe, sensor_rng, snapshot
 from drivedistill.world.roadmap import poses_to_ego, world_to_ego
 from drivedistill.world.route import route_command
 from drivedistill.world.scenarios import World, build_world, network
@@ -38,7 +38,8 @@ SPEED_GAIN = 1.5  # [1/s]
 
 @dataclass
 class EgoTrace:
-    """10 Hz log of the ego: world poses (x, y, yaw) and speeds; plus 2 Hz (camera, bev) frames if recorded."""
+    """10 Hz log of the ego: world poses (x, y, yaw) and speeds; plus 2 Hz (camera (H, W, 3), labelled BEV
+    (Hb, Wb, 3)) frames if recorded (the labelled BEV is for people watching; the planner gets the LiDAR)."""
 
     poses: list[np.ndarray] = field(default_factory=list)
     speeds: list[float] = field(default_factory=list)
@@ -92,6 +93,7 @@ class ClosedLoopEnv:
         event = choose_event(cfg, scenario, rng)
         self.world = build_world(scenario, rng, cfg.density_of(scenario), event)
         self.tracks, self.trace, self.expert = Tracks(), EgoTrace(), expert
+        self.noise = sensor_rng(seed, episode_index)
         self.steps, self.offroad_steps, self.done = 0, 0, False
         self._log()
         for _ in range(NUM_PAST * KEY):
@@ -120,12 +122,12 @@ class ClosedLoopEnv:
             self.done = True
 
     def observation(self) -> AgentInput:
-        """The planner's input now: camera, BEV, ego history (2 s), ego status and the route command."""
+        """The planner's input now: camera, LiDAR BEV, ego history (2 s), ego status and the route command."""
         assert self.world is not None
         snap = snapshot(self.world, self.tracks)
-        camera, bev = observe(self.world, self.cfg, snap)
+        camera, bev, labelled = observe(self.world, self.cfg, snap, self.noise)
         if self.record:
-            self.trace.frames.append((camera, bev))
+            self.trace.frames.append((camera, labelled))
         poses, j = np.array(self.trace.poses), len(self.trace.poses) - 1
         past = poses_to_ego(poses[[j - n * KEY for n in range(NUM_PAST, 0, -1)]], poses[j])
         dyaw = float(np.angle(np.exp(1j * (poses[j][2] - poses[j - 1][2]))))

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from drivedistill.world.bev import BevConfig
 from drivedistill.world.camera import CameraConfig
+from drivedistill.world.lidar import LidarConfig
 
 SCENARIOS = ("highway", "merge", "roundabout", "intersection", "racetrack")
 SCRIPTED_EVENTS = ("lead_brake", "stop_and_go", "cut_in", "stopped_vehicle", "cross_traffic")
@@ -39,7 +40,9 @@ class WorldConfig:
     event_probs      per-episode probability of each scripted event, among those the scenario supports
                      (at most one per episode: probabilities of a scenario's events are renormalised if
                      they sum above 1); "cross_traffic" adds a timed crossing vehicle at junctions
-    camera, bev      sensor configs (see world/camera.py, world/bev.py)
+    camera, bev      camera and BEV grid (size, resolution) configs (world/camera.py, world/bev.py); the
+                     BEV grid is shared by the students' LiDAR histogram and the privileged labelled BEV
+    lidar            beam pattern and noise of the LiDAR (world/lidar.py)
     seed             base seed; episode i is seeded from (seed, i) and is reproducible on its own
     """
 
@@ -50,6 +53,7 @@ class WorldConfig:
     event_probs: dict[str, float] = field(default_factory=_default_events)
     camera: CameraConfig = field(default_factory=CameraConfig)
     bev: BevConfig = field(default_factory=BevConfig)
+    lidar: LidarConfig = field(default_factory=LidarConfig)
     seed: int = 0
 
     def __post_init__(self) -> None:

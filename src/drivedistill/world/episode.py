@@ -34,17 +34,21 @@ from drivedistill.types import (
 from drivedistill.world.bev import render_bev
 from drivedistill.world.camera import CameraScene, render_camera
 from drivedistill.world.config import SIM_HZ, WorldConfig
+from drivedistill.world.lidar import box_walls, render_lidar, roadside
 from drivedistill.world.roadmap import poses_to_ego, to_world, world_to_ego
 from drivedistill.world.route import route_centerline, route_command
 from drivedistill.world.scenarios import EVENTS_OF, JUNCTION, World, build_world, network
+from drivedistill.world.surface import fillet_pieces
 
 EGO_LENGTH = float(Vehicle.LENGTH)  # [m]
 EGO_WIDTH = float(Vehicle.WIDTH)  # [m]
 KEY = SIM_HZ // 2  # simulation steps per 0.5 s keyframe
 AGENT_RADIUS = 60.0  # [m] agents within this distance at any of the 9 steps are recorded
 MAP_RADIUS = 150.0  # [m] covers the 4 s plan at highway speed (≤ 35 m/s · 4 s) for PDMS drivable-area checks
-EVENT_PRIORITY = ("stopped_vehicle", "lead_brake", "cut_in", "stop_and_go", "cross_traffic")
-CURVE_YAW = 0.35  # [rad] |yaw| of the 4 s future above which a sample is labelled "curve"
+EVENT_PRIORITY = ("stopped_vehicle", "lead_brake", "cut_in", "stop_and_go", "cross_traffic", "slow_vehicle")
+CURVE_YAW = 0.35  # [rad] |yaw at 4 s − yaw rate · 4 s| above which a sample is labelled "curve" (a bend
+# ahead the current yaw rate does not predict)
+SLOW_FACTOR = 0.85  # a car ahead below this fraction of the ego's target speed is "slow"
 PALETTE = np.array(
     [[200, 60, 50], [50, 90, 200], [230, 200, 60], [240, 240, 240], [40, 40, 45], [60, 160, 90]], np.uint8
 )
@@ -114,8 +118,18 @@ def snapshot(world: World, tracks: Tracks) -> np.ndarray:
     return np.array(rows, np.float64).reshape(-1, 9)
 
 
-def observe(world: World, cfg: WorldConfig, snap: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Render the front camera (H, W, 3) and the BEV raster (Hb, Wb, 3) of the current state."""
+def sensor_rng(seed: int, episode_index: int) -> np.random.Generator:
+    """The generator of an episode's sensor noise (separate from the world's, so noise settings never
+    change the traffic)."""
+    return np.random.default_rng([seed, episode_index, 7])
+
+
+def observe(
+    world: World, cfg: WorldConfig, snap: np.ndarray, rng: np.random.Generator | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Render the sensors of the current state: front camera (H, W, 3), LiDAR BEV histogram (Hb, Wb, 2)
+    (students' `AgentInput.bev`, world/lidar.py) and the labelled BEV raster (Hb, Wb, 3) (privileged,
+    world/bev.py). `rng` draws the LiDAR's range noise and dropout (None = noise-free)."""
     roadmap = network(world.scenario)[1]
     pose = ego_pose(world.ego)
     boxes = np.zeros((len(snap), 5))
@@ -128,7 +142,25 @@ def observe(world: World, cfg: WorldConfig, snap: np.ndarray) -> tuple[np.ndarra
     camera = render_camera(CameraScene(polys, marks, boxes, colors, snap[:, 8] > 0), cfg.camera)
     _, _, polys, marks = roadmap.crop(pose, cfg.bev.radius + 4.0)
     near = np.hypot(boxes[:, 0], boxes[:, 1]) < cfg.bev.radius + 6.0
-    return camera, render_bev(polys, marks, boxes[near], cfg.bev)
+    labelled = render_bev(polys, marks, boxes[near], cfg.bev)
+    reach = cfg.lidar.max_range + 6.0
+    walls = roadside(world.scenario).crop(pose, reach)
+    seen = np.hypot(boxes[:, 0], boxes[:, 1]) < reach
+    lidar = render_lidar(walls + box_walls(boxes[seen]), cfg.bev, cfg.lidar, rng)
+    return camera, lidar, labelled
+
+
+def overtaking_slow(world: World) -> bool:
+    """The ego is changing lane while a slower car ahead in its current lane holds it back."""
+    ego = world.ego
+    if ego.lane_index == ego.target_lane_index or ego.target_lane_index[:2] != ego.lane_index[:2]:
+        return False
+    front, _ = world.road.neighbour_vehicles(ego, ego.lane_index)
+    return bool(
+        front is not None
+        and front.speed < SLOW_FACTOR * float(getattr(ego, "target_speed", ego.speed))
+        and ego.lane_distance_to(front) < 60.0
+    )
 
 
 def junction_busy(world: World) -> bool:
@@ -155,6 +187,7 @@ class _Log:
     events: list[set[str]] = field(default_factory=list)
     camera: list[np.ndarray] = field(default_factory=list)
     bev: list[np.ndarray] = field(default_factory=list)
+    labelled_bev: list[np.ndarray] = field(default_factory=list)
     agents: list[np.ndarray] = field(default_factory=list)
     lane: list[tuple[str, str, int]] = field(default_factory=list)
     s_on_lane: list[float] = field(default_factory=list)
@@ -168,16 +201,17 @@ def run_episode(cfg: WorldConfig, episode_index: int) -> EpisodeResult:
     rng = np.random.default_rng([cfg.seed, episode_index])
     event = choose_event(cfg, scenario, rng)
     world = build_world(scenario, rng, cfg.density_of(scenario), event)
-    tracks, log = Tracks(), _Log()
+    tracks, log, noise = Tracks(), _Log(), sensor_rng(cfg.seed, episode_index)
     collided, offroad_steps, n_vehicles = False, 0, 0
     for step in range(cfg.num_steps + 1):
         log.pose.append(ego_pose(world.ego))
         log.speed.append(float(world.ego.speed))
         if step % KEY == 0:
             snap = snapshot(world, tracks)
-            cam, bev = observe(world, cfg, snap)
+            cam, bev, labelled = observe(world, cfg, snap, noise)
             log.camera.append(cam)
             log.bev.append(bev)
+            log.labelled_bev.append(labelled)
             log.agents.append(snap)
             log.lane.append(world.ego.lane_index)
             log.s_on_lane.append(float(world.ego.lane.local_coordinates(world.ego.position)[0]))
@@ -185,7 +219,10 @@ def run_episode(cfg: WorldConfig, episode_index: int) -> EpisodeResult:
         if step == cfg.num_steps or collided:
             break
         world.step()
-        log.events.append(set(world.active) | ({"cross_traffic"} if junction_busy(world) else set()))
+        natural = {"cross_traffic"} if junction_busy(world) else set()
+        if overtaking_slow(world):
+            natural.add("slow_vehicle")
+        log.events.append(set(world.active) | natural)
         offroad_steps += int(not world.ego.on_road)
         collided = bool(world.ego.crashed)
     eid = episode_id(scenario, cfg.seed, episode_index)
@@ -259,12 +296,16 @@ def _scene(cfg: WorldConfig, world: World, log: _Log, eid: str, k: int) -> Scene
     window = set().union(*log.events[j : j + NUM_FUTURE * KEY])
     event = next((e for e in EVENT_PRIORITY if e in window), None)
     if event is None:
-        event = "curve" if np.abs(fut[:, 2]).max() > CURVE_YAW else "lane_follow"
+        yaw_rate = float(_ego_status(log, j)[2])
+        ahead = np.abs(fut[:, 2] - yaw_rate * 0.5 * np.arange(1, NUM_FUTURE + 1)).max()
+        event = "curve" if ahead > CURVE_YAW else "lane_follow"
     geometry = MapGeometry(
         lanes=[c.astype(np.float32) for c in centers],
         lane_polygons=[p.astype(np.float32) for p in polys],
         lane_on_route=np.array([roadmap.keys[i][:2] in route_set for i in lanes_i], bool),
-        drivable_polygons=[p.astype(np.float32) for p in polys],
+        # the road surface: lane strips plus the kerb fillets at junctions (world/surface.py)
+        drivable_polygons=[p.astype(np.float32) for p in polys]
+        + fillet_pieces(world.scenario, pose, MAP_RADIUS),
         intersection_polygons=junctions,
         route=route,
     )
@@ -277,6 +318,8 @@ def _scene(cfg: WorldConfig, world: World, log: _Log, eid: str, k: int) -> Scene
         agents_valid=agents_valid,
         map=geometry,
         scenario=world.scenario,
+        labelled_bev=log.labelled_bev[k],
+        event=event,
     )
     inputs = AgentInput(
         camera=log.camera[k],

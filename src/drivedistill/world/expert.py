@@ -36,6 +36,15 @@ class ExpertVehicle(FastIDMVehicle):
     LANE_CHANGE_MAX_BRAKING_IMPOSED = 1.5
     TIME_WANTED = 1.3
     COMFORT_ACC_MIN = -4.0
+    # Lane changes of a human driver rather than highway-env's (0.6 s lateral time constant, up to 45°
+    # towards the target lane): at 25 m/s those gains change lane in ~1.5 s with 0.3 rad of heading, a
+    # manoeuvre a PDMS tracker (LQR at 10 Hz) cannot follow without overshooting the road edge. Within
+    # one straight road edge (lane keeping and lane changes, which end in the same edge) the expert uses a 1.4 s
+    # lateral time constant and at most 0.12 rad towards the target lane (~3.5 s per lane change); the
+    # hand-over from one edge to the next and curved lanes keep highway-env's stiff gains (the lanes of
+    # consecutive edges do not always line up, e.g. roundabout entries; curves need the tight tracking).
+    LANE_CHANGE_KP_LATERAL = 1 / 1.4  # [1/s]
+    LANE_CHANGE_MAX_HEADING = 0.12  # [rad]
     last_brake_reason: str = ""
     target_lane_index: tuple[str, str, int]
 
@@ -47,6 +56,18 @@ class ExpertVehicle(FastIDMVehicle):
         # never brake through zero speed: highway-env integrates into reverse, and a reversing car steers
         # the wrong way
         self.action["acceleration"] = max(self.safe_acceleration(a_idm), -max(float(self.speed), 0.0) / DT)
+
+    def steering_control(self, target_lane_index: tuple[str, str, int]) -> float:
+        same_edge = target_lane_index[:2] == self.lane_index[:2]
+        straight = type(self.road.network.get_lane(target_lane_index)).__name__ == "FastStraightLane"
+        if not (same_edge and straight):
+            return super().steering_control(target_lane_index)
+        kp, limit = self.KP_LATERAL, self.MAX_HEADING_OFFSET  # type: ignore[has-type]
+        self.KP_LATERAL, self.MAX_HEADING_OFFSET = self.LANE_CHANGE_KP_LATERAL, self.LANE_CHANGE_MAX_HEADING
+        try:
+            return super().steering_control(target_lane_index)
+        finally:
+            self.KP_LATERAL, self.MAX_HEADING_OFFSET = kp, limit
 
     def _others(self) -> np.ndarray:
         """(M, 7) x, y, heading, speed, yaw rate, length, width of the vehicles that matter."""

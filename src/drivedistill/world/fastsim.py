@@ -238,6 +238,8 @@ def speed_up(network: RoadNetwork) -> RoadNetwork:
 class FastIDMVehicle(IDMVehicle):
     """highway-env's IDM + MOBIL vehicle with its per-step arithmetic on floats (same decisions)."""
 
+    MAX_HEADING_OFFSET = math.pi / 4  # [rad] largest heading offset from the lane used to reach it
+
     position: np.ndarray  # (2,) [m]
     heading: float  # [rad]
     speed: float  # [m/s]
@@ -302,7 +304,8 @@ class FastIDMVehicle(IDMVehicle):
         speed = utils.not_zero(float(self.speed))
         future_heading = lane.heading_at(s + self.speed * self.TAU_PURSUIT)
         heading_command = math.asin(_clip(-self.KP_LATERAL * r / speed, -1.0, 1.0))
-        heading_ref = future_heading + _clip(heading_command, -math.pi / 4, math.pi / 4)
+        limit = self.MAX_HEADING_OFFSET
+        heading_ref = future_heading + _clip(heading_command, -limit, limit)
         rate = self.KP_HEADING * _wrap(heading_ref - float(self.heading))
         slip = math.asin(_clip(self.LENGTH / 2 / speed * rate, -1.0, 1.0))
         return _clip(math.atan(2 * math.tan(slip)), -self.MAX_STEERING_ANGLE, self.MAX_STEERING_ANGLE)

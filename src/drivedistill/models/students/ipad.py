@@ -2,7 +2,7 @@
 
 After iPad (Guo et al., "Iterative Proposal-centric End-to-End Autonomous Driving"): K learnt proposal
 queries (conditioned on the command and, with `use_ego_status`, on the ego status) are refined over
-`num_iterations` rounds. In each round every query cross-attends to the fused camera + BEV tokens,
+`num_iterations` rounds. In each round every query cross-attends to the fused camera + LiDAR-BEV tokens,
 self-attends to the other proposals, and decodes a trajectory; the trajectory is embedded back into the
 query for the next round (the proposal-centric loop). A score head rates the final proposals; the best
 scored one is the plan.

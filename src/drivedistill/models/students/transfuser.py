@@ -1,8 +1,9 @@
-"""TransFuser-style student: camera + BEV backbones fused by a transformer, one plan query → 8 poses.
+"""TransFuser-style student: camera + LiDAR BEV backbones fused by a transformer, one plan query → 8 poses.
 
 A compact reading of TransFuser / Latent TransFuser (Chitta et al., NAVSIM baseline): the two sensor
 streams go through their own timm backbone (`models/backbones.py`), their pooled feature maps become
-tokens, transformer encoder layers fuse them (late fusion instead of TransFuser's multi-scale GPT
+tokens (the BEV stream is the LiDAR height histogram of `AgentInput.bev`, world/lidar.py; the labelled
+BEV is privileged), transformer encoder layers fuse them (late fusion instead of TransFuser's multi-scale GPT
 blocks — cheaper on a CPU, the same inputs), and a learnt plan query, conditioned on the command (and on
 the ego status when `use_ego_status`), cross-attends to the fused tokens before an MLP decodes the plan —
 with ego status, as a residual on the constant-speed plan of the ego status (`cv_prior`, straight ahead

@@ -1,0 +1,73 @@
+"""The road surface of a scenario: its lane strips plus the kerb fillets where roads meet at a junction.
+
+highway-env draws a road network as lane strips that meet edge to edge. Where an entry lane joins a
+roundabout ring, or two roads cross, the strips leave a sharp concave notch at the outer corner — a
+notch no real junction has (kerbs are rounded: roundabout entry radii and intersection corner radii are
+~10–30 m by road design standards). A car turning there sweeps its outer rear corner across the notch
+(highway-env's boxes turn about their centre), so an expert that never leaves its lanes was scored
+off the drivable area by PDMS (DAC) at every junction turn. The fillets close those notches: the
+morphological closing (dilate, then erode, by `FILLET_RADIUS`) of the lane union, kept inside the
+junction zone only (so parallel roads, ramps and the roundabout's island stay apart).
+
+- `fillets(scenario)`: world-frame fillet polygons (list of (K, 2)), computed once per process
+- `surface(scenario)`: the shapely geometry of lanes ∪ fillets (the LiDAR's kerbs follow its boundary)
+- `fillet_pieces(scenario, pose, radius)`: the fillets near `pose`, in its ego frame, for MapGeometry
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import numpy as np
+
+FILLET_RADIUS = 10.0  # [m] kerb radius at junctions
+ZONE_MARGIN = 1.35  # the junction zone: JUNCTION radius × this
+
+
+@functools.cache
+def _geometry(scenario: str) -> tuple[Any, list[np.ndarray]]:
+    import shapely
+
+    from drivedistill.world.scenarios import JUNCTION, network
+
+    roadmap = network(scenario)[1]
+    strips = []
+    for li in range(len(roadmap.keys)):
+        lo, hi = np.searchsorted(roadmap.lane_of, [li, li + 1])
+        ring = np.concatenate([roadmap.left[lo:hi], roadmap.right[lo:hi][::-1]])
+        if len(ring) >= 3:
+            strips.append(shapely.Polygon(ring).buffer(0.05))  # 5 cm overlap: adjacent lanes fuse
+    lanes = shapely.union_all(strips)
+    pieces: list[np.ndarray] = []
+    if scenario in JUNCTION:
+        centre, radius = JUNCTION[scenario]
+        zone = shapely.Point(*centre).buffer(radius * ZONE_MARGIN)
+        closed = lanes.buffer(FILLET_RADIUS, quad_segs=8).buffer(-FILLET_RADIUS, quad_segs=8)
+        extra = shapely.difference(shapely.intersection(closed, zone), lanes)
+        for g in getattr(extra, "geoms", [extra]):
+            if g.geom_type == "Polygon" and g.area > 0.05:
+                pieces.append(np.asarray(g.exterior.coords, np.float64)[:-1])
+    full = shapely.union_all([lanes, *[shapely.Polygon(p) for p in pieces]])
+    return full, pieces
+
+
+def fillets(scenario: str) -> list[np.ndarray]:
+    """World-frame fillet polygons (K, 2) [m] of `scenario` (empty away from junctions)."""
+    return _geometry(scenario)[1]
+
+
+def surface(scenario: str) -> Any:
+    """shapely (Multi)Polygon of the road surface (lanes ∪ fillets), world frame."""
+    return _geometry(scenario)[0]
+
+
+def fillet_pieces(scenario: str, pose: np.ndarray, radius: float) -> list[np.ndarray]:
+    """Fillets with a vertex within `radius` [m] of `pose` (x, y, yaw), in its ego frame, float32."""
+    from drivedistill.world.roadmap import world_to_ego
+
+    out = []
+    for p in fillets(scenario):
+        if np.hypot(p[:, 0] - pose[0], p[:, 1] - pose[1]).min() < radius:
+            out.append(world_to_ego(p, pose).astype(np.float32))
+    return out

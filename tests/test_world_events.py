@@ -1,0 +1,99 @@
+"""Event labels and the per-event-family report (world/event_report.py, world/episode.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from drivedistill.testing import random_scene
+from drivedistill.types import NUM_FUTURE, Scene
+from drivedistill.world.event_report import (
+    DEPART_M,
+    cv_arc,
+    departs_from_cv,
+    event_metrics,
+    expert_departure,
+    family_of,
+    sample_l2,
+)
+
+
+def _scene(seed: int, event: str, brake: bool) -> Scene:
+    """A straight-road sample at its status speed; `brake`: the expert stops within the 4 s instead."""
+    s = random_scene(seed)
+    assert s.privileged is not None
+    speed = float(s.agent_input.ego_status[0])
+    t = 0.5 * np.arange(1, NUM_FUTURE + 1)
+    x = np.minimum(speed * t - 0.5 * 4.0 * t**2, speed**2 / 8.0) if brake else speed * t
+    fut = np.stack([x, 0 * t, 0 * t], 1).astype(np.float32)
+    s.agent_input.ego_status[2] = 0.0
+    priv = dataclasses.replace(s.privileged, future_trajectory=fut, event=event)
+    return dataclasses.replace(s, privileged=priv, token=f"{event}-{seed}")
+
+
+def test_cv_arc_straight_and_turning() -> None:
+    straight = cv_arc(10.0, 0.0)
+    assert np.allclose(straight[:, 0], 10.0 * 0.5 * np.arange(1, 9)) and np.allclose(straight[:, 1:], 0)
+    arc = cv_arc(10.0, 0.5)
+    radius = 10.0 / 0.5
+    assert np.allclose(np.hypot(arc[:, 0], arc[:, 1] - radius), radius)
+
+
+def test_departure_and_per_family_metrics() -> None:
+    scenes = [_scene(i, "lead_brake", True) for i in range(3)] + [
+        _scene(10 + i, "lane_follow", False) for i in range(5)
+    ]
+    assert [departs_from_cv(s) for s in scenes] == [True] * 3 + [False] * 5
+    dep = expert_departure(scenes)
+    assert dep["threshold_m"] == DEPART_M
+    assert dep["rates"] == {"lane_follow": 0.0, "lead_brake": 1.0, "events": 1.0}
+    gts = np.stack([s.privileged.future_trajectory for s in scenes])  # type: ignore[union-attr]
+    plans = gts.copy()
+    plans[:3, :, 1] += 3.0  # wrong by 3 m laterally on the event samples only
+    assert np.allclose(sample_l2(plans, scenes), [3, 3, 3, 0, 0, 0, 0, 0])
+    pdms = {s.token: {"pdms": 0.5 if i < 3 else 1.0, "nc": 1.0, "dac": 1.0} for i, s in enumerate(scenes)}
+    out = event_metrics(scenes, plans, pdms)
+    fam = out["families"]
+    assert out["event_fraction"] == pytest.approx(3 / 8)
+    assert fam["lead_brake"]["num_samples"] == 3 and fam["lead_brake"]["l2_m"] == pytest.approx(3.0)
+    assert fam["lead_brake"]["pdms"] == pytest.approx(0.5) and fam["lane_follow"]["pdms"] == 1.0
+    assert fam["events"]["num_samples"] == 3 and fam["lane_follow"]["l2_m"] == pytest.approx(0.0)
+    # scenes without a PDMS result are left out of that family's PDMS mean, not counted as zero
+    partial = event_metrics(scenes, plans, {scenes[0].token: pdms[scenes[0].token]})
+    assert (
+        partial["families"]["lead_brake"]["num_pdms"] == 1
+        and "pdms" not in partial["families"]["lane_follow"]
+    )
+
+
+def test_family_falls_back_to_meta() -> None:
+    s = random_scene(0)
+    assert family_of(s) == "lane_follow"
+    bare = dataclasses.replace(s, privileged=None, meta={"event": "cut_in"})
+    assert family_of(bare) == "cut_in"
+
+
+def test_scripted_lead_brake_is_labelled_and_the_expert_reacts() -> None:
+    """A highway episode with the lead-brake script forced: samples in the braking window carry the
+    label (privileged and in meta), and there the expert's plan departs from constant velocity."""
+    from drivedistill.world.camera import CameraConfig
+    from drivedistill.world.config import WorldConfig
+    from drivedistill.world.episode import run_episode
+
+    cfg = WorldConfig(
+        scenarios=["highway"],
+        num_episodes=1,
+        episode_seconds=12.0,
+        density={"highway": 0.0},
+        event_probs={"lead_brake": 1.0},
+        camera=CameraConfig(height=32, width=64),
+    )
+    result = run_episode(cfg, 0)
+    assert result.stats["event"] == "lead_brake" and not result.collided
+    labels = [family_of(s) for s in result.scenes]
+    assert all(s.privileged is not None and s.privileged.event == s.meta["event"] for s in result.scenes)
+    braking = [s for s, f in zip(result.scenes, labels) if f == "lead_brake"]
+    assert braking, labels
+    assert np.mean([departs_from_cv(s) for s in braking]) >= 0.5

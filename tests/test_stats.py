@@ -191,3 +191,41 @@ def test_per_scene_open_loop_values_average_to_the_row_figure() -> None:
     assert per["pdms/navsim-v1.1"][scenes[3].token] == pytest.approx(0.3)
     assert per["closedloop/driving_score"] == {"episode0-highway": 0.4}
     assert set(per) == {m.key for m in METRICS}
+
+
+def test_probe_baselines_by_hand() -> None:
+    """The trivial predictors of the perception probe on the same grid and scenes, checked by hand."""
+    from pathlib import Path
+
+    from drivedistill.models.perception import PerceptionConfig, occupancy_grid
+    from drivedistill.pipeline.cache import Artifact
+    from drivedistill.pipeline.evaluation import probe_baselines
+    from drivedistill.testing import random_scene
+
+    train = [random_scene(seed=i, num_agents=5) for i in range(20)]
+    val = [random_scene(seed=100 + i, num_agents=5) for i in range(10)]
+    pcfg = PerceptionConfig()
+    fresh = {"iou": 0.12, "accuracy": 0.8, "occupied_fraction": 0.1, "train_iou": 0.9}
+    perception = Artifact("evodrive_perception", "k", Path("."), {"probe_random_init": fresh}, True)
+    out = probe_baselines(train, val, pcfg, [perception])
+
+    def grid(scenes: list) -> np.ndarray:
+        return (
+            np.stack(
+                [occupancy_grid(s.privileged.agents[0], s.privileged.agents_valid[0], pcfg) for s in scenes]
+            )
+            > 0.5
+        )
+
+    ys, yv = grid(train), grid(val)
+    assert yv.any() and out["all_empty"]["iou"] == 0.0
+    assert out["all_empty"]["accuracy"] == pytest.approx(1 - yv.mean())
+    prior = np.broadcast_to(ys.mean(0) > 0.5, yv.shape)
+    assert out["cell_prior"]["iou"] == pytest.approx((prior & yv).sum() / max((prior | yv).sum(), 1))
+    t = out["cell_prior_best_threshold"]["threshold"]
+    best = np.broadcast_to(ys.mean(0) >= t, ys.shape)
+    assert 0 < t <= 1 and (best & ys).sum() / (best | ys).sum() >= (prior[:1] & ys).sum() / max(
+        (prior[:1] | ys).sum(), 1
+    )
+    assert out["random_init_encoder"]["iou"] == 0.12
+    assert "random_init_encoder" not in probe_baselines(train, val, pcfg, [])

@@ -1,8 +1,9 @@
 """The smoke study with two seeds fills every field the statistics add: results.json "comparisons" and
-"hardware", per-scene values in each eval stage, the probe baselines, the report section and the README
-block; the eval stages of one seed give the single-seed (per-scene) comparison.
+"hardware", per-scene values in each eval stage, the report section and the README block; the eval
+stages of one seed give the single-seed (per-scene) comparison.
 
-Three smoke rows only (a baseline, a recipe, a VLA student for the probe) to keep it to a few minutes.
+Two smoke rows only (a baseline and a recipe), 10 validation scenes, no expert row, to keep it to a few
+minutes; the probe baselines of the VLA rows are tested on their own in tests/test_stats.py.
 """
 
 from __future__ import annotations
@@ -20,13 +21,18 @@ from drivedistill.stats import METRICS, compare_rows
 
 pytestmark = pytest.mark.slow
 
-ROWS = ("transfuser/imitation", "transfuser/vlm_ad", "vla/vla_sft")
+ROWS = ("transfuser/imitation", "transfuser/vlm_ad")
+OVERRIDES = [
+    "--seeds=[0,1]",
+    "--eval.closedloop_episodes=2",
+    "--eval.latency_repeats=2",
+    "--eval.max_scenes=10",
+    "--eval.expert_reference=false",
+]
 
 
 def test_two_seed_smoke_run_fills_every_statistics_field(tmp_path: Path) -> None:
-    cfg = load_study(
-        "smoke", overrides=["--seeds=[0,1]", "--eval.closedloop_episodes=2", "--eval.latency_repeats=2"]
-    )
+    cfg = load_study("smoke", overrides=OVERRIDES)
     cfg.models = [m for m in cfg.models if m.name in ROWS]
     out = tmp_path / "run"
     run_study(cfg, out)
@@ -36,8 +42,9 @@ def test_two_seed_smoke_run_fills_every_statistics_field(tmp_path: Path) -> None
     assert hw["cpu_model"] and hw["torch_threads"] >= 1 and hw["torch"] and hw["device"] == "cpu"
 
     comp = saved["comparisons"]
-    assert comp["correction"].startswith("holm") and comp["num_tests"] == len(METRICS)
-    (pair,) = comp["pairs"]  # vla/vla_sft and transfuser/imitation are baselines themselves
+    (pair,) = comp["pairs"]  # transfuser/imitation is the baseline itself
+    tested = [m for m in pair["metrics"].values() if m["p_value"] is not None]
+    assert comp["correction"].startswith("holm") and comp["num_tests"] == len(tested) >= 1
     assert (pair["row"], pair["reference"], pair["pairing"]) == (
         "transfuser/vlm_ad",
         "transfuser/imitation",
@@ -51,10 +58,6 @@ def test_two_seed_smoke_run_fills_every_statistics_field(tmp_path: Path) -> None
         assert m["verdict"] in {"helps", "hurts", "no evidence"}
         assert m["p_value"] is None or 0.0 <= m["p_adjusted"] <= 1.0
 
-    probe = saved["models"]["vla/vla_sft"]["perception_probe"]
-    assert probe["baselines"]["all_empty"]["iou"] == 0.0
-    assert {"cell_prior", "cell_prior_best_threshold", "random_init_encoder"} <= set(probe["baselines"])
-
     # one seed: the eval stages' per-scene values pair scenes and episodes
     def seed0(row: str) -> dict:
         (stage,) = (out / "stages").glob(f"eval-{row.replace('/', '_')}-s0-*")
@@ -64,9 +67,9 @@ def test_two_seed_smoke_run_fills_every_statistics_field(tmp_path: Path) -> None
     assert set(runs["transfuser/vlm_ad"]["per_scene"]) == {m.key for m in METRICS}
     single = compare_rows(runs, {m.name: (m.student, m.method) for m in cfg.models})
     metrics = single["pairs"][0]["metrics"]
-    n_val = runs["transfuser/vlm_ad"][0]["num_scenes"]
+    assert runs["transfuser/vlm_ad"][0]["num_scenes"] == 10
     for metric in METRICS[:4]:
-        assert metrics[metric.key]["paired_over"] == "scenes" and metrics[metric.key]["n"] == n_val
+        assert metrics[metric.key]["paired_over"] == "scenes" and metrics[metric.key]["n"] == 10
     assert metrics["closedloop/driving_score"]["paired_over"] == "episodes"
     assert metrics["closedloop/driving_score"]["n"] == 2
 

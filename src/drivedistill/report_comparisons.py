@@ -27,7 +27,8 @@ def hardware_line(results: dict[str, Any]) -> str:
         f"measured on {hw.get('cpu_model', '?')}, {hw.get('logical_cpus', '?')} logical CPUs, "
         f"{hw.get('torch_threads', '?')} torch threads, torch {hw.get('torch', '?')} "
         f"(CPU kernels {hw.get('torch_cpu_capability', '?')}), device {hw.get('device', '?')}{cuda}; "
-        "figures from another CPU differ within the intervals below"
+        "another CPU or thread count rounds floats differently: its figures differ, judge them by the "
+        "paired intervals"
     )
 
 

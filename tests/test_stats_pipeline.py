@@ -64,7 +64,7 @@ def test_two_seed_smoke_run_fills_every_statistics_field(tmp_path: Path) -> None
         return dict(json.loads((stage / "metrics.json").read_text()))
 
     runs = {row: [seed0(row)] for row in ROWS}
-    assert set(runs["transfuser/vlm_ad"]["per_scene"]) == {m.key for m in METRICS}
+    assert set(runs["transfuser/vlm_ad"][0]["per_scene"]) == {m.key for m in METRICS}
     single = compare_rows(runs, {m.name: (m.student, m.method) for m in cfg.models})
     metrics = single["pairs"][0]["metrics"]
     assert runs["transfuser/vlm_ad"][0]["num_scenes"] == 10

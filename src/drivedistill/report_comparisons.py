@@ -92,6 +92,7 @@ def forest_plot(results: dict[str, Any]) -> bytes | None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     pairs, meta = _pairs(results), _metric_meta(results)
     if not pairs or not meta:
@@ -110,10 +111,14 @@ def forest_plot(results: dict[str, Any]) -> bytes | None:
             colour = VERDICT_COLOURS.get(m.get("verdict", ""), "#7f7f7f")
             ax.plot([lo, hi], [y, y], color=colour, lw=2.2, solid_capstyle="butt")
             ax.plot([m["mean_difference"]], [y], "o", color=colour, ms=5)
+        ends = [abs(v) for p in pairs for v in p["metrics"].get(key, {}).get("ci95", [])]
+        if max(ends, default=0.0) < 1e-9:  # all zero up to rounding: no 1e-16 axis of float noise
+            ax.set_xlim(-1.0, 1.0)
         ax.axvline(0.0, color="#333", lw=0.8, ls="--")
         ax.set_title(f"Δ {label}\n{'← better' if lower else 'better →'}", fontsize=9)
         ax.grid(axis="x", alpha=0.3)
         ax.tick_params(axis="x", labelsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(5))
         ax.margins(x=0.15)
     axes[0].set_yticks(range(len(pairs)), labels, fontsize=7)
     axes[0].set_ylim(len(pairs) - 0.5, -0.5)

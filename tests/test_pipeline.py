@@ -30,7 +30,7 @@ def test_smoke_study_end_to_end_and_cached(tmp_path: Path, monkeypatch: pytest.M
 
     # results.json: the documented shape, every model, every benchmark with its protocol
     saved = json.loads((out / "results.json").read_text())
-    assert saved["schema"] == 1 and saved["preset"] == "smoke" and saved["seeds"] == [0]
+    assert saved["schema"] == 2 and saved["preset"] == "smoke" and saved["seeds"] == [0]
     assert set(saved["models"]) == {"expert/privileged", "oracle/privileged", *cfg.model_names()}
     assert list(saved["models"])[:2] == ["expert/privileged", "oracle/privileged"]
     expert = saved["models"].pop("expert/privileged")  # the reference row: the expert's own plan

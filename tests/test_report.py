@@ -10,6 +10,8 @@ import pytest
 from PIL import Image
 
 from drivedistill.report import ReportAssets, markdown_table, table_rows, update_readme, write_report
+from drivedistill.report_comparisons import comparisons_markdown, comparisons_table, forest_plot
+from drivedistill.stats import compare_rows
 
 from .browser import render
 
@@ -38,14 +40,46 @@ def _results() -> dict:
         }
 
     return {
-        "schema": 1,
+        "schema": 2,
         "preset": "test",
         "seeds": [0, 1],
         "config_hash": "abc",
         "versions": {"torch": "x"},
         "models": {"transfuser/imitation": model(0.9, 0.8), "transfuser/vlm_ad": model(0.8, 0.82)},
         "config": {"a": 1},
+        "hardware": {
+            "cpu_model": "AMD EPYC",
+            "logical_cpus": 2,
+            "torch_threads": 2,
+            "torch_cpu_capability": "AVX2",
+            "torch": "2.x",
+            "device": "cpu",
+        },
+        "comparisons": _comparisons(),
     }
+
+
+def _comparisons() -> dict:
+    """Real comparisons (drivedistill.stats) of three pairs over five seeds: one clear gain in L2, one
+    clear loss in PDMS, one row identical to its baseline; the driving score is left unmeasured."""
+    rng = np.random.default_rng(0)
+
+    def run(seed: int, l2: float, pdms: float) -> dict:
+        block = {"l2": {"avg": l2}, "collision": {"avg": 0.5 * l2}}
+        return {"seed": seed, "openloop": {"stp3": block, "uniad": block}, "pdms": {"pdms": pdms}}
+
+    base = [(1.0 + rng.normal(0, 0.05), 0.7 + rng.normal(0, 0.01)) for _ in range(5)]
+    per_seed = {
+        "transfuser/imitation": [run(s, *b) for s, b in enumerate(base)],
+        "transfuser/vlm_ad": [
+            run(s, b[0] - 0.2 + 0.01 * s, b[1] - 0.05 + 0.002 * s) for s, b in enumerate(base)
+        ],
+        "transfuser/latent_vla": [run(s, *b) for s, b in enumerate(base)],
+        "vla/vla_sft": [run(s, 2.0, 0.5) for s in range(5)],
+        "vla/evodrive": [run(s, 2.0 + 0.1 * rng.normal(), 0.5 + 0.02 * rng.normal()) for s in range(5)],
+    }
+    rows = {n: (n.split("/")[0], n.split("/")[1]) for n in per_seed}
+    return compare_rows(per_seed, rows)
 
 
 def test_tables_name_protocols() -> None:
@@ -75,7 +109,7 @@ def test_markdown_table_selects_rows_by_pattern_and_shows_vla_columns() -> None:
     rows = [line for line in table.splitlines() if line.startswith("| `")]
     assert [r.split("`")[1] for r in rows] == ["vla/evodrive", "transfuser/imitation"]  # pattern order
     assert "probe IoU" in table and "latency" not in table
-    assert "| 1.5 | 180 | 0.184 |" in rows[0] and rows[1].endswith("| – | – | – |")
+    assert "| 1.5 | 180 | 0.184 | – | – |" in rows[0] and rows[1].endswith("| – | – | – | – | – |")
     with pytest.raises(ValueError, match="no model in results matches"):
         markdown_table(results, models=["ipad/*"])
 
@@ -91,7 +125,49 @@ def test_report_opens_in_chromium(tmp_path: Path) -> None:
     )
     page = write_report(tmp_path, _results(), assets)
     loaded, total = render(page, tmp_path / "shot.png")
-    assert total >= 6 and loaded == total
+    assert total >= 7 and loaded == total
+    text = page.read_text()
+    assert "Does distillation help?" in text and "forest plot" in text and "AMD EPYC" in text
     shot = np.asarray(Image.open(tmp_path / "shot.png").convert("L"), dtype=np.float32)
     assert shot.std() > 5.0, "screenshot is blank"
     json.dumps(_results())
+
+
+def test_comparisons_table_names_verdicts_and_untested_cells() -> None:
+    headers, rows, notes = comparisons_table(_results())
+    assert headers[3] == "Δ L2 avg (ST-P3) (lower is better)" and "PDMS" in headers[6]
+    by_row = {r[0]: r for r in rows}
+    assert by_row["transfuser/vlm_ad"][3].endswith("helps") and by_row["transfuser/vlm_ad"][6].endswith(
+        "hurts"
+    )
+    assert by_row["transfuser/latent_vla"][3].startswith("+0.000 [+0.000, +0.000] p=1 no evidence")
+    assert by_row["vla/evodrive"][1] == "vla/vla_sft (baseline)" and by_row["vla/evodrive"][7] == "not tested"
+    assert any("driving score" in n and "not measured" in n for n in notes)
+
+
+def test_readme_comparisons_block(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text(
+        "<!-- comparisons:begin -->\n<!-- comparisons:end -->\n<!-- results:begin -->\nx\n<!-- results:end -->\n"
+    )
+    update_readme(readme, _results(), block="comparisons", models=["transfuser/*"])
+    text = readme.read_text()
+    assert "| `transfuser/vlm_ad` | `transfuser/imitation (baseline)` | seeds |" in text
+    assert "**helps**" in text and "vla/evodrive" not in text and "\nx\n" in text  # the other block kept
+    assert "holm" in text and "AMD EPYC, 2 logical CPUs, 2 torch threads" in text
+    with pytest.raises(ValueError, match="no compared row"):
+        comparisons_markdown(_results(), ["ipad/*"])
+    old = {k: v for k, v in _results().items() if k != "comparisons"}
+    with pytest.raises(ValueError, match="schema < 2"):
+        comparisons_markdown(old)
+
+
+def test_forest_plot_renders_one_panel_per_metric(tmp_path: Path) -> None:
+    png = forest_plot(_results())
+    assert png is not None
+    (tmp_path / "forest.png").write_bytes(png)
+    img = np.asarray(Image.open(tmp_path / "forest.png").convert("RGB"))
+    assert img.shape[1] > 5 * 250  # five metric panels side by side
+    green = ((img[..., 1] > 140) & (img[..., 0] < 80) & (img[..., 2] < 90)).sum()
+    red = ((img[..., 0] > 170) & (img[..., 1] < 90) & (img[..., 2] < 80)).sum()
+    assert green > 20 and red > 20  # the "helps" and "hurts" intervals are drawn in their colours

@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from drivedistill.report_comparisons import comparisons_html, comparisons_markdown, hardware_line
 from drivedistill.utils.io import atomic_write_text
 
 # (block, key path, header, unit, lower is better)
@@ -214,9 +215,11 @@ def render_html(results: dict[str, Any], assets: ReportAssets) -> str:
         )
         + "</p>",
     ]
+    parts.append(f"<p>{html.escape(hardware_line(results))}</p>")
     parts += [f"<p class='note'>{html.escape(n)}</p>" for n in assets.notes]
     for title, (headers, rows) in table_rows(results).items():
         parts.append(f"<h2>{html.escape(title)}</h2>{_html_table(headers, rows)}")
+    parts += comparisons_html(results)
     parts.append("<h2>Comparison (bars: mean over seeds, error bars: standard deviation)</h2>")
     charts = [
         (("openloop", "stp3", "l2", "avg"), "avg L2 — ST-P3 protocol", "m"),
@@ -246,7 +249,11 @@ def render_html(results: dict[str, Any], assets: ReportAssets) -> str:
     for cap, p in assets.extra_figures:
         parts.append(_img_tag(p.read_bytes(), "image/png", cap))
     parts.append(
-        "<h2>Versions</h2><pre>" + html.escape(json.dumps(results.get("versions", {}), indent=2)) + "</pre>"
+        "<h2>Versions and hardware</h2><pre>"
+        + html.escape(
+            json.dumps({**results.get("versions", {}), "hardware": results.get("hardware")}, indent=2)
+        )
+        + "</pre>"
     )
     parts.append(
         "<h2>Resolved configuration</h2><pre>"
@@ -281,6 +288,8 @@ VLA_COLS = [
     ("parse failures (count)", ("parse_failures", "count"), 1),
     ("decoded plans", ("parse_failures", "decoded"), 0),
     ("probe IoU (BEV occupancy)", ("perception_probe", "iou"), 3),
+    ("IoU per-cell prior", ("perception_probe", "baselines", "cell_prior_best_threshold", "iou"), 3),
+    ("IoU random-init encoder", ("perception_probe", "baselines", "random_init_encoder", "iou"), 3),
 ]
 
 
@@ -304,7 +313,7 @@ def markdown_table(
         cells = [_fmt(_get(m, *p), _get(m.get("std", {}), *p), d) for _, p, d in cols]
         lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
     meta = f"preset `{results.get('preset')}`, seeds {results.get('seeds')}, config `{results.get('config_hash')}`, {results.get('created', '')}"
-    return "\n".join([*lines, "", f"<sub>{meta}</sub>"])
+    return "\n".join([*lines, "", f"<sub>{meta}<br>{hardware_line(results)}</sub>"])
 
 
 def update_readme(
@@ -315,14 +324,19 @@ def update_readme(
     vla_columns: bool = False,
 ) -> None:
     """Replace the text between the `<!-- {block}:begin -->` / `:end -->` markers in the README with the
-    table of `results` (block "results": the latest default run; others, e.g. "study", for more runs)."""
+    table of `results` (block "results": the latest default run; others, e.g. "study", for more runs;
+    block "comparisons": the "Does distillation help?" table of its paired comparisons)."""
     begin, end = f"<!-- {block}:begin -->", f"<!-- {block}:end -->"
     text = readme.read_text()
+    if block == "comparisons":
+        table = comparisons_markdown(results, models)
+    else:
+        table = markdown_table(results, models, vla_columns)
     if begin not in text or end not in text:
         raise ValueError(f"{readme}: add the markers {begin} and {end} where the table goes")
     new = re.sub(
         re.escape(begin) + r".*?" + re.escape(end),
-        lambda _: f"{begin}\n{markdown_table(results, models, vla_columns)}\n{end}",
+        lambda _: f"{begin}\n{table}\n{end}",
         text,
         flags=re.S,
     )
@@ -335,8 +349,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--results", type=Path, required=True)
     parser.add_argument("--readme", type=Path, default=Path("README.md"))
-    parser.add_argument("--block", default="results", help="README markers <!-- BLOCK:begin/end -->")
-    parser.add_argument("--models", nargs="+", default=None, help="rows to keep, as patterns: 'vla/*'")
+    parser.add_argument(
+        "--block",
+        default="results",
+        help="README markers <!-- BLOCK:begin/end -->; 'comparisons' writes the paired-comparison table",
+    )
+    parser.add_argument(
+        "--models", nargs="+", default=None, help="rows to keep, as patterns: 'vla/*' (comparisons: by row)"
+    )
     parser.add_argument(
         "--vla-columns",
         action="store_true",

@@ -118,16 +118,17 @@ def evaluate_model(
         metrics["parse_failures"] = {"count": stats["parse_failures"], "decoded": stats["decoded"]}
         metrics["parse_failure_examples"] = [str(t) for t in list(getattr(module, "last_failures", []))[:3]]
     metrics.update(study_metrics(res))
-    metrics.update(per_event_block([store.load(t) for t in tokens], plans, res))
+    val = [store.load(t) for t in tokens]
+    metrics["per_scene"] = per_scene_values(res, val, ecfg.occupancy_classes)
+    metrics.update(per_event_block(val, plans, res))
     core = getattr(module, "core", None)
     if core is not None and cfg.evodrive.get("probe_after", True):
         from drivedistill.models.perception import linear_probe
         from drivedistill.pipeline.recipe_evodrive import perception_config
 
-        val = [store.load(t) for t in tokens]
-        metrics["perception_probe"] = linear_probe(
-            core, list(store.scenes("train")), val, perception_config(cfg)
-        )
+        train = list(store.scenes("train"))
+        metrics["perception_probe"] = linear_probe(core, train, val, perception_config(cfg))
+        metrics["perception_probe"]["baselines"] = probe_baselines(train, val, perception_config(cfg), deps)
     if latency and cfg.eval.latency_repeats > 0:
         ai = store.load(tokens[0], with_privileged=False).agent_input
         metrics["latency_ms"] = latency_ms(module, ai, cfg.eval.latency_repeats)
@@ -208,6 +209,93 @@ def per_event_block(scenes: list[Any], plans: np.ndarray, res: dict[str, Any]) -
     if not scenes or not any(family_of(s) for s in scenes):
         return {}
     return {"per_event": event_metrics(scenes, plans, res.get("pdms", {}).get("scenes"))}
+
+
+def per_scene_values(res: dict[str, Any], scenes: list[Scene], occupancy_classes: str) -> dict[str, Any]:
+    """metrics.json "per_scene": each headline metric (keys of `drivedistill.stats.METRICS`) per
+    validation scene (keyed by scene token) or closed-loop episode (keyed "episode<i>-<scenario>"), for
+    the paired comparisons of a single-seed run. The open-loop values are each scene's own ST-P3 / UniAD
+    summaries of the per-step L2 [m] and box collision [%] (`metrics.openloop.step_metrics`, reference
+    options): their mean over the scenes is the row's figure."""
+    from drivedistill.metrics.occupancy import NUM_STEPS, occupancy_from_scene
+    from drivedistill.metrics.openloop import OpenLoopOptions, horizon_summary, step_metrics
+
+    out: dict[str, Any] = {}
+    if "openloop" in res:
+        opts = OpenLoopOptions(occupancy_classes=occupancy_classes)
+        if res["openloop"].get("options", {}).get("l2", "reference") != opts.l2:
+            raise ValueError("per-scene open-loop values assume the reference L2; the run used another")
+        tokens = [s.token for s in scenes]
+        values: dict[str, dict[str, float]] = {
+            "openloop/stp3/l2_avg_m": {},
+            "openloop/uniad/l2_avg_m": {},
+            "openloop/stp3/collision_avg_pct": {},
+        }
+        plans = np.asarray(res["plans"])
+        for start in range(0, len(scenes), 64):
+            chunk = scenes[start : start + 64]
+            privs = [s.privileged for s in chunk if s.privileged is not None]
+            sm = step_metrics(
+                plans[start : start + len(chunk)],
+                np.stack([p.future_trajectory[:NUM_STEPS] for p in privs]),
+                np.stack([p.future_valid[:NUM_STEPS] for p in privs]),
+                np.stack([occupancy_from_scene(s, occupancy_classes) for s in chunk]),
+                opts,
+            )
+            for i, token in enumerate(tokens[start : start + len(chunk)]):
+                values["openloop/stp3/l2_avg_m"][token] = horizon_summary(sm.l2[i], "stp3")["avg"]
+                values["openloop/uniad/l2_avg_m"][token] = horizon_summary(sm.l2[i], "uniad")["avg"]
+                col = 100.0 * sm.obj_box_col[i].astype(np.float64)
+                values["openloop/stp3/collision_avg_pct"][token] = horizon_summary(col, "stp3")["avg"]
+        out.update(values)
+    if "pdms" in res:
+        out["pdms/navsim-v1.1"] = {t: float(v["pdms"]) for t, v in res["pdms"]["scenes"].items()}
+    if "closed_loop" in res:
+        out["closedloop/driving_score"] = {
+            f"episode{e['index']}-{e['scenario']}": float(e["driving_score"])
+            for e in res["closed_loop"]["episodes"]
+        }
+    return out
+
+
+def probe_baselines(train: list[Scene], val: list[Scene], pcfg: Any, deps: list[Artifact]) -> dict[str, Any]:
+    """What a perception-probe IoU must beat, on the same validation scenes and grid: predicting every
+    cell empty; the per-cell occupancy prior of the train split (cells occupied in more than half the
+    train scenes, the probe's own 0.5 threshold; and at the threshold with the best train IoU); and the
+    probe on a randomly initialised encoder (the evodrive_perception stage's, on all validation scenes)."""
+    import torch
+
+    from drivedistill.models.perception import iou_and_accuracy, occupancy_grid
+
+    def grids(scenes: list[Scene]) -> torch.Tensor:
+        return torch.from_numpy(
+            np.stack(
+                [
+                    occupancy_grid(s.privileged.agents[0], s.privileged.agents_valid[0], pcfg)
+                    for s in scenes
+                    if s.privileged is not None
+                ]
+            )
+        )
+
+    ys, yv = grids(train), grids(val)
+    prior = ys.mean(0)
+
+    def constant(occupied: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+        logits = torch.where(occupied, 1.0, -1.0).expand_as(target)
+        return iou_and_accuracy(logits, target)
+
+    thresholds = sorted({float(p) for p in prior.tolist() if p > 0})
+    best = max(thresholds, key=lambda t: constant(prior >= t, ys)["iou"], default=1.0)
+    out: dict[str, Any] = {
+        "all_empty": constant(torch.zeros_like(prior, dtype=torch.bool), yv),
+        "cell_prior": constant(prior > 0.5, yv),
+        "cell_prior_best_threshold": {**constant(prior >= best, yv), "threshold": best},
+    }
+    for a in deps:
+        if "probe_random_init" in a.summary:
+            out["random_init_encoder"] = {**a.summary["probe_random_init"], "scenes": "all validation scenes"}
+    return out
 
 
 def evaluate_expert(cfg: StudyConfig, store_path: Path, out: Path) -> dict[str, Any]:

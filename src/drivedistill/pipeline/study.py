@@ -178,6 +178,7 @@ def eval_stage(
         "model": {**to_dict(model), "student_cfg": without_legacy_fields(model.student_cfg)},
         "student_defaults": without_legacy_fields(cfg.students.get(model.student, {})),  # untrained rows
         "probe": {k: cfg.evodrive.get(k) for k in ("perception", "probe_after")},
+        "per_scene": 1,  # metrics.json holds per-scene values and probe baselines (stats.py reads them)
     }
     return runner.run(f"eval-{model.name.replace('/', '_')}-s{seed}", key, inputs, run)
 
@@ -243,7 +244,7 @@ def aggregate(cfg: StudyConfig, per_seed: dict[str, list[dict[str, Any]]]) -> di
         entry["std"] = std
         models[spec.name] = entry
     return {
-        "schema": 1,
+        "schema": 2,  # 2: "comparisons" (stats.py) and "hardware"
         "preset": cfg.preset,
         "seeds": list(cfg.seeds),
         "versions": versions(),
@@ -337,6 +338,12 @@ def run_study(
         per_seed.setdefault(name, []).append(_metrics(ev))
     per_seed |= {name: [_metrics(ref)] for name, ref in references.items()}
     results = aggregate(cfg, per_seed)
+    from drivedistill.stats import compare_rows
+    from drivedistill.utils.runtime import hardware
+
+    rows = {m.name: (m.student, m.method) for m in cfg.models}
+    results["comparisons"] = compare_rows(per_seed, rows)  # baselines by the fallback rule (stats.py)
+    results.setdefault("hardware", hardware(cfg.device))
     results["stage_seconds"] = {**(timings or {}), **runner.timings, "total": time.perf_counter() - t0}
     results["compute_seconds"] = {**runner.recorded, "total": sum(runner.recorded.values())}
     atomic_write_json(out / "results.json", results)

@@ -18,13 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from drivedistill.metrics.metric_scene import MetricScene
+from drivedistill.geometry.metric_scene import MetricScene
+from drivedistill.geometry.scene_index import MapIndex, replay_agents
 from drivedistill.sim.lqr import simulate_plans
 from drivedistill.sim.pdm_closed import PDMClosedParams, pdm_closed_plan
-from drivedistill.sim.scene_geometry import MapIndex, replay_agents
 from drivedistill.sim.scorer import ScorerWeights, SubScores, score_states
 
-PROTOCOL = "navsim-v1.1"
+PROTOCOL = "navsim-v1.1"  # the default
+PROTOCOLS = (PROTOCOL,)
 KEYS = ("pdms", "nc", "dac", "ddc", "ttc", "ep", "c")
 MAX_POSES = 8
 
@@ -35,6 +36,11 @@ class PDMSConfig:
 
     weights: ScorerWeights = field(default_factory=ScorerWeights)
     pdm_closed: PDMClosedParams = field(default_factory=PDMClosedParams)
+    protocol: str = PROTOCOL
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"PDMS protocol {self.protocol!r}: choose one of {PROTOCOLS}")
 
 
 @dataclass

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from drivedistill.metrics.metric_scene import MetricScene, load_scenes, save_scenes
+from drivedistill.geometry.metric_scene import MetricScene, load_scenes, save_scenes
 from drivedistill.metrics.pdms import KEYS, PDMSReport, score_plans
 
 

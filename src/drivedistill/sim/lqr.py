@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from drivedistill.metrics.metric_scene import MetricScene
+from drivedistill.geometry.metric_scene import MetricScene
+from drivedistill.geometry.planar import normalize_angle, relative_to_absolute
 from drivedistill.sim.bicycle import NUM_STATES, BicycleParams, S, initial_state, propagate
-from drivedistill.sim.geometry import normalize_angle, relative_to_absolute
 
 
 @dataclass(frozen=True)

@@ -17,15 +17,15 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial import cKDTree
 
-from drivedistill.metrics.metric_scene import MetricScene
-from drivedistill.sim.geometry import (
+from drivedistill.geometry.metric_scene import MetricScene
+from drivedistill.geometry.planar import (
     absolute_to_relative,
     interpolate_polyline,
     project_to_polyline,
     resample_polyline,
 )
+from drivedistill.geometry.scene_index import AgentBoxes, MapIndex, constant_velocity_agents
 from drivedistill.sim.lqr import simulate_plans
-from drivedistill.sim.scene_geometry import AgentBoxes, MapIndex, constant_velocity_agents
 from drivedistill.sim.scorer import TTC_STEPS, score_states
 
 

@@ -12,10 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from drivedistill.metrics.metric_scene import MetricScene
-from drivedistill.sim.bicycle import S
-from drivedistill.sim.comfort import comfort_checks
-from drivedistill.sim.geometry import (
+from drivedistill.geometry.metric_scene import MetricScene
+from drivedistill.geometry.planar import (
     CENTER,
     FRONT_LEFT,
     FRONT_RIGHT,
@@ -23,7 +21,9 @@ from drivedistill.sim.geometry import (
     convex_intersects,
     project_to_polyline,
 )
-from drivedistill.sim.scene_geometry import AgentBoxes, MapIndex
+from drivedistill.geometry.scene_index import AgentBoxes, MapIndex
+from drivedistill.sim.bicycle import S
+from drivedistill.sim.comfort import comfort_checks
 
 STOPPED_EGO_SPEED = 5e-2  # [m/s] collision classification (ego stopped → not at fault)
 TTC_STOPPED_SPEED = 5e-3  # [m/s] TTC skipped below this ego speed

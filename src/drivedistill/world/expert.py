@@ -36,7 +36,6 @@ class ExpertVehicle(FastIDMVehicle):
     LANE_CHANGE_MAX_BRAKING_IMPOSED = 1.5
     TIME_WANTED = 1.3
     COMFORT_ACC_MIN = -4.0
-    last_brake_reason: str = ""
     target_lane_index: tuple[str, str, int]
 
     def act(self, action: dict | str | None = None) -> None:
@@ -139,7 +138,6 @@ class ExpertVehicle(FastIDMVehicle):
     def safe_acceleration(self, a_idm: float) -> float:
         others = self._others()
         if len(others) == 0:
-            self.last_brake_reason = ""
             return a_idm
         t = PRED_TIMES
         # others: constant speed and turn rate
@@ -158,10 +156,7 @@ class ExpertVehicle(FastIDMVehicle):
         tc = self._first_conflict(ex, ey, eh, oxy, yaw, others)  # (C,), inf = no conflict
         free = np.flatnonzero(np.isinf(tc))
         if len(free):
-            a = float(acc[free[0]])
-            self.last_brake_reason = "" if a == a_idm else "conflict"
-            return a
-        self.last_brake_reason = "unavoidable"
+            return float(acc[free[0]])
         return float(acc[np.flatnonzero(tc >= tc.max() - 1e-6)[-1]])  # latest contact; ties: hardest
 
     def _first_conflict(

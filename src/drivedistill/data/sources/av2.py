@@ -26,9 +26,9 @@ import numpy as np
 import pyarrow.feather as feather
 import shapely
 
-from drivedistill.metrics.metric_scene import PACIFICA, MetricScene
+from drivedistill.geometry.metric_scene import PACIFICA, MetricScene
+from drivedistill.geometry.planar import absolute_to_relative, resample_polyline
 from drivedistill.registry import register
-from drivedistill.sim.geometry import absolute_to_relative, resample_polyline
 from drivedistill.types import AgentClass
 
 CATEGORY_CLASS: dict[str, AgentClass] = {

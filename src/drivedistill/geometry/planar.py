@@ -32,18 +32,6 @@ def absolute_to_relative(origin: np.ndarray, poses: np.ndarray) -> np.ndarray:
     return np.stack([c * dx + s * dy, -s * dx + c * dy, normalize_angle(poses[..., 2] - origin[2])], axis=-1)
 
 
-def transform_points(origin: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Points (..., 2) in the frame of `origin` (3,) → the parent frame."""
-    c, s = np.cos(origin[2]), np.sin(origin[2])
-    return np.stack(
-        [
-            origin[0] + c * points[..., 0] - s * points[..., 1],
-            origin[1] + s * points[..., 0] + c * points[..., 1],
-        ],
-        axis=-1,
-    )
-
-
 def box_corners(
     center: np.ndarray, yaw: np.ndarray, length: np.ndarray | float, width: np.ndarray | float
 ) -> np.ndarray:

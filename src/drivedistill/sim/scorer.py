@@ -219,3 +219,206 @@ def score_states(
     total = w.progress + w.ttc + w.comfort + w.driving_direction
     weighted = (w.progress * ep + w.ttc * ttc + w.comfort * c + w.driving_direction * ddc) / total
     return SubScores(nc, dac, ddc, ttc, c, progress, ep, multi * weighted)
+
+
+# ----- NAVSIM v2 (EPDMS) ----------------------------------------------------------------------------
+# Source: navsim/planning/simulation/planner/pdm_planner/scoring/pdm_scorer.py (v2.x, PDMScorerConfig).
+
+
+@dataclass(frozen=True)
+class ScorerWeightsV2:
+    """EPDMS = NC·DAC·DDC·TLC · (5·EP + 5·TTC + 2·LK + 2·HC + 2·EC) / 16."""
+
+    progress: float = 5.0
+    ttc: float = 5.0
+    lane_keeping: float = 2.0
+    history_comfort: float = 2.0
+    extended_comfort: float = 2.0
+    progress_threshold: float = 5.0  # [m]
+    ddc_horizon_steps: int = 10  # 1 s
+    ddc_compliance: float = 2.0  # [m]
+    ddc_violation: float = 6.0  # [m]
+    lane_keeping_limit: float = 0.5  # [m] lateral distance of the box centre to the centerline
+    lane_keeping_steps: int = 20  # ceil(2.0 s / 0.1 s) consecutive steps beyond the limit
+
+    @property
+    def weighted_total(self) -> float:
+        return self.progress + self.ttc + self.lane_keeping + self.history_comfort + self.extended_comfort
+
+
+@dataclass
+class SubScoresV2:
+    """Per-proposal arrays (B,). `score` excludes EC (it needs the previous frame): it is
+    multi · (5·EP + 5·TTC + 2·LK + 2·HC)/14; `epdms_with_ec` adds EC with weight 2 (/16)."""
+
+    nc: np.ndarray
+    dac: np.ndarray
+    ddc: np.ndarray
+    tlc: np.ndarray
+    ep: np.ndarray
+    ttc: np.ndarray
+    lk: np.ndarray
+    hc: np.ndarray
+    progress: np.ndarray
+    score: np.ndarray
+
+
+MULTIPLIERS_V2 = ("nc", "dac", "ddc", "tlc")
+WEIGHTED_V2 = ("ep", "ttc", "lk", "hc")  # + "ec", filled in by the aggregation
+
+
+def history_states(scene: MetricScene, dt: float = 0.1) -> np.ndarray:
+    """(H', NUM_STATES) logged past ego states on NAVSIM's history grid: start, start + dt, … < end, the
+    last of them dropped (as `_calculate_history_comfort` samples the past trajectory); (0, ·) without history."""
+    from drivedistill.sim.bicycle import NUM_STATES
+
+    times, hist = scene.ego_history_times, scene.ego_history
+    if len(times) < 2:
+        return np.zeros((0, NUM_STATES))
+    grid = np.arange(times[0], times[-1] - 1e-9, dt)[:-1]
+    out = np.zeros((len(grid), NUM_STATES))
+    for col, idx in ((0, S.X), (1, S.Y), (3, S.VELOCITY_X), (4, S.ACCELERATION_X), (5, S.ACCELERATION_Y)):
+        out[:, idx] = np.interp(grid, times, hist[:, col])
+    out[:, S.HEADING] = np.interp(grid, times, np.unwrap(hist[:, 2]))
+    out[:, S.ANGULAR_VELOCITY] = np.interp(grid, times, hist[:, 6])
+    if len(grid) > 1:
+        out[:, S.ANGULAR_ACCELERATION] = np.gradient(out[:, S.ANGULAR_VELOCITY], dt)
+    return out
+
+
+def _red_light_steps(scene: MetricScene, n_t: int, dt: float) -> np.ndarray:
+    """(T, L) bool: red-light polygon l is red at step t (latest sample at or before t·dt)."""
+    k = np.searchsorted(scene.agent_times, np.arange(n_t) * dt + 1e-9, side="right") - 1
+    return scene.red_light_valid[np.clip(k, 0, len(scene.agent_times) - 1)]
+
+
+def traffic_light_compliance(boxes: np.ndarray, scene: MetricScene, dt: float) -> np.ndarray:
+    """TLC (B,) ∈ {0, 1}: 0 when the ego box touches a red-light polygon while it is red."""
+    import shapely
+
+    n_b, n_t = boxes.shape[:2]
+    tlc = np.ones(n_b)
+    if not scene.red_light_polygons:
+        return tlc
+    red = _red_light_steps(scene, n_t, dt)
+    corners = boxes[..., :4, :]
+    lo, hi = corners.min(-2), corners.max(-2)  # (B, T, 2)
+    for j, poly in enumerate(scene.red_light_polygons):
+        pmin, pmax = poly.min(0), poly.max(0)
+        cand = red[None, :, j] & (lo <= pmax).all(-1) & (hi >= pmin).all(-1)
+        b, t = np.nonzero(cand & (tlc[:, None] > 0))
+        if len(b) == 0:
+            continue
+        shape = shapely.make_valid(shapely.Polygon(poly))
+        hit = shapely.intersects(shapely.polygons(corners[b, t]), shape)
+        tlc[b[hit]] = 0.0
+    return tlc
+
+
+def _distance_to_polyline(line: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Euclidean distance (...) of points (..., 2) to the polyline (P, 2), via the nearest vertex of a
+    0.5 m resampling and an exact segment distance to its two neighbouring segments."""
+    from scipy.spatial import cKDTree
+
+    from drivedistill.geometry.planar import resample_polyline
+
+    dense = resample_polyline(line, 0.5)
+    flat = points.reshape(-1, 2)
+    _, idx = cKDTree(dense).query(flat)
+    best = np.full(len(flat), np.inf)
+    for lo in (idx - 1, idx):
+        lo = np.clip(lo, 0, len(dense) - 2)
+        a, b = dense[lo], dense[lo + 1]
+        d = b - a
+        t = np.clip(((flat - a) * d).sum(-1) / np.maximum((d**2).sum(-1), 1e-12), 0.0, 1.0)
+        best = np.minimum(best, np.linalg.norm(flat - (a + t[:, None] * d), axis=-1))
+    return best.reshape(points.shape[:-1])
+
+
+def lane_keeping(
+    centers: np.ndarray, in_intersection: np.ndarray, centerline: np.ndarray, w: ScorerWeightsV2
+) -> np.ndarray:
+    """LK (B,) ∈ {0, 1}: 0 when the box centre is > 0.5 m from the centerline for 20 consecutive steps
+    (2 s); steps inside an intersection are skipped (they neither count nor reset the run)."""
+    exceed = _distance_to_polyline(centerline, centers) > w.lane_keeping_limit
+    run = np.zeros(len(centers), np.int64)
+    fail = np.zeros(len(centers), bool)
+    for t in range(centers.shape[1]):
+        run = np.where(in_intersection[:, t], run, np.where(exceed[:, t], run + 1, 0))
+        fail |= run >= w.lane_keeping_steps
+    return np.where(fail, 0.0, 1.0)
+
+
+def history_comfort(states: np.ndarray, scene: MetricScene, dt: float = 0.1) -> np.ndarray:
+    """HC (B,) ∈ {0, 1}: v2 comfort checks on the logged past states followed by the simulated states;
+    1 when the scene has no history (NAVSIM: no past trajectory → comfortable)."""
+    from drivedistill.sim.comfort import comfort_checks_v2
+
+    past = history_states(scene, dt)
+    if len(past) == 0:
+        return np.ones(len(states))
+    padded = np.concatenate([np.broadcast_to(past, (len(states), *past.shape)), states], axis=1)
+    return np.asarray(comfort_checks_v2(padded, scene.rear_axle_to_center, dt).all(-1), np.float64)
+
+
+def score_states_v2(
+    states: np.ndarray,
+    scene: MetricScene,
+    map_index: MapIndex,
+    agents: AgentBoxes,
+    centerline: np.ndarray,
+    reference: int | None = 0,
+    weights: ScorerWeightsV2 | None = None,
+    dt: float = 0.1,
+    with_history: bool = True,
+) -> SubScoresV2:
+    """EPDMS sub-scores of simulated states (B, T, NUM_STATES) — NAVSIM v2's `PDMScorer.score_proposals`.
+
+    Differences from v1.1: DDC and TLC are multipliers; DDC ignores oncoming progress inside
+    intersections; TTC is evaluated on the steps whose look-ahead stays within the plan (t ≤ T−1−9);
+    EP = clip(progress / max masked progress, 0, 1) (not masked itself); LK and HC weighted 2 each.
+    `reference` as in `score_states`. `with_history=False` scores without the past (HC = 1), as NAVSIM
+    scores the human plan for the filter."""
+    w = weights or ScorerWeightsV2()
+    n_b, n_t = states.shape[:2]
+    boxes = ego_boxes(states, scene)
+    areas = ego_areas(boxes, states, map_index)
+    center_inter = map_index.in_intersection(boxes[..., CENTER, :])
+    ego_radius = 0.5 * float(np.hypot(scene.front_length + scene.rear_length, scene.width))
+    nc = no_at_fault_collision(states, boxes, areas, agents, ego_radius)
+    dac = np.where(areas["non_drivable"].any(-1), 0.0, 1.0)
+    ddc_areas = dict(areas, oncoming=areas["oncoming"] & ~center_inter)
+    ddc = driving_direction(boxes, ddc_areas, w)  # type: ignore[arg-type]
+    tlc = traffic_light_compliance(boxes, scene, dt)
+    last = n_t - 1 - max(TTC_STEPS)
+    ttc = time_to_collision(
+        states[:, : last + 1], boxes[:, : last + 1], _head(areas, last + 1), agents, ego_radius, dt
+    )
+    lk = lane_keeping(boxes[..., CENTER, :], center_inter, centerline, w)
+    hc = history_comfort(states, scene, dt) if with_history else np.ones(n_b)
+    s_start, _ = project_to_polyline(centerline, boxes[:, 0, CENTER])
+    s_end, _ = project_to_polyline(centerline, boxes[:, -1, CENTER])
+    progress = np.clip(s_end - s_start, 0.0, None)
+    multi = nc * dac * ddc * tlc
+    masked = progress * multi
+    norm = (
+        np.maximum(masked, masked[reference]) if reference is not None else np.full_like(masked, masked.max())
+    )
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ep = np.where(norm > w.progress_threshold, np.clip(progress / norm, 0.0, 1.0), 1.0)
+    score = multi * epdms_weighted(ep, ttc, lk, hc, None, w)
+    return SubScoresV2(nc, dac, ddc, tlc, ep, ttc, lk, hc, progress, score)
+
+
+def epdms_weighted(
+    ep: np.ndarray, ttc: np.ndarray, lk: np.ndarray, hc: np.ndarray, ec: np.ndarray | None, w: ScorerWeightsV2
+) -> np.ndarray:
+    """The weighted mean of EPDMS; without EC (None) its weight is left out, as NAVSIM's per-proposal score."""
+    total = w.progress * ep + w.ttc * ttc + w.lane_keeping * lk + w.history_comfort * hc
+    if ec is None:
+        return total / (w.weighted_total - w.extended_comfort)
+    return (total + w.extended_comfort * ec) / w.weighted_total
+
+
+def _head(areas: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+    return {k: v[:, :n] for k, v in areas.items()}

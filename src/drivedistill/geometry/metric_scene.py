@@ -267,7 +267,12 @@ def read_scenes(directory: str | Path) -> tuple[list[MetricScene], list[tuple[st
         try:
             scenes.append(MetricScene.load(f))
         except (ValidationError, ValueError, TypeError, KeyError, OSError, EOFError, zipfile.BadZipFile) as e:
-            failures.append((f.stem, f"{f}: {type(e).__name__}: {e}"))
+            reason = (
+                str(e)
+                if str(f) in str(e)
+                else f"{f}: not a readable MetricScene .npz ({type(e).__name__}: {e})"
+            )
+            failures.append((f.stem, reason))
     return scenes, failures
 
 

@@ -81,27 +81,80 @@ def _relative_angle(states_bt: np.ndarray, target_xy: np.ndarray) -> np.ndarray:
 def _overlaps(
     corners: np.ndarray, centers: np.ndarray, radius: float, agents: AgentBoxes, steps: np.ndarray
 ) -> tuple[np.ndarray, ...]:
-    """Indices (b, t, a) where ego boxes corners (B, T, 4, 2) overlap agents at grid steps `steps` (T,)."""
+    """Indices (b, t, a) where ego boxes corners (B, T, 4, 2) overlap agents at grid steps `steps` (T,).
+
+    Agents are first reduced to those whose circle meets the bounding box of all proposals' ego circles
+    at some step (one (T, A) test), so the (B, T, A') distance prefilter runs over the few nearby agents
+    only — on city logs most of the hundreds of tracks are far from every proposal."""
     in_range = steps < agents.num_steps
     st = np.minimum(steps, agents.num_steps - 1)
     a_centers = agents.centers[st]  # (T, A, 2)
-    dist2 = ((centers[:, :, None, :] - a_centers[None]) ** 2).sum(-1)
-    reach = (radius + agents.radius) ** 2
-    close = (dist2 <= reach[None, None]) & (agents.valid[st] & in_range[:, None])[None]
-    b, t, a = np.nonzero(close)
+    valid = agents.valid[st] & in_range[:, None]
+    pad = (radius + agents.radius)[None, :, None]
+    lo, hi = centers.min(0)[:, None], centers.max(0)[:, None]  # (T, 1, 2) over proposals
+    with np.errstate(invalid="ignore"):
+        near = valid & ((a_centers >= lo - pad) & (a_centers <= hi + pad)).all(-1)
+    sel = np.flatnonzero(near.any(0))
+    if len(sel) == 0:
+        empty = np.zeros(0, np.int64)
+        return empty, empty, empty
+    ac = a_centers[:, sel]
+    dx = centers[:, :, None, 0] - ac[None, :, :, 0]
+    dy = centers[:, :, None, 1] - ac[None, :, :, 1]
+    reach = (radius + agents.radius[sel]) ** 2
+    close = (dx * dx + dy * dy <= reach) & near[:, sel][None]
+    b, t, k = np.nonzero(close)
+    a = sel[k]
     hit = convex_intersects(corners[b, t], agents.corners[st[t], a])
     return b[hit], t[hit], a[hit]
 
 
-def ego_areas(boxes: np.ndarray, states: np.ndarray, map_index: MapIndex) -> dict[str, np.ndarray]:
-    """(B, T) bool masks: multiple_lanes, non_drivable, oncoming, intersection (rear axle in a junction)."""
-    corners = boxes[..., :4, :]
-    return {
-        "multiple_lanes": map_index.multiple_lanes(corners),
-        "non_drivable": np.asarray(~map_index.in_drivable(corners).all(-1)),
-        "oncoming": ~map_index.in_on_route_lane(boxes[..., CENTER, :]),
-        "intersection": map_index.in_intersection(states[..., [S.X, S.Y]]),
-    }
+class EgoAreas(dict):  # type: ignore[type-arg]
+    """(B, T) bool masks "non_drivable", "oncoming", "intersection" (rear axle in a junction); the costly
+    "multiple_lanes" is evaluated only where it is read — at the (b, t) of collision / TTC candidates —
+    with `multiple_lanes_at(b, t)` (per box, so identical to the full mask)."""
+
+    def __init__(self, boxes: np.ndarray, states: np.ndarray, map_index: MapIndex) -> None:
+        corners = boxes[..., :4, :]
+        super().__init__(
+            non_drivable=np.asarray(~map_index.in_drivable(corners).all(-1)),
+            oncoming=~map_index.in_on_route_lane(boxes[..., CENTER, :]),
+            intersection=map_index.in_intersection(states[..., [S.X, S.Y]]),
+        )
+        self.corners = corners
+        self.map_index = map_index
+
+    def __missing__(self, key: str) -> np.ndarray:
+        if key != "multiple_lanes":
+            raise KeyError(key)
+        value = np.asarray(self.map_index.multiple_lanes(self.corners))
+        self[key] = value
+        return value
+
+    def multiple_lanes_at(self, b: np.ndarray, t: np.ndarray) -> np.ndarray:
+        if "multiple_lanes" in self:
+            return np.asarray(self["multiple_lanes"][b, t])
+        if len(b) == 0:
+            return np.zeros(0, bool)
+        return np.asarray(self.map_index.multiple_lanes(self.corners[b, t]))
+
+    def head(self, n: int) -> EgoAreas:
+        """The masks of the first n steps."""
+        out = EgoAreas.__new__(EgoAreas)
+        dict.__init__(out, {k: v[:, :n] for k, v in self.items()})
+        out.corners, out.map_index = self.corners[:, :n], self.map_index
+        return out
+
+
+def ego_areas(boxes: np.ndarray, states: np.ndarray, map_index: MapIndex) -> EgoAreas:
+    """(B, T) bool masks: multiple_lanes (lazy), non_drivable, oncoming, intersection (rear axle in a junction)."""
+    return EgoAreas(boxes, states, map_index)
+
+
+def _multiple_lanes(areas: dict[str, np.ndarray], b: np.ndarray, t: np.ndarray) -> np.ndarray:
+    if isinstance(areas, EgoAreas):
+        return areas.multiple_lanes_at(b, t)
+    return np.asarray(areas["multiple_lanes"][b, t])
 
 
 def no_at_fault_collision(
@@ -118,7 +171,7 @@ def no_at_fault_collision(
     behind = _relative_angle(st, agents.centers[t, a]) > BEHIND_DEG
     bumper = boxes[b, t][:, [FRONT_LEFT, FRONT_RIGHT]]
     front = convex_intersects(bumper, agents.corners[t, a])
-    lateral_fault = areas["multiple_lanes"][b, t] | areas["non_drivable"][b, t]
+    lateral_fault = _multiple_lanes(areas, b, t) | areas["non_drivable"][b, t]
     at_fault = (speed > STOPPED_EGO_SPEED) & (agents.stopped[a] | (~behind & (front | lateral_fault)))
     ignored = np.zeros((n_b, agents.centers.shape[1]), bool)
     for step in np.unique(t):  # sequential in time: a non-at-fault contact ignores that object later
@@ -161,7 +214,7 @@ def time_to_collision(
     b, t, a, j = b[order], t[order], a[order], j[order]
     moving = speed[b, t] >= TTC_STOPPED_SPEED
     angle = _relative_angle(states[b, t], agents.centers[t + np.asarray(TTC_STEPS)[j], a])
-    risky = areas["multiple_lanes"][b, t] | areas["non_drivable"][b, t] | areas["intersection"][b, t]
+    risky = _multiple_lanes(areas, b, t) | areas["non_drivable"][b, t] | areas["intersection"][b, t]
     violation = (angle < AHEAD_DEG) | (risky & ~(angle > BEHIND_DEG))
     ignored = np.zeros((n_b, agents.centers.shape[1]), bool)
     group = t * len(TTC_STEPS) + j
@@ -387,12 +440,12 @@ def score_states_v2(
     ego_radius = 0.5 * float(np.hypot(scene.front_length + scene.rear_length, scene.width))
     nc = no_at_fault_collision(states, boxes, areas, agents, ego_radius)
     dac = np.where(areas["non_drivable"].any(-1), 0.0, 1.0)
-    ddc_areas = dict(areas, oncoming=areas["oncoming"] & ~center_inter)
+    ddc_areas = {"oncoming": areas["oncoming"] & ~center_inter}
     ddc = driving_direction(boxes, ddc_areas, w)  # type: ignore[arg-type]
     tlc = traffic_light_compliance(boxes, scene, dt)
     last = n_t - 1 - max(TTC_STEPS)
     ttc = time_to_collision(
-        states[:, : last + 1], boxes[:, : last + 1], _head(areas, last + 1), agents, ego_radius, dt
+        states[:, : last + 1], boxes[:, : last + 1], areas.head(last + 1), agents, ego_radius, dt
     )
     lk = lane_keeping(boxes[..., CENTER, :], center_inter, centerline, w)
     hc = history_comfort(states, scene, dt) if with_history else np.ones(n_b)
@@ -418,7 +471,3 @@ def epdms_weighted(
     if ec is None:
         return total / (w.weighted_total - w.extended_comfort)
     return (total + w.extended_comfort * ec) / w.weighted_total
-
-
-def _head(areas: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
-    return {k: v[:, :n] for k, v in areas.items()}

@@ -135,8 +135,8 @@ def summary(metrics: dict[str, Any]) -> dict[str, float]:
         if protocol in openloop:
             flat[f"openloop/{protocol}/l2_avg_m"] = float(openloop[protocol]["l2"]["avg"])
             flat[f"openloop/{protocol}/collision_avg_pct"] = float(openloop[protocol]["collision"]["avg"])
-    if "pdms" in metrics:
-        flat["pdms"] = float(metrics["pdms"]["mean"]["pdms"])
+    if "pdms" in metrics:  # the key names the protocol: pdms[navsim-v1.1] or epdms[navsim-v2]
+        flat.update({k: float(v) for k, v in metrics["pdms"]["headline"].items()})
     if "closed_loop" in metrics:
         for key in ("driving_score", "collision_rate", "route_completion"):
             flat[f"closed_loop/{key}"] = float(metrics["closed_loop"][key])

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -302,6 +302,8 @@ def score_proposals_v2(
     `reference`; the human filter is applied (first-stage scenes). EC is not included (see
     `ProposalScoresV2`): `score_plans` adds it from the previous frame."""
     cfg = cfg or PDMSConfig(protocol=PROTOCOL_V2)
+    if cfg.pdm_closed.selection != cfg.protocol:
+        cfg = replace(cfg, pdm_closed=replace(cfg.pdm_closed, selection=cfg.protocol))
     props = check_plans(proposals, scene.token)
     map_index = map_index or MapIndex(scene)
     if reference is None:
@@ -333,6 +335,8 @@ def score_plans(
     (≤8, 3)), rear-axle frame at t = 0, poses at 0.5 … 4 s. `references` may supply precomputed
     PDM-Closed plans by token; `failures` (token, reason) are scenes that could not even be read."""
     cfg = cfg or PDMSConfig()
+    if cfg.pdm_closed.selection != cfg.protocol:  # the EP reference is PDM-Closed of the same protocol
+        cfg = replace(cfg, pdm_closed=replace(cfg.pdm_closed, selection=cfg.protocol))
     if len(plans) != len(scenes):
         raise ValueError(f"score_plans: {len(scenes)} scenes but {len(plans)} plans; pass one plan per scene")
     v2 = cfg.protocol == PROTOCOL_V2

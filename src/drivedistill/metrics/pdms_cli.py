@@ -11,6 +11,7 @@ drivedistill eval pdms --source av2 --root ../shared/data/argoverse2 --planner h
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -122,7 +123,11 @@ def main(argv: list[str]) -> int:
     elif args.planner is not None:
         from drivedistill import registry
 
-        planner = registry.build("planner", args.planner)
+        entry = registry.get("planner", args.planner)
+        pcfg = entry.default_config()
+        if hasattr(pcfg, "selection"):  # PDM-Closed picks its proposal with the protocol's scorer
+            pcfg = dataclasses.replace(pcfg, selection=args.protocol)
+        planner = entry.builder(pcfg)
         plans = [planner.plan(s) for s in scenes]
         if args.planner == "pdm_closed":  # the plan is its own EP reference
             references = {s.token: p for s, p in zip(scenes, plans)}

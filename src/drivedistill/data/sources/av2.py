@@ -19,7 +19,7 @@ The ego footprint is NAVSIM's Pacifica (the protocol's), not AV2's Ford Fusion; 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -118,6 +118,21 @@ class EgoTrack:
             float(np.clip(np.arctan(wheelbase * yaw_rate / v), -np.pi / 3, np.pi / 3)) if v > 1.0 else 0.0
         )
         return np.array([v, accel, steering, yaw_rate])
+
+
+def ego_history(
+    ego: EgoTrack, t0: float, wheelbase: float, past: float = 1.5
+) -> tuple[np.ndarray, np.ndarray]:
+    """Logged past of the ego at 0.1 s, `past` s before t0 up to t0 (from where finite differences exist):
+    times (H,) ≤ 0 [s] and (H, 7) x, y, yaw in the ego frame at t0, v_lon, a_lon, a_lat = v·yaw rate, yaw rate."""
+    times = np.round(np.arange(-past, 1e-9, 0.1), 3)
+    times = times[t0 + times >= ego.times[0] + 0.4]
+    origin = ego.at(np.array([t0]))[0]
+    poses = absolute_to_relative(origin, ego.at(t0 + times))
+    poses[:, 2] = np.unwrap(poses[:, 2])
+    dyn = np.array([ego.dynamics(t0 + t, wheelbase) for t in times]).reshape(-1, 4)
+    lateral = dyn[:, 0] * dyn[:, 3]
+    return times, np.c_[poses, dyn[:, 0], dyn[:, 1], lateral, dyn[:, 3]]
 
 
 @dataclass
@@ -279,7 +294,7 @@ class Av2Source:
         ego = EgoTrack(log_dir / "city_SE3_egovehicle.feather")
         ann = Annotations(log_dir, ego)
         drivable, lanes = _load_map(log_dir / "map")
-        scenes = []
+        scenes: list[MetricScene] = []
         clock = ann.clock[
             ann.clock >= ego.times[0] + 0.4
         ]  # room for the finite differences at t = 0 (±0.35 s)
@@ -287,7 +302,13 @@ class Av2Source:
             t0 = float(clock[k])
             if t0 + FUTURE_S > ego.times[-1] - 0.05:
                 break
-            scenes.append(self._scene(f"{log}_{k // 5:03d}", t0, ego, ann, drivable, lanes))
+            scene = self._scene(f"{log}_{k // 5:03d}", t0, ego, ann, drivable, lanes)
+            # NAVSIM v2 metric-cache fields: the previous 2 Hz scene (EC) and 1.5 s of logged past (HC)
+            times, history = ego_history(ego, t0, self.cfg.ego_geometry[3])
+            previous = scenes[-1].token if scenes else ""
+            scenes.append(
+                replace(scene, previous_token=previous, ego_history_times=times, ego_history=history)
+            )
         return scenes
 
     def _scene(

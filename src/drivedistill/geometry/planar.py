@@ -65,8 +65,9 @@ def convex_intersects(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     `intersects`).
     """
     axes = np.concatenate([_edge_normals(a), _edge_normals(b)], axis=-2)  # (..., k, 2)
-    pa = np.einsum("...kd,...nd->...kn", axes, a)
-    pb = np.einsum("...kd,...nd->...kn", axes, b)
+    ax, ay = axes[..., :, None, 0], axes[..., :, None, 1]  # (..., k, 1): projections without einsum
+    pa = ax * a[..., None, :, 0] + ay * a[..., None, :, 1]  # (..., k, n)
+    pb = ax * b[..., None, :, 0] + ay * b[..., None, :, 1]
     separated = (pa.max(-1) < pb.min(-1)) | (pb.max(-1) < pa.min(-1))
     return ~separated.any(-1)
 

@@ -257,3 +257,16 @@ def test_files_without_the_v2_fields_load_with_defaults(tmp_path) -> None:
     save_scenes([roundtrip], tmp_path)
     back = MetricScene.load(tmp_path / "rt.npz")
     assert back.previous_token == "old" and back.red_light_valid.all() and len(back.red_light_polygons) == 1
+
+
+def test_plan_scoring_of_project_scenes_names_the_protocol() -> None:
+    from drivedistill.metrics.plans import PlanMetricsConfig, score_scene_plans
+    from drivedistill.testing import random_scene
+
+    scenes = [random_scene(seed=3, num_agents=2)]
+    plans = np.stack([s.privileged.future_trajectory for s in scenes])
+    for protocol, key in (("navsim-v1.1", "pdms"), ("navsim-v2", "epdms")):
+        cfg = PlanMetricsConfig(openloop=False, pdms_protocol=protocol)
+        out = score_scene_plans(plans, scenes, cfg)["pdms"]
+        assert out["protocol"] == protocol and f"{key}[{protocol}]" in out["headline"]
+        assert out["num_scenes"] == 1

@@ -43,6 +43,14 @@ class EvalConfig:
     closed_loop_episodes: int = 5
     closed_loop_seed: int = 1000  # episodes differ from collection (which seeds from the world seed)
 
+    def __post_init__(self) -> None:
+        from drivedistill.metrics.pdms import PROTOCOLS
+
+        if self.pdms_protocol not in PROTOCOLS:
+            raise ValueError(
+                f"eval.pdms_protocol={self.pdms_protocol!r}: choose one of {', '.join(PROTOCOLS)}"
+            )
+
 
 @torch.no_grad()
 def plan_scenes(

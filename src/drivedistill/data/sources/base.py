@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from drivedistill.types import Scene
 
 if TYPE_CHECKING:
-    from drivedistill.metrics.metric_scene import MetricScene
+    from drivedistill.geometry.metric_scene import MetricScene
 
 # camera: real RGB images; lidar_bev: BEV raster of real range returns; bev_labels: BEV raster drawn from
 # labels (map + boxes), as the world's sensor; ego_status: speed/acceleration/yaw rate

@@ -81,8 +81,10 @@ def main() -> None:
     core = VLMCore.build(vcfg)
     res["probe_random_init"] = linear_probe(core, train_s, val_s, pcfg)
     t = time.time()
-    hist = pretrain_perception(core, train_s, PerceptionConfig(steps=args.perception_steps))
-    res["perception_pretrain"] = {"first": hist[0], "last": sum(hist[-10:]) / 10, "s": time.time() - t}
+    hist = pretrain_perception(
+        core, train_s, PerceptionConfig(steps=args.perception_steps), tempfile.mkdtemp(prefix="evod_pre_")
+    )
+    res["perception_pretrain"] = {**hist, "s": time.time() - t}
     res["probe_after_pretraining"] = linear_probe(core, train_s, val_s, pcfg)
     pdir = tempfile.mkdtemp(prefix="evod_perc_")
     core.save(pdir)

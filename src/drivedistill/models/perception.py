@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -114,30 +115,96 @@ def iou_and_accuracy(logits: torch.Tensor, target: torch.Tensor) -> dict[str, fl
     }
 
 
+@dataclass
+class _OccupancyBatch:
+    """A batch of perception pretraining: images (B, 3, H, W) in [0, 1], occupancy targets (B, G)."""
+
+    images: torch.Tensor
+    targets: torch.Tensor
+    tokens: list[str]
+
+    def to(self, device: str | torch.device) -> _OccupancyBatch:
+        return _OccupancyBatch(self.images.to(device), self.targets.to(device), self.tokens)
+
+
+class _OccupancyPretraining(nn.Module):
+    """The vision encoder + merger with a throw-away linear head, trained by BCE on occupancy (the
+    training loop's `losses` interface). The rest of the VLM is held outside the module tree, so the
+    loop neither optimises nor saves it."""
+
+    def __init__(self, core: VLMCore, dim: int, cells: int, pos_weight: torch.Tensor) -> None:
+        super().__init__()
+        self._core = [core]  # not a submodule: only `visual` (a submodule) and `head` train
+        self.visual = core.visual
+        self.head = nn.Linear(dim, cells)
+        self.register_buffer("pos_weight", pos_weight)
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(visual_features(self._core[0], images, self.visual))
+
+    def losses(self, batch: _OccupancyBatch) -> dict[str, torch.Tensor]:
+        loss = F.binary_cross_entropy_with_logits(
+            self.logits(batch.images), batch.targets, pos_weight=self.pos_weight
+        )
+        return {"loss": loss, "occupancy_bce": loss.detach()}
+
+
 def pretrain_perception(
-    core: VLMCore, scenes: Sequence[Scene], cfg: PerceptionConfig, seed: int = 0
-) -> list[float]:
-    """Train the core's vision encoder + merger on BEV occupancy (BCE) → per-step losses. The linear head
-    is discarded afterwards; save the core (`core.save(dir)`) as the students' starting point."""
-    gen = torch.Generator().manual_seed(seed)
+    core: VLMCore,
+    scenes: Sequence[Scene],
+    cfg: PerceptionConfig,
+    out_dir: str | Path,
+    seed: int = 0,
+    device: str = "cpu",
+) -> dict[str, float]:
+    """Train the core's vision encoder + merger on BEV occupancy (BCE) with the training loop
+    (`train.loop.fit`, `cfg.steps` steps of `cfg.batch_size`, checkpoints in `out_dir`) → the mean
+    training-set BCE before ("first") and after ("last"). The linear head is discarded afterwards; save
+    the core (`core.save(dir)`) as the students' starting point."""
+    from drivedistill.train.loop import TrainConfig, fit
+
     images, targets = scene_batch(scenes, cfg)
     with torch.no_grad():
         dim = visual_features(core, images[:1]).shape[1]
-    head = nn.Linear(dim, targets.shape[1])
-    params = list(core.visual.parameters()) + list(head.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr)
     pos_weight = ((1 - targets.mean(0)) / targets.mean(0).clamp_min(1e-3)).clamp(1.0, 20.0)
-    core.visual.train()
-    history = []
-    for _ in range(cfg.steps):
-        idx = torch.randint(0, images.shape[0], (min(cfg.batch_size, images.shape[0]),), generator=gen)
-        logits = head(visual_features(core, images[idx]))
-        loss = F.binary_cross_entropy_with_logits(logits, targets[idx], pos_weight=pos_weight)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        history.append(float(loss.detach()))
-    return history
+    torch.manual_seed(seed)
+    model = _OccupancyPretraining(core, dim, targets.shape[1], pos_weight)
+    samples = [(images[i], targets[i], s.token) for i, s in enumerate(scenes)]
+
+    def collate(items: Sequence[tuple[torch.Tensor, torch.Tensor, str]]) -> _OccupancyBatch:
+        return _OccupancyBatch(
+            torch.stack([i for i, _, _ in items]),
+            torch.stack([t for _, t, _ in items]),
+            [k for *_, k in items],
+        )
+
+    def mean_bce() -> float:
+        model.eval()
+        with torch.no_grad():
+            parts = [model.losses(collate(samples[j : j + 64]))["loss"] for j in range(0, len(samples), 64)]
+        return float(torch.stack(parts).mean())
+
+    first = mean_bce()
+    batch_size = min(cfg.batch_size, len(samples))
+    epochs = -(-cfg.steps // max(len(samples) // batch_size, 1))
+    train_cfg = TrainConfig(
+        epochs=max(epochs, 1),
+        max_steps=cfg.steps,
+        batch_size=batch_size,
+        lr=cfg.lr,
+        weight_decay=0.0,
+        warmup=0.0,
+        min_lr_ratio=1.0,  # a constant learning rate
+        grad_clip=0.0,
+        seed=seed,
+        device=device,
+        log_every=max(1, min(10, cfg.steps)),
+        progress=False,
+    )
+    resume = (Path(out_dir) / "checkpoints").exists()
+    fit(model, samples, train_cfg, out_dir, collate=collate, resume=resume)
+    model.cpu()
+    return {"first": first, "last": mean_bce()}
 
 
 def linear_probe(

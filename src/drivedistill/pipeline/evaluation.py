@@ -2,13 +2,13 @@
 
 The planner sees `AgentInput` only: validation scenes are loaded without their privileged part for
 planning; the privileged part is read separately, by the metrics alone. Two reference rows are the
-exceptions, by design: the expert (`evaluate_expert`) and EvoDriveVLA's future-aware oracle teacher
-(`evaluate_oracle`) plan from privileged information; they are named "…/privileged" in results.json.
+exceptions, by design: the expert (`evaluate_expert`) and the reference rows recipes declare (a
+teacher planning alone, e.g. from future frames) plan from privileged information; they are named
+"…/privileged" in results.json.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -118,15 +118,9 @@ def evaluate_model(
         metrics["parse_failures"] = {"count": stats["parse_failures"], "decoded": stats["decoded"]}
         metrics["parse_failure_examples"] = [str(t) for t in list(getattr(module, "last_failures", []))[:3]]
     metrics.update(study_metrics(res))
-    core = getattr(module, "core", None)
-    if core is not None and cfg.evodrive.get("probe_after", True):
-        from drivedistill.models.perception import linear_probe
-        from drivedistill.pipeline.recipe_evodrive import perception_config
+    from drivedistill.pipeline.recipes import row_metrics
 
-        val = [store.load(t) for t in tokens]
-        metrics["perception_probe"] = linear_probe(
-            core, list(store.scenes("train")), val, perception_config(cfg)
-        )
+    metrics.update(row_metrics(cfg, model, module, store, list(tokens)))  # e.g. a perception probe
     if latency and cfg.eval.latency_repeats > 0:
         ai = store.load(tokens[0], with_privileged=False).agent_input
         metrics["latency_ms"] = latency_ms(module, ai, cfg.eval.latency_repeats)
@@ -216,36 +210,3 @@ def evaluate_expert(cfg: StudyConfig, store_path: Path, out: Path) -> dict[str, 
     )
     atomic_write_json(out / "metrics.json", metrics)
     return {"num_scenes": len(tokens)}
-
-
-def evaluate_oracle(cfg: StudyConfig, store_path: Path, oracle: Artifact, out: Path) -> dict[str, Any]:
-    """EvoDriveVLA's oracle teacher alone (its "teacher" row): the refined greedy plan it writes from the
-    current and future front frames and the future ego status, on the validation scenes, scored open
-    loop and by PDMS like any row. No closed loop and no latency: the future frames do not exist while
-    driving. Parse failures are counted and replaced by the fallback plan, as for the students."""
-    from drivedistill.data.dataset import collate
-    from drivedistill.data.store import SceneStore
-    from drivedistill.models.students.vla import poses_from_xy
-    from drivedistill.models.teachers.oracle import OracleConfig, OracleTeacher
-    from drivedistill.train.evaluate import evaluate_plans
-
-    store = SceneStore(store_path)
-    tokens = store.tokens(cfg.eval.split)[: cfg.eval.max_scenes or None]
-    scenes = [store.load(t) for t in tokens]
-    ocfg = from_dict(OracleConfig, cfg.evodrive.get("oracle", {}), "evodrive.oracle")
-    teacher = OracleTeacher.load(oracle.path / "oracle", ocfg).eval()
-    plans, failures, examples = [], 0, []
-    for start in range(0, len(scenes), 16):
-        xy, texts, failed = teacher.plan(collate(scenes[start : start + 16]))
-        plans.append(poses_from_xy(xy).numpy())
-        failures += int(failed.sum())
-        examples += [t for t, f in zip(texts, failed.tolist()) if f]
-    ecfg = dataclasses.replace(eval_config(cfg), closed_loop=False)
-    metrics: dict[str, Any] = {"seed": 0, "num_scenes": len(tokens)}
-    metrics["params_m"] = sum(p.numel() for p in teacher.parameters()) / 1e6
-    metrics["parse_failures"] = {"count": failures, "decoded": len(scenes)}
-    metrics["parse_failure_examples"] = examples[:3]
-    plans_ = np.concatenate(plans).astype(np.float64)
-    metrics.update(study_metrics(evaluate_plans(plans_, scenes, store, ecfg, None)))
-    atomic_write_json(out / "metrics.json", metrics)
-    return {"num_scenes": len(tokens), "parse_failures": failures}

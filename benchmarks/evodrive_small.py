@@ -24,10 +24,11 @@ from drivedistill.data.dataset import collate
 from drivedistill.data.store import SceneStore
 from drivedistill.methods.evodrive import EvoDriveConfig
 from drivedistill.methods.vla_sft import answer_ce
-from drivedistill.models.perception import PerceptionConfig, linear_probe, pretrain_perception
+from drivedistill.models.perception import PerceptionConfig, linear_probe
 from drivedistill.models.students.vla import VLAConfig, VLAStudent
 from drivedistill.models.teachers.oracle import OracleConfig
 from drivedistill.models.vlm import VLMConfig, VLMCore
+from drivedistill.recipes.evodrive import pretrain_perception
 
 
 def train(model: Any, scenes: list, steps: int, bs: int, lr: float, seed: int) -> list[dict[str, float]]:

@@ -3,9 +3,10 @@
 EvoDriveVLA protects the *pretrained perception* of the vision encoder while planning fine-tuning
 unfreezes it. Offline there are no pretrained weights, so perception is made explicitly:
 
-1. `pretrain_perception` trains the VLM's vision encoder + merger (with a throw-away linear head) to
-   predict a coarse BEV **agent occupancy** grid from the front camera; targets come from
-   `Privileged.agents` at t = 0 (training-time supervision only).
+1. `OccupancyPretraining` is the VLM's vision encoder + merger (with a throw-away linear head) trained
+   by the training loop (`recipes.evodrive.pretrain_perception`) to predict a coarse BEV **agent
+   occupancy** grid from the front camera; targets come from `Privileged.agents` at t = 0
+   (training-time supervision only).
 2. `linear_probe` measures perception: a logistic-regression probe on the *frozen* flattened visual
    tokens (B, T·D) predicts the same grid on held-out scenes → occupancy IoU and cell accuracy. Run it
    before and after planning fine-tuning (with / without self-anchoring) to see perception being lost.
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -116,95 +116,74 @@ def iou_and_accuracy(logits: torch.Tensor, target: torch.Tensor) -> dict[str, fl
 
 
 @dataclass
-class _OccupancyBatch:
+class OccupancyBatch:
     """A batch of perception pretraining: images (B, 3, H, W) in [0, 1], occupancy targets (B, G)."""
 
     images: torch.Tensor
     targets: torch.Tensor
     tokens: list[str]
 
-    def to(self, device: str | torch.device) -> _OccupancyBatch:
-        return _OccupancyBatch(self.images.to(device), self.targets.to(device), self.tokens)
+    def to(self, device: str | torch.device) -> OccupancyBatch:
+        return OccupancyBatch(self.images.to(device), self.targets.to(device), self.tokens)
 
 
-class _OccupancyPretraining(nn.Module):
-    """The vision encoder + merger with a throw-away linear head, trained by BCE on occupancy (the
-    training loop's `losses` interface). The rest of the VLM is held outside the module tree, so the
-    loop neither optimises nor saves it."""
+OccupancySample = tuple[torch.Tensor, torch.Tensor, str]  # image (3, H, W), target (G,), token
+
+
+class OccupancyPretraining(nn.Module):
+    """Perception pretraining as a model of the training loop (`train.loop.fit`): the core's vision
+    encoder + merger with a throw-away linear head, `losses` = BCE on the BEV agent occupancy (positive
+    cells weighted by their rarity). The rest of the VLM is held outside the module tree, so the loop
+    neither optimises nor saves it.
+
+        model, samples = OccupancyPretraining.build(core, scenes, cfg, seed)
+        fit(model, samples, train_cfg, out_dir, collate=OccupancyPretraining.collate)
+    """
 
     def __init__(self, core: VLMCore, dim: int, cells: int, pos_weight: torch.Tensor) -> None:
         super().__init__()
         self._core = [core]  # not a submodule: only `visual` (a submodule) and `head` train
         self.visual = core.visual
         self.head = nn.Linear(dim, cells)
+        self.pos_weight: torch.Tensor
         self.register_buffer("pos_weight", pos_weight)
 
-    def logits(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(visual_features(self._core[0], images, self.visual))
+    @classmethod
+    def build(
+        cls, core: VLMCore, scenes: Sequence[Scene], cfg: PerceptionConfig, seed: int = 0
+    ) -> tuple[OccupancyPretraining, list[OccupancySample]]:
+        """The model (head seeded by `seed`) and its training samples (targets from Privileged.agents)."""
+        images, targets = scene_batch(scenes, cfg)
+        with torch.no_grad():
+            dim = visual_features(core, images[:1]).shape[1]
+        pos_weight = ((1 - targets.mean(0)) / targets.mean(0).clamp_min(1e-3)).clamp(1.0, 20.0)
+        torch.manual_seed(seed)
+        model = cls(core, dim, targets.shape[1], pos_weight)
+        return model, [(images[i], targets[i], s.token) for i, s in enumerate(scenes)]
 
-    def losses(self, batch: _OccupancyBatch) -> dict[str, torch.Tensor]:
-        loss = F.binary_cross_entropy_with_logits(
-            self.logits(batch.images), batch.targets, pos_weight=self.pos_weight
-        )
-        return {"loss": loss, "occupancy_bce": loss.detach()}
-
-
-def pretrain_perception(
-    core: VLMCore,
-    scenes: Sequence[Scene],
-    cfg: PerceptionConfig,
-    out_dir: str | Path,
-    seed: int = 0,
-    device: str = "cpu",
-) -> dict[str, float]:
-    """Train the core's vision encoder + merger on BEV occupancy (BCE) with the training loop
-    (`train.loop.fit`, `cfg.steps` steps of `cfg.batch_size`, checkpoints in `out_dir`) → the mean
-    training-set BCE before ("first") and after ("last"). The linear head is discarded afterwards; save
-    the core (`core.save(dir)`) as the students' starting point."""
-    from drivedistill.train.loop import TrainConfig, fit
-
-    images, targets = scene_batch(scenes, cfg)
-    with torch.no_grad():
-        dim = visual_features(core, images[:1]).shape[1]
-    pos_weight = ((1 - targets.mean(0)) / targets.mean(0).clamp_min(1e-3)).clamp(1.0, 20.0)
-    torch.manual_seed(seed)
-    model = _OccupancyPretraining(core, dim, targets.shape[1], pos_weight)
-    samples = [(images[i], targets[i], s.token) for i, s in enumerate(scenes)]
-
-    def collate(items: Sequence[tuple[torch.Tensor, torch.Tensor, str]]) -> _OccupancyBatch:
-        return _OccupancyBatch(
+    @staticmethod
+    def collate(items: Sequence[OccupancySample]) -> OccupancyBatch:
+        return OccupancyBatch(
             torch.stack([i for i, _, _ in items]),
             torch.stack([t for _, t, _ in items]),
             [k for *_, k in items],
         )
 
-    def mean_bce() -> float:
-        model.eval()
-        with torch.no_grad():
-            parts = [model.losses(collate(samples[j : j + 64]))["loss"] for j in range(0, len(samples), 64)]
-        return float(torch.stack(parts).mean())
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(visual_features(self._core[0], images, self.visual))
 
-    first = mean_bce()
-    batch_size = min(cfg.batch_size, len(samples))
-    epochs = -(-cfg.steps // max(len(samples) // batch_size, 1))
-    train_cfg = TrainConfig(
-        epochs=max(epochs, 1),
-        max_steps=cfg.steps,
-        batch_size=batch_size,
-        lr=cfg.lr,
-        weight_decay=0.0,
-        warmup=0.0,
-        min_lr_ratio=1.0,  # a constant learning rate
-        grad_clip=0.0,
-        seed=seed,
-        device=device,
-        log_every=max(1, min(10, cfg.steps)),
-        progress=False,
-    )
-    resume = (Path(out_dir) / "checkpoints").exists()
-    fit(model, samples, train_cfg, out_dir, collate=collate, resume=resume)
-    model.cpu()
-    return {"first": first, "last": mean_bce()}
+    def losses(self, batch: OccupancyBatch) -> dict[str, torch.Tensor]:
+        loss = F.binary_cross_entropy_with_logits(
+            self.logits(batch.images), batch.targets, pos_weight=self.pos_weight
+        )
+        return {"loss": loss, "occupancy_bce": loss.detach()}
+
+    @torch.no_grad()
+    def mean_loss(self, samples: Sequence[OccupancySample]) -> float:
+        """Mean BCE over `samples` (eval mode, CPU)."""
+        self.eval()
+        parts = [self.losses(self.collate(samples[j : j + 64]))["loss"] for j in range(0, len(samples), 64)]
+        return float(torch.stack(parts).mean())
 
 
 def linear_probe(

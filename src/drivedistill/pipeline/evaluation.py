@@ -9,7 +9,9 @@ teacher planning alone, e.g. from future frames) plan from privileged informatio
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -208,5 +210,28 @@ def evaluate_expert(cfg: StudyConfig, store_path: Path, out: Path) -> dict[str, 
     metrics.update(
         study_metrics(evaluate_plans(plans.astype(np.float64), scenes, store, eval_config(cfg), EXPERT))
     )
+    atomic_write_json(out / "metrics.json", metrics)
+    return {"num_scenes": len(tokens)}
+
+
+def evaluate_reference(
+    cfg: StudyConfig,
+    store_path: Path,
+    plan: Callable[[list[Scene]], tuple[np.ndarray, dict[str, Any]]],
+    out: Path,
+) -> dict[str, Any]:
+    """A reference row a recipe declares (a teacher planning alone): `plan(validation scenes)` →
+    ((N, 8, 3) plans, extra metric blocks), scored open loop and by PDMS like any row. No closed loop
+    and no latency: such teachers read what does not exist while driving (e.g. future frames)."""
+    from drivedistill.data.store import SceneStore
+    from drivedistill.train.evaluate import evaluate_plans
+
+    store = SceneStore(store_path)
+    tokens = store.tokens(cfg.eval.split)[: cfg.eval.max_scenes or None]
+    scenes = [store.load(t) for t in tokens]
+    plans, extra = plan(scenes)
+    ecfg = dataclasses.replace(eval_config(cfg), closed_loop=False)
+    metrics: dict[str, Any] = {"seed": 0, "num_scenes": len(tokens), **extra}
+    metrics.update(study_metrics(evaluate_plans(np.asarray(plans, np.float64), scenes, store, ecfg, None)))
     atomic_write_json(out / "metrics.json", metrics)
     return {"num_scenes": len(tokens)}

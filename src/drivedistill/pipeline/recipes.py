@@ -166,12 +166,13 @@ class _DedupContext(StageContext):
 
     def run(self, cfg: Any, inputs: list[Artifact], fn: Any) -> Artifact:
         assert self.owner is not None
+        runner = self.owner.runner
         key_cfg = self.key_config(cfg)
-        key = self.runner.key(self.instance, key_cfg, inputs)
-        path = self.runner.stage_root / f"{self.instance}-{key}"
+        key = runner.key(self.instance, key_cfg, inputs)
+        path = runner.stage_root / f"{self.instance}-{key}"
         if path in self.owner.by_path:
             return self.owner.by_path[path][1]
-        art = self.runner.run(self.instance, key_cfg, inputs, fn, label=self.label)
+        art = runner.run(self.instance, key_cfg, inputs, fn, label=self.label)
         self.owner.by_path[art.path] = (self.label, art)
         return art
 

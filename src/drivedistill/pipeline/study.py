@@ -21,7 +21,6 @@ import numpy as np
 from drivedistill.config import deep_merge, from_dict, to_dict
 from drivedistill.pipeline.cache import Artifact, StageRunner
 from drivedistill.pipeline.config import ModelSpec, StudyConfig
-from drivedistill.pipeline.extras import Extras, read_extras
 from drivedistill.pipeline.recipes import (
     RecipeStages,
     all_recipes,
@@ -32,6 +31,7 @@ from drivedistill.pipeline.recipes import (
     row_recipe_config,
     student_paths,
 )
+from drivedistill.recipes.extras import Extras, read_extras
 from drivedistill.utils.io import atomic_write_json
 
 
@@ -307,11 +307,13 @@ def run_study(
     recipes = RecipeStages(runner, cfg, store)
     needs: dict[str, list[str]] = {}
     for model in cfg.models:  # recipe stages first: every row's teachers, each distinct key once
-        for seed in cfg.seeds:
-            needs.setdefault(model.name, [])
-            needs[model.name] += [label for label, _ in recipes.for_model(model, seed)]
+        labels = [label for seed in cfg.seeds for label, _ in recipes.for_model(model, seed)]
+        needs[model.name] = list(dict.fromkeys(labels))
     if recipes_only:
         return {"stage_seconds": runner.timings}
+    quality = {} if dry_run or part else recipes.quality()  # the teachers' gates, before students train
+    for label, gate in quality.items():
+        print(f"teacher quality {label}: {'pass' if gate.get('pass') else 'FAIL'} {gate.get('checks', {})}")
     trained_runs: dict[tuple[str, int], Artifact] = {}
     evaluated: dict[tuple[str, int], Artifact] = {}
     for model in cfg.models:
@@ -346,6 +348,8 @@ def run_study(
         )
         references[EXPERT_ROW] = [ref]
     if cfg.eval.recipe_references:
+        from drivedistill.pipeline.evaluation import evaluate_reference
+
         for (name, variant, tseed), done in recipes.results.items():
             recipe = all_recipes()[name]
             for reference in recipe.references if not variant else ():
@@ -353,11 +357,12 @@ def run_study(
                     continue
                 art, rcfg = done[reference.stage][1], cfg.recipe(name)
                 who = reference.row.split("/")[0]
+                plan = functools.partial(reference.plan, rcfg, art)
                 ev = runner.run(
                     f"eval-{who}" + (f"-s{tseed}" if tseed is not None else ""),
                     {"eval": eval_key(cfg), who: reference.key(rcfg)},
                     [store, art],
-                    functools.partial(reference.evaluate, rcfg, cfg, store.store_dir(), art),
+                    functools.partial(evaluate_reference, cfg, store.store_dir(), plan),
                 )
                 references.setdefault(reference.row, []).append(ev)
     if dry_run:
@@ -374,7 +379,7 @@ def run_study(
     for name, evs in references.items():
         per_seed[name] = [{**_metrics(ev), "seed": i} for i, ev in enumerate(evs)]
     results = aggregate(cfg, per_seed)
-    results["teacher_quality"] = recipes.quality()
+    results["teacher_quality"] = quality
     results["stage_seconds"] = {**(timings or {}), **runner.timings, "total": time.perf_counter() - t0}
     results["compute_seconds"] = {**runner.recorded, "total": sum(runner.recorded.values())}
     results["stage_hardware"] = dict(runner.hardware)
@@ -393,7 +398,7 @@ def _row_extras(paths: list[Path], prepare: Any, row_cfg: Any) -> Extras:
 
 def rows(cfg: StudyConfig, references: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """The rows of the study with what pairs them: baseline row, controlled row, labelled samples."""
-    out = [{"row": name, "kind": "reference"} for name in (references or {})]
+    out: list[dict[str, Any]] = [{"row": name, "kind": "reference"} for name in (references or {})]
     for m in cfg.models:
         out.append(
             {

@@ -24,10 +24,33 @@ import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from drivedistill.pipeline.cache import Artifact, StageRunner
+
+class Artifact(Protocol):
+    """A finished (or, in a dry run, planned) stage as the pipeline's runner returns it
+    (pipeline.cache.Artifact): its directory, content key and the summary its function returned."""
+
+    @property
+    def key(self) -> str: ...
+    @property
+    def path(self) -> Path: ...
+    @property
+    def summary(self) -> dict[str, Any]: ...
+    def store_dir(self) -> Path: ...
+
+
+class StageRunner(Protocol):
+    """What runs a stage once per key (pipeline.cache.StageRunner)."""
+
+    def run(
+        self,
+        name: str,
+        cfg: Any,
+        inputs: list[Any],
+        fn: Callable[[Path], dict[str, Any]],
+        label: str | None = None,
+    ) -> Any: ...
 
 
 @dataclass
@@ -57,13 +80,13 @@ class StageContext:
             key_cfg["teacher_seed"] = self.seed
         return key_cfg
 
-    def run(self, cfg: Any, inputs: list[Artifact], fn: Callable[[Path], dict[str, Any]]) -> Artifact:
+    def run(self, cfg: Any, inputs: list[Any], fn: Callable[[Path], dict[str, Any]]) -> Any:
         """Run `fn(stage_dir) -> summary` once per key (`key_config(cfg)` + the keys of `inputs`);
         `cfg` is plain data or dataclasses."""
         return self.runner.run(self.instance, self.key_config(cfg), inputs, fn)
 
 
-StageFn = Callable[[Any, StageContext], "Artifact"]
+StageFn = Callable[[Any, StageContext], Artifact]
 
 
 @dataclass(frozen=True)
@@ -106,22 +129,23 @@ class MethodUse:
     cost: float = 1.0
 
 
-# evaluate(recipe_cfg, study_cfg, store_dir, artifact, out_dir) -> summary; writes out_dir/metrics.json
-ReferenceFn = Callable[[Any, Any, Path, "Artifact", Path], dict[str, Any]]
+# plan(recipe_cfg, artifact, validation scenes) -> ((N, 8, 3) plans in the ego frame, extra metric blocks)
+ReferenceFn = Callable[[Any, Artifact, list[Any]], tuple[Any, dict[str, Any]]]
 # quality(recipe_cfg, artifacts by stage name) -> {"pass": bool, "metrics": {...}, ...}
-QualityFn = Callable[[Any, Mapping[str, "Artifact"]], dict[str, Any]]
+QualityFn = Callable[[Any, Mapping[str, Artifact]], dict[str, Any]]
 # evaluate(recipe_cfg, deployable module, store, validation tokens) -> extra metric blocks of a row
 RowMetricsFn = Callable[[Any, Any, Any, list[str]], dict[str, Any]]
 
 
 @dataclass(frozen=True)
 class Reference:
-    """A row evaluated from one recipe artifact alone, named "<who>/privileged" when it reads
-    privileged information (e.g. EvoDrive's future-aware oracle)."""
+    """A row planned by one recipe artifact alone (a teacher), scored by the pipeline like any row on
+    the validation scenes (open loop, PDMS; no closed loop, no latency). Named "<who>/privileged" when it
+    reads privileged information (e.g. EvoDrive's oracle, which sees future frames)."""
 
     row: str
     stage: str
-    evaluate: ReferenceFn
+    plan: ReferenceFn
     key: Callable[[Any], Any] = lambda cfg: {}  # what of the recipe config keys its eval stage
 
 

@@ -11,7 +11,7 @@ alone from privileged future frames. Every VLA row gets a perception probe of it
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,9 +70,42 @@ def _scenes(store: Any) -> tuple[list[Any], list[Any]]:
     return list(scenes.scenes("train")), list(scenes.scenes("val"))
 
 
+def pretrain_perception(
+    core: Any, scenes: Sequence[Any], cfg: PerceptionConfig, out_dir: Path, seed: int = 0, device: str = "cpu"
+) -> dict[str, float]:
+    """Pretrain the core's vision encoder + merger on BEV occupancy with the training loop (`cfg.steps`
+    steps of `cfg.batch_size` at a constant `cfg.lr`, no weight decay or clipping; checkpoints in
+    `out_dir`, so an interrupted stage resumes) → the mean training-set BCE before ("first") and after
+    ("last"). The head is discarded; save the core as the students' starting point."""
+    from drivedistill.models.perception import OccupancyPretraining
+    from drivedistill.train.loop import fit
+
+    model, samples = OccupancyPretraining.build(core, scenes, cfg, seed)
+    first = model.mean_loss(samples)
+    batch_size = min(cfg.batch_size, len(samples))
+    train_cfg = TrainConfig(
+        epochs=max(1, -(-cfg.steps // max(len(samples) // batch_size, 1))),
+        max_steps=cfg.steps,
+        batch_size=batch_size,
+        lr=cfg.lr,
+        weight_decay=0.0,
+        warmup=0.0,
+        min_lr_ratio=1.0,  # a constant learning rate
+        grad_clip=0.0,
+        seed=seed,
+        device=device,
+        log_every=max(1, min(10, cfg.steps)),
+        progress=False,
+    )
+    resume = (out_dir / "checkpoints").exists()
+    fit(model, samples, train_cfg, out_dir, collate=model.collate, resume=resume)
+    model.cpu()
+    return {"first": first, "last": model.mean_loss(samples)}
+
+
 def perception_stage(cfg: EvoDriveRecipeConfig, ctx: StageContext) -> Any:
     """Build the tiny VLM, pretrain its vision encoder on BEV occupancy, probe it, save it."""
-    from drivedistill.models.perception import linear_probe, pretrain_perception
+    from drivedistill.models.perception import linear_probe
     from drivedistill.models.vlm import VLMCore
 
     vlm_cfg = dataclasses.replace(cfg.vlm, image_hw=cfg.image_hw or store_image_hw(ctx.store))
@@ -132,26 +165,16 @@ def oracle_stage(cfg: EvoDriveRecipeConfig, ctx: StageContext) -> Any:
     return ctx.run(stage_cfg, [ctx.store, perception], run)
 
 
-def evaluate_oracle(
-    cfg: EvoDriveRecipeConfig, study: Any, store_path: Path, oracle: Any, out: Path
-) -> dict[str, Any]:
-    """The oracle teacher alone (its "teacher" row): the refined greedy plan it writes from the current
-    and future front frames and the future ego status, on the validation scenes, scored open loop and
-    by PDMS like any row. No closed loop and no latency: the future frames do not exist while driving.
-    Parse failures are counted and replaced by the fallback plan, as for the students."""
+def oracle_plans(cfg: EvoDriveRecipeConfig, oracle: Any, scenes: list[Any]) -> tuple[Any, dict[str, Any]]:
+    """The oracle teacher alone (its "teacher" row): the refined greedy plans it writes from the current
+    and future front frames and the future ego status → ((N, 8, 3) plans, its parameters and parse
+    failures). Failed parses are counted and replaced by the fallback plan, as for the students."""
     import numpy as np
 
     from drivedistill.data.dataset import collate
-    from drivedistill.data.store import SceneStore
     from drivedistill.models.students.vla import poses_from_xy
     from drivedistill.models.teachers.oracle import OracleTeacher
-    from drivedistill.pipeline.evaluation import eval_config, study_metrics
-    from drivedistill.train.evaluate import evaluate_plans
-    from drivedistill.utils.io import atomic_write_json
 
-    store = SceneStore(store_path)
-    tokens = store.tokens(study.eval.split)[: study.eval.max_scenes or None]
-    scenes = [store.load(t) for t in tokens]
     teacher = OracleTeacher.load(oracle.path / "oracle", cfg.oracle).eval()
     plans, failures, examples = [], 0, []
     for start in range(0, len(scenes), 16):
@@ -159,15 +182,12 @@ def evaluate_oracle(
         plans.append(poses_from_xy(xy).numpy())
         failures += int(failed.sum())
         examples += [t for t, f in zip(texts, failed.tolist()) if f]
-    ecfg = dataclasses.replace(eval_config(study), closed_loop=False)
-    metrics: dict[str, Any] = {"seed": 0, "num_scenes": len(tokens)}
-    metrics["params_m"] = sum(p.numel() for p in teacher.parameters()) / 1e6
-    metrics["parse_failures"] = {"count": failures, "decoded": len(scenes)}
-    metrics["parse_failure_examples"] = examples[:3]
-    plans_ = np.concatenate(plans).astype(np.float64)
-    metrics.update(study_metrics(evaluate_plans(plans_, scenes, store, ecfg, None)))
-    atomic_write_json(out / "metrics.json", metrics)
-    return {"num_scenes": len(tokens), "parse_failures": failures}
+    extra = {
+        "params_m": sum(p.numel() for p in teacher.parameters()) / 1e6,
+        "parse_failures": {"count": failures, "decoded": len(scenes)},
+        "parse_failure_examples": examples[:3],
+    }
+    return np.concatenate(plans), extra
 
 
 def perception_probe(cfg: EvoDriveRecipeConfig, module: Any, store: Any, tokens: list[str]) -> dict[str, Any]:
@@ -222,9 +242,7 @@ def build(cfg: EvoDriveRecipeConfig) -> Recipe:
             ),
         ),
         references=(
-            Reference(
-                "oracle/privileged", "evodrive_oracle", evaluate_oracle, key=lambda c: to_dict(c.oracle)
-            ),
+            Reference("oracle/privileged", "evodrive_oracle", oracle_plans, key=lambda c: to_dict(c.oracle)),
         ),
         quality=quality,
         row_metrics=perception_probe,

@@ -91,7 +91,7 @@ def lam_stage(cfg: LatentVLARecipeConfig, ctx: StageContext) -> Any:
         position_majority_accuracy,
         probe_trajectory,
     )
-    from drivedistill.pipeline.extras import save_extras
+    from drivedistill.recipes.extras import save_extras
     from drivedistill.train.loop import fit
     from drivedistill.utils.runtime import seed_everything
 
@@ -157,7 +157,7 @@ def teacher_stage(cfg: LatentVLARecipeConfig, ctx: StageContext) -> Any:
     from drivedistill.data.store import SceneStore
     from drivedistill.models.latent_action.encode import EGO_CODES_KEY
     from drivedistill.models.teachers.vlm import TEACHER_LOGITS_KEY, cache_teacher_logits
-    from drivedistill.pipeline.extras import load_extras, save_extras
+    from drivedistill.recipes.extras import load_extras, save_extras
     from drivedistill.train.loop import fit
     from drivedistill.utils.runtime import seed_everything
 

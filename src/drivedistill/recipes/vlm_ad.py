@@ -43,7 +43,7 @@ def annotate_stage(cfg: VLMADRecipeConfig, ctx: StageContext) -> Any:
     from drivedistill.data.store import SceneStore
     from drivedistill.methods.vlm_ad import store_extras
     from drivedistill.models.text_encoder import TextEncoder
-    from drivedistill.pipeline.extras import save_extras
+    from drivedistill.recipes.extras import save_extras
 
     stage_cfg = {
         "annotator": cfg.annotator,

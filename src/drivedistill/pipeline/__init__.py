@@ -84,7 +84,7 @@ def _print_plan(console: Any, plan: dict[str, Any], out: Path) -> int:
     samples of a learning-curve point), what would run, and an estimate from earlier runs."""
     for row in plan.get("rows", []):
         notes = [f"{k} {row[k]}" for k in ("baseline", "controls", "max_samples") if row.get(k) is not None]
-        console.print(f"  row {row['row']:<40} {row['kind']:<9} {' · '.join(notes)}")
+        console.print(f"  row {row['row']:<40} {row['kind']:<9} {' · '.join(notes)}", soft_wrap=True)
     if plan["everything"]:
         console.print(f"{out} has no finished collect stage: every stage would run.")
         return 0

@@ -94,9 +94,6 @@ class RecipeStages:
     by_path: dict[Path, tuple[str, Artifact]] = field(default_factory=dict)  # stage dir → (label, artifact)
     results: dict[tuple[str, str, int | None], dict[str, tuple[str, Artifact]]] = field(default_factory=dict)
 
-    def teacher_seeds(self) -> list[int | None]:
-        return list(self.cfg.seeds) if self.cfg.teachers == "per_seed" else [None]
-
     def teacher_seed(self, seed: int) -> int | None:
         return seed if self.cfg.teachers == "per_seed" else None
 
@@ -125,8 +122,8 @@ class RecipeStages:
                 label=label,
                 owner=self,
             )
-            art = stage.run(recipe_cfg, ctx)
-            done[stage.name] = (self.by_path[art.path][0], art)
+            art = stage.run(recipe_cfg, ctx)  # the runner's artifact, recorded by `ctx.run` under its path
+            done[stage.name] = self.by_path[art.path]
         return done
 
     def for_model(self, model: ModelSpec, seed: int) -> list[tuple[str, Artifact]]:

@@ -118,6 +118,9 @@ def test_smoke_with_two_seeds_and_a_teacher_per_seed_fills_every_new_field(tmp_p
             "--seeds=[0,1]",
             "--teachers=per_seed",
             SEEDED_ROWS,
+            "--recipes.latent_vla.lam_train.max_steps=2",  # the fields, not the teachers, are tested
+            "--recipes.latent_vla.teacher_train.max_steps=2",
+            "--train.max_steps=2",
             "--eval.closedloop_episodes=0",
             "--eval.latency_repeats=2",
             "--eval.max_scenes=8",

@@ -20,6 +20,7 @@ checked for NaN/Inf (raising with the step, the tokens and the part) and logged 
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -35,6 +36,8 @@ from drivedistill.config import ConfigError, check, to_dict
 from drivedistill.train import checkpoint as ckpt
 from drivedistill.train.distributed import DistInfo, all_reduce_mean, init_distributed, wrap
 from drivedistill.utils.runtime import seed_everything
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -189,13 +192,19 @@ def fit(
     info = init_distributed(cfg.device)
     device = info.device
     full_config = {**dict(config or {}), "train": to_dict(cfg)}
+    partial = ckpt.remove_partial(out) if info.is_main else []  # saves a kill or a full disk cut short
     existing = (out / "checkpoints" / ckpt.LATEST).exists()
     if existing and not resume:
         raise FileExistsError(
             f"{out} already holds a run; pass --resume to continue it or choose another --out"
         )
     if resume and not existing:
-        raise FileNotFoundError(f"--resume: {out} has no checkpoint yet; drop --resume to start the run")
+        if not partial:
+            raise FileNotFoundError(f"--resume: {out} has no checkpoint yet; drop --resume to start the run")
+        log.warning(
+            "%s: the first checkpoint save was interrupted (removed %s); starting from step 0", out, partial
+        )
+        resume = False
 
     n = len(data)  # type: ignore[arg-type]  # map-style datasets define __len__
     per_step = cfg.batch_size if collate is not None else 1
@@ -221,14 +230,15 @@ def fit(
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     step = 0
     if resume:
-        saved = ckpt.read_config(out)
+        point = ckpt.resume_point(out)  # the newest checkpoint that reads back completely
+        saved = ckpt.read_config(point)
         if saved != full_config:
             diff = sorted(k for k in set(saved) | set(full_config) if saved.get(k) != full_config.get(k))
             raise ConfigError(
                 f"--resume: the config differs from {out}'s in sections {diff}; resume with the same config"
             )
-        ckpt.load_weights(out, model)
-        state = ckpt.read_state(out)
+        ckpt.load_weights(point, model)
+        state = ckpt.read_state(point)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])

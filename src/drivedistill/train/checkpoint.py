@@ -198,7 +198,7 @@ def resume_point(run_dir: str | Path) -> Path:
             candidates = [first] + [c for c in candidates if c != first]
         except (ValueError, KeyError, TypeError):
             pass
-    problems = []
+    problems: list[str] = []
     for c in candidates:
         why = problem(c)
         if why is None:

@@ -20,6 +20,7 @@ checked for NaN/Inf (raising with the step, the tokens and the part) and logged 
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -31,31 +32,43 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from drivedistill.config import ConfigError, to_dict
+from drivedistill.config import ConfigError, check, to_dict
 from drivedistill.train import checkpoint as ckpt
 from drivedistill.train.distributed import DistInfo, all_reduce_mean, init_distributed, wrap
 from drivedistill.utils.runtime import seed_everything
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class TrainConfig:
     """Optimisation and bookkeeping of one training run (`--train.<field>=...`)."""
 
-    epochs: int = 10
-    max_steps: int = 0  # > 0: stop after this many optimiser steps (caps `epochs`)
-    batch_size: int = 16  # per process
-    lr: float = 3e-4
-    weight_decay: float = 0.01  # AdamW, on weight matrices only
-    warmup: float = 0.03  # fraction of all steps with a linear warm-up
-    min_lr_ratio: float = 0.01  # the cosine ends at lr · min_lr_ratio
-    grad_clip: float = 1.0  # max global gradient norm; 0 = off
+    epochs: int = field(default=10, metadata=check(ge=1))
+    max_steps: int = field(
+        default=0, metadata=check(ge=0)
+    )  # > 0: stop after this many optimiser steps (caps `epochs`)
+    batch_size: int = field(default=16, metadata=check(ge=1))  # per process
+    lr: float = field(default=3e-4, metadata=check(gt=0))
+    weight_decay: float = field(default=0.01, metadata=check(ge=0))  # AdamW, on weight matrices only
+    warmup: float = field(
+        default=0.03, metadata=check(ge=0, lt=1)
+    )  # fraction of all steps with a linear warm-up
+    min_lr_ratio: float = field(
+        default=0.01, metadata=check(ge=0, le=1)
+    )  # the cosine ends at lr · min_lr_ratio
+    grad_clip: float = field(default=1.0, metadata=check(ge=0))  # max global gradient norm; 0 = off
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16/fp16 on GPU, fp32 on CPU
     seed: int = 0
     device: str = "auto"
-    num_workers: int = 0  # DataLoader workers
-    log_every: int = 10  # steps between loss checks / TensorBoard scalars / progress updates
-    checkpoint_every: int = 0  # steps between checkpoints; 0 = at the end of every epoch
-    keep_checkpoints: int = 2
+    num_workers: int = field(default=0, metadata=check(ge=0))  # DataLoader workers
+    log_every: int = field(
+        default=10, metadata=check(ge=1)
+    )  # steps between loss checks / TensorBoard scalars / progress updates
+    checkpoint_every: int = field(
+        default=0, metadata=check(ge=0)
+    )  # steps between checkpoints; 0 = at the end of every epoch
+    keep_checkpoints: int = field(default=2, metadata=check(ge=0))
     progress: bool = True  # a rich progress bar on rank 0
     find_unused_parameters: bool = False  # DDP: set when some trainable parameters skip a step
 
@@ -179,13 +192,19 @@ def fit(
     info = init_distributed(cfg.device)
     device = info.device
     full_config = {**dict(config or {}), "train": to_dict(cfg)}
+    partial = ckpt.remove_partial(out) if info.is_main else []  # saves a kill or a full disk cut short
     existing = (out / "checkpoints" / ckpt.LATEST).exists()
     if existing and not resume:
         raise FileExistsError(
             f"{out} already holds a run; pass --resume to continue it or choose another --out"
         )
     if resume and not existing:
-        raise FileNotFoundError(f"--resume: {out} has no checkpoint yet; drop --resume to start the run")
+        if not partial:
+            raise FileNotFoundError(f"--resume: {out} has no checkpoint yet; drop --resume to start the run")
+        log.warning(
+            "%s: the first checkpoint save was interrupted (removed %s); starting from step 0", out, partial
+        )
+        resume = False
 
     n = len(data)  # type: ignore[arg-type]  # map-style datasets define __len__
     per_step = cfg.batch_size if collate is not None else 1
@@ -211,14 +230,15 @@ def fit(
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     step = 0
     if resume:
-        saved = ckpt.read_config(out)
+        point = ckpt.resume_point(out)  # the newest checkpoint that reads back completely
+        saved = ckpt.read_config(point)
         if saved != full_config:
             diff = sorted(k for k in set(saved) | set(full_config) if saved.get(k) != full_config.get(k))
             raise ConfigError(
                 f"--resume: the config differs from {out}'s in sections {diff}; resume with the same config"
             )
-        ckpt.load_weights(out, model)
-        state = ckpt.read_state(out)
+        ckpt.load_weights(point, model)
+        state = ckpt.read_state(point)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])

@@ -271,7 +271,12 @@ def test_answer_slices_handle_different_lengths(student: VLAStudent, batch: Batc
     traj = torch.zeros(2, 8, 3)
     traj[0, :, 0] = torch.arange(1, 9) * 1.0  # "+01.00" … "+08.00"
     traj[1, :, 0] = torch.arange(1, 9) * 100.0 + 0.25  # "+100.25" … one more digit per x
-    enc = student.encode_train(batch.inputs, traj)
+    cfg = student.cfg
+    student.cfg = dataclasses.replace(cfg, plan_text="absolute")  # the waypoints themselves
+    try:
+        enc = student.encode_train(batch.inputs, traj)
+    finally:
+        student.cfg = cfg
     assert enc.labels is not None
     counts = (enc.labels != -100).sum(1)
     assert counts[1] == counts[0] + 6

@@ -3,8 +3,9 @@
 The **only** model that reads `Privileged.future_frames`. Its prompt holds the current front camera,
 the front frames at +1/+2/+3 s, the past trajectory, ego status, the future ego status (speed,
 acceleration, yaw rate at 0.5 … 3 s), the **future path** dead-reckoned from the current and future
-ego status (`future_path=true`, written in the answer's own format: offsets from constant speed when
-`plan_text="residual"`) and the command; its answer is the same plan text as the student's.
+ego status (`future_path=true`, written in the answer's own format — offsets from constant speed when
+`plan_text="residual"` — at the very end of the user turn) and the command; its answer is the same plan
+text as the student's.
 
 Why the future path: the future ego status holds the future motion, but a tiny language model does not
 integrate speeds and yaw rates into metres (trained on those numbers alone, the oracle planned at

@@ -85,8 +85,9 @@ def user_text(
     ego_history (4, 3) past poses at -2.0 … -0.5 s, ego_status (3,) speed/accel/yaw rate; both None when
     the planner runs without ego status. `future_ego_status` (K, 3) and `num_future_frames` are the
     oracle's privileged extras (future frames at +1/+2/+3 s follow the current image); `future_path`
-    (N, 2) [m] is the oracle's dead-reckoned future path, written in the answer's own format (so the
-    answer can copy it digit by digit). `plan_text` = "residual": the task asks for offsets from the
+    (N, 2) [m] is the oracle's dead-reckoned future path, written in the answer's own format at the
+    very end of the turn, so that every digit of it is a fixed number of tokens before the same digit of
+    the answer (a copy is one relative-position attention pattern). `plan_text` = "residual": the task asks for offsets from the
     constant-speed plan (x = v·t, y = 0) instead of absolute waypoints.
     """
     parts = ["Front camera: " + image_block(1, tokens_per_image) + "."]
@@ -107,8 +108,6 @@ def user_text(
     if future_ego_status is not None:
         fes = ",".join("(" + ",".join(format_number(v) for v in row) + ")" for row in future_ego_status)
         parts.append(f" Future ego status (speed, acceleration, yaw rate every 0.5 s): [{fes}].")
-    if future_path is not None:
-        parts.append(f" Future path from the future ego status: {format_plan(future_path)}.")
     parts.append(f" Command: {COMMAND_TEXT[int(command)]}. {TRAFFIC_RULES}")
     if plan_text == "residual":
         parts.append(
@@ -117,6 +116,8 @@ def user_text(
         )
     else:
         parts.append(f" Plan the next {num_poses} waypoints (x forward, y left, metres, every 0.5 s).")
+    if future_path is not None:  # last: each of its digits sits at a fixed distance from the answer's
+        parts.append(f" Future path from the future ego status: {format_plan(future_path)}.")
     return "".join(parts)
 
 

@@ -18,6 +18,7 @@ from drivedistill.methods.evodrive import (
     EvoDriveConfig,
     cache_teacher_targets,
     oracle_quality,
+    teacher_forced_ce,
 )
 from drivedistill.metrics.openloop import evaluate_openloop_scenes
 from drivedistill.models.perception import PerceptionConfig, linear_probe, occupancy_grid
@@ -403,7 +404,7 @@ def test_oracle_save_load_keeps_its_prompt_and_answer_format(tmp_path: Path) -> 
         registry.build("method", "evodrive", EvoDriveConfig(visual_kd=False), student=student, teacher=loaded)
 
 
-STEPS = 300  # batch-1 steps; the fixture oracle passed from 200 on (exact answers at 250)
+MAX_STEPS = 800  # batch-1 steps; on AVX2 the fixture oracle passed from 200 on (exact answers at 250)
 GATE_VLM = VLMConfig(
     image_hw=(32, 64),
     hidden_size=32,
@@ -440,11 +441,16 @@ def test_oracle_gate_fails_untrained_and_passes_trained() -> None:
     assert weak["l2_stp3"]["avg"] > 0.5 * ref_l2 and weak["ce_teacher_forced"] > 3.0  # type: ignore[index]
     opt = torch.optim.AdamW(oracle.parameters(), lr=1e-2)
     singles = [collate([s]) for s in scenes]  # batch 1: 4× cheaper steps, the same answer text
-    for step in range(STEPS):
+    # train until the answer is learnt (CE < 0.01; 200–300 steps on AVX2), at most MAX_STEPS: how fast
+    # it converges depends on the CPU's float rounding, what the gate must say afterwards does not
+    for step in range(MAX_STEPS):
         loss = oracle.losses(singles[step % len(singles)])["loss"]
         opt.zero_grad()
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(oracle.parameters(), 1.0)
         opt.step()
+        if step % 50 == 49 and teacher_forced_ce(oracle, scenes) < 0.01:
+            break
     # trained without coarse-to-fine steps (refine_prob 0): its plan is the coarse answer
     good = oracle_quality(oracle, scenes, reference, pdms=False, refine=False)
     assert good["gate"]["pass"] is True, good

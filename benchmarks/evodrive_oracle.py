@@ -69,6 +69,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--ref-l2", type=float, default=1.22, help="best imitation student's ST-P3 L2 [m]")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--oracle-init", default="", help="VLM dir the oracle starts from (default: the perception VLM)")
     ap.add_argument("--skip-oracle", action="store_true")
     ap.add_argument("--skip-student", action="store_true")
     args = ap.parse_args()
@@ -120,7 +121,7 @@ def main() -> None:
         t = clock()
         seed_everything(args.seed)
         ocfg = OracleConfig(
-            vlm=VLMConfig(pretrained_dir=str(pdir)),
+            vlm=VLMConfig(pretrained_dir=args.oracle_init or str(pdir)),
             plan_text=args.plan_text,
             future_path=not args.no_future_path,
             future_status_steps=args.future_status_steps,

@@ -2,6 +2,7 @@
 
     nice -n 10 python benchmarks/evodrive_oracle.py STORE --out /tmp/h7/run.json \
         [--oracle-epochs 4] [--student-epochs 5] [--plan-text residual] [--no-future-path]
+        [--skip-student] [--skip-oracle] [--oracle-init VLM_DIR]
 
 Same models, sizes and training loop as the `default` preset's EvoDrive stages (tiny Qwen2.5-VL of the
 preset, perception pretraining 150 steps, AdamW through `train.loop.fit`, batch 8, lr 2e-3):
@@ -69,7 +70,9 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--ref-l2", type=float, default=1.22, help="best imitation student's ST-P3 L2 [m]")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--oracle-init", default="", help="VLM dir the oracle starts from (default: the perception VLM)")
+    ap.add_argument(
+        "--oracle-init", default="", help="VLM dir the oracle starts from (default: the perception VLM)"
+    )
     ap.add_argument("--skip-oracle", action="store_true")
     ap.add_argument("--skip-student", action="store_true")
     args = ap.parse_args()

@@ -25,11 +25,13 @@ from drivedistill.registry import register
 from drivedistill.train.loop import TrainConfig
 
 PERCEPTION_CODE_VERSION = 1  # bump when `perception_stage` computes something else, same config
-ORACLE_CODE_VERSION = 1  # the same for `oracle_stage`
+# the same for `oracle_stage`: 2 = residual plan text and the dead-reckoned "future path" in its prompt
+ORACLE_CODE_VERSION = 2
 # the same for the evodrive method's training: 2 = MC-dropout candidates took their logits one token
-# late before; 3 = the anchor loss collapsed once the AnchorFormer weights underflowed (visual KD)
-EVODRIVE_CODE_VERSION = 3
-VLA_SFT_CODE_VERSION = 1
+# late before; 3 = the anchor loss collapsed once the AnchorFormer weights underflowed (visual KD);
+# 4 = residual plan text (answers relative to constant velocity)
+EVODRIVE_CODE_VERSION = 4
+VLA_SFT_CODE_VERSION = 2  # 2 = residual plan text
 
 
 @dataclass

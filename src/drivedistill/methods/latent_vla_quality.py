@@ -8,8 +8,8 @@ Checks, all on the validation split (datasets carry the LAM codes as the extra `
 - **code accuracy** — the teacher's teacher-forced accuracy over the K action tokens,
   p(code_j | camera, instruction, codes_<j) (`action_acc` of `VLMTeacher.losses`);
 - **image-free baseline** — a small MLP that sees everything the teacher sees *except the image*:
-  the position j, the previous codes (teacher-forced, as the teacher), the ego status (speed,
-  acceleration, yaw rate) and the route command, trained on the training codes. The teacher must beat
+  the position j, the previous codes (teacher-forced, as the teacher), the speed (when the teacher's
+  prompt has it: `use_ego_status`) and the route command, trained on the training codes. The teacher must beat
   it by `margin_acc`, else its accuracy comes from the code statistics and the ego status, not the scene;
 - **blank-image accuracy** — the same teacher with a black camera: it must lose at least `margin_acc`,
   else it does not read the image;
@@ -91,7 +91,7 @@ def teacher_free_codes(teacher: VLMTeacher, dataset: Any, batch_size: int = 32) 
     return np.concatenate(out).astype(np.int64)
 
 
-def _conditioning(dataset: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _conditioning(dataset: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """codes (N, L), ego status (N, 3), command (N,), futures (N, 8, 3) + valid (N, 8) of a dataset."""
     codes, status, command, fut, valid = [], [], [], [], []
     for batch in _batches(dataset, 64, _collate_of(dataset)):
@@ -121,7 +121,7 @@ def _image_free_features(
     mask = torch.tril(torch.ones(length, length), diagonal=-1)[None, :, :, None]
     prev = (prev * mask).flatten(2)  # (N, L, L·K)
     pos = torch.eye(length)[None].expand(n, -1, -1)
-    st = torch.as_tensor(status, dtype=torch.float32) * torch.tensor([0.1, 1 / 3, 5.0])
+    st = torch.as_tensor(status, dtype=torch.float32) * torch.tensor([0.1, 1 / 3, 5.0])[: status.shape[1]]
     cmd = F.one_hot(torch.as_tensor(command).clamp(0, NUM_COMMANDS - 1), NUM_COMMANDS).float()
     rest = torch.cat([st, cmd], 1)[:, None].expand(-1, length, -1)
     return torch.cat([pos, prev, rest], -1).flatten(0, 1)
@@ -141,7 +141,7 @@ def image_free_accuracy(
 ) -> float:
     """Teacher-forced val accuracy of p(code_j | j, codes_<j, ego status, command): the teacher minus the
     image. An MLP trained full-batch with AdamW (deterministic given `seed`); codes (N, L) int, status
-    (N, 3) [m/s, m/s², rad/s], command (N,) int."""
+    (N, S ≤ 3) [m/s, m/s², rad/s] (the leading fields of the ego status; S = 0: none), command (N,) int."""
     gen = torch.Generator().manual_seed(seed)
     xtr = _image_free_features(codes_train, status_train, command_train, num_codes)
     ytr = torch.as_tensor(codes_train, dtype=torch.long).flatten()
@@ -206,16 +206,21 @@ def latent_teacher_quality(
     [m] under `ADE_PROTOCOL` (`plan_ade(student.plan, val)`); None skips that check and fails the gate
     (nothing to compare with).
 
-    Returns {"code_accuracy", "image_free_accuracy", "blank_image_accuracy", "position_majority_accuracy",
+    Returns {"code_accuracy", "image_free_accuracy", "image_free_full_status_accuracy", "blank_image_accuracy", "position_majority_accuracy",
     "decoded_ade_m", "lam_decoded_ade_m", "mean_trajectory_ade_m", "student_ade_m", "ade_protocol",
     "train_samples", "val_samples", "checks": {name: bool}, "failed": [names], "pass": bool}.
     """
     codes_tr, st_tr, cmd_tr, fut_tr, _ = _conditioning(train)
     codes_va, st_va, cmd_va, fut_va, valid_va = _conditioning(val)
     k = teacher.cfg.num_codes
+    seen = 1 if teacher.cfg.use_ego_status else 0  # the teacher's prompt holds the speed only
     acc = teacher_code_accuracy(teacher, val)
     blank = teacher_code_accuracy(teacher, val, blank_image=True)
-    free = image_free_accuracy(codes_tr, st_tr, cmd_tr, codes_va, st_va, cmd_va, k, steps=baseline_steps)
+    free = image_free_accuracy(
+        codes_tr, st_tr[:, :seen], cmd_tr, codes_va, st_va[:, :seen], cmd_va, k, steps=baseline_steps
+    )
+    # for information: the same baseline with the whole ego status (acceleration and yaw rate too)
+    free_full = image_free_accuracy(codes_tr, st_tr, cmd_tr, codes_va, st_va, cmd_va, k, steps=baseline_steps)
     decoded = trajectory_ade(decode_codes(lam, teacher_free_codes(teacher, val)), fut_va, valid_va)
     lam_decoded = trajectory_ade(decode_codes(lam, codes_va), fut_va, valid_va)
     mean_traj = trajectory_ade(np.broadcast_to(fut_tr.mean(0), fut_va.shape), fut_va, valid_va)
@@ -227,6 +232,7 @@ def latent_teacher_quality(
     return {
         "code_accuracy": acc,
         "image_free_accuracy": free,
+        "image_free_full_status_accuracy": free_full,
         "blank_image_accuracy": blank,
         "position_majority_accuracy": position_majority_accuracy(codes_tr, codes_va),
         "decoded_ade_m": decoded,

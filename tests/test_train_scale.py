@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 from torch import nn
 
@@ -24,7 +25,14 @@ from drivedistill.config import ConfigError
 from drivedistill.train import checkpoint
 from drivedistill.train.config import resolve_run
 from drivedistill.train.distributed import DistInfo, LossForward, fsdp_units, wrap
-from drivedistill.train.loop import TrainConfig, autocast_dtype, fit, loader_options, map_tensors
+from drivedistill.train.loop import (
+    TrainConfig,
+    autocast_dtype,
+    fit,
+    loader_options,
+    map_tensors,
+    train_section,
+)
 
 # One step of 2 processes vs one process: the same float32 sums in another order (two half-batch means
 # averaged by an all-reduce instead of one mean), a few ulps (float32 eps = 1.2e-7) apart on any CPU
@@ -245,7 +253,7 @@ def test_bf16_autocast_step_on_cpu_is_finite_and_close_to_fp32(tmp_path: Path) -
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model.losses(batch)
         assert model.head(batch.x).dtype == torch.bfloat16  # autocast is really on
-    assert torch.isfinite(out["loss"]) and float(out["loss"]) == pytest.approx(fp32, rel=0.05)
+    assert torch.isfinite(out["loss"]) and float(out["loss"].detach()) == pytest.approx(fp32, rel=0.05)
     # through the loop: one step each, same data, losses within bf16 rounding; weights stay fp32
     ra = fit(ToyNet(), toy_data(), _cfg(max_steps=1), tmp_path / "fp32", collate=toy_collate)
     rb = fit(
@@ -290,6 +298,9 @@ def test_config_validation_of_scale_fields() -> None:
         "ego_mlp", overrides=["--train.strategy=fsdp", "--train.compile=true", "--train.precision=bf16"]
     )
     assert (spec.train.strategy, spec.train.compile, spec.train.precision) == ("fsdp", True, "bf16")
+    # command-line choices are plain strings: the train section is saved with yaml.safe_dump
+    assert type(spec.train.strategy) is str and type(spec.train.precision) is str
+    assert "strategy: fsdp" in yaml.safe_dump(train_section(spec.train))
     with pytest.raises(ConfigError, match="strategy"):
         resolve_run("ego_mlp", overrides=["--train.strategy=zero3"])
     with pytest.raises(ConfigError, match="prefetch_factor"):

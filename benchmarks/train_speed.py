@@ -82,7 +82,7 @@ def main() -> None:
             for compiled in (False, True) if args.compile else (False,):
                 n, rate = measure(name, args.batch_size, args.steps, precision, compiled)
                 mode = precision + (" compiled" if compiled else "")
-                print(f"{name:<12} {mode:<14} {n:>10,} {rate:>10.1f}", flush=True)
+                print(f"{name:<12} {mode:<14} {n:>10,} {rate:>10.3g}", flush=True)
 
 
 if __name__ == "__main__":

@@ -101,6 +101,7 @@ def train_stage(
     from drivedistill.data.store import SceneStore
     from drivedistill.methods.base import MethodContext
     from drivedistill.train.checkpoint import without_legacy_fields
+    from drivedistill.train.loop import train_section  # later-added fields at default: same stage key
     from drivedistill.train.run import train_student
 
     spec = resolved_spec(cfg, model, seed, deps)
@@ -110,7 +111,7 @@ def train_stage(
         "spec": {
             **sections,
             "student": without_legacy_fields(sections["student"]),
-            "train": to_dict(spec.train),
+            "train": train_section(spec.train),
             "names": spec.meta(),
         },
     }

@@ -22,7 +22,7 @@ from drivedistill.models.teachers.oracle import OracleConfig
 from drivedistill.models.vlm import VLMConfig
 from drivedistill.recipes.base import MethodUse, Recipe, Reference, Stage, StageContext, store_image_hw
 from drivedistill.registry import register
-from drivedistill.train.loop import TrainConfig
+from drivedistill.train.loop import TrainConfig, train_section
 
 PERCEPTION_CODE_VERSION = 1  # bump when `perception_stage` computes something else, same config
 # the same for `oracle_stage`: 2 = residual plan text and the dead-reckoned "future path" in its prompt
@@ -165,7 +165,7 @@ def oracle_stage(cfg: EvoDriveRecipeConfig, ctx: StageContext) -> Any:
         oracle.save(d / "oracle")
         return {"train_losses": result.losses, "artifacts": {"oracle": "oracle"}}
 
-    stage_cfg = {"oracle": to_dict(cfg.oracle), "train": to_dict(train_cfg)}
+    stage_cfg = {"oracle": to_dict(cfg.oracle), "train": train_section(train_cfg)}
     return ctx.run(stage_cfg, [ctx.store, perception], run)
 
 

@@ -24,10 +24,11 @@ from drivedistill.data.dataset import collate
 from drivedistill.data.store import SceneStore
 from drivedistill.methods.evodrive import EvoDriveConfig
 from drivedistill.methods.vla_sft import answer_ce
-from drivedistill.models.perception import PerceptionConfig, linear_probe, pretrain_perception
+from drivedistill.models.perception import PerceptionConfig, linear_probe
 from drivedistill.models.students.vla import VLAConfig, VLAStudent
 from drivedistill.models.teachers.oracle import OracleConfig
 from drivedistill.models.vlm import VLMConfig, VLMCore
+from drivedistill.recipes.evodrive import pretrain_perception
 
 
 def train(model: Any, scenes: list, steps: int, bs: int, lr: float, seed: int) -> list[dict[str, float]]:
@@ -81,8 +82,10 @@ def main() -> None:
     core = VLMCore.build(vcfg)
     res["probe_random_init"] = linear_probe(core, train_s, val_s, pcfg)
     t = time.time()
-    hist = pretrain_perception(core, train_s, PerceptionConfig(steps=args.perception_steps))
-    res["perception_pretrain"] = {"first": hist[0], "last": sum(hist[-10:]) / 10, "s": time.time() - t}
+    hist = pretrain_perception(
+        core, train_s, PerceptionConfig(steps=args.perception_steps), tempfile.mkdtemp(prefix="evod_pre_")
+    )
+    res["perception_pretrain"] = {**hist, "s": time.time() - t}
     res["probe_after_pretraining"] = linear_probe(core, train_s, val_s, pcfg)
     pdir = tempfile.mkdtemp(prefix="evod_perc_")
     core.save(pdir)

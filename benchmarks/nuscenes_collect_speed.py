@@ -17,11 +17,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tests.nuscenes_fixture import LABEL_CATEGORY, LOG, _rz, load_info
 
 from drivedistill.data.collect import collect_source
 from drivedistill.data.sources._nuscenes_tables import NuScenesTableWriter
 from drivedistill.data.sources.nuscenes import CAMERAS, NuScenesConfig, NuScenesSource
-from tests.nuscenes_fixture import LABEL_CATEGORY, LOG, _rz, load_info
 
 SRC = Path(__file__).resolve().parents[2] / "shared" / "data" / "nuscenes_keyframe"
 

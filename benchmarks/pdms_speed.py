@@ -1,11 +1,16 @@
-"""Speed of the PDMS scorer: milliseconds per proposal per core (simulation + scoring).
+"""Speed of PDMS scoring: CPU milliseconds per proposal (simulation + scoring), NAVSIM v1.1 and v2.
 
-    .venv/bin/python benchmarks/pdms_speed.py [--proposals 1024] [--av2 ../shared/data/argoverse2]
+    .venv/bin/python benchmarks/pdms_speed.py [--protocol navsim-v1.1|navsim-v2|both] [--proposals 512]
+        [--av2 ../shared/data/argoverse2 --av2-scenes 8] [--store STORE --world-scenes 8] [--repeats 3]
 
-Proposals are random perturbations of the logged human plan of one scene (an AV2 scene when --av2 is
-given, else the hand-made straight road with 4 cars), scored in one batch with the PDM-Closed reference
-(computed once, not timed). Runs single-threaded (OMP/MKL/OpenBLAS threads = 1). The reference
-implementation needs ~70 ms per trajectory-core.
+Each scene is scored the way PDM-style scorers are used: many candidate trajectories (random
+perturbations of the logged human plan, growing with time) in one batch with the scene's PDM-Closed
+reference (computed once, not timed). Scenes: the hand-made straight road with 4 cars (always), AV2
+scenes spread over the logs (--av2), default-world validation scenes of a SceneStore (--store, converted
+with the world's ego as `metrics.plans` does). Per scene the median CPU time (`time.process_time`) over
+`--repeats` runs is divided by the number of proposals; the summary is the median and the max over the
+scenes. Single-threaded BLAS (OMP/MKL/OpenBLAS threads = 1). The reference implementation needs ~70 ms
+per trajectory-core.
 """
 
 from __future__ import annotations
@@ -20,43 +25,96 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from drivedistill.metrics.pdms import score_proposals  # noqa: E402
+from drivedistill.geometry.metric_scene import MetricScene  # noqa: E402
+from drivedistill.geometry.scene_index import MapIndex  # noqa: E402
+from drivedistill.metrics.pdms import PDMSConfig, score_proposals, score_proposals_v2  # noqa: E402
 from drivedistill.sim.pdm_closed import pdm_closed_plan  # noqa: E402
 from drivedistill.sim.scenarios import Agent, straight_road_scene  # noqa: E402
+
+
+def av2_scenes(root: str, n: int) -> list[MetricScene]:
+    from drivedistill.data.sources.av2 import Av2Config, Av2Source
+
+    src = Av2Source(Av2Config(root=root))
+    every = [s for log in src.logs for s in src.log_scenes(log)]
+    pick = np.linspace(0, len(every) - 1, min(n, len(every))).round().astype(int)
+    return [every[i] for i in pick]
+
+
+def world_scenes(store_dir: str, n: int) -> list[MetricScene]:
+    from drivedistill.data.store import SceneStore
+    from drivedistill.geometry.metric_scene import metric_scene_from_scene
+    from drivedistill.world.ego import REAR_AXLE_BEHIND_CENTRE, pdms_ego_geometry
+
+    store = SceneStore(store_dir)
+    split = "val" if store.tokens("val") else "train"
+    tokens = store.tokens(split)
+    pick = np.linspace(0, len(tokens) - 1, min(n, len(tokens))).round().astype(int)
+    return [
+        metric_scene_from_scene(store.load(tokens[i]), REAR_AXLE_BEHIND_CENTRE, pdms_ego_geometry())
+        for i in pick
+    ]
+
+
+def proposals_for(scene: MetricScene, k: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(1, 9)[None, :, None] * 0.5
+    base = np.where(np.isfinite(scene.human_future), scene.human_future, 0.0)
+    return base[None] + rng.normal(0, 1, (k, 1, 3)) * np.array([2.0, 0.4, 0.03]) * t
+
+
+def time_scene(scene: MetricScene, protocol: str, k: int, repeats: int) -> tuple[float, float]:
+    """(median CPU ms per proposal, mean score) of `k` proposals of `scene` under `protocol`."""
+    props = proposals_for(scene, k)
+    map_index = MapIndex(scene)
+    reference = pdm_closed_plan(scene, map_index)
+    cfg = PDMSConfig(protocol=protocol)
+    runs, score = [], float("nan")
+    for _ in range(repeats):
+        t0 = time.process_time()
+        if protocol == "navsim-v2":
+            out2 = score_proposals_v2(scene, props, cfg, reference=reference, map_index=MapIndex(scene))
+            score = float(out2.scores["epdms"].mean())
+        else:
+            out = score_proposals(scene, props, cfg, reference=reference, map_index=MapIndex(scene))
+            score = float(out.pdms.mean())
+        runs.append(time.process_time() - t0)
+    return 1e3 * float(np.median(runs)) / k, score
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--proposals", type=int, default=1024)
-    parser.add_argument("--av2", help="AV2 root; benchmark on a real scene")
+    parser.add_argument("--protocol", default="both", choices=["navsim-v1.1", "navsim-v2", "both"])
+    parser.add_argument("--proposals", type=int, default=512)
+    parser.add_argument("--av2", help="AV2 root; add AV2 scenes")
+    parser.add_argument("--av2-scenes", type=int, default=8)
+    parser.add_argument("--store", help="a SceneStore of the default world; add its validation scenes")
+    parser.add_argument("--world-scenes", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    groups: dict[str, list[MetricScene]] = {
+        "straight": [
+            straight_road_scene(agents=[Agent(30, 0, 5), Agent(60, 4, 8), Agent(-20, 0, 12), Agent(45, 4)])
+        ]
+    }
     if args.av2:
-        from drivedistill.data.sources.av2 import Av2Config, Av2Source
-
-        src = Av2Source(Av2Config(root=args.av2))
-        scene = src.log_scenes(src.logs[0])[8]
-    else:
-        scene = straight_road_scene(
-            agents=[Agent(30, 0, 5), Agent(60, 4, 8), Agent(-20, 0, 12), Agent(45, 4)]
-        )
-    rng = np.random.default_rng(0)
-    t = np.arange(1, 9)[None, :, None] * 0.5
-    noise = rng.normal(0, 1, (args.proposals, 1, 3)) * np.array([2.0, 0.4, 0.03]) * t
-    proposals = scene.human_future[None] + noise
-    reference = pdm_closed_plan(scene)
-    best = np.inf
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        out = score_proposals(scene, proposals, reference=reference)
-        best = min(best, time.perf_counter() - t0)
-    print(
-        f"scene {scene.token}: {args.proposals} proposals, {scene.agent_sizes.shape[0]} agents, "
-        f"{len(scene.lane_polygons)} lanes — best of {args.repeats}: {best:.2f} s = "
-        f"{1e3 * best / args.proposals:.3f} ms per proposal per core (mean PDMS {out.pdms.mean():.3f})"
-    )
+        groups["av2"] = av2_scenes(args.av2, args.av2_scenes)
+    if args.store:
+        groups["world"] = world_scenes(args.store, args.world_scenes)
+    protocols = ["navsim-v1.1", "navsim-v2"] if args.protocol == "both" else [args.protocol]
+    for protocol in protocols:
+        for name, scenes in groups.items():
+            per = [time_scene(s, protocol, args.proposals, args.repeats) for s in scenes]
+            ms = np.array([p[0] for p in per])
+            agents = int(np.median([s.agent_sizes.shape[0] for s in scenes]))
+            print(
+                f"{protocol:12s} {name:9s} {len(scenes)} scene(s) × {args.proposals} proposals "
+                f"(median {agents} agents): CPU ms/proposal median {np.median(ms):.3f}, max {ms.max():.3f}; "
+                f"mean score {np.mean([p[1] for p in per]):.3f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -74,7 +74,7 @@ def test_eval_stage_key_ignores_report_only_fields() -> None:
     cfg = load_study("smoke")
     base = eval_key(cfg)
     cfg.eval.scene_panels += 1  # shapes the report only
-    cfg.eval.oracle_reference = not cfg.eval.oracle_reference  # adds a row, measures no (model, seed)
+    cfg.eval.recipe_references = not cfg.eval.recipe_references  # adds a row, measures no (model, seed)
     assert eval_key(cfg) == base
     cfg.eval.closedloop_episodes += 1
     assert eval_key(cfg) != base

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import shapely
 
-from drivedistill.metrics.metric_scene import MetricScene, load_scenes, save_scenes
-from drivedistill.sim.geometry import box_corners, convex_intersects, project_to_polyline
+from drivedistill.geometry.metric_scene import MetricScene, load_scenes, save_scenes
+from drivedistill.geometry.planar import box_corners, convex_intersects, project_to_polyline
 from drivedistill.sim.scenarios import Agent, straight_road_scene
 from drivedistill.types import AgentClass, ValidationError
 
@@ -62,7 +62,7 @@ def test_projection_matches_shapely() -> None:
 
 
 def test_scene_conversion_moves_to_the_rear_axle_and_scores() -> None:
-    from drivedistill.metrics.metric_scene import metric_scene_from_scene
+    from drivedistill.geometry.metric_scene import metric_scene_from_scene
     from drivedistill.metrics.pdms import score_plans
     from drivedistill.testing import random_scene
 

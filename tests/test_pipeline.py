@@ -98,3 +98,62 @@ def test_smoke_study_end_to_end_and_cached(tmp_path: Path, monkeypatch: pytest.M
     moved = tmp_path / "moved"
     out.rename(moved)
     assert set(run_study(changed, moved)["stage_seconds"]) == {"total"}
+
+
+SEEDED_ROWS = (
+    "--models=[{student: transfuser, method: imitation}, {student: transfuser, method: latent_vla_distill}, "
+    "{name: transfuser/latent_vla_distill-w0, student: transfuser, method: latent_vla_distill, "
+    "method_cfg: {kd_weight: 0.0}, controls: transfuser/latent_vla_distill}, "
+    "{name: transfuser/imitation-n40, student: transfuser, method: imitation, max_samples: 40}]"
+)
+
+
+def test_smoke_with_two_seeds_and_a_teacher_per_seed_fills_every_new_field(tmp_path: Path) -> None:
+    """Two seeds, `teachers: per_seed`: the latent-action model and teacher run once per seed, seed k
+    of a distilled row reads teacher k; results.json says so and fills the pairing, the labelled-set
+    size, the teacher gates and the hardware stamps."""
+    cfg = load_study(
+        "smoke",
+        overrides=[
+            "--seeds=[0,1]",
+            "--teachers=per_seed",
+            SEEDED_ROWS,
+            "--recipes.latent_vla.lam_train.max_steps=2",  # the fields, not the teachers, are tested
+            "--recipes.latent_vla.teacher_train.max_steps=2",
+            "--train.max_steps=2",
+            "--eval.closedloop_episodes=0",
+            "--eval.latency_repeats=2",
+            "--eval.max_scenes=8",
+            "--eval.expert_reference=false",
+        ],
+    )
+    out = tmp_path / "run"
+    plan = run_study(cfg, out, dry_run=True)
+    assert plan["everything"]  # nothing collected yet: every stage would run
+    results = run_study(cfg, out)
+    assert results["teachers"] == "per_seed" and results["seeds"] == [0, 1]
+    assert {"cpu", "threads", "torch", "device"} <= set(results["hardware"])
+    ran = set(results["stage_seconds"])
+    assert {"latent_lam-s0", "latent_lam-s1", "latent_teacher-s0", "latent_teacher-s1"} <= ran
+    assert set(results["stage_hardware"]) >= ran - {"total"}
+    assert set(results["teacher_quality"]) == {"latent_vla-s0", "latent_vla-s1"}
+    for gate in results["teacher_quality"].values():
+        assert isinstance(gate["pass"], bool) and gate["metrics"]["teacher_action_acc_val"] is not None
+    rows = results["models"]
+    distilled, control = rows["transfuser/latent_vla_distill"], rows["transfuser/latent_vla_distill-w0"]
+    assert distilled["seeds"] == [0, 1] and distilled["teachers"] == "per_seed"
+    assert distilled["baseline"] == control["baseline"] == "transfuser/imitation"
+    assert control["controls"] == "transfuser/latent_vla_distill" and distilled["controls"] is None
+    assert (
+        rows["transfuser/imitation-n40"]["max_samples"] == 40
+        and rows["transfuser/imitation"]["max_samples"] is None
+    )
+    # seed k's train stage read teacher k: its inputs are the seed's own teacher stage keys
+    stages = out / "stages"
+    for seed in (0, 1):
+        teacher = next(stages.glob(f"latent_teacher-s{seed}-*"))
+        train = next(stages.glob(f"train-transfuser_latent_vla_distill-s{seed}-*"))
+        inputs = json.loads((train / "_done.json").read_text())["inputs"]
+        assert teacher.name.rsplit("-", 1)[1] in inputs
+    labelled = next(stages.glob("train-transfuser_imitation-n40-s0-*"))
+    assert json.loads((labelled / "_done.json").read_text())["summary"]["train_samples"] == 40

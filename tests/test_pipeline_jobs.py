@@ -6,19 +6,24 @@ a recipe unit the rough cost of its stages.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from drivedistill.pipeline.config import StudyConfig, load_study
-from drivedistill.pipeline.jobs import RECIPE_COST, Scheduler, Unit, model_cost
-from drivedistill.pipeline.recipes import RECIPE_STAGES, extras_for
+from drivedistill.pipeline.jobs import Scheduler, Unit, model_cost
+from drivedistill.pipeline.recipes import stage_cost, static_needs
 
-RECIPES = {name for name, _, _ in RECIPE_STAGES}
+
+def recipe_stages(cfg: StudyConfig) -> set[str]:
+    return {s for stages in static_needs(cfg).values() for s in stages}
 
 
 def simulate(cfg: StudyConfig, jobs: int, pending: set[str]) -> tuple[float, list[tuple[float, Unit]]]:
     """Run the scheduler with `jobs` workers; returns the makespan and (start, unit) per unit."""
     seeds = len(cfg.seeds)
-    scheduler = Scheduler(cfg.models, pending, seeds)
+    needs = static_needs(cfg)
+    scheduler = Scheduler(cfg.models, pending, seeds, needs)
     now = 0.0
     running: list[tuple[float, Unit]] = []
     log: list[tuple[float, Unit]] = []
@@ -28,9 +33,9 @@ def simulate(cfg: StudyConfig, jobs: int, pending: set[str]) -> tuple[float, lis
             claims = scheduler.claims[unit.label]
             if unit.recipes_only:
                 assert claims and not claims & computed.keys(), f"{unit.label} claims {claims}"
-                duration = sum(RECIPE_COST[s] for s in claims)
+                duration = sum(stage_cost(s) for s in claims)
             else:  # every recipe stage it reads exists
-                missing = [s for s in extras_for(unit.model.method) if s in pending and s not in computed]
+                missing = [s for s in needs[unit.model.name] if s in pending and s not in computed]
                 assert not claims and not missing, f"{unit.label} started at {now} before {missing}"
                 duration = model_cost(unit.model, seeds)
             running.append((now + duration, unit))
@@ -46,16 +51,16 @@ def simulate(cfg: StudyConfig, jobs: int, pending: set[str]) -> tuple[float, lis
 
 
 def serial_cost(cfg: StudyConfig) -> float:
-    needed = {s for m in cfg.models for s in extras_for(m.method)}
-    return sum(model_cost(m, len(cfg.seeds)) for m in cfg.models) + sum(RECIPE_COST[s] for s in needed)
+    needed = recipe_stages(cfg)
+    return sum(model_cost(m, len(cfg.seeds)) for m in cfg.models) + sum(stage_cost(s) for s in needed)
 
 
 @pytest.mark.parametrize("preset", ["smoke", "default", "full"])
 @pytest.mark.parametrize("jobs", [1, 2, 3, 8])
 def test_every_model_runs_once_and_every_recipe_stage_once(preset: str, jobs: int) -> None:
     cfg = load_study(preset)
-    needed = {s for m in cfg.models for s in extras_for(m.method)}
-    makespan, log = simulate(cfg, jobs, RECIPES)
+    needed = recipe_stages(cfg)
+    makespan, log = simulate(cfg, jobs, needed)
     assert sorted(u.label for _, u in log if not u.recipes_only) == sorted(cfg.model_names())
     recipe_units = [u for _, u in log if u.recipes_only]
     assert 1 <= len(recipe_units) <= len(needed)  # one unit may compute a chain (LAM → teacher)
@@ -64,8 +69,10 @@ def test_every_model_runs_once_and_every_recipe_stage_once(preset: str, jobs: in
 
 
 def test_recipe_units_go_first_and_free_their_models_when_done() -> None:
-    cfg = load_study("full")
-    scheduler = Scheduler(cfg.models, set(RECIPES), len(cfg.seeds))
+    full = load_study("full", overrides=["--teachers=once"])  # one instance per recipe stage
+    cfg = dataclasses.replace(full, models=[m for m in full.models if not m.controls])
+    needs = static_needs(cfg)
+    scheduler = Scheduler(cfg.models, recipe_stages(cfg), len(cfg.seeds), needs)
     first, second, third = scheduler.next(), scheduler.next(), scheduler.next()
     assert first is not None and second is not None and third is not None
     assert all(u.recipes_only for u in (first, second, third))
@@ -75,7 +82,7 @@ def test_recipe_units_go_first_and_free_their_models_when_done() -> None:
     claimed = sorted(sorted(scheduler.claims[u.label]) for u in (second, third))
     assert claimed == [["annotate"], ["latent_lam", "latent_teacher"]]
     fourth = scheduler.next()  # the VLAs wait for perception; an independent model runs meanwhile
-    assert fourth is not None and not fourth.recipes_only and not extras_for(fourth.model.method)
+    assert fourth is not None and not fourth.recipes_only and not needs[fourth.model.name]
     scheduler.finished(first)
     after = [scheduler.next() for _ in range(2)]
     assert all(u is not None and not u.recipes_only for u in after)
@@ -84,7 +91,9 @@ def test_recipe_units_go_first_and_free_their_models_when_done() -> None:
 
 def test_finished_recipes_block_nothing() -> None:
     cfg = load_study("full")
-    scheduler = Scheduler(cfg.models, set(), len(cfg.seeds))  # a resumed run: recipe stages cached
+    scheduler = Scheduler(
+        cfg.models, set(), len(cfg.seeds), static_needs(cfg)
+    )  # a resumed run: recipe stages cached
     order = [scheduler.next() for _ in cfg.models]
     assert all(u is not None and not u.recipes_only for u in order) and scheduler.next() is None
     costs = [model_cost(u.model, 3) for u in order if u is not None]
@@ -94,5 +103,5 @@ def test_finished_recipes_block_nothing() -> None:
 def test_two_workers_balance_the_default_and_full_presets() -> None:
     for preset in ("default", "full"):
         cfg = load_study(preset)
-        makespan, _ = simulate(cfg, 2, RECIPES)
+        makespan, _ = simulate(cfg, 2, recipe_stages(cfg))
         assert makespan < 0.6 * serial_cost(cfg), preset

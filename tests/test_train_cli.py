@@ -93,7 +93,7 @@ def test_onnx_export_matches_torch_with_a_dynamic_batch(name: str, tmp_path: Pat
 
 def test_centre_to_rear_axle_conversion_by_hand() -> None:
     """Box-centre poses → rear-axle poses in the rear-axle frame at t = 0 (rear axle d behind the centre)."""
-    from drivedistill.metrics.metric_scene import centre_plan_to_rear_axle
+    from drivedistill.geometry.metric_scene import centre_plan_to_rear_axle
 
     d = 1.0
     plan = np.array([[0.0, 0.0, 0.0], [10.0, 0.0, np.pi / 2]])

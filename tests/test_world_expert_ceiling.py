@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from drivedistill.metrics.metric_scene import centre_plan_to_rear_axle, metric_scene_from_scene
+from drivedistill.geometry.metric_scene import centre_plan_to_rear_axle, metric_scene_from_scene
 from drivedistill.metrics.pdms import score_plans
 from drivedistill.world.bev import BevConfig
 from drivedistill.world.camera import CameraConfig

@@ -56,7 +56,7 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
             raise ConfigError(
                 f"{path}: {value!r} is not one of {list(args)}.{_did_you_mean(str(value), map(str, args))}"
             )
-        return value
+        return args[list(args).index(value)]  # the literal itself, not command-line text (dumps as YAML)
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         if isinstance(value, tp):
             return value

@@ -30,6 +30,7 @@ KIND_PACKAGES: dict[str, str] = {
     "metric": "drivedistill.metrics",
     "annotator": "drivedistill.annotate",
     "planner": "drivedistill.sim.planners",
+    "recipe": "drivedistill.recipes",
 }
 
 

@@ -289,7 +289,6 @@ VLA_COLS = [
     ("decoded plans", ("parse_failures", "decoded"), 0),
     ("probe IoU (BEV occupancy)", ("perception_probe", "iou"), 3),
     ("IoU per-cell prior", ("perception_probe", "baselines", "cell_prior_best_threshold", "iou"), 3),
-    ("IoU random-init encoder", ("perception_probe", "baselines", "random_init_encoder", "iou"), 3),
 ]
 
 

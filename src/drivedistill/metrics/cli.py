@@ -1,7 +1,7 @@
 """`drivedistill eval ...`: routes to the evaluator that owns each mode.
 
-drivedistill eval openloop   --pred PRED.npz --gt GT.npz --json OUT.json     (ST-P3 + UniAD protocols)
-drivedistill eval pdms       --scenes DIR --plans PLANS.npz --json OUT.json  (NAVSIM PDMS v1.1)
+drivedistill eval openloop   --pred PRED.npz --gt GT.npz --json OUT.json     (ST-P3 + UniAD; GT dense or packed)
+drivedistill eval pdms       --scenes DIR --plans PLANS.npz [--protocol navsim-v2]  (PDMS v1.1 default; v2 EPDMS)
 drivedistill eval closedloop --checkpoint CKPT | --planner NAME             (default world)
 drivedistill eval --checkpoint CKPT --data STORE                            (everything, one model)
 """

@@ -122,3 +122,43 @@ def occupancy_from_scene(scene: Scene, classes: str = "vehicles+pedestrians") ->
     return rasterise_boxes(
         boxes[:, [_F["x"], _F["y"]]], boxes[:, _F["yaw"]], boxes[:, _F["length"]], boxes[:, _F["width"]], t
     )
+
+
+class PackedOccupancy:
+    """Bit-packed occupancy: `bits` (N, 6, 200, 25) uint8 = `np.packbits(dense, axis=-1)` (big-endian bit
+    order, numpy's default) of a dense (N, 6, 200, 200) bool grid — 8× smaller, read without unpacking.
+
+    Indexing with a slice gives the samples' PackedOccupancy; indexing with four integer index arrays
+    (n, t, i, j) gives the cells' bools, exactly as the dense grid would.
+    """
+
+    def __init__(self, bits: np.ndarray) -> None:
+        bits = np.asarray(bits)
+        want = (NUM_STEPS, GRID_SIZE, (GRID_SIZE + 7) // 8)
+        if bits.ndim != 4 or bits.shape[1:] != want or bits.dtype != np.uint8:
+            raise ValueError(
+                f"occupancy_packed: expected (N, {want[0]}, {want[1]}, {want[2]}) uint8 = "
+                f"np.packbits(occupancy, axis=-1), got {bits.shape} {bits.dtype}"
+            )
+        self.bits = bits
+
+    @classmethod
+    def pack(cls, dense: np.ndarray) -> PackedOccupancy:
+        return cls(np.packbits(np.asarray(dense) != 0, axis=-1))
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self.bits), NUM_STEPS, GRID_SIZE, GRID_SIZE)
+
+    def __len__(self) -> int:
+        return len(self.bits)
+
+    def __getitem__(self, key: slice | tuple[np.ndarray, ...]) -> PackedOccupancy | np.ndarray:
+        if isinstance(key, slice):
+            return PackedOccupancy(self.bits[key])
+        n, t, i, j = key
+        j = np.asarray(j)
+        return ((self.bits[n, t, i, j >> 3] >> (7 - (j & 7))) & 1).astype(bool)
+
+    def dense(self) -> np.ndarray:
+        return np.unpackbits(self.bits, axis=-1, count=GRID_SIZE).astype(bool)

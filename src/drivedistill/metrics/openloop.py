@@ -34,6 +34,7 @@ from drivedistill.metrics.occupancy import (
     GRID_SIZE,
     NUM_STEPS,
     OCCUPANCY_CLASSES,
+    PackedOccupancy,
     box_cells,
     ego_footprint_offsets,
     occupancy_from_scene,
@@ -182,19 +183,26 @@ def step_metrics(
 
     pred (N, ≥6, 2|3) and gt (N, ≥6, 2|3): x, y [, yaw] [m, m, rad] at 0.5 ... 3.0 s, current ego frame
     (only the first 6 steps are read; yaw only by the rotated ego box); valid (N, ≥6) bool;
-    occupancy (N, 6, 200, 200) bool (or 0/1 integers), see `drivedistill.metrics.occupancy`.
+    occupancy (N, 6, 200, 200) bool (or 0/1 integers), or a `PackedOccupancy` of the same grid, see
+    `drivedistill.metrics.occupancy`.
     """
     pred = _check("pred trajectory", pred, None, (-1,), "fiu", "Pass (N, 6, 2) waypoints in metres.")
     n = pred.shape[0]
     gt = _check("gt trajectory", gt, n, (-1,), "fiu", "Pass (N, 6, 2) waypoints for the same N samples.")
     valid = _check("gt valid", valid, n, (), "b", "Pass a (N, 6) bool mask.")
-    occ = np.asarray(occupancy)
-    if occ.shape != (n, NUM_STEPS, GRID_SIZE, GRID_SIZE) or occ.dtype.kind not in "biu":
-        raise ValueError(
-            f"occupancy: expected ({n}, {NUM_STEPS}, {GRID_SIZE}, {GRID_SIZE}) bool, got {occ.shape} {occ.dtype}. "
-            "Rasterise the future boxes with drivedistill.metrics.occupancy."
-        )
-    occ = occ if occ.dtype == bool else occ != 0
+    occ: Any
+    if isinstance(occupancy, PackedOccupancy):  # compact GT: cells are read from the bits directly
+        if len(occupancy) != n:
+            raise ValueError(f"occupancy_packed: {len(occupancy)} samples, trajectories have {n}")
+        occ = occupancy
+    else:
+        occ = np.asarray(occupancy)
+        if occ.shape != (n, NUM_STEPS, GRID_SIZE, GRID_SIZE) or occ.dtype.kind not in "biu":
+            raise ValueError(
+                f"occupancy: expected ({n}, {NUM_STEPS}, {GRID_SIZE}, {GRID_SIZE}) bool, got {occ.shape} "
+                f"{occ.dtype}. Rasterise the future boxes with drivedistill.metrics.occupancy."
+            )
+        occ = occ if occ.dtype == bool else occ != 0
     diff2 = (np.asarray(pred[..., :2], np.float64) - np.asarray(gt[..., :2], np.float64)) ** 2
     gt_box = footprint_hits(gt, occ, options.ego_box)
     box = footprint_hits(pred, occ, options.ego_box)

@@ -5,7 +5,9 @@ drivedistill eval openloop --store STORE --checkpoint RUN [--write-gt GT.npz]   
 
 GT.npz    trajectory (N, 6, 2) float [m], current ego frame (x forward, y left); valid (N, 6) bool;
           occupancy (N, 6, 200, 200) bool, occupancy[n, t, i, j] = cell centred at
-          x = -49.75 + 0.5·i, y = -49.75 + 0.5·j; optional tokens (N,) str.
+          x = -49.75 + 0.5·i, y = -49.75 + 0.5·j — or, 8× smaller and read without unpacking,
+          occupancy_packed (N, 6, 200, 25) uint8 = np.packbits(occupancy, axis=-1); optional tokens (N,) str.
+          Convert a dense file: drivedistill eval openloop --pack-gt GT.npz --out GT_PACKED.npz
 PRED.npz  trajectory (N, ≥6, 2|3) [m (, rad)]; optional tokens (N,) str (must equal GT's if both given).
 OUT.json  {"num_samples", "per_step": {"l2", "obj_col", "obj_box_col", ...}, "uniad": {"l2", "collision"},
           "stp3": {...}, "protocol", "options"}; L2 in metres, collision in percent.
@@ -20,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from drivedistill.metrics.occupancy import GRID_SIZE, NUM_STEPS, OCCUPANCY_CLASSES
+from drivedistill.metrics.occupancy import GRID_SIZE, NUM_STEPS, OCCUPANCY_CLASSES, PackedOccupancy
 from drivedistill.metrics.openloop import OpenLoopAccumulator, OpenLoopOptions, format_table
 from drivedistill.utils.io import atomic_write_json
 
@@ -67,20 +69,54 @@ def _require(path: Path, key: str, arr: np.ndarray, shape: tuple[int | str, ...]
         )
 
 
+def _has_key(path: Path, key: str) -> bool:
+    """Whether the .npz at `path` holds `key` (reads the zip directory only)."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return key in npz.files
+    except (OSError, ValueError):
+        return False  # _load reports the unreadable file
+
+
+def pack_gt(src: Path, dst: Path) -> None:
+    """Rewrite a dense GT.npz with `occupancy_packed` instead of `occupancy` (atomically)."""
+    from drivedistill.utils.io import atomic_write_with
+
+    arrays = _load(src, {"occupancy": f"(N, {NUM_STEPS}, {GRID_SIZE}, {GRID_SIZE}) bool"})
+    with np.load(src, allow_pickle=False) as npz:
+        data = {k: npz[k] for k in npz.files if k != "occupancy"}
+    data["occupancy_packed"] = PackedOccupancy.pack(arrays["occupancy"]).bits
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **data)  # type: ignore[arg-type]
+
+    atomic_write_with(dst, write)
+
+
 def load_inputs(
     pred_path: Path, gt_path: Path
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[str] | None]:
     """Read and validate PRED.npz and GT.npz; returns (pred arrays, gt arrays, tokens or None)."""
     grid = f"(N, {NUM_STEPS}, {GRID_SIZE}, {GRID_SIZE}) bool"
+    packed = _has_key(gt_path, "occupancy_packed")
+    occ_key = "occupancy_packed" if packed else "occupancy"
+    occ_shape = f"(N, {NUM_STEPS}, {GRID_SIZE}, 25) uint8" if packed else grid
     gt = _load(
         gt_path,
-        {"trajectory": f"(N, {NUM_STEPS}, 2) float", "valid": f"(N, {NUM_STEPS}) bool", "occupancy": grid},
+        {"trajectory": f"(N, {NUM_STEPS}, 2) float", "valid": f"(N, {NUM_STEPS}) bool", occ_key: occ_shape},
         ("tokens",),
     )
+    if packed:
+        try:
+            gt["occupancy"] = PackedOccupancy(gt.pop("occupancy_packed"))  # type: ignore[assignment]
+        except ValueError as e:
+            raise InputError(f"{gt_path}: {e}") from None
     pred = _load(pred_path, {"trajectory": "(N, 6, 2) float"}, ("tokens",))
     _require(gt_path, "trajectory", gt["trajectory"], ("N", NUM_STEPS, "2|3"), "fiu")
     _require(gt_path, "valid", gt["valid"], ("N", NUM_STEPS), "b")
-    _require(gt_path, "occupancy", gt["occupancy"], ("N", NUM_STEPS, GRID_SIZE, GRID_SIZE), "biu")
+    if not packed:
+        _require(gt_path, "occupancy", gt["occupancy"], ("N", NUM_STEPS, GRID_SIZE, GRID_SIZE), "biu")
     _require(pred_path, "trajectory", pred["trajectory"], ("N", ">=6", "2|3"), "fiu")
     n = len(gt["trajectory"])
     for path, arrays in ((gt_path, gt), (pred_path, pred)):
@@ -127,8 +163,12 @@ def main(argv: list[str]) -> int:
         epilog=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--pred", type=Path, required=True, help="PRED.npz with trajectory (N, 6, 2)")
-    parser.add_argument("--gt", type=Path, required=True, help="GT.npz with trajectory, valid, occupancy")
+    parser.add_argument("--pred", type=Path, help="PRED.npz with trajectory (N, 6, 2)")
+    parser.add_argument(
+        "--gt", type=Path, help="GT.npz with trajectory, valid, occupancy or occupancy_packed"
+    )
+    parser.add_argument("--pack-gt", type=Path, help="convert this dense GT.npz to the packed format (--out)")
+    parser.add_argument("--out", type=Path, help="output of --pack-gt")
     parser.add_argument("--json", type=Path, help="write the result here")
     parser.add_argument(
         "--occupancy-classes",
@@ -144,6 +184,18 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("--chunk-size", type=int, default=512)
     args = parser.parse_args(argv)
+    if args.pack_gt is not None:
+        if args.out is None:
+            parser.error("--pack-gt needs --out GT_PACKED.npz")
+        try:
+            pack_gt(args.pack_gt, args.out)
+        except InputError as e:
+            print(f"drivedistill eval openloop: error: {e}", file=sys.stderr)
+            return 2
+        print(f"wrote {args.out}")
+        return 0
+    if args.pred is None or args.gt is None:
+        parser.error("give --pred PRED.npz and --gt GT.npz (or --pack-gt GT.npz --out OUT.npz)")
     if args.chunk_size < 1:
         parser.error(f"--chunk-size must be >= 1, got {args.chunk_size}")
     options = OpenLoopOptions(

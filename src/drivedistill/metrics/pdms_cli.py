@@ -1,4 +1,6 @@
-"""`drivedistill eval pdms`: NAVSIM PDMS v1.1 of plans on metric scenes, or of a planner on AV2 logs.
+"""`drivedistill eval pdms`: NAVSIM PDMS of plans on metric scenes, or of a planner on AV2 logs.
+
+--protocol navsim-v1.1 (the default: PDMS) or navsim-v2 (EPDMS); every printed number names its protocol.
 
 drivedistill eval pdms --scenes DIR --plans PLANS.npz --json OUT.json
     PLANS.npz: `tokens` (N,) str and `poses` (N, 8, 3) rear-axle frame at 0.5 s
@@ -9,14 +11,15 @@ drivedistill eval pdms --source av2 --root ../shared/data/argoverse2 --planner h
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from drivedistill.metrics.metric_scene import MetricScene, load_scenes, save_scenes
-from drivedistill.metrics.pdms import KEYS, PDMSReport, score_plans
+from drivedistill.geometry.metric_scene import MetricScene, read_scenes, save_scenes
+from drivedistill.metrics.pdms import PROTOCOL, PROTOCOLS, SCORE_KEY, PDMSConfig, PDMSReport, score_plans
 
 
 def _read_plans(path: Path, scenes: list[MetricScene]) -> list[np.ndarray]:
@@ -52,17 +55,34 @@ def _scenes_from_source(source: str, root: str | None) -> list[MetricScene]:
 
 def print_report(report: PDMSReport, title: str) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     out = report.to_json()
-    table = Table(title=f"{title} — NAVSIM PDMS v1.1, {out['num_scored']}/{out['num_scenes']} scenes scored")
-    for key in KEYS:
+    name = "EPDMS" if SCORE_KEY[report.protocol] == "epdms" else "PDMS"
+    caption = escape(
+        f"{title} — {name} [{report.protocol}], {out['num_scored']}/{out['num_scenes']} scenes scored"
+    )
+    table = Table(title=caption)
+    for key in report.keys:
         table.add_column(key.upper(), justify="right")
-    table.add_row(*(f"{100 * out['mean'][k]:.1f}" for k in KEYS))
+    table.add_row(*(f"{100 * out['mean'][k]:.1f}" for k in report.keys))
     console = Console()
     console.print(table)
+    two = out.get("two_stage")
+    if two is not None:
+        console.print(
+            f"two-stage {name} ({report.protocol}): {100 * two['mean'][SCORE_KEY[report.protocol]]:.1f} "
+            f"({two['num_groups']} groups; stage 1 {100 * two['stage1'][SCORE_KEY[report.protocol]]:.1f}, "
+            f"stage 2 {100 * two['stage2'][SCORE_KEY[report.protocol]]:.1f})"
+        )
+    if report.protocol != PROTOCOL:
+        console.print(
+            f"human filter lifted a penalty in {len(out['human_filter'])} scene(s); "
+            f"EC compared with the previous frame in {out['ec_evaluated']}"
+        )
     for f in out["failures"]:
-        console.print(f"[red]failed[/red] {f['token']}: {f['reason']}")
+        console.print(f"[red]failed[/red] {escape(f['token'])}: {escape(f['reason'])}")
 
 
 def main(argv: list[str]) -> int:
@@ -77,15 +97,23 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--root", help="the source's data root")
     parser.add_argument("--planner", help="a registered planner (human, constant_velocity, pdm_closed)")
     parser.add_argument("--json", type=Path, help="write the report here")
+    parser.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default=PROTOCOL,
+        help=f"navsim-v1.1 (PDMS, the default) or navsim-v2 (EPDMS); default {PROTOCOL}",
+    )
     parser.add_argument("--write-scenes", type=Path, help="also save the metric scenes to this directory")
     args = parser.parse_args(argv)
     if (args.scenes is None) == (args.source is None):
         parser.error("give exactly one of --scenes DIR or --source NAME")
 
     t0 = time.perf_counter()
-    scenes = (
-        load_scenes(args.scenes) if args.scenes is not None else _scenes_from_source(args.source, args.root)
-    )
+    unreadable: list[tuple[str, str]] = []
+    if args.scenes is not None:
+        scenes, unreadable = read_scenes(args.scenes)  # a broken file is a counted failure, not an abort
+    else:
+        scenes = _scenes_from_source(args.source, args.root)
     if args.write_scenes is not None:
         save_scenes(scenes, args.write_scenes)
     references: dict[str, np.ndarray] = {}
@@ -95,14 +123,19 @@ def main(argv: list[str]) -> int:
     elif args.planner is not None:
         from drivedistill import registry
 
-        planner = registry.build("planner", args.planner)
+        entry = registry.get("planner", args.planner)
+        pcfg = entry.default_config()
+        if hasattr(pcfg, "selection"):  # PDM-Closed picks its proposal with the protocol's scorer
+            pcfg = dataclasses.replace(pcfg, selection=args.protocol)
+        planner = entry.builder(pcfg)
         plans = [planner.plan(s) for s in scenes]
         if args.planner == "pdm_closed":  # the plan is its own EP reference
             references = {s.token: p for s, p in zip(scenes, plans)}
         title = f"planner {args.planner}"
     else:
         parser.error("give --plans PLANS.npz or --planner NAME")
-    report = score_plans(scenes, plans, references=references or None)
+    cfg = PDMSConfig(protocol=args.protocol)
+    report = score_plans(scenes, plans, cfg, references=references or None, failures=unreadable)
     print_report(report, title)
     print(f"{len(scenes)} scenes in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     if args.json is not None:

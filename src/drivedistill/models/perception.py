@@ -3,9 +3,10 @@
 EvoDriveVLA protects the *pretrained perception* of the vision encoder while planning fine-tuning
 unfreezes it. Offline there are no pretrained weights, so perception is made explicitly:
 
-1. `pretrain_perception` trains the VLM's vision encoder + merger (with a throw-away linear head) to
-   predict a coarse BEV **agent occupancy** grid from the front camera; targets come from
-   `Privileged.agents` at t = 0 (training-time supervision only).
+1. `OccupancyPretraining` is the VLM's vision encoder + merger (with a throw-away linear head) trained
+   by the training loop (`recipes.evodrive.pretrain_perception`) to predict a coarse BEV **agent
+   occupancy** grid from the front camera; targets come from `Privileged.agents` at t = 0
+   (training-time supervision only).
 2. `linear_probe` measures perception: a logistic-regression probe on the *frozen* flattened visual
    tokens (B, T·D) predicts the same grid on held-out scenes → occupancy IoU and cell accuracy. Run it
    before and after planning fine-tuning (with / without self-anchoring) to see perception being lost.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -114,30 +116,75 @@ def iou_and_accuracy(logits: torch.Tensor, target: torch.Tensor) -> dict[str, fl
     }
 
 
-def pretrain_perception(
-    core: VLMCore, scenes: Sequence[Scene], cfg: PerceptionConfig, seed: int = 0
-) -> list[float]:
-    """Train the core's vision encoder + merger on BEV occupancy (BCE) → per-step losses. The linear head
-    is discarded afterwards; save the core (`core.save(dir)`) as the students' starting point."""
-    gen = torch.Generator().manual_seed(seed)
-    images, targets = scene_batch(scenes, cfg)
-    with torch.no_grad():
-        dim = visual_features(core, images[:1]).shape[1]
-    head = nn.Linear(dim, targets.shape[1])
-    params = list(core.visual.parameters()) + list(head.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr)
-    pos_weight = ((1 - targets.mean(0)) / targets.mean(0).clamp_min(1e-3)).clamp(1.0, 20.0)
-    core.visual.train()
-    history = []
-    for _ in range(cfg.steps):
-        idx = torch.randint(0, images.shape[0], (min(cfg.batch_size, images.shape[0]),), generator=gen)
-        logits = head(visual_features(core, images[idx]))
-        loss = F.binary_cross_entropy_with_logits(logits, targets[idx], pos_weight=pos_weight)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        history.append(float(loss.detach()))
-    return history
+@dataclass
+class OccupancyBatch:
+    """A batch of perception pretraining: images (B, 3, H, W) in [0, 1], occupancy targets (B, G)."""
+
+    images: torch.Tensor
+    targets: torch.Tensor
+    tokens: list[str]
+
+    def to(self, device: str | torch.device) -> OccupancyBatch:
+        return OccupancyBatch(self.images.to(device), self.targets.to(device), self.tokens)
+
+
+OccupancySample = tuple[torch.Tensor, torch.Tensor, str]  # image (3, H, W), target (G,), token
+
+
+class OccupancyPretraining(nn.Module):
+    """Perception pretraining as a model of the training loop (`train.loop.fit`): the core's vision
+    encoder + merger with a throw-away linear head, `losses` = BCE on the BEV agent occupancy (positive
+    cells weighted by their rarity). The rest of the VLM is held outside the module tree, so the loop
+    neither optimises nor saves it.
+
+        model, samples = OccupancyPretraining.build(core, scenes, cfg, seed)
+        fit(model, samples, train_cfg, out_dir, collate=OccupancyPretraining.collate)
+    """
+
+    def __init__(self, core: VLMCore, dim: int, cells: int, pos_weight: torch.Tensor) -> None:
+        super().__init__()
+        self._core = [core]  # not a submodule: only `visual` (a submodule) and `head` train
+        self.visual = core.visual
+        self.head = nn.Linear(dim, cells)
+        self.pos_weight: torch.Tensor
+        self.register_buffer("pos_weight", pos_weight)
+
+    @classmethod
+    def build(
+        cls, core: VLMCore, scenes: Sequence[Scene], cfg: PerceptionConfig, seed: int = 0
+    ) -> tuple[OccupancyPretraining, list[OccupancySample]]:
+        """The model (head seeded by `seed`) and its training samples (targets from Privileged.agents)."""
+        images, targets = scene_batch(scenes, cfg)
+        with torch.no_grad():
+            dim = visual_features(core, images[:1]).shape[1]
+        pos_weight = ((1 - targets.mean(0)) / targets.mean(0).clamp_min(1e-3)).clamp(1.0, 20.0)
+        torch.manual_seed(seed)
+        model = cls(core, dim, targets.shape[1], pos_weight)
+        return model, [(images[i], targets[i], s.token) for i, s in enumerate(scenes)]
+
+    @staticmethod
+    def collate(items: Sequence[OccupancySample]) -> OccupancyBatch:
+        return OccupancyBatch(
+            torch.stack([i for i, _, _ in items]),
+            torch.stack([t for _, t, _ in items]),
+            [k for *_, k in items],
+        )
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(visual_features(self._core[0], images, self.visual))
+
+    def losses(self, batch: OccupancyBatch) -> dict[str, torch.Tensor]:
+        loss = F.binary_cross_entropy_with_logits(
+            self.logits(batch.images), batch.targets, pos_weight=self.pos_weight
+        )
+        return {"loss": loss, "occupancy_bce": loss.detach()}
+
+    @torch.no_grad()
+    def mean_loss(self, samples: Sequence[OccupancySample]) -> float:
+        """Mean BCE over `samples` (eval mode, CPU)."""
+        self.eval()
+        parts = [self.losses(self.collate(samples[j : j + 64]))["loss"] for j in range(0, len(samples), 64)]
+        return float(torch.stack(parts).mean())
 
 
 def linear_probe(
@@ -166,4 +213,38 @@ def linear_probe(
     with torch.no_grad():
         out = iou_and_accuracy(probe(fv), yv)
         out["train_iou"] = iou_and_accuracy(probe(ft), ys)["iou"]
+    return out
+
+
+def probe_baselines(train: list[Any], val: list[Any], pcfg: Any) -> dict[str, Any]:
+    """What a perception-probe IoU must beat, on the same validation scenes and grid: predicting every
+    cell empty; and the per-cell occupancy prior of the train split (cells occupied in more than half the
+    train scenes, the probe's own 0.5 threshold; and at the threshold with the best train IoU). The probe
+    on a randomly initialised encoder is the perception stage's `probe_random_init` (teacher_quality)."""
+
+    def grids(scenes: list[Scene]) -> torch.Tensor:
+        return torch.from_numpy(
+            np.stack(
+                [
+                    occupancy_grid(s.privileged.agents[0], s.privileged.agents_valid[0], pcfg)
+                    for s in scenes
+                    if s.privileged is not None
+                ]
+            )
+        )
+
+    ys, yv = grids(train), grids(val)
+    prior = ys.mean(0)
+
+    def constant(occupied: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+        logits = torch.where(occupied, 1.0, -1.0).expand_as(target)
+        return iou_and_accuracy(logits, target)
+
+    thresholds = sorted({float(p) for p in prior.tolist() if p > 0})
+    best = max(thresholds, key=lambda t: constant(prior >= t, ys)["iou"], default=1.0)
+    out: dict[str, Any] = {
+        "all_empty": constant(torch.zeros_like(prior, dtype=torch.bool), yv),
+        "cell_prior": constant(prior > 0.5, yv),
+        "cell_prior_best_threshold": {**constant(prior >= best, yv), "threshold": best},
+    }
     return out

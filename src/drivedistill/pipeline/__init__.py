@@ -20,12 +20,13 @@ def main(argv: list[str] | None = None) -> int:
         prog="drivedistill run",
         description=__doc__.splitlines()[0] if __doc__ else None,
         epilog="Any --section.key=value overrides the preset, e.g. --seeds=[0,1,2] --train.epochs=4 "
-        "--world.num_episodes=40 --models='[{student: transfuser, method: vlm_ad}]'",
+        "--world.num_episodes=40 --models='[{student: transfuser, method: imitation}]' --teachers=per_seed",
     )
     parser.add_argument(
         "--preset",
         default="default",
-        help="smoke (≈1 min), default (make run), full (3 seeds, every ablation)",
+        help="smoke (≈1 min), default (make run), full (5 seeds, a teacher per seed, every ablation and "
+        "control), curves (learning curves: 500 / 2000 / 8000 labelled samples)",
     )
     parser.add_argument("--config", type=Path, default=None, help="a YAML file merged over the preset")
     parser.add_argument("--out", type=Path, default=None, help="run directory (default runs/<preset>)")
@@ -79,7 +80,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _print_plan(console: Any, plan: dict[str, Any], out: Path) -> int:
-    """The dry run's answer: what would run, and an estimate from earlier runs of the same stages."""
+    """The dry run's answer: the rows (with their baseline, the row a control controls for, the labelled
+    samples of a learning-curve point), what would run, and an estimate from earlier runs."""
+    for row in plan.get("rows", []):
+        notes = [f"{k} {row[k]}" for k in ("baseline", "controls", "max_samples") if row.get(k) is not None]
+        console.print(f"  row {row['row']:<40} {row['kind']:<9} {' · '.join(notes)}", soft_wrap=True)
     if plan["everything"]:
         console.print(f"{out} has no finished collect stage: every stage would run.")
         return 0

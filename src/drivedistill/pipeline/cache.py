@@ -24,6 +24,7 @@ from typing import Any
 
 from drivedistill.config import config_hash
 from drivedistill.utils.io import atomic_write_json
+from drivedistill.utils.runtime import hardware
 
 DONE = "_done.json"
 
@@ -54,6 +55,7 @@ class StageRunner:
         total: int = 0,
         log: Callable[[str], None] = print,
         dry_run: bool = False,
+        device: str = "auto",
     ) -> None:
         self.run_dir = Path(run_dir)
         self.stage_root = self.run_dir / "stages"
@@ -72,6 +74,8 @@ class StageRunner:
         self.work_seconds = 0.0  # time spent in stages that actually ran
         self.ran = 0
         self.dry_run = dry_run
+        self.device = device  # the study's device, for the hardware stamp
+        self.hardware: dict[str, dict[str, Any]] = {}  # stage → hardware stamp of the run that made it
         # dry run: stage name → seconds its last run under another key took (None: never ran here)
         self.planned: dict[str, float | None] = {}
 
@@ -124,20 +128,27 @@ class StageRunner:
         cfg: Any,
         inputs: list[Artifact],
         fn: Callable[[Path], dict[str, Any]],
+        label: str | None = None,
     ) -> Artifact:
-        """Run `fn(stage_dir) -> summary` unless an identical stage already finished."""
+        """Run `fn(stage_dir) -> summary` unless an identical stage already finished. The directory and
+        key come from `name`; `label` (default: `name`) names the stage in logs, timings and the plan
+        (two stages of one name with different keys, e.g. a control's teacher, need two labels)."""
         key = self.key(name, cfg, inputs)
         path = self.stage_root / f"{name}-{key}"
         done = path / DONE
         self.count += 1
+        shown = name
+        name = label or name
         if done.exists():
             record = json.loads(done.read_text())
             summary = record["summary"]
             self.recorded[name] = float(record.get("seconds", 0.0))
+            if "hardware" in record:
+                self.hardware[name] = record["hardware"]
             self.log(self._progress(name, key, "skip (done)"))
             return Artifact(name, key, path, summary, cached=True)
         if self.dry_run:
-            self.planned[name] = self.previous_seconds(name)
+            self.planned[name] = self.previous_seconds(shown)
             self.log(self._progress(name, key, "would run"))
             return Artifact(name, key, path, {}, cached=False)
         path.mkdir(parents=True, exist_ok=True)
@@ -149,6 +160,8 @@ class StageRunner:
         self.ran += 1
         self.timings[name] = self.timings.get(name, 0.0) + seconds
         self.recorded[name] = seconds
+        stamp = hardware(self.device)
+        self.hardware[name] = stamp
         atomic_write_json(
             done,
             {
@@ -156,6 +169,7 @@ class StageRunner:
                 "key": key,
                 "inputs": [a.key for a in inputs],
                 "seconds": seconds,
+                "hardware": stamp,  # where it ran: CPU model, threads, torch, device
                 "summary": summary,
             },
         )

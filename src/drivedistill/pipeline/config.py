@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from drivedistill import registry
 from drivedistill.config import ConfigError, deep_merge, from_dict, load_config, load_yaml
@@ -26,6 +26,11 @@ class ModelSpec:
     name      "<student>/<method>" or "<student>/<method>-<variant>" (e.g. "transfuser/vlm_ad-q1")
     student   registered student; `student_cfg` overrides the study's `students[<student>]`
     method    registered method ("none": evaluate without training, e.g. constant_velocity)
+    recipe_cfg  overrides of the method's recipe section for this row only (the recipe's `row_options`,
+              e.g. an untrained teacher or shuffled annotations for a control row)
+    controls  the row this one is a control of (e.g. "transfuser/vlm_ad" for a KD-weight-0 row)
+    max_samples  > 0: train on this many labelled samples (a deterministic subset of the training split;
+              recipe stages still see the whole store) — the points of a learning curve
     """
 
     name: str = ""
@@ -34,10 +39,15 @@ class ModelSpec:
     student_cfg: dict[str, Any] = field(default_factory=dict)
     method_cfg: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)  # overrides of the study's `train`
+    recipe_cfg: dict[str, Any] = field(default_factory=dict)
+    controls: str = ""
+    max_samples: int = 0
 
     def __post_init__(self) -> None:
         if not self.name:
             self.name = f"{self.student}/{self.method}"
+        if self.max_samples < 0:
+            raise ConfigError(f"models[{self.name}].max_samples={self.max_samples} must be >= 0 (0 = all)")
 
 
 @dataclass
@@ -52,7 +62,7 @@ class EvalStageConfig:
     latency_repeats: int = 30  # batch-1 planning latency samples (after 5 warm-up calls)
     scene_panels: int = 4  # validation scenes drawn in the report
     expert_reference: bool = True  # add the privileged expert's row (its own plan; it driving closed loop)
-    oracle_reference: bool = True  # with the evodrive recipe: the oracle teacher's own row (open loop, PDMS)
+    recipe_references: bool = True  # the rows recipes declare from a teacher alone (e.g. an oracle's plans)
 
 
 @dataclass
@@ -68,9 +78,11 @@ class StudyConfig:
     source: dict[str, Any] = field(default_factory=dict)
     val_fraction: float = 0.2
     episodes_per_shard: int = 4
-    annotate: dict[str, Any] = field(default_factory=dict)  # VLM-AD annotation stage
-    latent: dict[str, Any] = field(default_factory=dict)  # LatentVLA latent action + teacher stages
-    evodrive: dict[str, Any] = field(default_factory=dict)  # EvoDriveVLA perception + oracle stages
+    # per registered recipe (drivedistill/recipes/<name>.py): its typed config section
+    recipes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # per_seed: every seeded recipe stage runs once per seed and seed k of a row reads teacher k;
+    # once: one teacher per run (cheap runs; the ± then covers the student's seed only)
+    teachers: Literal["once", "per_seed"] = "once"
     train: dict[str, Any] = field(default_factory=dict)  # → train.loop.TrainConfig (students)
     students: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-student config overrides
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-method config overrides
@@ -92,14 +104,12 @@ class StudyConfig:
     def methods_used(self) -> set[str]:
         return {m.method for m in self.models}
 
-    def recipe_train(self, section: str, key: str, default: dict[str, Any]) -> Any:
-        """The TrainConfig of a recipe stage (e.g. `latent.lam_train`): its defaults and the study's
-        device ← the preset's `section.key`."""
-        from drivedistill.train.loop import TrainConfig
-
-        node = getattr(self, section).get(key, {})
+    def recipe(self, name: str, overrides: dict[str, Any] | None = None) -> Any:
+        """The typed config of recipe `name`: its defaults ← `recipes.<name>` ← a row's `overrides`."""
+        entry = registry.get("recipe", name)
+        assert entry.config_cls is not None
         return from_dict(
-            TrainConfig, deep_merge({**default, "device": self.device}, node), f"{section}.{key}"
+            entry.config_cls, deep_merge(self.recipes.get(name, {}), overrides or {}), f"recipes.{name}"
         )
 
 
@@ -125,11 +135,18 @@ def load_study(
 
 def validate_components(cfg: StudyConfig) -> None:
     """Check every component section against its registered config class (fails before any work)."""
+    from drivedistill.recipes.base import recipe_of
     from drivedistill.train.loop import TrainConfig
     from drivedistill.world.config import WorldConfig
 
     from_dict(WorldConfig, cfg.world, "world")
     from_dict(TrainConfig, cfg.train, "train")
+    for name in cfg.recipes:
+        try:
+            registry.get("recipe", name)
+        except registry.RegistryError as e:
+            raise ConfigError(f"recipes.{name}: {e}") from None
+        cfg.recipe(name)
     for m in cfg.models:
         entry = registry.get("student", m.student)
         if entry.config_cls is not None:
@@ -147,3 +164,21 @@ def validate_components(cfg: StudyConfig) -> None:
                     f"models[{m.name}].method_cfg",
                 )
         from_dict(TrainConfig, deep_merge(cfg.train, m.train), f"models[{m.name}].train")
+        found = recipe_of(m.method) if m.method != "none" else None
+        if m.recipe_cfg:
+            if found is None:
+                raise ConfigError(f"models[{m.name}].recipe_cfg: method {m.method} belongs to no recipe")
+            recipe = found[0]
+            bad = sorted(set(m.recipe_cfg) - set(recipe.row_options))
+            if bad:
+                raise ConfigError(
+                    f"models[{m.name}].recipe_cfg: {bad} cannot differ per row; recipe {recipe.name} "
+                    f"allows {list(recipe.row_options)} (set the rest in recipes.{recipe.name})"
+                )
+            cfg.recipe(recipe.name, m.recipe_cfg)
+    names = set(cfg.model_names())
+    for m in cfg.models:
+        if m.controls and m.controls not in names:
+            raise ConfigError(
+                f"models[{m.name}].controls: no row named {m.controls!r}; rows: {sorted(names)}"
+            )

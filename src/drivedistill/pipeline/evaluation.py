@@ -2,14 +2,16 @@
 
 The planner sees `AgentInput` only: validation scenes are loaded without their privileged part for
 planning; the privileged part is read separately, by the metrics alone. Two reference rows are the
-exceptions, by design: the expert (`evaluate_expert`) and EvoDriveVLA's future-aware oracle teacher
-(`evaluate_oracle`) plan from privileged information; they are named "…/privileged" in results.json.
+exceptions, by design: the expert (`evaluate_expert`) and the reference rows recipes declare (a
+teacher planning alone, e.g. from future frames) plan from privileged information; they are named
+"…/privileged" in results.json.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -121,14 +123,9 @@ def evaluate_model(
     val = [store.load(t) for t in tokens]
     metrics["per_scene"] = per_scene_values(res, val, ecfg.occupancy_classes)
     metrics.update(per_event_block(val, plans, res))
-    core = getattr(module, "core", None)
-    if core is not None and cfg.evodrive.get("probe_after", True):
-        from drivedistill.models.perception import linear_probe
-        from drivedistill.pipeline.recipe_evodrive import perception_config
+    from drivedistill.pipeline.recipes import row_metrics
 
-        train = list(store.scenes("train"))
-        metrics["perception_probe"] = linear_probe(core, train, val, perception_config(cfg))
-        metrics["perception_probe"]["baselines"] = probe_baselines(train, val, perception_config(cfg), deps)
+    metrics.update(row_metrics(cfg, model, module, store, list(tokens)))  # e.g. a perception probe
     if latency and cfg.eval.latency_repeats > 0:
         ai = store.load(tokens[0], with_privileged=False).agent_input
         metrics["latency_ms"] = latency_ms(module, ai, cfg.eval.latency_repeats)
@@ -258,46 +255,6 @@ def per_scene_values(res: dict[str, Any], scenes: list[Scene], occupancy_classes
     return out
 
 
-def probe_baselines(train: list[Scene], val: list[Scene], pcfg: Any, deps: list[Artifact]) -> dict[str, Any]:
-    """What a perception-probe IoU must beat, on the same validation scenes and grid: predicting every
-    cell empty; the per-cell occupancy prior of the train split (cells occupied in more than half the
-    train scenes, the probe's own 0.5 threshold; and at the threshold with the best train IoU); and the
-    probe on a randomly initialised encoder (the evodrive_perception stage's, on all validation scenes)."""
-    import torch
-
-    from drivedistill.models.perception import iou_and_accuracy, occupancy_grid
-
-    def grids(scenes: list[Scene]) -> torch.Tensor:
-        return torch.from_numpy(
-            np.stack(
-                [
-                    occupancy_grid(s.privileged.agents[0], s.privileged.agents_valid[0], pcfg)
-                    for s in scenes
-                    if s.privileged is not None
-                ]
-            )
-        )
-
-    ys, yv = grids(train), grids(val)
-    prior = ys.mean(0)
-
-    def constant(occupied: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
-        logits = torch.where(occupied, 1.0, -1.0).expand_as(target)
-        return iou_and_accuracy(logits, target)
-
-    thresholds = sorted({float(p) for p in prior.tolist() if p > 0})
-    best = max(thresholds, key=lambda t: constant(prior >= t, ys)["iou"], default=1.0)
-    out: dict[str, Any] = {
-        "all_empty": constant(torch.zeros_like(prior, dtype=torch.bool), yv),
-        "cell_prior": constant(prior > 0.5, yv),
-        "cell_prior_best_threshold": {**constant(prior >= best, yv), "threshold": best},
-    }
-    for a in deps:
-        if "probe_random_init" in a.summary:
-            out["random_init_encoder"] = {**a.summary["probe_random_init"], "scenes": "all validation scenes"}
-    return out
-
-
 def evaluate_expert(cfg: StudyConfig, store_path: Path, out: Path) -> dict[str, Any]:
     """The reference row: the privileged expert's own 4 s plan scored like a model (open loop: 0 by
     construction; PDMS: NAVSIM's "human" row), and the expert driving the closed-loop episodes."""
@@ -321,34 +278,24 @@ def evaluate_expert(cfg: StudyConfig, store_path: Path, out: Path) -> dict[str, 
     return {"num_scenes": len(tokens)}
 
 
-def evaluate_oracle(cfg: StudyConfig, store_path: Path, oracle: Artifact, out: Path) -> dict[str, Any]:
-    """EvoDriveVLA's oracle teacher alone (its "teacher" row): the refined greedy plan it writes from the
-    current and future front frames and the future ego status, on the validation scenes, scored open
-    loop and by PDMS like any row. No closed loop and no latency: the future frames do not exist while
-    driving. Parse failures are counted and replaced by the fallback plan, as for the students."""
-    from drivedistill.data.dataset import collate
+def evaluate_reference(
+    cfg: StudyConfig,
+    store_path: Path,
+    plan: Callable[[list[Scene]], tuple[np.ndarray, dict[str, Any]]],
+    out: Path,
+) -> dict[str, Any]:
+    """A reference row a recipe declares (a teacher planning alone): `plan(validation scenes)` →
+    ((N, 8, 3) plans, extra metric blocks), scored open loop and by PDMS like any row. No closed loop
+    and no latency: such teachers read what does not exist while driving (e.g. future frames)."""
     from drivedistill.data.store import SceneStore
-    from drivedistill.models.students.vla import poses_from_xy
-    from drivedistill.models.teachers.oracle import OracleConfig, OracleTeacher
     from drivedistill.train.evaluate import evaluate_plans
 
     store = SceneStore(store_path)
     tokens = store.tokens(cfg.eval.split)[: cfg.eval.max_scenes or None]
     scenes = [store.load(t) for t in tokens]
-    ocfg = from_dict(OracleConfig, cfg.evodrive.get("oracle", {}), "evodrive.oracle")
-    teacher = OracleTeacher.load(oracle.path / "oracle", ocfg).eval()
-    plans, failures, examples = [], 0, []
-    for start in range(0, len(scenes), 16):
-        xy, texts, failed = teacher.plan(collate(scenes[start : start + 16]))
-        plans.append(poses_from_xy(xy).numpy())
-        failures += int(failed.sum())
-        examples += [t for t, f in zip(texts, failed.tolist()) if f]
+    plans, extra = plan(scenes)
     ecfg = dataclasses.replace(eval_config(cfg), closed_loop=False)
-    metrics: dict[str, Any] = {"seed": 0, "num_scenes": len(tokens)}
-    metrics["params_m"] = sum(p.numel() for p in teacher.parameters()) / 1e6
-    metrics["parse_failures"] = {"count": failures, "decoded": len(scenes)}
-    metrics["parse_failure_examples"] = examples[:3]
-    plans_ = np.concatenate(plans).astype(np.float64)
-    metrics.update(study_metrics(evaluate_plans(plans_, scenes, store, ecfg, None)))
+    metrics: dict[str, Any] = {"seed": 0, "num_scenes": len(tokens), **extra}
+    metrics.update(study_metrics(evaluate_plans(np.asarray(plans, np.float64), scenes, store, ecfg, None)))
     atomic_write_json(out / "metrics.json", metrics)
-    return {"num_scenes": len(tokens), "parse_failures": failures}
+    return {"num_scenes": len(tokens)}

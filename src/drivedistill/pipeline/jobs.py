@@ -7,8 +7,8 @@ on a 2-core machine two one-thread processes finish the study sooner than one tw
 1. collect, in this process (every other stage reads the store);
 2. the models, handed out as units of work to N spawned worker processes of one torch thread as workers
    come free (`Scheduler`). A model's unit runs its train and eval stages for every seed. Before it, a
-   model that needs recipe stages nobody has run yet (annotate, the LAM and latent teacher, the VLA
-   perception and oracle stages) gets a recipe unit that claims and computes just those; models that
+   model that needs recipe stages nobody has run yet (its recipe's teacher stages, per seed with
+   `teachers: per_seed`) gets a recipe unit that claims and computes just those; models that
    need a claimed stage wait for it, the other workers run independent models meanwhile. No stage is
    ever computed twice. Recipe units go first, then the costliest models (a rough cost per model).
    Output goes to `RUN/logs/<model>.log` (a recipe unit writes into the log of the model it ran for);
@@ -33,25 +33,17 @@ from pathlib import Path
 from typing import Any
 
 from drivedistill.pipeline.config import ModelSpec, StudyConfig
-from drivedistill.pipeline.recipes import extras_for
+from drivedistill.pipeline.recipes import method_cost
 
 # rough cost of one (model, seed) — train + eval — relative to transfuser/imitation, measured on the
-# full preset (runs/full/results.json stage_seconds, one-thread stages); used only to order the units
+# full preset (runs/full/results.json stage_seconds, one-thread stages); used only to order the units.
+# A recipe method's factor and its stages' costs are declared by its recipe (MethodUse.cost, Stage.cost).
 _STUDENT_COST = {"vla": 1.8, "ipad": 1.05, "transfuser": 1.0, "ego_mlp": 0.2, "constant_velocity": 0.15}
-_METHOD_FACTOR = {"evodrive": 1.45, "vlm_ad": 1.4, "latent_vla": 1.5, "latent_vla_distill": 1.0}
-# the same for one recipe stage (full preset, one thread): only the tests' simulated clock uses it
-RECIPE_COST = {
-    "annotate": 0.5,
-    "latent_lam": 1.1,
-    "latent_teacher": 0.7,
-    "evodrive_perception": 0.35,
-    "evodrive_oracle": 1.6,
-}
 _RUNNING = re.compile(r"\[\d+\] run (\S+)")
 
 
 def model_cost(model: ModelSpec, seeds: int) -> float:
-    return _STUDENT_COST.get(model.student, 1.0) * _METHOD_FACTOR.get(model.method, 1.0) * seeds
+    return _STUDENT_COST.get(model.student, 1.0) * method_cost(model.method) * seeds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,14 +67,17 @@ class Scheduler:
     pending runs. Recipe units go first, then the costliest model, then the config's order.
     """
 
-    def __init__(self, models: list[ModelSpec], pending: set[str], seeds: int) -> None:
+    def __init__(
+        self, models: list[ModelSpec], pending: set[str], seeds: int, needs: dict[str, list[str]]
+    ) -> None:
         self.waiting = list(models)
         self.pending = set(pending)
+        self.needs = {name: set(stages) for name, stages in needs.items()}  # row → recipe stages it reads
         self.claims: dict[str, set[str]] = {}  # running unit's label → the recipe stages it computes
         self.seeds = seeds
 
     def _needs(self, model: ModelSpec) -> set[str]:
-        return set(extras_for(model.method)) & self.pending
+        return self.needs.get(model.name, set()) & self.pending
 
     def next(self) -> Unit | None:
         """The next unit to start, or None while every waiting model waits for a running recipe unit."""
@@ -148,14 +143,15 @@ def run_parallel(cfg: StudyConfig, out: Path, jobs: int) -> dict[str, Any]:
     )
 
     from drivedistill.pipeline.cache import StageRunner
-    from drivedistill.pipeline.recipes import RECIPE_STAGES
     from drivedistill.pipeline.study import collect_stage, run_study
 
     started = time.perf_counter()
-    collector = StageRunner(out)
+    collector = StageRunner(out, device=cfg.device)
     collect_stage(collector, cfg)
-    planned = run_study(cfg, out, dry_run=True)["planned"]
-    scheduler = Scheduler(cfg.models, {name for name, _, _ in RECIPE_STAGES} & set(planned), len(cfg.seeds))
+    plan = run_study(cfg, out, dry_run=True)
+    planned, needs = plan["planned"], plan["needs"]
+    recipe_stages = {s for stages in needs.values() for s in stages}
+    scheduler = Scheduler(cfg.models, recipe_stages & set(planned), len(cfg.seeds), needs)
     (out / "logs").mkdir(parents=True, exist_ok=True)
     print(f"{len(planned)} stages to run in {jobs} workers of one thread (logs: {out / 'logs'}/MODEL.log)")
     done_before = {p.parent.name for p in (out / "stages").glob("*/_done.json")}

@@ -1,9 +1,10 @@
-"""The study, top to bottom: collect → annotate → latent actions → teachers → students → eval → report.
+"""The study, top to bottom: collect → recipe stages (annotations, teachers) → students → eval → report.
 
 Every step is a cached stage (pipeline/cache.py): its directory is keyed by its config and the keys of
 the stages it reads, so a second run skips what is done and a changed knob re-runs only what depends
-on it. Recipe stages run only when a model in `cfg.models` needs them (run one recipe alone by listing
-only its models).
+on it. Recipe stages (declared by the registered recipes, drivedistill/recipes/) run only when a model
+in `cfg.models` needs them (run one recipe alone by listing only its models); with `teachers:
+per_seed` once per seed.
 """
 
 from __future__ import annotations
@@ -20,8 +21,17 @@ import numpy as np
 from drivedistill.config import deep_merge, from_dict, to_dict
 from drivedistill.pipeline.cache import Artifact, StageRunner
 from drivedistill.pipeline.config import ModelSpec, StudyConfig
-from drivedistill.pipeline.extras import Extras, read_extras
-from drivedistill.pipeline.recipes import RECIPE_STAGES, extras_for, method_artifacts, student_paths
+from drivedistill.pipeline.recipes import (
+    RecipeStages,
+    all_recipes,
+    baseline_row,
+    code_version,
+    method_artifacts,
+    recipe_of,
+    row_recipe_config,
+    student_paths,
+)
+from drivedistill.recipes.extras import Extras, read_extras
 from drivedistill.utils.io import atomic_write_json
 
 
@@ -77,25 +87,6 @@ def resolved_spec(cfg: StudyConfig, model: ModelSpec, seed: int, deps: list[Arti
     )
 
 
-# Bumped when a method's training changes without a config change, so cached stages of it re-run:
-# method → [(revision, method-config switches it applies to)], the last matching entry wins.
-# evodrive 2: MC-dropout candidates took their logits from hidden states one token late;
-# evodrive 3: the anchor loss collapsed to 0 once the AnchorFormer weights underflowed (visual KD only).
-METHOD_REVISIONS: dict[str, list[tuple[int, dict[str, Any]]]] = {
-    "evodrive": [(2, {}), (3, {"visual_kd": True})],
-}
-
-
-def method_revision(method: str, method_cfg: dict[str, Any]) -> int | None:
-    """The revision of `method` with this resolved config (None: never revised)."""
-    matching = [
-        rev
-        for rev, switches in METHOD_REVISIONS.get(method, [])
-        if all(method_cfg.get(k) == v for k, v in switches.items())
-    ]
-    return matching[-1] if matching else None
-
-
 def train_stage(
     runner: StageRunner,
     cfg: StudyConfig,
@@ -124,19 +115,25 @@ def train_stage(
         },
     }
 
-    revision = method_revision(model.method, sections["method"])
-    if revision is not None:
-        stage_cfg["revision"] = revision
+    version = code_version(model.method)
+    if version is not None:  # the method's code version, declared by its recipe (recipes/<name>.py)
+        stage_cfg["code_version"] = version
+    if model.recipe_cfg:  # a control's row options (e.g. shuffled extras)
+        stage_cfg["recipe_cfg"] = model.recipe_cfg
+    if model.max_samples:
+        stage_cfg["max_samples"] = model.max_samples
 
     def run(d: Path) -> dict[str, Any]:
         ds = SceneDataset(SceneStore(store.store_dir()), "train", extras=extras(), cache_decoded=True)
+        data: Any = labelled_subset(ds, model.max_samples)
         resume = (d / "checkpoints").exists() and any((d / "checkpoints").iterdir())
         from drivedistill.utils.runtime import select_device
 
         ctx = MethodContext(artifacts=method_artifacts(deps), device=select_device(cfg.device), seed=seed)
-        result = train_student(spec, ds, d, context=ctx, resume=resume)
+        result = train_student(spec, data, d, context=ctx, collate=ds.collate, resume=resume)
         return {
             "checkpoint": str(d),
+            "train_samples": len(data),
             "step": result.step,
             "losses": result.losses,
             "samples_per_s": result.samples_per_s,
@@ -145,8 +142,19 @@ def train_stage(
     return runner.run(f"train-{model.name.replace('/', '_')}-s{seed}", stage_cfg, [store, *deps], run)
 
 
+def labelled_subset(ds: Any, max_samples: int) -> Any:
+    """The first `max_samples` samples of a fixed permutation (seed 0) of the training split — the
+    same subset for every seed and row, nested across sizes (a learning curve's points); all when 0."""
+    if max_samples <= 0 or max_samples >= len(ds):
+        return ds
+    from torch.utils.data import Subset
+
+    order = np.random.default_rng(0).permutation(len(ds))
+    return Subset(ds, sorted(order[:max_samples].tolist()))
+
+
 # eval fields that choose report panels or reference rows, not how a (model, seed) is measured
-NOT_IN_EVAL_KEY = ("scene_panels", "oracle_reference")
+NOT_IN_EVAL_KEY = ("scene_panels", "recipe_references")
 
 
 def eval_key(cfg: StudyConfig) -> dict[str, Any]:
@@ -177,9 +185,11 @@ def eval_stage(
         "eval": eval_key(cfg),
         "model": {**to_dict(model), "student_cfg": without_legacy_fields(model.student_cfg)},
         "student_defaults": without_legacy_fields(cfg.students.get(model.student, {})),  # untrained rows
-        "probe": {k: cfg.evodrive.get(k) for k in ("perception", "probe_after")},
         "per_scene": 1,  # metrics.json holds per-scene values and probe baselines (stats.py reads them)
     }
+    found = recipe_of(model.method)
+    if found is not None and found[0].row_metrics is not None:  # e.g. a perception probe of VLA rows
+        key["recipe"] = found[0].row_metrics_key(row_recipe_config(cfg, model))
     return runner.run(f"eval-{model.name.replace('/', '_')}-s{seed}", key, inputs, run)
 
 
@@ -201,7 +211,6 @@ def _mean_std(values: list[Any]) -> tuple[Any, Any]:
 
 
 EXPERT_ROW = "expert/privileged"  # the reference row: the expert that produced the targets
-ORACLE_ROW = "oracle/privileged"  # EvoDriveVLA's future-aware teacher alone (reads future frames)
 METRIC_BLOCKS = (
     "openloop",
     "pdms",
@@ -214,24 +223,40 @@ METRIC_BLOCKS = (
 )
 
 
+def controls_by_row(cfg: StudyConfig) -> dict[str, list[str]]:
+    """row → the control rows that declare they control for it (`ModelSpec.controls`), in model order."""
+    out: dict[str, list[str]] = {}
+    for m in cfg.models:
+        if m.controls:
+            out.setdefault(m.controls, []).append(m.name)
+    return out
+
+
 def aggregate(cfg: StudyConfig, per_seed: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """results.json: per model, means over seeds with a sibling "std" block of the same shape."""
     from drivedistill.train.checkpoint import versions
+    from drivedistill.utils.runtime import hardware
 
     models: dict[str, Any] = {}
-    specs = list(cfg.models)
-    if ORACLE_ROW in per_seed:  # the privileged reference rows first
-        specs.insert(0, ModelSpec(name=ORACLE_ROW, student="oracle", method="privileged"))
-    if EXPERT_ROW in per_seed:
+    model_rows = set(cfg.model_names())
+    references = [n for n in per_seed if n not in model_rows and n != EXPERT_ROW]
+    specs = [ModelSpec(name=n, student=n.split("/")[0], method="privileged") for n in references]
+    if EXPERT_ROW in per_seed:  # the privileged reference rows first, the expert's on top
         specs.insert(0, ModelSpec(name=EXPERT_ROW, student="expert", method="privileged"))
+    specs += list(cfg.models)
     for spec in specs:
         runs = per_seed.get(spec.name, [])
         if not runs:
             continue
+        base = baseline_row(spec, list(cfg.models)) if spec.method != "privileged" else None
         entry: dict[str, Any] = {
             "student": spec.student,
             "method": spec.method,
             "seeds": [r["seed"] for r in runs],
+            "baseline": base,  # the row it is compared against (same student, labelled-set size)
+            "controls": spec.controls or None,  # a control row: the row it controls for
+            "max_samples": spec.max_samples or None,  # labelled training samples (None: all)
+            "teachers": cfg.teachers if recipe_of(spec.method) is not None else None,
         }
         std: dict[str, Any] = {}
         for block in METRIC_BLOCKS:
@@ -247,6 +272,8 @@ def aggregate(cfg: StudyConfig, per_seed: dict[str, list[dict[str, Any]]]) -> di
         "schema": 2,  # 2: "comparisons" (stats.py) and "hardware"
         "preset": cfg.preset,
         "seeds": list(cfg.seeds),
+        "teachers": cfg.teachers,  # per_seed: seed k of a row used teacher k; once: one teacher per run
+        "hardware": hardware(cfg.device),  # of this process; every stage's own: stage_hardware
         "versions": versions(),
         "config_hash": StageRunner.key_of(to_dict(cfg)),
         "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -271,33 +298,48 @@ def run_study(
     """Run (or resume) the whole study into `out`; returns results.json's content.
 
     With `dry_run`, run nothing and return the plan: {"planned": {stage: seconds it took last time or
-    None}, "cached": [finished stages]} (see StageRunner). With `part` (a job of a parallel run, see
-    pipeline/jobs.py), run only the stages of `cfg.models` — no reference rows, latency left out,
-    no results.json or report — and return {"stage_seconds": ...}; `recipes_only` (such a part) runs
-    only the recipe stages that `cfg.models` need. `timings` / `started`: seconds of the
-    stages this invocation's jobs ran and its `time.perf_counter()` start, reported with its own."""
+    None}, "cached": [finished stages], "needs": {row: [recipe stages it reads]}, "rows": [...]} (see
+    StageRunner). With `part` (a job of a parallel run, see pipeline/jobs.py), run only the stages of
+    `cfg.models` — no reference rows, latency left out, no results.json or report — and return
+    {"stage_seconds": ...}; `recipes_only` (such a part) runs only the recipe stages that `cfg.models`
+    need. `timings` / `started`: seconds of the stages this invocation's jobs ran and its
+    `time.perf_counter()` start, reported with its own."""
     from drivedistill.pipeline.assets import build_assets
     from drivedistill.pipeline.evaluation import add_latency
     from drivedistill.report import write_report
 
-    runner = StageRunner(out, log=(lambda _: None) if dry_run else print, dry_run=dry_run)
+    runner = StageRunner(out, log=(lambda _: None) if dry_run else print, dry_run=dry_run, device=cfg.device)
     t0 = time.perf_counter() if started is None else started
     store = collect_stage(runner, cfg)
     if dry_run and not store.cached:  # the recipe stages read the store to build their keys
-        return {"planned": {"collect": None}, "cached": [], "everything": True}
-    recipe_artifacts: dict[str, Artifact] = {}
-    for stage_name, needed_by, fn in RECIPE_STAGES:
-        if cfg.methods_used() & needed_by:
-            recipe_artifacts[stage_name] = fn(runner, cfg, store, recipe_artifacts)
+        return {
+            "planned": {"collect": None},
+            "cached": [],
+            "everything": True,
+            "needs": {},
+            "rows": rows(cfg),
+        }
+    recipes = RecipeStages(runner, cfg, store)
+    needs: dict[str, list[str]] = {}
+    for model in cfg.models:  # recipe stages first: every row's teachers, each distinct key once
+        labels = [label for seed in cfg.seeds for label, _ in recipes.for_model(model, seed)]
+        needs[model.name] = list(dict.fromkeys(labels))
     if recipes_only:
         return {"stage_seconds": runner.timings}
+    quality = {} if dry_run or part else recipes.quality()  # the teachers' gates, before students train
+    for label, gate in quality.items():
+        print(f"teacher quality {label}: {'pass' if gate.get('pass') else 'FAIL'} {gate.get('checks', {})}")
     trained_runs: dict[tuple[str, int], Artifact] = {}
     evaluated: dict[tuple[str, int], Artifact] = {}
     for model in cfg.models:
-        deps = [recipe_artifacts[n] for n in extras_for(model.method) if n in recipe_artifacts]
-        # read once per model, and only if one of its train stages runs
-        extras = functools.cache(functools.partial(read_extras, [a.path / "extras.npz" for a in deps]))
+        found = recipe_of(model.method)
+        prepare = found[0].prepare_extras if found is not None else None
+        row_cfg = row_recipe_config(cfg, model)
         for seed in cfg.seeds:
+            deps = [a for _, a in recipes.for_model(model, seed)]
+            paths = [a.path / "extras.npz" for a in deps]
+            # read only if one of its train stages runs; once per (row, teacher)
+            extras = functools.cache(functools.partial(_row_extras, paths, prepare, row_cfg))
             trained = (
                 None if model.method == "none" else train_stage(runner, cfg, model, seed, store, deps, extras)
             )
@@ -309,7 +351,7 @@ def run_study(
                 print(f"latency of {model.name} seed {seed} measured alone (its job ran beside another)")
     if part:
         return {"stage_seconds": runner.timings}
-    references: dict[str, Artifact] = {}  # row name → its eval stage
+    references: dict[str, list[Artifact]] = {}  # row name → its eval stages (one per teacher)
     if cfg.eval.expert_reference:
         from drivedistill.pipeline.evaluation import evaluate_expert
 
@@ -319,34 +361,77 @@ def run_study(
             [store],
             lambda d: evaluate_expert(cfg, store.store_dir(), d),
         )
-        references[EXPERT_ROW] = ref
-    if cfg.eval.oracle_reference and "evodrive_oracle" in recipe_artifacts:
-        from drivedistill.pipeline.evaluation import evaluate_oracle
+        references[EXPERT_ROW] = [ref]
+    if cfg.eval.recipe_references:
+        from drivedistill.pipeline.evaluation import evaluate_reference
 
-        oracle = recipe_artifacts["evodrive_oracle"]
-        ref = runner.run(
-            "eval-oracle",
-            {"eval": eval_key(cfg), "oracle": cfg.evodrive.get("oracle", {})},
-            [store, oracle],
-            lambda d: evaluate_oracle(cfg, store.store_dir(), oracle, d),
-        )
-        references[ORACLE_ROW] = ref
+        for (name, variant, tseed), done in recipes.results.items():
+            recipe = all_recipes()[name]
+            for reference in recipe.references if not variant else ():
+                if reference.stage not in done:
+                    continue
+                art, rcfg = done[reference.stage][1], cfg.recipe(name)
+                who = reference.row.split("/")[0]
+                plan = functools.partial(reference.plan, rcfg, art)
+                ev = runner.run(
+                    f"eval-{who}" + (f"-s{tseed}" if tseed is not None else ""),
+                    {"eval": eval_key(cfg), who: reference.key(rcfg)},
+                    [store, art],
+                    functools.partial(evaluate_reference, cfg, store.store_dir(), plan),
+                )
+                references.setdefault(reference.row, []).append(ev)
     if dry_run:
-        return {"planned": runner.planned, "cached": sorted(runner.recorded), "everything": False}
+        return {
+            "planned": runner.planned,
+            "cached": sorted(runner.recorded),
+            "everything": False,
+            "needs": needs,
+            "rows": rows(cfg, references),
+        }
     per_seed: dict[str, list[dict[str, Any]]] = {}
     for (name, _), ev in evaluated.items():  # models in order, seeds in order
         per_seed.setdefault(name, []).append(_metrics(ev))
-    per_seed |= {name: [_metrics(ref)] for name, ref in references.items()}
+    for name, evs in references.items():
+        per_seed[name] = [{**_metrics(ev), "seed": i} for i, ev in enumerate(evs)]
     results = aggregate(cfg, per_seed)
     from drivedistill.stats import compare_rows
-    from drivedistill.utils.runtime import hardware
 
-    rows = {m.name: (m.student, m.method) for m in cfg.models}
-    results["comparisons"] = compare_rows(per_seed, rows)  # baselines by the fallback rule (stats.py)
-    results.setdefault("hardware", hardware(cfg.device))
+    compared = {m.name: (m.student, m.method) for m in cfg.models if m.name in per_seed}
+    models = results["models"]
+    results["comparisons"] = compare_rows(
+        per_seed,
+        compared,
+        baselines={n: models[n]["baseline"] for n in compared if models.get(n, {}).get("baseline")},
+        controls=controls_by_row(cfg),
+    )
+    results["teacher_quality"] = quality
     results["stage_seconds"] = {**(timings or {}), **runner.timings, "total": time.perf_counter() - t0}
     results["compute_seconds"] = {**runner.recorded, "total": sum(runner.recorded.values())}
+    results["stage_hardware"] = dict(runner.hardware)
     atomic_write_json(out / "results.json", results)
+    recipe_artifacts = {label: art for label, art in recipes.by_path.values()}
     assets = build_assets(cfg, out, store.store_dir(), trained_runs, evaluated, recipe_artifacts)
     write_report(out, results, assets)
     return results
+
+
+def _row_extras(paths: list[Path], prepare: Any, row_cfg: Any) -> Extras:
+    """A row's extras: the recipe stages' files, passed through its recipe's `prepare_extras`."""
+    extras = read_extras(paths)
+    return prepare(row_cfg, extras) if prepare is not None else extras
+
+
+def rows(cfg: StudyConfig, references: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The rows of the study with what pairs them: baseline row, controlled row, labelled samples."""
+    out: list[dict[str, Any]] = [{"row": name, "kind": "reference"} for name in (references or {})]
+    for m in cfg.models:
+        out.append(
+            {
+                "row": m.name,
+                "kind": "control" if m.controls else "model",
+                "baseline": baseline_row(m, list(cfg.models)),
+                "controls": m.controls or None,
+                "max_samples": m.max_samples or None,
+            }
+        )
+    return out

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from drivedistill.sim.geometry import normalize_angle
+from drivedistill.geometry.planar import normalize_angle
 
 
 class S(enum.IntEnum):

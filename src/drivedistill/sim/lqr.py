@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from drivedistill.metrics.metric_scene import MetricScene
+from drivedistill.geometry.metric_scene import MetricScene
+from drivedistill.geometry.planar import normalize_angle, relative_to_absolute
 from drivedistill.sim.bicycle import NUM_STATES, BicycleParams, S, initial_state, propagate
-from drivedistill.sim.geometry import normalize_angle, relative_to_absolute
 
 
 @dataclass(frozen=True)
@@ -52,28 +52,36 @@ def fit_speed_curvature(poses: np.ndarray, p: LQRParams) -> tuple[np.ndarray, np
     diff = np.diff(poses, axis=1)
     xy_disp = diff[..., :2]  # (B, M, 2)
     heading_disp = normalize_angle(diff[..., 2])  # (B, M)
-    b, m = heading_disp.shape
+    m = heading_disp.shape[1]
     # speed: unknowns [v0, a_0 .. a_{M-2}]; displacement_i = dt·v0 + dt²·Σ_{j<i} a_j along heading_i
+    # Each displacement is observed along its heading's unit vector u_i, so the normal matrix AᵀA of the
+    # least-squares fit does not depend on the headings (uᵢ·uᵢ = 1): one (M, M) system for the whole
+    # batch, right-hand sides Aᵀd = E·(uᵢ·dᵢ) with E the heading-free design matrix.
     headings = poses[:, :-1, 2]
-    col = np.stack([np.cos(headings), np.sin(headings)], axis=-1).reshape(b, 2 * m)  # (B, 2M)
-    lower = np.repeat(np.tril(np.ones((m, m)), k=0), 2, axis=0)  # (2M, M)
-    a_mat = col[:, :, None] * dt**2 * lower[None]
-    a_mat[..., 0] = col * dt
+    along = np.cos(headings) * xy_disp[..., 0] + np.sin(headings) * xy_disp[..., 1]  # (B, M)
+    design = dt**2 * np.tril(np.ones((m, m)))
+    design[:, 0] = dt
     band = np.zeros((m - 2, m))
     band[:, 2:] += np.eye(m - 2)
     band[:, 1:-1] -= np.eye(m - 2)
     reg = p.jerk_penalty * band.T @ band
-    a_t = a_mat.transpose(0, 2, 1)
-    sol = np.linalg.solve(a_t @ a_mat + reg, (a_t @ xy_disp.reshape(b, 2 * m)[..., None]))[..., 0]
+    sol = np.linalg.solve(design.T @ design + reg, (along @ design).T).T
     speed = _integrate(sol[:, 0], sol[:, 1:], dt)  # (B, M)
     # curvature: unknowns [κ0, κ̇_0 .. κ̇_{M-2}]; heading_disp_i = v_i·dt·(κ0 + dt·Σ_{j<i} κ̇_j)
-    c_mat = np.repeat(np.tril(np.ones((m, m)))[None], b, axis=0)
-    c_mat[:, :, 0] = speed * dt
-    c_mat[:, 1:, 1:] *= (speed[:, 1:] * dt**2)[:, :, None]
+    # The design matrix is diag(v·dt)·E with E[i, 0] = 1, E[i, j ≥ 1] = dt·[j ≤ i]: its normal matrix is
+    # (EᵀWE)[j, k] = f(j, k)·Σ_{i ≥ max(j, k)} w_i (w = (v·dt)², f = 1, dt or dt²) — built from one reverse
+    # cumulative sum per plan instead of a (B, M, M) product.
+    w = (speed * dt) ** 2
+    tail = np.cumsum(w[:, ::-1], axis=1)[:, ::-1]  # (B, M) Σ_{i ≥ j} w_i
+    idx = np.arange(m)
+    scale = np.where(idx[:, None] == 0, 1.0, dt) * np.where(idx[None, :] == 0, 1.0, dt)
+    normal = tail[:, np.maximum(idx[:, None], idx[None, :])] * scale
+    design = np.tril(np.ones((m, m))) * dt
+    design[:, 0] = 1.0
     q = p.curvature_rate_penalty * np.eye(m)
     q[0, 0] = p.initial_curvature_penalty
-    c_t = c_mat.transpose(0, 2, 1)
-    sol = np.linalg.solve(c_t @ c_mat + q, (c_t @ heading_disp[..., None]))[..., 0]
+    rhs = (speed * dt * heading_disp) @ design
+    sol = np.linalg.solve(normal + q, rhs[..., None])[..., 0]
     curvature = _integrate(sol[:, 0], sol[:, 1:], dt)
     return speed, curvature
 
@@ -84,20 +92,28 @@ def _lateral_command(
     """Steering rate (B,) from the lateral state (B, 3) and horizon profiles speeds, curvatures (B, H)."""
     b, h = speeds.shape
     dt, wheelbase = p.dt, p.bicycle.wheelbase
-    a_acc = np.tile(np.eye(3), (b, 1, 1))
-    b_acc = np.zeros((b, 3))
-    g_acc = np.zeros((b, 3))
-    for k in range(h):
-        step = np.tile(np.eye(3), (b, 1, 1))
-        step[:, 0, 1] = speeds[:, k] * dt
-        step[:, 1, 2] = speeds[:, k] * dt / wheelbase
-        affine = np.zeros((b, 3))
-        affine[:, 1] = -speeds[:, k] * curvatures[:, k] * dt
-        a_acc = step @ a_acc
-        b_acc = np.einsum("bij,bj->bi", step, b_acc)
-        b_acc[:, 2] += dt
-        g_acc = np.einsum("bij,bj->bi", step, g_acc) + affine
-    err = np.einsum("bij,bj->bi", a_acc, lat_state) + g_acc
+    # The one-step matrices are unit upper-triangular [[1, v·dt, 0], [0, 1, v·dt/L], [0, 0, 1]], so their
+    # product and the input / affine accumulators follow first-order recurrences x_k = x_{k-1} + u_k, run
+    # as cumulative sums over the horizon (same summation order as the step-by-step products).
+    s01 = speeds * dt  # (B, H)
+    s12 = speeds * dt / wheelbase
+    affine = -speeds * curvatures * dt
+
+    def prev(x: np.ndarray) -> np.ndarray:  # x_{k-1}, with x_{-1} = 0
+        return np.concatenate([np.zeros((b, 1)), x[:, :-1]], axis=1)
+
+    a12 = np.cumsum(s12, axis=1)
+    a01 = np.cumsum(s01, axis=1)[:, -1]
+    a02 = np.cumsum(s01 * prev(a12), axis=1)[:, -1]
+    b2 = np.cumsum(np.full((b, h), dt), axis=1)
+    b1 = np.cumsum(s12 * prev(b2), axis=1)
+    b0 = np.cumsum(s01 * prev(b1), axis=1)[:, -1]
+    g1 = np.cumsum(affine, axis=1)
+    g0 = np.cumsum(s01 * prev(g1), axis=1)[:, -1]
+    a12, b1, b2, g1 = a12[:, -1], b1[:, -1], b2[:, -1], g1[:, -1]
+    l0, l1, l2 = lat_state[:, 0], lat_state[:, 1], lat_state[:, 2]
+    err = np.stack([l0 + a01 * l1 + a02 * l2 + g0, l1 + a12 * l2 + g1, l2], axis=-1)
+    b_acc = np.stack([b0, b1, b2], axis=-1)
     err[:, 1:] = normalize_angle(err[:, 1:])
     q = np.asarray(p.q_lateral)
     bq = b_acc * q

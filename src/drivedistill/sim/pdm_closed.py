@@ -7,7 +7,8 @@
    each offset path; the leading agent is the nearest object ahead in the ego-width corridor, agents
    forecast at constant velocity; with no agent, the end of the centerline acts as a stopped lead.
 4. Every proposal is simulated (LQR + bicycle) and scored with the PDMS scorer against the forecast;
-   the best-scoring proposal is the plan.
+   the best-scoring proposal is the plan. `selection` picks the scorer: v1.1's (default) or v2's
+   (lane keeping then favours the centre path).
 """
 
 from __future__ import annotations
@@ -17,16 +18,16 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial import cKDTree
 
-from drivedistill.metrics.metric_scene import MetricScene
-from drivedistill.sim.geometry import (
+from drivedistill.geometry.metric_scene import MetricScene
+from drivedistill.geometry.planar import (
     absolute_to_relative,
     interpolate_polyline,
     project_to_polyline,
     resample_polyline,
 )
+from drivedistill.geometry.scene_index import AgentBoxes, MapIndex, constant_velocity_agents
 from drivedistill.sim.lqr import simulate_plans
-from drivedistill.sim.scene_geometry import AgentBoxes, MapIndex, constant_velocity_agents
-from drivedistill.sim.scorer import TTC_STEPS, score_states
+from drivedistill.sim.scorer import TTC_STEPS, score_states, score_states_v2
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,9 @@ class PDMClosedParams:
     horizon_steps: int = 40  # 4 s
     plan_stride: int = 5  # 0.5 s output poses
     path_resolution: float = 0.5  # [m]
+    # which scorer picks the best proposal: "navsim-v1.1" (PDMS) or "navsim-v2" (EPDMS without EC, so
+    # lane keeping counts — NAVSIM v2's metric cache runs PDM-Closed with its v2 scorer)
+    selection: str = "navsim-v1.1"
 
 
 def offset_paths(centerline: np.ndarray, offsets: tuple[float, ...], resolution: float) -> list[np.ndarray]:
@@ -144,5 +148,12 @@ def pdm_closed_plan(
     forecast = constant_velocity_agents(scene, p.horizon_steps + 1 + max(TTC_STEPS))
     proposals = pdm_closed_proposals(scene, forecast, p)
     states = simulate_plans(scene, proposals)
-    scores = score_states(states, scene, map_index, forecast, scene.route, reference=None)
-    return proposals[int(np.argmax(scores.score))]
+    if p.selection == "navsim-v2":
+        best = score_states_v2(
+            states, scene, map_index, forecast, scene.route, None, with_history=False
+        ).score
+    elif p.selection == "navsim-v1.1":
+        best = score_states(states, scene, map_index, forecast, scene.route, reference=None).score
+    else:
+        raise ValueError(f"PDMClosedParams.selection {p.selection!r}: choose navsim-v1.1 or navsim-v2")
+    return proposals[int(np.argmax(best))]

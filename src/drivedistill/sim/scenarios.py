@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from drivedistill.metrics.metric_scene import MetricScene
+from drivedistill.geometry.metric_scene import MetricScene
 from drivedistill.types import AgentClass
 
 

@@ -12,10 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from drivedistill.metrics.metric_scene import MetricScene
-from drivedistill.sim.bicycle import S
-from drivedistill.sim.comfort import comfort_checks
-from drivedistill.sim.geometry import (
+from drivedistill.geometry.metric_scene import MetricScene
+from drivedistill.geometry.planar import (
     CENTER,
     FRONT_LEFT,
     FRONT_RIGHT,
@@ -23,7 +21,9 @@ from drivedistill.sim.geometry import (
     convex_intersects,
     project_to_polyline,
 )
-from drivedistill.sim.scene_geometry import AgentBoxes, MapIndex
+from drivedistill.geometry.scene_index import AgentBoxes, MapIndex
+from drivedistill.sim.bicycle import S
+from drivedistill.sim.comfort import comfort_checks
 
 STOPPED_EGO_SPEED = 5e-2  # [m/s] collision classification (ego stopped → not at fault)
 TTC_STOPPED_SPEED = 5e-3  # [m/s] TTC skipped below this ego speed
@@ -81,27 +81,80 @@ def _relative_angle(states_bt: np.ndarray, target_xy: np.ndarray) -> np.ndarray:
 def _overlaps(
     corners: np.ndarray, centers: np.ndarray, radius: float, agents: AgentBoxes, steps: np.ndarray
 ) -> tuple[np.ndarray, ...]:
-    """Indices (b, t, a) where ego boxes corners (B, T, 4, 2) overlap agents at grid steps `steps` (T,)."""
+    """Indices (b, t, a) where ego boxes corners (B, T, 4, 2) overlap agents at grid steps `steps` (T,).
+
+    Agents are first reduced to those whose circle meets the bounding box of all proposals' ego circles
+    at some step (one (T, A) test), so the (B, T, A') distance prefilter runs over the few nearby agents
+    only — on city logs most of the hundreds of tracks are far from every proposal."""
     in_range = steps < agents.num_steps
     st = np.minimum(steps, agents.num_steps - 1)
     a_centers = agents.centers[st]  # (T, A, 2)
-    dist2 = ((centers[:, :, None, :] - a_centers[None]) ** 2).sum(-1)
-    reach = (radius + agents.radius) ** 2
-    close = (dist2 <= reach[None, None]) & (agents.valid[st] & in_range[:, None])[None]
-    b, t, a = np.nonzero(close)
+    valid = agents.valid[st] & in_range[:, None]
+    pad = (radius + agents.radius)[None, :, None]
+    lo, hi = centers.min(0)[:, None], centers.max(0)[:, None]  # (T, 1, 2) over proposals
+    with np.errstate(invalid="ignore"):
+        near = valid & ((a_centers >= lo - pad) & (a_centers <= hi + pad)).all(-1)
+    sel = np.flatnonzero(near.any(0))
+    if len(sel) == 0:
+        empty = np.zeros(0, np.int64)
+        return empty, empty, empty
+    ac = a_centers[:, sel]
+    dx = centers[:, :, None, 0] - ac[None, :, :, 0]
+    dy = centers[:, :, None, 1] - ac[None, :, :, 1]
+    reach = (radius + agents.radius[sel]) ** 2
+    close = (dx * dx + dy * dy <= reach) & near[:, sel][None]
+    b, t, k = np.nonzero(close)
+    a = sel[k]
     hit = convex_intersects(corners[b, t], agents.corners[st[t], a])
     return b[hit], t[hit], a[hit]
 
 
-def ego_areas(boxes: np.ndarray, states: np.ndarray, map_index: MapIndex) -> dict[str, np.ndarray]:
-    """(B, T) bool masks: multiple_lanes, non_drivable, oncoming, intersection (rear axle in a junction)."""
-    corners = boxes[..., :4, :]
-    return {
-        "multiple_lanes": map_index.multiple_lanes(corners),
-        "non_drivable": np.asarray(~map_index.in_drivable(corners).all(-1)),
-        "oncoming": ~map_index.in_on_route_lane(boxes[..., CENTER, :]),
-        "intersection": map_index.in_intersection(states[..., [S.X, S.Y]]),
-    }
+class EgoAreas(dict):  # type: ignore[type-arg]
+    """(B, T) bool masks "non_drivable", "oncoming", "intersection" (rear axle in a junction); the costly
+    "multiple_lanes" is evaluated only where it is read — at the (b, t) of collision / TTC candidates —
+    with `multiple_lanes_at(b, t)` (per box, so identical to the full mask)."""
+
+    def __init__(self, boxes: np.ndarray, states: np.ndarray, map_index: MapIndex) -> None:
+        corners = boxes[..., :4, :]
+        super().__init__(
+            non_drivable=np.asarray(~map_index.in_drivable(corners).all(-1)),
+            oncoming=~map_index.in_on_route_lane(boxes[..., CENTER, :]),
+            intersection=map_index.in_intersection(states[..., [S.X, S.Y]]),
+        )
+        self.corners = corners
+        self.map_index = map_index
+
+    def __missing__(self, key: str) -> np.ndarray:
+        if key != "multiple_lanes":
+            raise KeyError(key)
+        value = np.asarray(self.map_index.multiple_lanes(self.corners))
+        self[key] = value
+        return value
+
+    def multiple_lanes_at(self, b: np.ndarray, t: np.ndarray) -> np.ndarray:
+        if "multiple_lanes" in self:
+            return np.asarray(self["multiple_lanes"][b, t])
+        if len(b) == 0:
+            return np.zeros(0, bool)
+        return np.asarray(self.map_index.multiple_lanes(self.corners[b, t]))
+
+    def head(self, n: int) -> EgoAreas:
+        """The masks of the first n steps."""
+        out = EgoAreas.__new__(EgoAreas)
+        dict.__init__(out, {k: v[:, :n] for k, v in self.items()})
+        out.corners, out.map_index = self.corners[:, :n], self.map_index
+        return out
+
+
+def ego_areas(boxes: np.ndarray, states: np.ndarray, map_index: MapIndex) -> EgoAreas:
+    """(B, T) bool masks: multiple_lanes (lazy), non_drivable, oncoming, intersection (rear axle in a junction)."""
+    return EgoAreas(boxes, states, map_index)
+
+
+def _multiple_lanes(areas: dict[str, np.ndarray], b: np.ndarray, t: np.ndarray) -> np.ndarray:
+    if isinstance(areas, EgoAreas):
+        return areas.multiple_lanes_at(b, t)
+    return np.asarray(areas["multiple_lanes"][b, t])
 
 
 def no_at_fault_collision(
@@ -118,7 +171,7 @@ def no_at_fault_collision(
     behind = _relative_angle(st, agents.centers[t, a]) > BEHIND_DEG
     bumper = boxes[b, t][:, [FRONT_LEFT, FRONT_RIGHT]]
     front = convex_intersects(bumper, agents.corners[t, a])
-    lateral_fault = areas["multiple_lanes"][b, t] | areas["non_drivable"][b, t]
+    lateral_fault = _multiple_lanes(areas, b, t) | areas["non_drivable"][b, t]
     at_fault = (speed > STOPPED_EGO_SPEED) & (agents.stopped[a] | (~behind & (front | lateral_fault)))
     ignored = np.zeros((n_b, agents.centers.shape[1]), bool)
     for step in np.unique(t):  # sequential in time: a non-at-fault contact ignores that object later
@@ -161,7 +214,7 @@ def time_to_collision(
     b, t, a, j = b[order], t[order], a[order], j[order]
     moving = speed[b, t] >= TTC_STOPPED_SPEED
     angle = _relative_angle(states[b, t], agents.centers[t + np.asarray(TTC_STEPS)[j], a])
-    risky = areas["multiple_lanes"][b, t] | areas["non_drivable"][b, t] | areas["intersection"][b, t]
+    risky = _multiple_lanes(areas, b, t) | areas["non_drivable"][b, t] | areas["intersection"][b, t]
     violation = (angle < AHEAD_DEG) | (risky & ~(angle > BEHIND_DEG))
     ignored = np.zeros((n_b, agents.centers.shape[1]), bool)
     group = t * len(TTC_STEPS) + j
@@ -219,3 +272,202 @@ def score_states(
     total = w.progress + w.ttc + w.comfort + w.driving_direction
     weighted = (w.progress * ep + w.ttc * ttc + w.comfort * c + w.driving_direction * ddc) / total
     return SubScores(nc, dac, ddc, ttc, c, progress, ep, multi * weighted)
+
+
+# ----- NAVSIM v2 (EPDMS) ----------------------------------------------------------------------------
+# Source: navsim/planning/simulation/planner/pdm_planner/scoring/pdm_scorer.py (v2.x, PDMScorerConfig).
+
+
+@dataclass(frozen=True)
+class ScorerWeightsV2:
+    """EPDMS = NC·DAC·DDC·TLC · (5·EP + 5·TTC + 2·LK + 2·HC + 2·EC) / 16."""
+
+    progress: float = 5.0
+    ttc: float = 5.0
+    lane_keeping: float = 2.0
+    history_comfort: float = 2.0
+    extended_comfort: float = 2.0
+    progress_threshold: float = 5.0  # [m]
+    ddc_horizon_steps: int = 10  # 1 s
+    ddc_compliance: float = 2.0  # [m]
+    ddc_violation: float = 6.0  # [m]
+    lane_keeping_limit: float = 0.5  # [m] lateral distance of the box centre to the centerline
+    lane_keeping_steps: int = 20  # ceil(2.0 s / 0.1 s) consecutive steps beyond the limit
+
+    @property
+    def weighted_total(self) -> float:
+        return self.progress + self.ttc + self.lane_keeping + self.history_comfort + self.extended_comfort
+
+
+@dataclass
+class SubScoresV2:
+    """Per-proposal arrays (B,). `score` excludes EC (it needs the previous frame): it is
+    multi · (5·EP + 5·TTC + 2·LK + 2·HC)/14; `epdms_with_ec` adds EC with weight 2 (/16)."""
+
+    nc: np.ndarray
+    dac: np.ndarray
+    ddc: np.ndarray
+    tlc: np.ndarray
+    ep: np.ndarray
+    ttc: np.ndarray
+    lk: np.ndarray
+    hc: np.ndarray
+    progress: np.ndarray
+    score: np.ndarray
+
+
+MULTIPLIERS_V2 = ("nc", "dac", "ddc", "tlc")
+WEIGHTED_V2 = ("ep", "ttc", "lk", "hc")  # + "ec", filled in by the aggregation
+
+
+def history_states(scene: MetricScene, dt: float = 0.1) -> np.ndarray:
+    """(H', NUM_STATES) logged past ego states on NAVSIM's history grid: start, start + dt, … < end, the
+    last of them dropped (as `_calculate_history_comfort` samples the past trajectory); (0, ·) without history."""
+    from drivedistill.sim.bicycle import NUM_STATES
+
+    times, hist = scene.ego_history_times, scene.ego_history
+    if len(times) < 2:
+        return np.zeros((0, NUM_STATES))
+    grid = np.arange(times[0], times[-1] - 1e-9, dt)[:-1]
+    out = np.zeros((len(grid), NUM_STATES))
+    for col, idx in ((0, S.X), (1, S.Y), (3, S.VELOCITY_X), (4, S.ACCELERATION_X), (5, S.ACCELERATION_Y)):
+        out[:, idx] = np.interp(grid, times, hist[:, col])
+    out[:, S.HEADING] = np.interp(grid, times, np.unwrap(hist[:, 2]))
+    out[:, S.ANGULAR_VELOCITY] = np.interp(grid, times, hist[:, 6])
+    if len(grid) > 1:
+        out[:, S.ANGULAR_ACCELERATION] = np.gradient(out[:, S.ANGULAR_VELOCITY], dt)
+    return out
+
+
+def _red_light_steps(scene: MetricScene, n_t: int, dt: float) -> np.ndarray:
+    """(T, L) bool: red-light polygon l is red at step t (latest sample at or before t·dt)."""
+    k = np.searchsorted(scene.agent_times, np.arange(n_t) * dt + 1e-9, side="right") - 1
+    return scene.red_light_valid[np.clip(k, 0, len(scene.agent_times) - 1)]
+
+
+def traffic_light_compliance(boxes: np.ndarray, scene: MetricScene, dt: float) -> np.ndarray:
+    """TLC (B,) ∈ {0, 1}: 0 when the ego box touches a red-light polygon while it is red."""
+    import shapely
+
+    n_b, n_t = boxes.shape[:2]
+    tlc = np.ones(n_b)
+    if not scene.red_light_polygons:
+        return tlc
+    red = _red_light_steps(scene, n_t, dt)
+    corners = boxes[..., :4, :]
+    lo, hi = corners.min(-2), corners.max(-2)  # (B, T, 2)
+    for j, poly in enumerate(scene.red_light_polygons):
+        pmin, pmax = poly.min(0), poly.max(0)
+        cand = red[None, :, j] & (lo <= pmax).all(-1) & (hi >= pmin).all(-1)
+        b, t = np.nonzero(cand & (tlc[:, None] > 0))
+        if len(b) == 0:
+            continue
+        shape = shapely.make_valid(shapely.Polygon(poly))
+        hit = shapely.intersects(shapely.polygons(corners[b, t]), shape)
+        tlc[b[hit]] = 0.0
+    return tlc
+
+
+def _distance_to_polyline(line: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Euclidean distance (...) of points (..., 2) to the polyline (P, 2), via the nearest vertex of a
+    0.5 m resampling and an exact segment distance to its two neighbouring segments."""
+    from scipy.spatial import cKDTree
+
+    from drivedistill.geometry.planar import resample_polyline
+
+    dense = resample_polyline(line, 0.5)
+    flat = points.reshape(-1, 2)
+    _, idx = cKDTree(dense).query(flat)
+    best = np.full(len(flat), np.inf)
+    for lo in (idx - 1, idx):
+        lo = np.clip(lo, 0, len(dense) - 2)
+        a, b = dense[lo], dense[lo + 1]
+        d = b - a
+        t = np.clip(((flat - a) * d).sum(-1) / np.maximum((d**2).sum(-1), 1e-12), 0.0, 1.0)
+        best = np.minimum(best, np.linalg.norm(flat - (a + t[:, None] * d), axis=-1))
+    return best.reshape(points.shape[:-1])
+
+
+def lane_keeping(
+    centers: np.ndarray, in_intersection: np.ndarray, centerline: np.ndarray, w: ScorerWeightsV2
+) -> np.ndarray:
+    """LK (B,) ∈ {0, 1}: 0 when the box centre is > 0.5 m from the centerline for 20 consecutive steps
+    (2 s); steps inside an intersection are skipped (they neither count nor reset the run)."""
+    exceed = _distance_to_polyline(centerline, centers) > w.lane_keeping_limit
+    run = np.zeros(len(centers), np.int64)
+    fail = np.zeros(len(centers), bool)
+    for t in range(centers.shape[1]):
+        run = np.where(in_intersection[:, t], run, np.where(exceed[:, t], run + 1, 0))
+        fail |= run >= w.lane_keeping_steps
+    return np.where(fail, 0.0, 1.0)
+
+
+def history_comfort(states: np.ndarray, scene: MetricScene, dt: float = 0.1) -> np.ndarray:
+    """HC (B,) ∈ {0, 1}: v2 comfort checks on the logged past states followed by the simulated states;
+    1 when the scene has no history (NAVSIM: no past trajectory → comfortable)."""
+    from drivedistill.sim.comfort import comfort_checks_v2
+
+    past = history_states(scene, dt)
+    if len(past) == 0:
+        return np.ones(len(states))
+    padded = np.concatenate([np.broadcast_to(past, (len(states), *past.shape)), states], axis=1)
+    return np.asarray(comfort_checks_v2(padded, scene.rear_axle_to_center, dt).all(-1), np.float64)
+
+
+def score_states_v2(
+    states: np.ndarray,
+    scene: MetricScene,
+    map_index: MapIndex,
+    agents: AgentBoxes,
+    centerline: np.ndarray,
+    reference: int | None = 0,
+    weights: ScorerWeightsV2 | None = None,
+    dt: float = 0.1,
+    with_history: bool = True,
+) -> SubScoresV2:
+    """EPDMS sub-scores of simulated states (B, T, NUM_STATES) — NAVSIM v2's `PDMScorer.score_proposals`.
+
+    Differences from v1.1: DDC and TLC are multipliers; DDC ignores oncoming progress inside
+    intersections; TTC is evaluated on the steps whose look-ahead stays within the plan (t ≤ T−1−9);
+    EP = clip(progress / max masked progress, 0, 1) (not masked itself); LK and HC weighted 2 each.
+    `reference` as in `score_states`. `with_history=False` scores without the past (HC = 1), as NAVSIM
+    scores the human plan for the filter."""
+    w = weights or ScorerWeightsV2()
+    n_b, n_t = states.shape[:2]
+    boxes = ego_boxes(states, scene)
+    areas = ego_areas(boxes, states, map_index)
+    center_inter = map_index.in_intersection(boxes[..., CENTER, :])
+    ego_radius = 0.5 * float(np.hypot(scene.front_length + scene.rear_length, scene.width))
+    nc = no_at_fault_collision(states, boxes, areas, agents, ego_radius)
+    dac = np.where(areas["non_drivable"].any(-1), 0.0, 1.0)
+    ddc_areas = {"oncoming": areas["oncoming"] & ~center_inter}
+    ddc = driving_direction(boxes, ddc_areas, w)  # type: ignore[arg-type]
+    tlc = traffic_light_compliance(boxes, scene, dt)
+    last = n_t - 1 - max(TTC_STEPS)
+    ttc = time_to_collision(
+        states[:, : last + 1], boxes[:, : last + 1], areas.head(last + 1), agents, ego_radius, dt
+    )
+    lk = lane_keeping(boxes[..., CENTER, :], center_inter, centerline, w)
+    hc = history_comfort(states, scene, dt) if with_history else np.ones(n_b)
+    s_start, _ = project_to_polyline(centerline, boxes[:, 0, CENTER])
+    s_end, _ = project_to_polyline(centerline, boxes[:, -1, CENTER])
+    progress = np.clip(s_end - s_start, 0.0, None)
+    multi = nc * dac * ddc * tlc
+    masked = progress * multi
+    norm = (
+        np.maximum(masked, masked[reference]) if reference is not None else np.full_like(masked, masked.max())
+    )
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ep = np.where(norm > w.progress_threshold, np.clip(progress / norm, 0.0, 1.0), 1.0)
+    score = multi * epdms_weighted(ep, ttc, lk, hc, None, w)
+    return SubScoresV2(nc, dac, ddc, tlc, ep, ttc, lk, hc, progress, score)
+
+
+def epdms_weighted(
+    ep: np.ndarray, ttc: np.ndarray, lk: np.ndarray, hc: np.ndarray, ec: np.ndarray | None, w: ScorerWeightsV2
+) -> np.ndarray:
+    """The weighted mean of EPDMS; without EC (None) its weight is left out, as NAVSIM's per-proposal score."""
+    total = w.progress * ep + w.ttc * ttc + w.lane_keeping * lk + w.history_comfort * hc
+    if ec is None:
+        return total / (w.weighted_total - w.extended_comfort)
+    return (total + w.extended_comfort * ec) / w.weighted_total

@@ -2,11 +2,9 @@
 
     metrics = evaluate_student(load_student("runs/tf"), SceneStore("store"), "val", EvalConfig())
 
-- open loop: nuScenes L2 / collision under both the ST-P3 and the UniAD protocol
-  (`metrics.openloop.evaluate_openloop_scenes`, first 6 poses = 3 s);
-- PDMS: NAVSIM v1.1 (`metrics.metric_scene.metric_scene_from_scene` + `metrics.pdms.score_plans`) with
-  the default world's ego (`world/ego.py`); the plan moves from the box-centre frame to the rear-axle
-  frame with `centre_plan_to_rear_axle`, the conversion `metric_scene_from_scene` applies to the scene;
+- open loop and PDMS: the student's plans are scored by `metrics.plans.score_scene_plans` (plans in,
+  metrics out: ST-P3 + UniAD open loop; PDMS NAVSIM v1.1 by default, EPDMS with
+  `--eval.pdms_protocol=navsim-v2`); this module only runs the network (`plan_scenes`);
 - closed loop: the student drives in the default world (`metrics.closedloop.evaluate_closed_loop`),
   with the sensors of the world that collected the store (store config "world").
 The student sees `AgentInput` only: scenes are loaded with their privileged part for the metrics, but
@@ -40,9 +38,18 @@ class EvalConfig:
     occupancy_classes: str = "vehicles+pedestrians"  # ST-P3/VAD; UniAD's rows also use this occupancy
     pdms: bool = True
     pdms_max_scenes: int = 0  # > 0: score only the first N scenes of the split (PDMS is the slow one)
+    pdms_protocol: str = "navsim-v1.1"  # or "navsim-v2" (EPDMS)
     closed_loop: bool = True
     closed_loop_episodes: int = 5
     closed_loop_seed: int = 1000  # episodes differ from collection (which seeds from the world seed)
+
+    def __post_init__(self) -> None:
+        from drivedistill.metrics.pdms import PROTOCOLS
+
+        if self.pdms_protocol not in PROTOCOLS:
+            raise ValueError(
+                f"eval.pdms_protocol={self.pdms_protocol!r}: choose one of {', '.join(PROTOCOLS)}"
+            )
 
 
 @torch.no_grad()
@@ -104,24 +111,19 @@ def evaluate_plans(
     driver: Any,
     gif: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Score (N, 8, 3) plans (box-centre poses, current ego frame) of `scenes` open loop and with PDMS, and
-    let `driver` (a closed-loop planner on AgentInput, or `metrics.closedloop.EXPERT`) drive the
-    closed-loop episodes of the store's world. Keys: "openloop", "pdms", "closed_loop" as enabled."""
-    out: dict[str, Any] = {}
-    if cfg.openloop:
-        from drivedistill.metrics.openloop import evaluate_openloop_scenes
+    """Score (N, 8, 3) plans (box-centre poses, current ego frame) of `scenes` open loop and with PDMS
+    (`metrics.plans.score_scene_plans`; this is a thin adapter from `EvalConfig`), and let `driver` (a
+    closed-loop planner on AgentInput, or `metrics.closedloop.EXPERT`) drive the closed-loop episodes of the store's world. Keys: "openloop", "pdms", "closed_loop" as enabled."""
+    from drivedistill.metrics.plans import PlanMetricsConfig, score_scene_plans
 
-        out["openloop"] = evaluate_openloop_scenes(plans, scenes, occupancy_classes=cfg.occupancy_classes)
-    if cfg.pdms:
-        from drivedistill.metrics.metric_scene import centre_plan_to_rear_axle, metric_scene_from_scene
-        from drivedistill.metrics.pdms import score_plans
-        from drivedistill.world.ego import REAR_AXLE_BEHIND_CENTRE as D
-        from drivedistill.world.ego import pdms_ego_geometry
-
-        n = cfg.pdms_max_scenes or len(scenes)
-        metric_scenes = [metric_scene_from_scene(s, D, pdms_ego_geometry()) for s in scenes[:n]]
-        rear = np.stack([centre_plan_to_rear_axle(p, D) for p in plans[:n]])
-        out["pdms"] = score_plans(metric_scenes, rear).to_json()
+    pcfg = PlanMetricsConfig(
+        openloop=cfg.openloop,
+        occupancy_classes=cfg.occupancy_classes,
+        pdms=cfg.pdms,
+        pdms_max_scenes=cfg.pdms_max_scenes,
+        pdms_protocol=cfg.pdms_protocol,
+    )
+    out: dict[str, Any] = score_scene_plans(plans, scenes, pcfg)
     if cfg.closed_loop:
         from drivedistill.metrics.closedloop import ClosedLoopConfig, evaluate_closed_loop
         from drivedistill.world.config import WorldConfig
@@ -141,8 +143,8 @@ def summary(metrics: dict[str, Any]) -> dict[str, float]:
         if protocol in openloop:
             flat[f"openloop/{protocol}/l2_avg_m"] = float(openloop[protocol]["l2"]["avg"])
             flat[f"openloop/{protocol}/collision_avg_pct"] = float(openloop[protocol]["collision"]["avg"])
-    if "pdms" in metrics:
-        flat["pdms"] = float(metrics["pdms"]["mean"]["pdms"])
+    if "pdms" in metrics:  # the key names the protocol: pdms[navsim-v1.1] or epdms[navsim-v2]
+        flat.update({k: float(v) for k, v in metrics["pdms"]["headline"].items()})
     if "closed_loop" in metrics:
         for key in ("driving_score", "collision_rate", "route_completion"):
             flat[f"closed_loop/{key}"] = float(metrics["closed_loop"][key])

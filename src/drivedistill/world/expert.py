@@ -45,7 +45,6 @@ class ExpertVehicle(FastIDMVehicle):
     # consecutive edges do not always line up, e.g. roundabout entries; curves need the tight tracking).
     LANE_CHANGE_KP_LATERAL = 1 / 1.4  # [1/s]
     LANE_CHANGE_MAX_HEADING = 0.12  # [rad]
-    last_brake_reason: str = ""
     target_lane_index: tuple[str, str, int]
 
     def act(self, action: dict | str | None = None) -> None:
@@ -160,7 +159,6 @@ class ExpertVehicle(FastIDMVehicle):
     def safe_acceleration(self, a_idm: float) -> float:
         others = self._others()
         if len(others) == 0:
-            self.last_brake_reason = ""
             return a_idm
         t = PRED_TIMES
         # others: constant speed and turn rate
@@ -179,10 +177,7 @@ class ExpertVehicle(FastIDMVehicle):
         tc = self._first_conflict(ex, ey, eh, oxy, yaw, others)  # (C,), inf = no conflict
         free = np.flatnonzero(np.isinf(tc))
         if len(free):
-            a = float(acc[free[0]])
-            self.last_brake_reason = "" if a == a_idm else "conflict"
-            return a
-        self.last_brake_reason = "unavoidable"
+            return float(acc[free[0]])
         return float(acc[np.flatnonzero(tc >= tc.max() - 1e-6)[-1]])  # latest contact; ties: hardest
 
     def _first_conflict(

@@ -31,7 +31,7 @@ scenarios with the same code.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +40,9 @@ import pyarrow.feather as feather
 import shapely
 
 from drivedistill.data.sources.base import Source, SourceError
-from drivedistill.metrics.metric_scene import PACIFICA, MetricScene
+from drivedistill.geometry.metric_scene import PACIFICA, MetricScene
+from drivedistill.geometry.planar import absolute_to_relative, resample_polyline
 from drivedistill.registry import register
-from drivedistill.sim.geometry import absolute_to_relative, resample_polyline
 from drivedistill.types import (
     DT,
     NUM_AGENT_STEPS,
@@ -157,6 +157,21 @@ class EgoTrack:
             float(np.clip(np.arctan(wheelbase * yaw_rate / v), -np.pi / 3, np.pi / 3)) if v > 1.0 else 0.0
         )
         return np.array([v, accel, steering, yaw_rate])
+
+
+def ego_history(
+    ego: EgoTrack, t0: float, wheelbase: float, past: float = 1.5
+) -> tuple[np.ndarray, np.ndarray]:
+    """Logged past of the ego at 0.1 s, `past` s before t0 up to t0 (from where finite differences exist):
+    times (H,) ≤ 0 [s] and (H, 7) x, y, yaw in the ego frame at t0, v_lon, a_lon, a_lat = v·yaw rate, yaw rate."""
+    times = np.round(np.arange(-past, 1e-9, 0.1), 3)
+    times = times[t0 + times >= ego.times[0] + 0.4]
+    origin = ego.at(np.array([t0]))[0]
+    poses = absolute_to_relative(origin, ego.at(t0 + times))
+    poses[:, 2] = np.unwrap(poses[:, 2])
+    dyn = np.array([ego.dynamics(t0 + t, wheelbase) for t in times]).reshape(-1, 4)
+    lateral = dyn[:, 0] * dyn[:, 3]
+    return times, np.c_[poses, dyn[:, 0], dyn[:, 1], lateral, dyn[:, 3]]
 
 
 @dataclass
@@ -506,12 +521,18 @@ class Av2Source(Source[Av2Log]):
         return Av2Log(episode, ego, ann, drivable, lanes, t0s, city.split("_")[0], cams, ground)
 
     def metric_scenes_of(self, records: Av2Log) -> list[MetricScene]:
-        return [
-            self._scene(
+        scenes: list[MetricScene] = []
+        for k, t0 in enumerate(records.t0s):
+            scene = self._scene(
                 f"{records.log}_{k:03d}", t0, records.ego, records.ann, records.drivable, records.lanes
             )
-            for k, t0 in enumerate(records.t0s)
-        ]
+            # NAVSIM v2 metric-cache fields: the previous 2 Hz scene (EC) and 1.5 s of logged past (HC)
+            times, history = ego_history(records.ego, t0, self.cfg.ego_geometry[3])
+            previous = scenes[-1].token if scenes else ""
+            scenes.append(
+                replace(scene, previous_token=previous, ego_history_times=times, ego_history=history)
+            )
+        return scenes
 
     def scenes_of(self, records: Av2Log) -> list[Scene]:
         return [

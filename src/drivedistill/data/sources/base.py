@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from drivedistill.types import Scene
 
 if TYPE_CHECKING:
-    from drivedistill.metrics.metric_scene import MetricScene
+    from drivedistill.geometry.metric_scene import MetricScene
 
 # AgentInput: camera = RGB images; lidar_bev = the LiDAR height histogram (world/lidar.py) of range returns
 # (a real sweep, or the world's ray-cast sensor); ego_status = speed/acceleration/yaw rate

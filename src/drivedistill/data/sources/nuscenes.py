@@ -60,7 +60,7 @@ from PIL import Image
 from drivedistill.data.sources.av2 import EgoTrack
 from drivedistill.data.sources.base import Source, SourceError
 from drivedistill.data.sources.lidar import GROUND_MODES, sweep_bev
-from drivedistill.metrics.metric_scene import MetricScene
+from drivedistill.geometry.metric_scene import MetricScene
 from drivedistill.registry import register
 from drivedistill.types import (
     FUTURE_FRAME_STEPS,

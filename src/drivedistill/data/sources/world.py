@@ -8,7 +8,7 @@ from typing import Any
 
 from drivedistill.config import to_dict
 from drivedistill.data.sources.base import Source
-from drivedistill.metrics.metric_scene import MetricScene, metric_scene_from_scene
+from drivedistill.geometry.metric_scene import MetricScene, metric_scene_from_scene
 from drivedistill.registry import register
 from drivedistill.types import Scene
 from drivedistill.world.config import WorldConfig

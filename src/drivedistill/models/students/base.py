@@ -28,7 +28,6 @@ class Student(nn.Module):
     """
 
     feature_dim: int = 0
-    uses_images: bool = True
     # the method that trains this student on its own (contract tests backpropagate its "loss")
     default_method: str = "imitation"
 

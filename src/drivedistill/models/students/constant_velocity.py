@@ -58,7 +58,6 @@ def constant_velocity_prior(inputs: AgentInputBatch, turn: bool = True) -> torch
 class ConstantVelocity(Student):
     """features: "plan_query" (B, 2) = (speed, yaw rate), "scene_tokens" (B, 1, 2) the same."""
 
-    uses_images = False
     feature_dim = 2
 
     def __init__(self, cfg: ConstantVelocityConfig) -> None:

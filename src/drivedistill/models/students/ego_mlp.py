@@ -37,8 +37,6 @@ class EgoMlpConfig(StudentConfig):
 class EgoMlp(Student):
     """features: "plan_query" (B, D) last hidden layer, "scene_tokens" (B, 1, D) the same vector."""
 
-    uses_images = False
-
     def __init__(self, cfg: EgoMlpConfig) -> None:
         super().__init__()
         self.cfg = cfg

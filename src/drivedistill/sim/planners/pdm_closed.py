@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from drivedistill.metrics.metric_scene import MetricScene
+from drivedistill.geometry.metric_scene import MetricScene
 from drivedistill.registry import register
 from drivedistill.sim.pdm_closed import PDMClosedParams, pdm_closed_plan
 

@@ -25,11 +25,23 @@ File format (`numpy.savez`, no pickles; strings are numpy unicode arrays):
 | route | (R, 2) | route centerline through the on-route lanes |
 | speed_limit | () | [m/s], NaN when unknown (PDM-Closed then uses 15 m/s) |
 | human_future, human_valid | (8, 3), (8,) bool | logged rear-axle poses at 0.5 … 4 s, relative to ego_pose |
+
+Optional keys (NAVSIM v2 / EPDMS; a file without them loads with the defaults, so older files still work):
+
+| key | shape | meaning | default |
+|---|---|---|---|
+| ego_history_times | (H,) | [s] ≤ 0, increasing: times of the logged past ego states | (0,): no history → HC = 1 |
+| ego_history | (H, 7) | x, y, yaw (scoring frame, rear axle), v_lon [m/s], a_lon, a_lat [m/s²], yaw rate [rad/s] | (0, 7) |
+| red_light_vertices / _offsets | (V, 2) / (L+1,) | polygons of lanes behind a traffic light (stop areas) | none → TLC = 1 |
+| red_light_valid | (K, L) bool | the light of polygon l is red at agent_times[k] (held until the next sample) | all red |
+| previous_token | () str | token of the scene 0.5 s earlier in the same log (extended comfort, EC) | "" |
+| parent_token | () str | a second-stage (navhard) scene: the first-stage token it follows up | "" (first stage) |
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import zipfile
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +50,19 @@ from drivedistill.types import AgentClass, Scene, ValidationError, _check_array
 
 # Chrysler Pacifica (nuPlan / NAVSIM): width, front length and rear length from the rear axle, wheelbase [m]
 PACIFICA = (2.297, 4.049, 1.127, 3.089)
-POLYGON_LAYERS = ("drivable", "lane", "intersection")
+POLYGON_LAYERS = ("drivable", "lane", "intersection", "red_light")
+HISTORY_FIELDS = ("x", "y", "yaw", "v_lon", "a_lon", "a_lat", "yaw_rate")
+# fields a file may lack (added for NAVSIM v2); they take their dataclass defaults
+OPTIONAL_FIELDS = (
+    "ego_geometry",
+    "speed_limit",
+    "ego_history",
+    "ego_history_times",
+    "red_light_polygons",
+    "red_light_valid",
+    "previous_token",
+    "parent_token",
+)
 
 
 @dataclass
@@ -66,10 +90,24 @@ class MetricScene:
     human_valid: np.ndarray
     ego_geometry: np.ndarray = None  # type: ignore[assignment]  # filled with PACIFICA in __post_init__
     speed_limit: float = float("nan")
+    ego_history: np.ndarray = None  # type: ignore[assignment]  # (0, 7) when None
+    ego_history_times: np.ndarray = None  # type: ignore[assignment]  # (0,) when None
+    red_light_polygons: list[np.ndarray] = field(default_factory=list)
+    red_light_valid: np.ndarray = None  # type: ignore[assignment]  # all True (K, L) when None
+    previous_token: str = ""
+    parent_token: str = ""
 
     def __post_init__(self) -> None:
         if self.ego_geometry is None:
             self.ego_geometry = np.asarray(PACIFICA, np.float64)
+        if self.ego_history is None:
+            self.ego_history = np.zeros((0, len(HISTORY_FIELDS)))
+        if self.ego_history_times is None:
+            self.ego_history_times = np.zeros(0)
+        if self.red_light_valid is None:
+            self.red_light_valid = np.ones((len(self.agent_times), len(self.red_light_polygons)), bool)
+        self.previous_token = str(self.previous_token)
+        self.parent_token = str(self.parent_token)
         # ids are strings even when empty (np.array([]) is float)
         self.agent_ids = np.asarray(self.agent_ids, dtype=str)
         self.lane_ids = np.asarray(self.lane_ids, dtype=str)
@@ -117,6 +155,14 @@ class MetricScene:
             raise ValidationError(f"{own}.route: the route centerline needs ≥ 2 points (EP projects on it)")
         _check_array(own, "human_future", self.human_future, (None, 3), "f", finite=False)
         _check_array(own, "human_valid", self.human_valid, (len(self.human_future),), "b")
+        _check_array(own, "ego_history_times", self.ego_history_times, (None,), "f")
+        h = len(self.ego_history_times)
+        _check_array(own, "ego_history", self.ego_history, (h, len(HISTORY_FIELDS)), "f")
+        if h and (np.any(np.diff(self.ego_history_times) <= 0) or self.ego_history_times[-1] > 1e-6):
+            raise ValidationError(
+                f"{own}.ego_history_times: must increase and end at ≤ 0 s, got {self.ego_history_times}"
+            )
+        _check_array(own, "red_light_valid", self.red_light_valid, (k, len(self.red_light_polygons)), "b")
 
     # ----- derived ------------------------------------------------------------------------------
     @property
@@ -177,13 +223,15 @@ class MetricScene:
                     if layer in POLYGON_LAYERS:
                         verts, offs = z[f"{layer}_vertices"], z[f"{layer}_offsets"]
                         kwargs[f.name] = [verts[offs[i] : offs[i + 1]] for i in range(len(offs) - 1)]
-                    elif f.name == "token":
+                    elif f.name in ("token", "previous_token", "parent_token"):
                         kwargs[f.name] = str(z[f.name])
                     elif f.name == "speed_limit":
                         kwargs[f.name] = float(z[f.name])
                     else:
                         kwargs[f.name] = z[f.name]
                 except KeyError:
+                    if f.name in OPTIONAL_FIELDS:
+                        continue  # written before the field existed: its default
                     raise ValidationError(
                         f"{p}: missing key for MetricScene.{f.name}; re-export the scene"
                     ) from None
@@ -204,6 +252,28 @@ def load_scenes(directory: str | Path) -> list[MetricScene]:
     if not files:
         raise FileNotFoundError(f"{d}: no MetricScene .npz files; write them with metric_scene.save_scenes")
     return [MetricScene.load(f) for f in files]
+
+
+def read_scenes(directory: str | Path) -> tuple[list[MetricScene], list[tuple[str, str]]]:
+    """Like `load_scenes`, but a file that cannot be read or is malformed is returned as a failure
+    (file stem, reason) instead of aborting: scoring counts it as a failed scene."""
+    d = Path(directory)
+    files = sorted(d.glob("*.npz"))
+    if not files:
+        raise FileNotFoundError(f"{d}: no MetricScene .npz files; write them with metric_scene.save_scenes")
+    scenes: list[MetricScene] = []
+    failures: list[tuple[str, str]] = []
+    for f in files:
+        try:
+            scenes.append(MetricScene.load(f))
+        except (ValidationError, ValueError, TypeError, KeyError, OSError, EOFError, zipfile.BadZipFile) as e:
+            reason = (
+                str(e)
+                if str(f) in str(e)
+                else f"{f}: not a readable MetricScene .npz ({type(e).__name__}: {e})"
+            )
+            failures.append((f.stem, reason))
+    return scenes, failures
 
 
 def centre_plan_to_rear_axle(plan: np.ndarray, center_to_rear_axle: float) -> np.ndarray:

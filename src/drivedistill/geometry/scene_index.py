@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import shapely
 
-from drivedistill.metrics.metric_scene import MetricScene
-from drivedistill.sim.geometry import box_corners, normalize_angle
+from drivedistill.geometry.metric_scene import MetricScene
+from drivedistill.geometry.planar import box_corners, normalize_angle
 from drivedistill.types import AgentClass
 
 STOPPED_TRACK_SPEED = 5e-3  # [m/s] nuPlan's is_track_stopped threshold

@@ -32,18 +32,6 @@ def absolute_to_relative(origin: np.ndarray, poses: np.ndarray) -> np.ndarray:
     return np.stack([c * dx + s * dy, -s * dx + c * dy, normalize_angle(poses[..., 2] - origin[2])], axis=-1)
 
 
-def transform_points(origin: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Points (..., 2) in the frame of `origin` (3,) → the parent frame."""
-    c, s = np.cos(origin[2]), np.sin(origin[2])
-    return np.stack(
-        [
-            origin[0] + c * points[..., 0] - s * points[..., 1],
-            origin[1] + s * points[..., 0] + c * points[..., 1],
-        ],
-        axis=-1,
-    )
-
-
 def box_corners(
     center: np.ndarray, yaw: np.ndarray, length: np.ndarray | float, width: np.ndarray | float
 ) -> np.ndarray:
@@ -77,8 +65,9 @@ def convex_intersects(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     `intersects`).
     """
     axes = np.concatenate([_edge_normals(a), _edge_normals(b)], axis=-2)  # (..., k, 2)
-    pa = np.einsum("...kd,...nd->...kn", axes, a)
-    pb = np.einsum("...kd,...nd->...kn", axes, b)
+    ax, ay = axes[..., :, None, 0], axes[..., :, None, 1]  # (..., k, 1): projections without einsum
+    pa = ax * a[..., None, :, 0] + ay * a[..., None, :, 1]  # (..., k, n)
+    pb = ax * b[..., None, :, 0] + ay * b[..., None, :, 1]
     separated = (pa.max(-1) < pb.min(-1)) | (pb.max(-1) < pa.min(-1))
     return ~separated.any(-1)
 

@@ -1,0 +1,53 @@
+"""Plan scoring: open-loop (ST-P3 + UniAD) and PDMS of plans on project `Scene`s — plans in, metrics out.
+
+    out = score_scene_plans(plans, scenes, PlanMetricsConfig())   # plans (N, 8, 3) box-centre poses
+
+The caller runs the network (e.g. `train.evaluate.plan_scenes`); nothing here knows about models.
+Plans are box-centre poses (x, y, yaw) [m, m, rad] at 0.5 … 4 s in the current ego frame — the frame of
+`Privileged.future_trajectory`. For PDMS each scene becomes a `MetricScene` with the default world's ego
+(`world/ego.py`) and each plan moves to the rear-axle frame (`centre_plan_to_rear_axle`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from drivedistill.types import Scene
+
+
+@dataclass(frozen=True)
+class PlanMetricsConfig:
+    """Which plan metrics to compute. `pdms_protocol`: "navsim-v1.1" (default) or "navsim-v2" (EPDMS)."""
+
+    openloop: bool = True
+    occupancy_classes: str = "vehicles+pedestrians"
+    pdms: bool = True
+    pdms_max_scenes: int = 0  # > 0: only the first N scenes (PDMS is the slow one)
+    pdms_protocol: str = "navsim-v1.1"
+
+
+def score_scene_plans(plans: np.ndarray, scenes: list[Scene], cfg: PlanMetricsConfig) -> dict[str, Any]:
+    """Metrics of (N, 8, 3) plans on N scenes with their privileged part. Keys: "openloop" and/or "pdms"
+    (the JSON of `metrics.pdms.PDMSReport`, with its "protocol")."""
+    plans = np.asarray(plans, np.float64)
+    if len(plans) != len(scenes):
+        raise ValueError(f"score_scene_plans: {len(scenes)} scenes but {len(plans)} plans")
+    out: dict[str, Any] = {}
+    if cfg.openloop:
+        from drivedistill.metrics.openloop import evaluate_openloop_scenes
+
+        out["openloop"] = evaluate_openloop_scenes(plans, scenes, occupancy_classes=cfg.occupancy_classes)
+    if cfg.pdms:
+        from drivedistill.geometry.metric_scene import centre_plan_to_rear_axle, metric_scene_from_scene
+        from drivedistill.metrics.pdms import PDMSConfig, score_plans
+        from drivedistill.world.ego import REAR_AXLE_BEHIND_CENTRE as D
+        from drivedistill.world.ego import pdms_ego_geometry
+
+        n = cfg.pdms_max_scenes or len(scenes)
+        metric_scenes = [metric_scene_from_scene(s, D, pdms_ego_geometry()) for s in scenes[:n]]
+        rear = np.stack([centre_plan_to_rear_axle(p, D) for p in plans[:n]])
+        out["pdms"] = score_plans(metric_scenes, rear, PDMSConfig(protocol=cfg.pdms_protocol)).to_json()
+    return out

@@ -1,0 +1,1 @@
+"""Recipes: the teacher side of a distillation method (annotations, latent actions, teacher models), one module each."""

@@ -1,0 +1,253 @@
+"""EvoDriveVLA: perception-pretrained VLA students distilled from a future-aware oracle teacher.
+
+Stages: `evodrive_perception` (pretrain the tiny VLM's vision encoder on BEV occupancy, probe it before
+and after, save it as the VLA students' starting point) and `evodrive_oracle` (the future-aware oracle
+teacher, coarse-to-fine, started from the perception VLM; artifact "oracle", read online by the
+`evodrive` method). Methods: `vla_sft` (the baseline: the same VLA fine-tuned on trajectories) and
+`evodrive` (its rungs are method_cfg switches). Reference row "oracle/privileged": the oracle planning
+alone from privileged future frames. Every VLA row gets a perception probe of its vision encoder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from drivedistill.config import ConfigError, to_dict
+from drivedistill.models.perception import PerceptionConfig
+from drivedistill.models.teachers.oracle import OracleConfig
+from drivedistill.models.vlm import VLMConfig
+from drivedistill.recipes.base import MethodUse, Recipe, Reference, Stage, StageContext, store_image_hw
+from drivedistill.registry import register
+from drivedistill.train.loop import TrainConfig
+
+PERCEPTION_CODE_VERSION = 1  # bump when `perception_stage` computes something else, same config
+ORACLE_CODE_VERSION = 1  # the same for `oracle_stage`
+# the same for the evodrive method's training: 2 = MC-dropout candidates took their logits one token
+# late before; 3 = the anchor loss collapsed once the AnchorFormer weights underflowed (visual KD)
+EVODRIVE_CODE_VERSION = 3
+VLA_SFT_CODE_VERSION = 1
+
+
+@dataclass
+class OracleTrainConfig(TrainConfig):
+    """Training of the oracle teacher."""
+
+    epochs: int = 4
+    batch_size: int = 8
+    lr: float = 2e-3
+    log_every: int = 10
+
+
+@dataclass
+class EvoDriveRecipeConfig:
+    """`recipes.evodrive`: the VLM, its perception pretraining and the oracle teacher."""
+
+    vlm: VLMConfig = field(default_factory=VLMConfig)  # architecture of the students' and oracle's VLM
+    image_hw: tuple[int, int] | None = None  # (H, W) [px] the VLM reads; None: the store's camera
+    perception: PerceptionConfig = field(default_factory=PerceptionConfig)
+    seed: int = 0  # perception pretraining seed (the study seed under `teachers: per_seed`)
+    oracle: OracleConfig = field(default_factory=OracleConfig)
+    oracle_train: OracleTrainConfig = field(default_factory=OracleTrainConfig)
+    probe_after: bool = True  # probe every VLA row's vision encoder after planning fine-tuning
+
+    def __post_init__(self) -> None:
+        if self.vlm.image_hw != VLMConfig().image_hw:
+            raise ConfigError("recipes.evodrive.vlm.image_hw: set recipes.evodrive.image_hw instead")
+        if self.oracle.vlm.pretrained_dir:
+            raise ConfigError(
+                "recipes.evodrive.oracle.vlm.pretrained_dir: the oracle starts from the perception VLM"
+            )
+
+
+def _scenes(store: Any) -> tuple[list[Any], list[Any]]:
+    from drivedistill.data.store import SceneStore
+
+    scenes = SceneStore(store.store_dir())
+    return list(scenes.scenes("train")), list(scenes.scenes("val"))
+
+
+def pretrain_perception(
+    core: Any, scenes: Sequence[Any], cfg: PerceptionConfig, out_dir: Path, seed: int = 0, device: str = "cpu"
+) -> dict[str, float]:
+    """Pretrain the core's vision encoder + merger on BEV occupancy with the training loop (`cfg.steps`
+    steps of `cfg.batch_size` at a constant `cfg.lr`, no weight decay or clipping; checkpoints in
+    `out_dir`, so an interrupted stage resumes) → the mean training-set BCE before ("first") and after
+    ("last"). The head is discarded; save the core as the students' starting point."""
+    from drivedistill.models.perception import OccupancyPretraining
+    from drivedistill.train.loop import fit
+
+    model, samples = OccupancyPretraining.build(core, scenes, cfg, seed)
+    first = model.mean_loss(samples)
+    batch_size = min(cfg.batch_size, len(samples))
+    train_cfg = TrainConfig(
+        epochs=max(1, -(-cfg.steps // max(len(samples) // batch_size, 1))),
+        max_steps=cfg.steps,
+        batch_size=batch_size,
+        lr=cfg.lr,
+        weight_decay=0.0,
+        warmup=0.0,
+        min_lr_ratio=1.0,  # a constant learning rate
+        grad_clip=0.0,
+        seed=seed,
+        device=device,
+        log_every=max(1, min(10, cfg.steps)),
+        progress=False,
+    )
+    resume = (out_dir / "checkpoints").exists()
+    fit(model, samples, train_cfg, out_dir, collate=model.collate, resume=resume)
+    model.cpu()
+    return {"first": first, "last": model.mean_loss(samples)}
+
+
+def perception_stage(cfg: EvoDriveRecipeConfig, ctx: StageContext) -> Any:
+    """Build the tiny VLM, pretrain its vision encoder on BEV occupancy, probe it, save it."""
+    from drivedistill.models.perception import linear_probe
+    from drivedistill.models.vlm import VLMCore
+
+    vlm_cfg = dataclasses.replace(cfg.vlm, image_hw=cfg.image_hw or store_image_hw(ctx.store))
+    seed = cfg.seed if ctx.seed is None else ctx.seed
+
+    def run(d: Path) -> dict[str, Any]:
+        import torch
+
+        torch.manual_seed(seed)
+        train, val = _scenes(ctx.store)
+        core = VLMCore.build(vlm_cfg)
+        fresh = linear_probe(core, train, val, cfg.perception)
+        losses = pretrain_perception(
+            core, train, cfg.perception, seed=seed, out_dir=d / "pretrain", device=ctx.device
+        )
+        before = linear_probe(core, train, val, cfg.perception)
+        core.save(d / "perception")
+        return {
+            "probe_random_init": fresh,
+            "probe_pretrained": before,
+            "pretrain_loss": losses,
+            "artifacts": {"perception": "perception"},
+            "student_paths": {"vla": {"vlm": {"pretrained_dir": "perception"}}},
+        }
+
+    stage_cfg = {"vlm": to_dict(vlm_cfg), "perception": to_dict(cfg.perception), "seed": seed}
+    return ctx.run(stage_cfg, [ctx.store], run)
+
+
+def oracle_stage(cfg: EvoDriveRecipeConfig, ctx: StageContext) -> Any:
+    """Train the future-aware oracle (coarse-to-fine) from the perception-pretrained VLM."""
+    from drivedistill import registry
+    from drivedistill.data.dataset import SceneDataset
+    from drivedistill.data.store import SceneStore
+    from drivedistill.train.loop import fit
+    from drivedistill.utils.runtime import seed_everything
+
+    perception = ctx.prior["evodrive_perception"]
+    seed = cfg.oracle_train.seed if ctx.seed is None else ctx.seed
+    train_cfg = dataclasses.replace(cfg.oracle_train, device=ctx.device, seed=seed)
+    oracle_cfg = dataclasses.replace(
+        cfg.oracle,
+        vlm=dataclasses.replace(cfg.oracle.vlm, pretrained_dir=str(perception.path / "perception")),
+    )
+
+    def run(d: Path) -> dict[str, Any]:
+        scenes = SceneStore(ctx.store.store_dir())
+        train = SceneDataset(scenes, "train", cache_decoded=True)
+        seed_everything(train_cfg.seed)
+        oracle = registry.build("teacher", "oracle", oracle_cfg)
+        resume = (d / "train" / "checkpoints").exists()
+        result = fit(oracle, train, train_cfg, d / "train", collate=train.collate, resume=resume)
+        oracle.save(d / "oracle")
+        return {"train_losses": result.losses, "artifacts": {"oracle": "oracle"}}
+
+    stage_cfg = {"oracle": to_dict(cfg.oracle), "train": to_dict(train_cfg)}
+    return ctx.run(stage_cfg, [ctx.store, perception], run)
+
+
+def oracle_plans(cfg: EvoDriveRecipeConfig, oracle: Any, scenes: list[Any]) -> tuple[Any, dict[str, Any]]:
+    """The oracle teacher alone (its "teacher" row): the refined greedy plans it writes from the current
+    and future front frames and the future ego status → ((N, 8, 3) plans, its parameters and parse
+    failures). Failed parses are counted and replaced by the fallback plan, as for the students."""
+    import numpy as np
+
+    from drivedistill.data.dataset import collate
+    from drivedistill.models.students.vla import poses_from_xy
+    from drivedistill.models.teachers.oracle import OracleTeacher
+
+    teacher = OracleTeacher.load(oracle.path / "oracle", cfg.oracle).eval()
+    plans, failures, examples = [], 0, []
+    for start in range(0, len(scenes), 16):
+        xy, texts, failed = teacher.plan(collate(scenes[start : start + 16]))
+        plans.append(poses_from_xy(xy).numpy())
+        failures += int(failed.sum())
+        examples += [t for t, f in zip(texts, failed.tolist()) if f]
+    extra = {
+        "params_m": sum(p.numel() for p in teacher.parameters()) / 1e6,
+        "parse_failures": {"count": failures, "decoded": len(scenes)},
+        "parse_failure_examples": examples[:3],
+    }
+    return np.concatenate(plans), extra
+
+
+def perception_probe(cfg: EvoDriveRecipeConfig, module: Any, store: Any, tokens: list[str]) -> dict[str, Any]:
+    """The perception probe of a VLA row's vision encoder after planning fine-tuning (linear probe on
+    the frozen visual tokens; occupancy IoU / accuracy on the evaluated validation scenes)."""
+    core = getattr(module, "core", None)
+    if core is None or not cfg.probe_after:
+        return {}
+    from drivedistill.models.perception import linear_probe, probe_baselines
+
+    val = [store.load(t) for t in tokens]
+    train = list(store.scenes("train"))
+    probe: dict[str, Any] = dict(linear_probe(core, train, val, cfg.perception))
+    probe["baselines"] = probe_baselines(train, val, cfg.perception)  # what an IoU must beat
+    return {"perception_probe": probe}
+
+
+def quality(cfg: EvoDriveRecipeConfig, stages: Mapping[str, Any]) -> dict[str, Any]:
+    """Gate: perception pretraining made the vision encoder's occupancy probe better than the same
+    probe on the random-init encoder (IoU on validation scenes). Reads the stage summary."""
+    del cfg
+    perception = stages["evodrive_perception"].summary
+    fresh = perception.get("probe_random_init", {}).get("iou")
+    pretrained = perception.get("probe_pretrained", {}).get("iou")
+    checks = {"probe_beats_random_init": None not in (fresh, pretrained) and pretrained > fresh}
+    metrics: dict[str, Any] = {"probe_iou_random_init": fresh, "probe_iou_pretrained": pretrained}
+    if "evodrive_oracle" in stages:
+        metrics["oracle_train_losses"] = stages["evodrive_oracle"].summary.get("train_losses")
+    return {"pass": all(checks.values()), "checks": checks, "metrics": metrics}
+
+
+@register("recipe", "evodrive", EvoDriveRecipeConfig)
+def build(cfg: EvoDriveRecipeConfig) -> Recipe:
+    del cfg
+    return Recipe(
+        name="evodrive",
+        stages=(
+            Stage("evodrive_perception", perception_stage, code_version=PERCEPTION_CODE_VERSION, cost=0.35),
+            Stage(
+                "evodrive_oracle",
+                oracle_stage,
+                ("evodrive_perception",),
+                code_version=ORACLE_CODE_VERSION,
+                cost=1.6,
+            ),
+        ),
+        methods=(
+            MethodUse("vla_sft", ("evodrive_perception",), baseline=None, code_version=VLA_SFT_CODE_VERSION),
+            MethodUse(
+                "evodrive",
+                ("evodrive_perception", "evodrive_oracle"),
+                baseline="vla_sft",
+                code_version=EVODRIVE_CODE_VERSION,
+                cost=1.45,
+            ),
+        ),
+        references=(
+            Reference("oracle/privileged", "evodrive_oracle", oracle_plans, key=lambda c: to_dict(c.oracle)),
+        ),
+        quality=quality,
+        row_metrics=perception_probe,
+        row_metrics_key=lambda c: {"perception": to_dict(c.perception), "probe_after": c.probe_after},
+    )

@@ -233,5 +233,9 @@ def test_matches_nuscenes_devkit(root: Path, episode, scene) -> None:  # type: i
         assert np.allclose(got[:2], (x, y), atol=1e-3)
         assert abs(np.angle(np.exp(1j * (got[2] - yaw)))) < 1e-3
         assert np.allclose(got[3:5], (length, width), atol=1e-5)
+    # the devkit's LIDAR_TOP → ego transform of the sweep gives the points our BEV is splatted from
+    pts = NuScenesSource(NuScenesConfig(root=str(root))).sweep_points(s)
+    lidar = ref["samples"][scene.token]["lidar_ego"]
+    assert lidar["count"] == len(pts) > 30_000 and np.allclose(lidar["mean"], pts.mean(0), atol=1e-4)
     assert ref["samples"][scene.token]["cam_front"].endswith(s.cameras["CAM_FRONT"][0].name)
     assert LOG in s.cameras["CAM_FRONT"][0].name

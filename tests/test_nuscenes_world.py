@@ -22,9 +22,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def world_and_export(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def world_results():  # type: ignore[no-untyped-def]
     world = resolve_world_config("smoke", None, ["--world.num_episodes=2"])
-    results = [run_episode(world, i) for i in range(2)]
+    return world, [run_episode(world, i) for i in range(2)]
+
+
+@pytest.fixture(scope="module")
+def world_and_export(world_results, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    world, results = world_results
     root = export_scenes(results, world.camera, tmp_path_factory.mktemp("world_nuscenes"))
     return world, [r.scenes for r in results], root
 
@@ -93,7 +98,9 @@ def test_round_trip_world_to_nuscenes_tables_to_scenes(world_and_export) -> None
 
 
 @pytest.mark.skipif(devkit_python() is None, reason="no nuscenes-devkit environment (make nuscenes-env)")
-def test_nuscenes_devkit_loads_the_world_export(world_and_export) -> None:  # type: ignore[no-untyped-def]
+def test_nuscenes_devkit_loads_the_world_export(world_and_export, world_results) -> None:  # type: ignore[no-untyped-def]
+    """The devkit reads the export's tables and its LIDAR_TOP files: per sample the same number of points
+    as the world ray-cast, at the same ego-frame mean (1 mm)."""
     _, episodes, root = world_and_export
     out = subprocess.run(
         [str(devkit_python()), str(REPO / "tests" / "nuscenes_devkit_check.py"), str(root), "v1.0-mini"],
@@ -102,6 +109,11 @@ def test_nuscenes_devkit_loads_the_world_export(world_and_export) -> None:  # ty
     ref = json.loads(out.stdout)
     assert ref["scenes"] == sorted(e[0].episode for e in episodes)
     assert len(ref["samples"]) == sum(len(e) for e in episodes)
+    for result in world_results[1]:
+        for scene, points in zip(result.scenes, result.lidar_points):
+            lidar = ref["samples"][sample_token(scene.token)]["lidar_ego"]
+            assert lidar["count"] == len(points) > 0
+            assert np.allclose(lidar["mean"], points.mean(0), atol=1e-3)
 
 
 @pytest.mark.slow

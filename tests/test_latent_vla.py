@@ -50,18 +50,21 @@ def _student() -> torch.nn.Module:
 
 
 def test_teacher_loss_decreases_on_tiny_overfit_set() -> None:
+    """60 steps: measured (seeds 0–2, ATEN_CPU_CAPABILITY default/avx2, 1 and 2 threads, AMD EPYC) the loss
+    ends at 0.16–0.22× its start and action accuracy rises from ≤ 0.17 to ≥ 0.46; after the former 40 steps
+    the accuracy had risen by one token of 12, a margin float rounding can take away."""
     teacher = _teacher()
     batch = _batch(2)
     opt = torch.optim.AdamW(teacher.parameters(), lr=5e-3)
     first = teacher.losses(batch)
-    for _ in range(40):
+    for _ in range(60):
         loss = teacher.losses(batch)["loss"]
         opt.zero_grad()
         loss.backward()
         opt.step()
     last = teacher.losses(batch)
     assert float(last["loss"]) < 0.5 * float(first["loss"])
-    assert float(last["action_acc"]) > float(first["action_acc"])
+    assert float(last["action_acc"]) > float(first["action_acc"]) + 0.15
     assert {"perplexity", "token_acc", "action_acc"} <= set(last)
 
 

@@ -188,4 +188,4 @@ def test_a_fourth_recipe_runs_per_seed_and_shares_unchanged_stages(
     )
     # every stage records where it ran
     record = json.loads(next((tmp_path / "stages").glob("toy_a*/_done.json")).read_text())
-    assert {"cpu", "threads", "torch", "device"} <= set(record["hardware"])
+    assert {"cpu_model", "torch_threads", "torch", "device"} <= set(record["hardware"])

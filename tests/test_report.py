@@ -109,7 +109,7 @@ def test_markdown_table_selects_rows_by_pattern_and_shows_vla_columns() -> None:
     rows = [line for line in table.splitlines() if line.startswith("| `")]
     assert [r.split("`")[1] for r in rows] == ["vla/evodrive", "transfuser/imitation"]  # pattern order
     assert "probe IoU" in table and "latency" not in table
-    assert "| 1.5 | 180 | 0.184 | – | – |" in rows[0] and rows[1].endswith("| – | – | – | – | – |")
+    assert "| 1.5 | 180 | 0.184 | – |" in rows[0] and rows[1].endswith("| – | – | – | – |")
     with pytest.raises(ValueError, match="no model in results matches"):
         markdown_table(results, models=["ipad/*"])
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +24,11 @@ E = 16
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():  # type: ignore[no-untyped-def]
-    """Tiny models: a second thread only adds contention on a shared 2-core host (≈10× slower)."""
+    """Tiny models: a second thread only adds contention on a shared 2-core host (≈10× slower).
+    A thread count CI asks for (DRIVEDISTILL_TEST_THREADS, tests/conftest.py) wins."""
     before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    if not os.environ.get("DRIVEDISTILL_TEST_THREADS"):
+        torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
 
@@ -72,19 +75,29 @@ def test_ablation_switches_the_heads(questions: str, keys: set[str]) -> None:
 
 @pytest.mark.parametrize("alignment", ["feature_kl", "contrastive"])
 def test_loss_decreases_on_a_tiny_batch(alignment: str) -> None:
+    """Overfitting one batch drives every term well below its start. The bound holds on any CPU and thread
+    count: measured (seeds 0–2, ATEN_CPU_CAPABILITY default/avx2, AMD EPYC) after 100 steps the total is at
+    most 0.062× its start and the best of the last 20 steps of each head at most 0.29× (docs/LOG.md); the
+    old check (40 steps, final value < 0.6×) failed on AVX2 (action 0.67×). The best of a window, not the
+    last step, because Adam on 8 samples makes single-step spikes whose timing depends on rounding."""
     method = _method(alignment=alignment)
     batch = _batch()
     opt = torch.optim.AdamW(method.parameters(), lr=3e-3)
     with torch.no_grad():
         first = {k: float(v) for k, v in method.losses(batch).items()}
-    for _ in range(40):
+    best = {k: float("inf") for k in ("loss", "align", "action")}
+    for step in range(100):
         opt.zero_grad()
-        method.losses(batch)["loss"].backward()
+        losses = method.losses(batch)
+        losses["loss"].backward()
         opt.step()
+        if step >= 80:
+            best = {k: min(best[k], float(losses[k])) for k in best}
     with torch.no_grad():
         last = {k: float(v) for k, v in method.losses(batch).items()}
-    for k in ("loss", "align", "action"):
-        assert last[k] < 0.6 * first[k], (k, first[k], last[k])
+    assert last["loss"] < 0.25 * first["loss"], (first, last)
+    for k in ("align", "action"):
+        assert best[k] < 0.6 * first[k], (k, first[k], best[k])
 
 
 def test_masked_samples_do_not_train_the_heads() -> None:

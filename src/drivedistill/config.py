@@ -4,6 +4,15 @@
 
 - Unknown keys fail with the full dotted path and a "did you mean" suggestion.
 - Values are converted to the annotated field type (int, float, bool, str, list, tuple, nested dataclass).
+- Every loaded value is validated (`validate`): floats must be finite, and a field may declare a range
+  or a path that must exist in its metadata with `check(...)`:
+
+      lr: float = field(default=3e-4, metadata=check(gt=0))
+      val_fraction: float = field(default=0.2, metadata=check(gt=0, lt=1))
+      hidden_dims: tuple[int, ...] = field(default=(64, 64), metadata=check(ge=1))  # every element
+      weights: str = field(default="", metadata=check(exists=True))  # "" = unset
+
+  The error names the dotted field, the value and what is allowed: `train.lr=-0.001: must be > 0`.
 - `to_dict` / `config_hash` give the resolved form that is saved beside every artifact.
 """
 
@@ -13,6 +22,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -26,6 +36,109 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A configuration value or key is invalid; the message names the key and the fix."""
+
+
+CHECK = "drivedistill.check"  # the dataclass field metadata key `check()` fills
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """Constraints on one config field (see `check`)."""
+
+    gt: float | None = None
+    ge: float | None = None
+    lt: float | None = None
+    le: float | None = None
+    finite: bool = True
+    exists: bool = False
+
+    def describe(self) -> str:
+        """The allowed values in words, e.g. `> 0`, `in (0, 1)`, `>= 1`."""
+        low = (self.gt, "(") if self.gt is not None else (self.ge, "[") if self.ge is not None else None
+        high = (self.lt, ")") if self.lt is not None else (self.le, "]") if self.le is not None else None
+        if low and high:
+            return f"in {low[1]}{_num(low[0])}, {_num(high[0])}{high[1]}"
+        if low:
+            return f"{'>' if self.gt is not None else '>='} {_num(low[0])}"
+        if high:
+            return f"{'<' if self.lt is not None else '<='} {_num(high[0])}"
+        return "finite" if self.finite else "any number"
+
+    def problem(self, value: Any) -> str | None:
+        """Why `value` breaks this check (None if it does not)."""
+        if self.exists:
+            if isinstance(value, str | Path) and str(value) and not Path(value).exists():
+                return "no such file or directory; give an existing path"
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None
+        if self.finite and not math.isfinite(value):
+            return f"must be a finite number{'' if self.describe() == 'finite' else ', ' + self.describe()}"
+        bad = (
+            (self.gt is not None and not value > self.gt)
+            or (self.ge is not None and not value >= self.ge)
+            or (self.lt is not None and not value < self.lt)
+            or (self.le is not None and not value <= self.le)
+        )
+        return f"must be {self.describe()}" if bad else None
+
+
+def _num(x: float | None) -> str:
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+def check(
+    *,
+    gt: float | None = None,
+    ge: float | None = None,
+    lt: float | None = None,
+    le: float | None = None,
+    finite: bool = True,
+    exists: bool = False,
+) -> dict[str, Check]:
+    """Field metadata declaring the allowed values: `field(default=..., metadata=check(gt=0))`.
+
+    gt/ge/lt/le  bounds (numbers; applied to every element of a list/tuple field and to every value of a
+                 dict field)
+    finite       reject NaN/±inf (every float field does this unless it declares `check(finite=False)`)
+    exists       the value is a path that must exist ("" = unset, not checked)
+    """
+    return {CHECK: Check(gt=gt, ge=ge, lt=lt, le=le, finite=finite, exists=exists)}
+
+
+_FINITE = Check()
+
+
+def _check_value(value: Any, rule: Check, path: str) -> None:
+    if isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            _check_value(v, rule, f"{path}[{i}]")
+        return
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            _check_value(v, rule, f"{path}.{k}")
+        return
+    problem = rule.problem(value)
+    if problem:
+        raise ConfigError(f"{path}={value!r}: {problem}")
+
+
+def validate(cfg: Any, path: str = "") -> None:
+    """Check every field of dataclass `cfg` (nested dataclasses included) against its `check(...)`
+    metadata, and every float for finiteness; raise `ConfigError` naming the dotted field, the value and
+    the allowed range. `from_dict` / `load_config` call it, so `--dry-run` catches a bad value."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        full = f"{path}.{f.name}" if path else f.name
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            validate(value, full)
+            continue
+        if isinstance(value, list | tuple) and any(dataclasses.is_dataclass(v) for v in value):
+            for i, v in enumerate(value):
+                if dataclasses.is_dataclass(v) and not isinstance(v, type):
+                    validate(v, f"{full}[{i}]")
+            continue
+        _check_value(value, f.metadata.get(CHECK, _FINITE), full)
 
 
 def _did_you_mean(key: str, options: Iterable[str]) -> str:
@@ -62,7 +175,7 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
             return value
         if not isinstance(value, Mapping):
             raise ConfigError(f"{path}: expected a mapping for {tp.__name__}, got {value!r}")
-        return from_dict(tp, value, path)
+        return from_dict(tp, value, path, _validate=False)  # the outermost call validates the whole tree
     if origin in (list, tuple) or tp in (list, tuple):
         if isinstance(value, str):
             value = (
@@ -100,8 +213,9 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
     return value
 
 
-def from_dict(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:
-    """Build dataclass `cls` from a mapping; unknown keys and bad values raise `ConfigError`."""
+def from_dict(cls: type[T], data: Mapping[str, Any], path: str = "", _validate: bool = True) -> T:
+    """Build dataclass `cls` from a mapping; unknown keys and bad values (types, `check` ranges, NaN/inf)
+    raise `ConfigError` naming the dotted field."""
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
     kwargs: dict[str, Any] = {}
@@ -112,10 +226,15 @@ def from_dict(cls: type[T], data: Mapping[str, Any], path: str = "") -> T:
                 f"unknown config key '{full}'.{_did_you_mean(key, known)} Known keys: {sorted(known)}"
             )
         kwargs[key] = _convert(value, hints[key], full)
+        if not dataclasses.is_dataclass(kwargs[key]):  # before __post_init__, so the dotted name is reported
+            _check_value(kwargs[key], known[key].metadata.get(CHECK, _FINITE), full)
     try:
-        return cls(**kwargs)
+        out = cls(**kwargs)
     except TypeError as e:
         raise ConfigError(f"{path or cls.__name__}: {e}") from None
+    if _validate:
+        validate(out, path)
+    return out
 
 
 def to_dict(cfg: Any) -> Any:

@@ -35,7 +35,7 @@ class AnnotateSummary:
     key: str  # annotator key (cache sub-directory)
     out: Path  # cache root
     done: int  # annotated validly in this run
-    failed: int  # answers that failed validation in this run (stored with their raw text)
+    failed: int  # samples that failed in this run: invalid answer or failed request (stored with the error)
     cached: int  # skipped: already in the cache
     retries: int  # transient request errors retried (remote annotators)
 
@@ -160,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     print(summary.line() + (f"; {summary.retries} request(s) retried" if summary.retries else ""))
     if summary.failed:
         print(
-            f"{summary.failed} invalid answer(s) stored with their raw text; re-ask them with --retry-failed",
+            f"{summary.failed} sample(s) failed (invalid answer or failed request), stored with their error and "
+            "raw text; re-ask them with --retry-failed",
             file=sys.stderr,
         )
     return 0

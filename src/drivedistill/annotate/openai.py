@@ -3,8 +3,11 @@
 Works with any server speaking /v1/chat/completions with image_url content (OpenAI, vLLM, SGLang).
 Samples run on a thread pool; all threads share one rate limiter (requests/s). Transient HTTP errors
 (429, 5xx, timeouts, connection errors) are retried with exponential back-off (honouring Retry-After);
-other HTTP errors (401, 400, 404) abort the run, since they would fail every sample. An answer that is
-not valid JSON or does not match the schema is stored as a failure with its raw text.
+errors that would fail every sample (401, 403, 400, 404) abort the run. A sample whose request still
+fails after every retry, or whose HTTP body is not a chat completion (e.g. a proxy's HTML page), is stored
+as a failure with the error and the run goes on (`--retry-failed` re-asks it); so is an answer that is not
+valid JSON or does not match the schema, with its raw text. The server's address is not part of the
+cache key (moving the server to another host or port re-uses every cached answer).
 The API key is read from the environment variable named by `api_key_env` and never logged or hashed.
 """
 
@@ -55,6 +58,11 @@ class OpenAIConfig:
             )
 
 
+class RequestFailed(RuntimeError):
+    """One sample's request failed for good (retries exhausted, or an unreadable response): the sample is
+    stored as a failure and the run continues."""
+
+
 class RateLimiter:
     """At most `rate` acquisitions per second across threads (evenly spaced); rate 0 = no limit."""
 
@@ -77,6 +85,7 @@ class OpenAIAnnotator(Annotator):
 
     name = "openai"
     throughput_fields = (
+        "base_url",  # where the model is served, not what answers: moving the server keeps the cache
         "api_key_env",
         "workers",
         "requests_per_s",
@@ -111,6 +120,13 @@ class OpenAIAnnotator(Annotator):
             return True
         return isinstance(err, o.APIStatusError) and err.status_code >= 500
 
+    def _fatal(self, err: Exception) -> bool:
+        """Errors every later request would hit too (credentials, model name, endpoint, request shape)."""
+        o = self._openai
+        return isinstance(
+            err, o.AuthenticationError | o.PermissionDeniedError | o.NotFoundError | o.BadRequestError
+        )
+
     def _delay(self, err: Exception, attempt: int) -> float:
         retry_after = None
         response = getattr(err, "response", None)
@@ -136,10 +152,11 @@ class OpenAIAnnotator(Annotator):
                 return (resp.choices[0].message.content or "") if resp.choices else ""
             except Exception as err:
                 if not self._retryable(err) or attempt == self.cfg.max_retries:
-                    raise RuntimeError(
+                    message = (
                         f"openai annotator: request to {self.cfg.base_url} (model {self.cfg.model}) failed after "
                         f"{attempt + 1} attempt(s): {type(err).__name__}: {err}"
-                    ) from None
+                    )
+                    raise (RuntimeError if self._fatal(err) else RequestFailed)(message) from None
                 with self._count_lock:
                     self.retries += 1
                 time.sleep(self._delay(err, attempt))
@@ -147,8 +164,12 @@ class OpenAIAnnotator(Annotator):
 
     def annotate_one(self, scene: Scene, sample_hash: str) -> AnnotationResult:
         url = png_data_url(render_plan(scene, self.camera, scale=self.cfg.image_scale))
-        q1 = self.ask(question_messages("q1", scene, url))
-        q2 = self.ask(question_messages("q2", scene, url))
+        q1 = ""
+        try:
+            q1 = self.ask(question_messages("q1", scene, url))
+            q2 = self.ask(question_messages("q2", scene, url))
+        except RequestFailed as e:
+            return AnnotationResult(scene.token, sample_hash, None, f"Q1: {q1}" if q1 else "", str(e))
         raw = f"Q1: {q1}\nQ2: {q2}"
         try:
             return AnnotationResult(scene.token, sample_hash, annotation_from_answers(q1, q2), raw)

@@ -154,6 +154,15 @@ def summarize(shards: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _rows_match(path: Path, entry: Mapping[str, Any]) -> bool:
+    """Every row of the shard decodes and has the content hash its embedded entry records."""
+    table = pq.read_table(path)
+    if table.num_rows != entry["num_rows"]:
+        return False
+    cols = ShardColumns(table)
+    return all(scene_hash(cols.scene(int(v["row"]))) == v["hash"] for v in entry["samples"].values())
+
+
 class SceneStoreWriter:
     """Owns root/manifest.json while a store is written; resumes a store written with the same config.
 
@@ -183,27 +192,27 @@ class SceneStoreWriter:
             self.shards = {int(s["index"]): s for s in old["shards"]}
 
     def completed(self) -> set[int]:
-        """Shard indices whose file is complete: in the manifest with a matching sha256, or carrying an
-        embedded entry of this config in a fully readable file (written before a crash; adopted)."""
+        """Shard indices whose file is complete: in the manifest with a matching sha256, or — not in the
+        manifest (written before a crash) — carrying an embedded entry of this config whose every row
+        decodes to its recorded content hash (adopted). A shard the manifest lists with another sha256 is
+        corrupt and never adopted: it is dropped from the manifest and collected again."""
         done: set[int] = set()
         for index in range(self.num_shards):
             path = self.root / shard_name(index)
             if not path.exists():
                 self.shards.pop(index, None)
                 continue
-            known = self.shards.get(index)
-            if known is not None and sha256_file(path) == known["sha256"]:
-                done.add(index)
+            known = self.shards.pop(index, None)
+            if known is not None:
+                if sha256_file(path) == known["sha256"]:
+                    self.shards[index] = known
+                    done.add(index)
                 continue
-            self.shards.pop(index, None)
             try:
                 entry = read_shard_entry(path)
-                if (
-                    entry.get("config_hash") != self.config_hash
-                    or pq.read_table(path).num_rows != entry["num_rows"]
-                ):
+                if entry.get("config_hash") != self.config_hash or not _rows_match(path, entry):
                     continue
-            except (StoreError, OSError, pa.ArrowException):
+            except (StoreError, OSError, pa.ArrowException, RowDecodeError):
                 continue
             entry["sha256"], entry["bytes"] = sha256_file(path), path.stat().st_size
             self.add_shard(entry)

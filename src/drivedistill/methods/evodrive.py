@@ -137,6 +137,11 @@ class EvoDrive(Method):
                 raise ValueError(
                     f"evodrive: oracle num_poses={teacher.cfg.num_poses} != student num_poses={student.cfg.num_poses}; answers must match"
                 )
+            if teacher.cfg.plan_text != student.cfg.plan_text:
+                raise ValueError(
+                    f"evodrive: oracle plan_text={teacher.cfg.plan_text!r} != student plan_text="
+                    f"{student.cfg.plan_text!r}; train the oracle with the student's plan_text (answers must match)"
+                )
         self.required_extras = (
             (KEY_LOGITS, KEY_HIDDEN, KEY_LENGTH)
             if cfg.trajectory_kd and cfg.teacher_targets != "online"
@@ -278,6 +283,134 @@ def build(
     ctx = context or MethodContext()
     if teacher is None and cfg.trajectory_kd and cfg.teacher_targets != "cache":
         teacher = OracleTeacher.load(
-            ctx.artifact("oracle", "evodrive"), OracleConfig(num_poses=student.cfg.num_poses)
+            ctx.artifact("oracle", "evodrive"),
+            OracleConfig(num_poses=student.cfg.num_poses, plan_text=student.cfg.plan_text),
         )
     return EvoDrive(cfg, student, teacher, seed=ctx.seed)
+
+
+# ----- teacher-quality gate (issue #16 pt 4): checked before the oracle teaches ------------------------
+ORACLE_GATE_L2_RATIO = 0.5  # the oracle's ST-P3 L2 must be at most this fraction of the best student's
+
+
+@torch.no_grad()
+def teacher_forced_ce(
+    model: VLAStudent | OracleTeacher, scenes: Sequence[Scene], batch_size: int = 16
+) -> float:
+    """Per-token CE [nats] of the GT answer under teacher forcing, averaged over every answer token of
+    `scenes` (privileged part needed for the GT; the oracle also reads its privileged inputs). For the
+    oracle this is its coarse pass — the plain CE, not EvoDrive's best-of-candidates selection, which
+    picks by the GT and would flatter it."""
+    from drivedistill.data.dataset import collate
+    from drivedistill.models.vlm import IGNORE_INDEX
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    try:
+        for start in range(0, len(scenes), batch_size):
+            batch = collate(list(scenes[start : start + batch_size])).to(device)
+            if isinstance(model, OracleTeacher):
+                enc = model.encode(batch)
+                logits = model.core(enc, model.images(batch)).logits
+            else:
+                enc, out = model.teacher_forced(
+                    batch.inputs, batch.require_privileged("teacher_forced_ce").trajectory
+                )
+                logits = out.logits
+            assert enc.labels is not None
+            labels = enc.labels[:, 1:].to(device)
+            ce = F.cross_entropy(
+                logits[:, :-1].flatten(0, 1).float(),
+                labels.flatten(),
+                ignore_index=IGNORE_INDEX,
+                reduction="sum",
+            )
+            total += float(ce)
+            count += int((labels != IGNORE_INDEX).sum())
+    finally:
+        model.train(was_training)
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def oracle_quality(
+    oracle: OracleTeacher,
+    scenes: Sequence[Scene],
+    student_reference: dict[str, float],
+    *,
+    pdms: bool = True,
+    refine: bool = True,
+    batch_size: int = 16,
+    l2_ratio: float = ORACLE_GATE_L2_RATIO,
+) -> dict[str, object]:
+    """EvoDrive's teacher-quality gate: is the oracle a better planner than the students it will teach?
+
+    oracle: a trained `OracleTeacher`; scenes: validation scenes **with** their privileged part (the
+    oracle reads future frames / future ego status, the metrics the GT). student_reference:
+    {"l2_stp3": ST-P3 average L2 [m] of the best imitation student (e.g. transfuser/imitation) on the same
+    scenes, "ce": the VLA student's teacher-forced CE (`teacher_forced_ce(student, scenes)`)}; either
+    may be missing, its check is then reported as None.
+
+    Measures, on `scenes`: the oracle's free-running plan (greedy coarse → refined decoding — coarse only
+    with `refine=False`, for an oracle trained with refine_prob 0 —, strict parse, fallback counted) scored open loop under the ST-P3 and UniAD protocols and (`pdms`) with NAVSIM
+    PDMS; its teacher-forced CE (coarse pass, `teacher_forced_ce`). Gate: **pass** iff
+    l2_stp3_avg ≤ l2_ratio × the reference L2 and ce < the reference CE (checks without a reference are
+    skipped; with no reference at all the gate fails — it has nothing to beat).
+
+    Returns {"num_scenes", "l2_stp3" {1s, 2s, 3s, avg}, "l2_uniad" {…}, "collision_stp3" {…} [%],
+    "pdms" (mean sub-scores dict, or None), "ce_teacher_forced", "parse_failures" {count, decoded},
+    "reference", "gate" {"l2_ratio", "l2_max", "l2_pass", "ce_pass", "pass"}, "protocols"}.
+    """
+    import dataclasses
+
+    from drivedistill.data.dataset import collate
+    from drivedistill.models.students.vla import poses_from_xy
+    from drivedistill.train.evaluate import EvalConfig, evaluate_plans
+
+    if not scenes:
+        raise ValueError("oracle_quality: no scenes; pass the validation scenes with their privileged part")
+    was_training = oracle.training
+    oracle.eval()
+    device = next(oracle.parameters()).device
+    plans, failures = [], 0
+    try:
+        for start in range(0, len(scenes), batch_size):
+            xy, _, failed = oracle.plan(collate(list(scenes[start : start + batch_size])).to(device), refine)
+            plans.append(poses_from_xy(xy.cpu()).numpy())
+            failures += int(failed.sum())
+    finally:
+        oracle.train(was_training)
+    ecfg = dataclasses.replace(EvalConfig(device="cpu"), pdms=pdms, closed_loop=False)
+    res = evaluate_plans(np.concatenate(plans).astype(np.float64), list(scenes), None, ecfg, None)
+    ol = res["openloop"]
+    l2 = float(ol["stp3"]["l2"]["avg"])
+    ce = teacher_forced_ce(oracle, scenes, batch_size)
+    ref_l2, ref_ce = student_reference.get("l2_stp3"), student_reference.get("ce")
+    l2_max = None if ref_l2 is None else l2_ratio * float(ref_l2)
+    l2_pass = None if l2_max is None else l2 <= l2_max
+    ce_pass = None if ref_ce is None else ce < float(ref_ce)
+    checks = [c for c in (l2_pass, ce_pass) if c is not None]
+    return {
+        "num_scenes": len(scenes),
+        "l2_stp3": ol["stp3"]["l2"],
+        "l2_uniad": ol["uniad"]["l2"],
+        "collision_stp3": ol["stp3"]["collision"],
+        "pdms": res["pdms"]["mean"] if "pdms" in res else None,
+        "ce_teacher_forced": ce,
+        "parse_failures": {"count": failures, "decoded": len(scenes)},
+        "reference": dict(student_reference),
+        "gate": {
+            "l2_ratio": l2_ratio,
+            "l2_max": l2_max,
+            "l2_pass": l2_pass,
+            "ce_pass": ce_pass,
+            "pass": bool(checks) and all(checks),
+        },
+        "protocols": {
+            "l2": "nuscenes_openloop stp3 (avg of the cumulative means at 1/2/3 s)",
+            "pdms": res["pdms"]["protocol"] if "pdms" in res else None,
+            "ce": "per-token CE of the GT answer, teacher-forced coarse pass",
+        },
+    }

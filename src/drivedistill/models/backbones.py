@@ -11,12 +11,12 @@ that overrides read `--student.hidden_dim=256`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from drivedistill.config import ConfigError
+from drivedistill.config import ConfigError, check
 from drivedistill.models.students.base import StudentConfig
 from drivedistill.types import NUM_FUTURE, NUM_PAST, AgentInputBatch, Command
 
@@ -37,14 +37,22 @@ class PerceptionConfig(StudentConfig):
 
     camera_backbone: str = "regnety_002"  # any timm model name with features_only support
     bev_backbone: str = "regnety_002"
-    backbone_out_index: int = 3  # feature stage kept (regnety: 3 → stride 16, 4 → stride 32)
-    camera_grid: tuple[int, int] = (4, 8)  # camera tokens after pooling (rows, cols)
-    bev_grid: tuple[int, int] = (4, 4)  # BEV tokens after pooling
-    bev_channels: int = 0  # channels of the BEV raster; 0 = take them from the data at training time
-    hidden_dim: int = 128  # D of every token and of "plan_query"
-    num_heads: int = 4
-    num_fusion_layers: int = 2  # transformer encoder layers over camera + BEV (+ ego) tokens
-    dropout: float = 0.0
+    backbone_out_index: int = field(
+        default=3, metadata=check(ge=0)
+    )  # feature stage kept (regnety: 3 → stride 16, 4 → stride 32)
+    camera_grid: tuple[int, int] = field(
+        default=(4, 8), metadata=check(ge=1)
+    )  # camera tokens after pooling (rows, cols)
+    bev_grid: tuple[int, int] = field(default=(4, 4), metadata=check(ge=1))  # BEV tokens after pooling
+    bev_channels: int = field(
+        default=0, metadata=check(ge=0)
+    )  # channels of the BEV raster; 0 = take them from the data at training time
+    hidden_dim: int = field(default=128, metadata=check(ge=1))  # D of every token and of "plan_query"
+    num_heads: int = field(default=4, metadata=check(ge=1))
+    num_fusion_layers: int = field(
+        default=2, metadata=check(ge=0)
+    )  # transformer encoder layers over camera + BEV (+ ego) tokens
+    dropout: float = field(default=0.0, metadata=check(ge=0, lt=1))
     # with use_ego_status: every decoded plan is a learnt residual on a constant-velocity plan of the ego
     # status (an anchor, as proposal/anchor planners use); without ego status it has no input → off
     cv_prior: bool = True

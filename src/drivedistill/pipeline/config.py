@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from drivedistill import registry
-from drivedistill.config import ConfigError, deep_merge, from_dict, load_config, load_yaml
+from drivedistill.config import ConfigError, check, deep_merge, from_dict, load_config, load_yaml
 
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "configs"
 
@@ -55,12 +55,16 @@ class EvalStageConfig:
     """What is measured for every (model, seed)."""
 
     split: str = "val"
-    max_scenes: int = 0  # > 0: evaluate on the first N validation scenes only
+    max_scenes: int = field(
+        default=0, metadata=check(ge=0)
+    )  # > 0: evaluate on the first N validation scenes only
     openloop: bool = True  # nuScenes open-loop, both protocols
     pdms: bool = True  # NAVSIM PDMS v1.1 on metric scenes built from the world's scenes
-    closedloop_episodes: int = 4  # 0 = skip closed loop
-    latency_repeats: int = 30  # batch-1 planning latency samples (after 5 warm-up calls)
-    scene_panels: int = 4  # validation scenes drawn in the report
+    closedloop_episodes: int = field(default=4, metadata=check(ge=0))  # 0 = skip closed loop
+    latency_repeats: int = field(
+        default=30, metadata=check(ge=1)
+    )  # batch-1 planning latency samples (after 5 warm-up calls)
+    scene_panels: int = field(default=4, metadata=check(ge=0))  # validation scenes drawn in the report
     expert_reference: bool = True  # add the privileged expert's row (its own plan; it driving closed loop)
     recipe_references: bool = True  # the rows recipes declare from a teacher alone (e.g. an oracle's plans)
 
@@ -70,14 +74,14 @@ class StudyConfig:
     """The whole study (`drivedistill run`)."""
 
     preset: str = "default"
-    seeds: list[int] = field(default_factory=lambda: [0])
+    seeds: list[int] = field(default_factory=lambda: [0], metadata=check(ge=0))
     device: str = "auto"
-    workers: int = 2  # processes for collection
+    workers: int = field(default=2, metadata=check(ge=1))  # processes for collection
     world: dict[str, Any] = field(default_factory=dict)  # → world.config.WorldConfig
     # a data source instead of the world (configs/nuscenes.yaml): {"name": "nuscenes", <its config fields>}
     source: dict[str, Any] = field(default_factory=dict)
-    val_fraction: float = 0.2
-    episodes_per_shard: int = 4
+    val_fraction: float = field(default=0.2, metadata=check(gt=0, lt=1))
+    episodes_per_shard: int = field(default=4, metadata=check(ge=1))
     # per registered recipe (drivedistill/recipes/<name>.py): its typed config section
     recipes: dict[str, dict[str, Any]] = field(default_factory=dict)
     # per_seed: every seeded recipe stage runs once per seed and seed k of a row reads teacher k;

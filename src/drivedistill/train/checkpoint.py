@@ -10,7 +10,9 @@ Layout of a run directory:
     RUN/checkpoints/latest.json                     {"path": "step_000120", "step": 120}
 
 Every file is written atomically (utils/io) into a temporary directory that is renamed into place, and
-`latest.json` moves only after that: a killed run leaves the previous checkpoint usable.
+`latest.json` moves only after that: a killed run leaves the previous checkpoint usable. A temporary
+directory a kill left behind (`checkpoints/.step_N.tmp/`) is removed by `remove_partial`; `resume_point`
+picks the newest checkpoint whose files all read back (a truncated one is skipped with a warning).
 
     student = load_student("RUN")            # the run's latest checkpoint, or a step directory
     method = load_method("RUN", context)     # the method with its heads, e.g. to continue distilling
@@ -19,6 +21,7 @@ Every file is written atomically (utils/io) into a temporary directory that is r
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import random
 import shutil
@@ -41,6 +44,7 @@ WEIGHTS, CONFIG, META, STATE, LATEST = (
     "latest.json",
 )
 FORMAT_VERSION = 1
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(RuntimeError):
@@ -119,8 +123,12 @@ def save_checkpoint(
     meta: Mapping[str, Any],
     state: Mapping[str, Any] | None = None,
     keep: int = 2,
+    weights: Mapping[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write RUN/checkpoints/step_{step}/ atomically, point latest.json at it, prune to `keep` checkpoints."""
+    """Write RUN/checkpoints/step_{step}/ atomically, point latest.json at it, prune to `keep` checkpoints.
+
+    `weights`: the trainable state to save instead of `trainable_state(model)` (sharded training gathers
+    it first, see train/distributed.full_state)."""
     from safetensors.torch import save_file
 
     root = Path(run_dir) / "checkpoints"
@@ -128,13 +136,17 @@ def save_checkpoint(
     tmp = root / f".{final.name}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
-    weights = trainable_state(model)
-    atomic_write_with(tmp / WEIGHTS, lambda p: save_file(weights, str(p), metadata={"format": "pt"}))
-    atomic_write_text(tmp / CONFIG, yaml.safe_dump(dict(config), sort_keys=False))
-    full_meta = {"format_version": FORMAT_VERSION, "step": step, **meta, "versions": versions()}
-    atomic_write_json(tmp / META, full_meta)
-    if state is not None:
-        atomic_write_with(tmp / STATE, lambda p: torch.save(dict(state), p))
+    weights = dict(weights) if weights is not None else trainable_state(model)
+    try:
+        atomic_write_with(tmp / WEIGHTS, lambda p: save_file(weights, str(p), metadata={"format": "pt"}))
+        atomic_write_text(tmp / CONFIG, yaml.safe_dump(dict(config), sort_keys=False))
+        full_meta = {"format_version": FORMAT_VERSION, "step": step, **meta, "versions": versions()}
+        atomic_write_json(tmp / META, full_meta)
+        if state is not None:
+            atomic_write_with(tmp / STATE, lambda p: torch.save(dict(state), p))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk: free what this save took
+        raise
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
@@ -142,6 +154,66 @@ def save_checkpoint(
     for old in sorted(root.glob("step_*"))[:-keep] if keep > 0 else []:
         shutil.rmtree(old)
     return final
+
+
+def remove_partial(run_dir: str | Path) -> list[Path]:
+    """Delete the temporary directories of interrupted saves (`checkpoints/.step_N.tmp/`); returns them."""
+    root = Path(run_dir) / "checkpoints"
+    partial = sorted(root.glob(".step_*.tmp")) if root.is_dir() else []
+    for p in partial:
+        shutil.rmtree(p, ignore_errors=True)
+    return partial
+
+
+def problem(ckpt: Path) -> str | None:
+    """Why checkpoint directory `ckpt` cannot be resumed from (None: every file reads back)."""
+    from safetensors import safe_open
+
+    for name in (META, CONFIG, WEIGHTS, STATE):
+        if not (ckpt / name).is_file():
+            return f"{ckpt / name} is missing"
+    try:
+        json.loads((ckpt / META).read_text())
+        yaml.safe_load((ckpt / CONFIG).read_text())
+    except (OSError, ValueError, yaml.YAMLError) as e:
+        return f"{ckpt}: unreadable meta/config ({e})"
+    try:
+        with safe_open(str(ckpt / WEIGHTS), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118  (safe_open has no __iter__)
+                f.get_tensor(key)
+    except Exception as e:  # safetensors raises its own error types for a torn header or buffer
+        return f"{ckpt / WEIGHTS} is truncated or corrupt ({e})"
+    try:
+        torch.load(ckpt / STATE, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises RuntimeError / pickle errors for a torn zip
+        return f"{ckpt / STATE} is truncated or corrupt ({e})"
+    return None
+
+
+def resume_point(run_dir: str | Path) -> Path:
+    """The newest checkpoint of a run that reads back completely: latest.json's, else the newest older
+    `step_*` (a save cut short by a kill or a full disk is skipped with a warning naming it)."""
+    root = Path(run_dir) / "checkpoints"
+    candidates = sorted(root.glob("step_*"), reverse=True)
+    latest = root / LATEST
+    if latest.exists():
+        try:
+            first = root / json.loads(latest.read_text())["path"]
+            candidates = [first] + [c for c in candidates if c != first]
+        except (ValueError, KeyError, TypeError):
+            pass
+    problems: list[str] = []
+    for c in candidates:
+        why = problem(c)
+        if why is None:
+            if problems:
+                log.warning("resume: skipping %s; resuming from %s", "; ".join(problems), c)
+            return c
+        problems.append(why)
+    raise CheckpointError(
+        f"{run_dir}: no usable checkpoint to resume from ({'; '.join(problems) or 'none written'}); "
+        "delete the run directory (or choose another --out) and start again"
+    )
 
 
 def resolve(path: str | Path) -> Path:
@@ -178,7 +250,10 @@ def read_state(path: str | Path) -> dict[str, Any]:
     ckpt = resolve(path)
     if not (ckpt / STATE).exists():
         raise CheckpointError(f"{ckpt}: no {STATE}; this checkpoint holds weights only and cannot be resumed")
-    return dict(torch.load(ckpt / STATE, map_location="cpu", weights_only=True))
+    try:
+        return dict(torch.load(ckpt / STATE, map_location="cpu", weights_only=True))
+    except (RuntimeError, EOFError, OSError) as e:
+        raise CheckpointError(f"{ckpt / STATE} is truncated or corrupt ({e})") from None
 
 
 def load_weights(path: str | Path, model: nn.Module, prefix: str = "") -> None:
@@ -189,7 +264,15 @@ def load_weights(path: str | Path, model: nn.Module, prefix: str = "") -> None:
     from safetensors.torch import load_file
 
     ckpt = resolve(path)
-    saved = load_file(str(ckpt / WEIGHTS))
+    try:
+        saved = load_file(str(ckpt / WEIGHTS))
+    except FileNotFoundError:
+        raise CheckpointError(f"{ckpt / WEIGHTS} is missing; the checkpoint is incomplete") from None
+    except Exception as e:  # safetensors' own error types (torn header, short buffer)
+        raise CheckpointError(
+            f"{ckpt / WEIGHTS} is truncated or corrupt ({e}); `--resume` falls back to the previous "
+            "checkpoint, or retrain"
+        ) from None
     weights = {k[len(prefix) :]: v for k, v in saved.items() if k.startswith(prefix)}
     skip = frozen_prefixes(model)
     expected = {k for k in model.state_dict() if not any(k.startswith(p) for p in skip)}

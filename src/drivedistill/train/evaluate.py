@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from drivedistill.config import from_dict, load_config, to_dict
+from drivedistill.config import check, from_dict, load_config, to_dict
 from drivedistill.types import AgentInput, Scene
 from drivedistill.utils.runtime import select_device
 
@@ -32,15 +32,17 @@ from drivedistill.utils.runtime import select_device
 class EvalConfig:
     """Which metrics to run and how (`--eval.<field>=...`)."""
 
-    batch_size: int = 32
+    batch_size: int = field(default=32, metadata=check(ge=1))
     device: str = "auto"
     openloop: bool = True
     occupancy_classes: str = "vehicles+pedestrians"  # ST-P3/VAD; UniAD's rows also use this occupancy
     pdms: bool = True
-    pdms_max_scenes: int = 0  # > 0: score only the first N scenes of the split (PDMS is the slow one)
+    pdms_max_scenes: int = field(
+        default=0, metadata=check(ge=0)
+    )  # > 0: score only the first N scenes of the split (PDMS is the slow one)
     pdms_protocol: str = "navsim-v1.1"  # or "navsim-v2" (EPDMS)
     closed_loop: bool = True
-    closed_loop_episodes: int = 5
+    closed_loop_episodes: int = field(default=5, metadata=check(ge=0))
     closed_loop_seed: int = 1000  # episodes differ from collection (which seeds from the world seed)
 
     def __post_init__(self) -> None:

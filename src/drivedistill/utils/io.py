@@ -2,15 +2,19 @@
 
 A crash leaves either the old file or the new one, never a torn file. The file gets the permissions a
 plain `open(path, "w")` would give it (mkstemp's own are 0600: a run directory would be unreadable to
-the rest of a team on a shared disk).
+the rest of a team on a shared disk); they are set after the writer ran, since some writers (safetensors)
+replace the file. A full disk raises `OSError(ENOSPC)` naming the file, also where the writer reports it
+otherwise (torch.save: "unexpected pos").
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,15 +41,38 @@ def atomic_path(path: Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
-    os.chmod(tmp_path, _file_mode())
     try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
+        try:
+            yield tmp_path
+            os.chmod(tmp_path, _file_mode())
+            with open(tmp_path, "rb+") as f:
+                os.fsync(f.fileno())
+        except Exception as e:
+            if _disk_full(e, path.parent):
+                free = shutil.disk_usage(path.parent).free
+                raise OSError(
+                    errno.ENOSPC,
+                    f"No space left on device ({free} bytes free) while writing {path}: {e}",
+                    str(path),
+                ) from e
+            raise
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+# below this many free bytes a failed write is taken to be a full disk (writers that hide ENOSPC)
+FULL_DISK_BYTES = 1 << 20
+
+
+def _disk_full(err: BaseException, directory: Path) -> bool:
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    try:
+        return shutil.disk_usage(directory).free < FULL_DISK_BYTES
+    except OSError:
+        return False
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from drivedistill.config import check
 from drivedistill.world.bev import BevConfig
 from drivedistill.world.camera import CameraConfig
 from drivedistill.world.lidar import LidarConfig
@@ -47,14 +48,14 @@ class WorldConfig:
     """
 
     scenarios: list[str] = field(default_factory=lambda: list(SCENARIOS))
-    num_episodes: int = 20
-    episode_seconds: float = 14.0
+    num_episodes: int = field(default=20, metadata=check(ge=1))
+    episode_seconds: float = field(default=14.0, metadata=check(gt=0))
     density: dict[str, float] = field(default_factory=_default_density)
     event_probs: dict[str, float] = field(default_factory=_default_events)
     camera: CameraConfig = field(default_factory=CameraConfig)
     bev: BevConfig = field(default_factory=BevConfig)
     lidar: LidarConfig = field(default_factory=LidarConfig)
-    seed: int = 0
+    seed: int = field(default=0, metadata=check(ge=0))
 
     def __post_init__(self) -> None:
         if not self.scenarios:

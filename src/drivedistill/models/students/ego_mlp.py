@@ -7,12 +7,12 @@ explains. It cannot run without ego status, so `use_ego_status=False` is an erro
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from drivedistill.config import ConfigError
+from drivedistill.config import ConfigError, check
 from drivedistill.models.backbones import EGO_VECTOR_DIM, NUM_COMMANDS, PoseHead, ego_vector
 from drivedistill.models.students.base import Student, StudentConfig
 from drivedistill.registry import register
@@ -23,9 +23,9 @@ from drivedistill.types import AgentInputBatch, PlanOutput
 class EgoMlpConfig(StudentConfig):
     """AD-MLP: an MLP over the flattened ego history + status + one-hot command."""
 
-    hidden_dim: int = 256  # D of "plan_query"
-    num_layers: int = 3  # hidden layers (AD-MLP: 3 × 512)
-    dropout: float = 0.0
+    hidden_dim: int = field(default=256, metadata=check(ge=1))  # D of "plan_query"
+    num_layers: int = field(default=3, metadata=check(ge=1))  # hidden layers (AD-MLP: 3 × 512)
+    dropout: float = field(default=0.0, metadata=check(ge=0, lt=1))
 
     def __post_init__(self) -> None:
         if not self.use_ego_status:

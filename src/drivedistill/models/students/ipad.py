@@ -19,12 +19,12 @@ Paper scale: `--student.num_proposals=64 --student.hidden_dim=256 --student.came
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from drivedistill.config import ConfigError
+from drivedistill.config import ConfigError, check
 from drivedistill.models.backbones import (
     POSITION_SCALE,
     PerceptionConfig,
@@ -42,8 +42,10 @@ from drivedistill.types import NUM_FUTURE, AgentInputBatch, PlanOutput
 class IpadConfig(PerceptionConfig):
     """Perception fields (see PerceptionConfig) plus the proposal refinement."""
 
-    num_proposals: int = 8  # K
-    num_iterations: int = 3  # refinement rounds (each: one decoder layer + a pose head)
+    num_proposals: int = field(default=8, metadata=check(ge=1))  # K
+    num_iterations: int = field(
+        default=3, metadata=check(ge=1)
+    )  # refinement rounds (each: one decoder layer + a pose head)
 
     def __post_init__(self) -> None:
         super().__post_init__()

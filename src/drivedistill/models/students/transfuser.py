@@ -15,11 +15,12 @@ Defaults train on a CPU (regnety_002, D = 128); paper scale is `--student.camera
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from drivedistill.config import check
 from drivedistill.models.backbones import PerceptionConfig, PoseHead, SceneEncoder, transformer_layer
 from drivedistill.models.students.base import Student
 from drivedistill.models.students.constant_velocity import constant_velocity_prior
@@ -31,7 +32,9 @@ from drivedistill.types import AgentInputBatch, PlanOutput
 class TransfuserConfig(PerceptionConfig):
     """Perception fields (see PerceptionConfig) plus the planning decoder."""
 
-    num_decoder_layers: int = 2  # plan-query cross-attention layers over the scene tokens
+    num_decoder_layers: int = field(
+        default=2, metadata=check(ge=1)
+    )  # plan-query cross-attention layers over the scene tokens
 
 
 class Transfuser(Student):

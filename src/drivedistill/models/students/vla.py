@@ -6,6 +6,12 @@ Prompt (models/vlm/prompt.py): the front camera, the past trajectory and ego sta
 nuScenes 3 s horizon, EvoDriveVLA's format; 8 = 4 s). Trained with next-token CE by `vla_sft` /
 `evodrive`; planned by greedy batched decoding.
 
+`plan_text="residual"` (the default): the answer holds the plan **minus the constant-speed plan of the
+ego status** (x = v·t, y = 0, the fallback below), so the model writes small offsets (mostly "+00.xx")
+instead of turning the speed into metres itself; the decoded plan is offsets + constant-speed plan.
+Without ego status the constant-speed plan is standing still, i.e. the residual is the absolute plan.
+`plan_text="absolute"` writes the waypoints themselves (the earlier format).
+
 Decoding is parsed strictly. An unparsable answer is counted in `decode_stats`, its raw text is kept in
 `last_failures` (and logged), and it is replaced by the **fallback plan** — constant speed straight ahead
 from the ego status (x = v·t, y = 0; standing still when `use_ego_status=False`) — never dropped.
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
@@ -45,12 +52,18 @@ class VLAConfig(StudentConfig):
     )  # set vlm.pretrained_dir to the perception-pretrained VLM
     num_poses: int = 6  # poses written as text: 6 (3 s, EvoDriveVLA/nuScenes) or 8 (4 s, NAVSIM)
     max_new_tokens: int = 0  # decoding budget; 0 = answer_token_budget(num_poses)
+    plan_text: Literal["residual", "absolute"] = "residual"  # offsets from constant speed, or waypoints
 
     def __post_init__(self) -> None:
+        if self.plan_text not in PLAN_TEXTS:
+            raise ValueError(f"VLAConfig.plan_text={self.plan_text!r}: use one of {PLAN_TEXTS}")
         if self.num_poses not in (6, 8):
             raise ValueError(f"VLAConfig.num_poses={self.num_poses}: use 6 (3 s) or 8 (4 s)")
         if self.max_new_tokens < 0:
             raise ValueError(f"VLAConfig.max_new_tokens={self.max_new_tokens} must be >= 0 (0 = automatic)")
+
+
+PLAN_TEXTS = ("residual", "absolute")
 
 
 def poses_from_xy(xy: torch.Tensor) -> torch.Tensor:
@@ -79,15 +92,20 @@ def fallback_xy(inputs: AgentInputBatch, num_poses: int, use_ego_status: bool) -
 
 
 def parse_plans(
-    texts: list[str], fallback: torch.Tensor, num_poses: int, who: str
+    texts: list[str], fallback: torch.Tensor, num_poses: int, who: str, prior: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Strictly parse answer texts → (xy (B, num_poses, 2), failed (B,) bool). An unparsable answer is
-    replaced by its row of `fallback` (B, num_poses, 2) and logged with its raw text, never dropped."""
+    """Strictly parse answer texts → (xy (B, num_poses, 2), failed (B,) bool); parsed offsets are added
+    to `prior` (B, num_poses, 2) when given. An unparsable answer is replaced by its row of `fallback`
+    (B, num_poses, 2) and logged with its raw text, never dropped."""
     rows, failed = [], []
     for i, text in enumerate(texts):
         parsed = parse_plan(text, num_poses)
         failed.append(parsed is None)
-        rows.append(fallback[i] if parsed is None else torch.from_numpy(parsed).to(fallback))
+        if parsed is None:
+            rows.append(fallback[i])
+        else:
+            xy = torch.from_numpy(parsed).to(fallback)
+            rows.append(xy if prior is None else xy + prior[i].to(xy))
         if parsed is None:
             log.warning("%s: unparsable plan replaced by the constant-speed fallback: %r", who, text[:200])
     return torch.stack(rows), torch.tensor(failed, dtype=torch.bool)
@@ -99,9 +117,20 @@ def answer_token_budget(num_poses: int) -> int:
     return 14 * num_poses + 4
 
 
-def plan_answers(trajectory: torch.Tensor, num_poses: int) -> list[str]:
-    """(B, 8, 3) target poses → answer texts of the first `num_poses` (x, y) (student and oracle share it)."""
-    return [format_plan(p) for p in trajectory[:, :num_poses, :2].detach().cpu().numpy()]
+def plan_answers(trajectory: torch.Tensor, num_poses: int, prior: torch.Tensor | None = None) -> list[str]:
+    """(B, 8, 3) target poses → answer texts of the first `num_poses` (x, y) (student and oracle share
+    it); `prior` (B, num_poses, 2) [m] is subtracted first (plan_text "residual": the fallback plan)."""
+    xy = trajectory[:, :num_poses, :2]
+    if prior is not None:
+        xy = xy - prior.to(xy)
+    return [format_plan(p) for p in xy.detach().cpu().numpy()]
+
+
+def plan_prior(
+    inputs: AgentInputBatch, num_poses: int, use_ego_status: bool, plan_text: str
+) -> torch.Tensor | None:
+    """The plan the answer is written relative to: the fallback plan for "residual", None for "absolute"."""
+    return fallback_xy(inputs, num_poses, use_ego_status) if plan_text == "residual" else None
 
 
 class VLAStudent(Student):
@@ -128,18 +157,22 @@ class VLAStudent(Student):
         status = inputs.ego_status.detach().cpu().numpy()
         ego = self.cfg.use_ego_status
         return [
-            user_text(hist[i] if ego else None, status[i] if ego else None, int(inputs.command[i]), self.cfg.num_poses, self.core.cfg.tokens_per_image)
+            user_text(hist[i] if ego else None, status[i] if ego else None, int(inputs.command[i]), self.cfg.num_poses, self.core.cfg.tokens_per_image, plan_text=self.cfg.plan_text)
             for i in range(inputs.batch_size)
         ]  # fmt: skip
 
-    def answers(self, trajectory: torch.Tensor) -> list[str]:
-        """(B, 8, 3) target poses → answer texts of the first `num_poses` (x, y)."""
-        return plan_answers(trajectory, self.cfg.num_poses)
+    def prior(self, inputs: AgentInputBatch) -> torch.Tensor | None:
+        """(B, num_poses, 2) the plan the answer is relative to (None: absolute waypoints)."""
+        return plan_prior(inputs, self.cfg.num_poses, self.cfg.use_ego_status, self.cfg.plan_text)
+
+    def answers(self, inputs: AgentInputBatch, trajectory: torch.Tensor) -> list[str]:
+        """(B, 8, 3) target poses → answer texts of the first `num_poses` (x, y) (minus the prior)."""
+        return plan_answers(trajectory, self.cfg.num_poses, self.prior(inputs))
 
     def encode_train(self, inputs: AgentInputBatch, trajectory: torch.Tensor) -> Encoded:
         """Right-padded prompt + GT answer with labels on the answer tokens (teacher forcing)."""
         prompts = [chat_prompt(u) for u in self.user_texts(inputs)]
-        return encode(self.core.tokenizer, prompts, self.answers(trajectory))
+        return encode(self.core.tokenizer, prompts, self.answers(inputs, trajectory))
 
     def teacher_forced(self, inputs: AgentInputBatch, trajectory: torch.Tensor) -> tuple[Encoded, VLMOutput]:
         """One differentiable pass over prompt + GT answer; returns the encoding and the VLM outputs."""
@@ -154,7 +187,7 @@ class VLAStudent(Student):
         prompt_out = self.core(enc, inputs.camera)
         texts = self.core.generate(enc, inputs.camera, self.max_new_tokens)
         fallback = fallback_xy(inputs, self.cfg.num_poses, self.cfg.use_ego_status)
-        xy, failed = parse_plans(texts, fallback, self.cfg.num_poses, "vla")
+        xy, failed = parse_plans(texts, fallback, self.cfg.num_poses, "vla", self.prior(inputs))
         self.decode_stats["decoded"] += len(texts)
         self.decode_stats["parse_failures"] += int(failed.sum())
         self.last_failures = [t for t, f in zip(texts, failed.tolist()) if f]

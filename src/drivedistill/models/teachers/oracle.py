@@ -2,7 +2,16 @@
 
 The **only** model that reads `Privileged.future_frames`. Its prompt holds the current front camera,
 the front frames at +1/+2/+3 s, the past trajectory, ego status, the future ego status (speed,
-acceleration, yaw rate at 0.5 … 3 s) and the command; its answer is the same plan text as the student's.
+acceleration, yaw rate at 0.5 … 3 s), the **future path** dead-reckoned from the current and future
+ego status (`future_path=true`, written in the answer's own format — offsets from constant speed when
+`plan_text="residual"` — at the very end of the user turn) and the command; its answer is the same plan
+text as the student's.
+
+Why the future path: the future ego status holds the future motion, but a tiny language model does not
+integrate speeds and yaw rates into metres (trained on those numbers alone, the oracle planned at
+8.3 m L2, docs/LOG.md). Written as the kinematic integral, in the answer's format, the answer's digits
+can be copied position by position and the oracle learns the corrections (the path is a trapezoidal
+dead reckoning, not the GT: it ignores slip and the discretisation of the yaw rate).
 
 Training (`losses`, run by the generic loop): next-token CE; with probability `refine_prob` per step the
 teacher's own teacher-forced argmax answer is inserted after the prompt as a draft ("Draft trajectory:
@@ -15,17 +24,28 @@ are scored by CE to the GT answer tokens (see methods/evodrive.py for the select
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from drivedistill.models.students.vla import answer_token_budget, fallback_xy, parse_plans, plan_answers
+from drivedistill.models.students.vla import (
+    PLAN_TEXTS,
+    answer_token_budget,
+    fallback_xy,
+    parse_plans,
+    plan_answers,
+    plan_prior,
+)
 from drivedistill.models.vlm import IGNORE_INDEX, Encoded, VLMConfig, VLMCore, chat_prompt, encode, user_text
 from drivedistill.registry import register
-from drivedistill.types import Batch
+from drivedistill.types import DT, Batch
+
+ORACLE_CONFIG_FILE = "oracle_config.json"  # the OracleConfig an oracle was trained with (beside the VLM)
 
 
 @dataclass
@@ -36,8 +56,12 @@ class OracleConfig:
     num_poses: int = 6  # must equal the student's
     refine_prob: float = 0.5  # probability of a coarse-to-fine step in training
     future_status_steps: int = 6  # future ego status at 0.5 … 3.0 s in the prompt
+    future_path: bool = True  # the future path dead-reckoned from the ego status, in the answer's format
+    plan_text: Literal["residual", "absolute"] = "residual"  # must equal the student's (answers must match)
 
     def __post_init__(self) -> None:
+        if self.plan_text not in PLAN_TEXTS:
+            raise ValueError(f"OracleConfig.plan_text={self.plan_text!r}: use one of {PLAN_TEXTS}")
         if not 0.0 <= self.refine_prob <= 1.0:
             raise ValueError(f"OracleConfig.refine_prob={self.refine_prob} must be in [0, 1]")
         if self.num_poses not in (6, 8):
@@ -52,6 +76,21 @@ class Candidate:
     logits: torch.Tensor
     hidden: torch.Tensor
     ce: torch.Tensor
+
+
+def dead_reckon(ego_status: torch.Tensor, future_ego_status: torch.Tensor, num_poses: int) -> torch.Tensor:
+    """The path the ego status implies: (B, 3) current and (B, K ≥ num_poses, 3) future (speed [m/s],
+    acceleration, yaw rate [rad/s]) every DT → (B, num_poses, 2) x forward, y left [m], current ego frame.
+
+    Trapezoidal integration: yaw_k = yaw_{k-1} + DT·(ω_{k-1} + ω_k)/2, step length DT·(v_{k-1} + v_k)/2
+    along the mean heading of the step.
+    """
+    status = torch.cat([ego_status[:, None], future_ego_status[:, :num_poses]], dim=1).float()  # (B, N+1, 3)
+    v, w = status[..., 0], status[..., 2]
+    yaw = torch.cat([torch.zeros_like(w[:, :1]), torch.cumsum(DT * (w[:, 1:] + w[:, :-1]) / 2, dim=1)], dim=1)
+    heading = (yaw[:, 1:] + yaw[:, :-1]) / 2
+    step = DT * (v[:, 1:] + v[:, :-1]) / 2
+    return torch.cumsum(torch.stack([step * torch.cos(heading), step * torch.sin(heading)], dim=-1), dim=1)
 
 
 def answer_slices(
@@ -89,9 +128,21 @@ class OracleTeacher(nn.Module):
         self.cfg = cfg
         self.core = VLMCore.build(cfg.vlm)
 
-    def answers(self, trajectory: torch.Tensor) -> list[str]:
+    def prior(self, batch: Batch) -> torch.Tensor | None:
+        """(B, num_poses, 2) the plan the answer is relative to (the student's, from the ego status)."""
+        return plan_prior(batch.inputs, self.cfg.num_poses, True, self.cfg.plan_text)
+
+    def answers(self, batch: Batch) -> list[str]:
         """The same answer texts (hence tokens) as the student's."""
-        return plan_answers(trajectory, self.cfg.num_poses)
+        priv = batch.require_privileged("oracle teacher")
+        return plan_answers(priv.trajectory, self.cfg.num_poses, self.prior(batch))
+
+    def future_path(self, batch: Batch) -> torch.Tensor:
+        """(B, num_poses, 2) the dead-reckoned future path in the answer's frame (minus the prior)."""
+        priv = batch.require_privileged("oracle teacher")
+        path = dead_reckon(batch.inputs.ego_status, priv.future_ego_status, self.cfg.num_poses)
+        prior = self.prior(batch)
+        return path if prior is None else path - prior.to(path)
 
     def images(self, batch: Batch) -> torch.Tensor:
         """(B·4, 3, H, W): per sample the current camera then the future frames at +1/+2/+3 s."""
@@ -105,6 +156,7 @@ class OracleTeacher(nn.Module):
         status = batch.inputs.ego_status.detach().cpu().numpy()
         fes = priv.future_ego_status[:, : self.cfg.future_status_steps].detach().cpu().numpy()
         n_future = priv.future_frames.shape[1]
+        path = self.future_path(batch).detach().cpu().numpy() if self.cfg.future_path else None
         out = []
         for i in range(batch.inputs.batch_size):
             u = user_text(
@@ -113,15 +165,16 @@ class OracleTeacher(nn.Module):
                 int(batch.inputs.command[i]),
                 self.cfg.num_poses,
                 self.core.cfg.tokens_per_image,
-                fes[i],
+                fes[i] if self.cfg.future_status_steps > 0 else None,
                 n_future,
+                None if path is None else path[i],
+                self.cfg.plan_text,
             )
             out.append(chat_prompt(u, None if drafts is None else drafts[i]))
         return out
 
     def encode(self, batch: Batch, drafts: list[str] | None = None) -> Encoded:
-        priv = batch.require_privileged("oracle teacher")
-        return encode(self.core.tokenizer, self.prompts(batch, drafts), self.answers(priv.trajectory))
+        return encode(self.core.tokenizer, self.prompts(batch, drafts), self.answers(batch))
 
     def argmax_drafts(self, enc: Encoded, logits: torch.Tensor) -> list[str]:
         """The teacher-forced argmax answer of each row as text (the coarse draft; may be malformed)."""
@@ -202,24 +255,33 @@ class OracleTeacher(nn.Module):
             enc = encode(self.core.tokenizer, self.prompts(batch, texts), padding_side="left")
             texts = self.core.generate(enc, images, budget)
         fallback = fallback_xy(batch.inputs, self.cfg.num_poses, use_ego_status=True)
-        xy, failed = parse_plans(texts, fallback, self.cfg.num_poses, "oracle")
+        xy, failed = parse_plans(texts, fallback, self.cfg.num_poses, "oracle", self.prior(batch))
         return xy, texts, failed
 
     def save(self, path: str | Path) -> None:
+        """The VLM (`VLMCore.save`) and, beside it, this OracleConfig (prompt and answer format)."""
+        from drivedistill.utils.io import atomic_write_json
+
         self.core.save(path)
+        saved = {k: v for k, v in asdict(self.cfg).items() if k != "vlm"}
+        atomic_write_json(Path(path) / ORACLE_CONFIG_FILE, saved)
 
     @classmethod
     def load(cls, path: str | Path, cfg: OracleConfig | None = None) -> OracleTeacher:
-        """An oracle whose VLM is loaded from `path` (written by `save`)."""
-        base = cfg or OracleConfig()
-        return cls(
-            OracleConfig(
-                VLMConfig(pretrained_dir=str(path)),
-                base.num_poses,
-                base.refine_prob,
-                base.future_status_steps,
-            )
-        )
+        """An oracle whose VLM is loaded from `path` (written by `save`). The prompt/answer fields it was
+        trained with (`oracle_config.json`) win over `cfg`'s; a save without that file (older versions)
+        takes `cfg`'s, and with `cfg` None the defaults."""
+        base = asdict(cfg or OracleConfig())
+        base.pop("vlm")
+        saved = Path(path) / ORACLE_CONFIG_FILE
+        if saved.exists():
+            try:
+                base |= {k: v for k, v in json.loads(saved.read_text()).items() if k in base}
+            except json.JSONDecodeError as e:
+                raise ValueError(
+                    f"{saved}: not valid JSON ({e}); re-save the oracle with OracleTeacher.save"
+                ) from e
+        return cls(OracleConfig(vlm=VLMConfig(pretrained_dir=str(path)), **base))
 
 
 def _ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -79,7 +79,7 @@ class VLMCore(nn.Module):
                 f"VLMCore.load: {p} is not a saved VLM (no config.json). Set vlm.pretrained_dir to a directory "
                 "written by VLMCore.save (or holding local Qwen2.5-VL weights), or leave it empty for a fresh model."
             )
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(p))
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(p), local_files_only=True)
         tokenizer = load_tokenizer(p)
         if (p / VLM_CONFIG_FILE).exists():
             raw = json.loads((p / VLM_CONFIG_FILE).read_text())

@@ -77,12 +77,18 @@ def user_text(
     tokens_per_image: int,
     future_ego_status: np.ndarray | None = None,
     num_future_frames: int = 0,
+    future_path: np.ndarray | None = None,
+    plan_text: str = "absolute",
 ) -> str:
     """The user turn (without chat markers) for one sample.
 
     ego_history (4, 3) past poses at -2.0 … -0.5 s, ego_status (3,) speed/accel/yaw rate; both None when
     the planner runs without ego status. `future_ego_status` (K, 3) and `num_future_frames` are the
-    oracle's privileged extras (future frames at +1/+2/+3 s follow the current image).
+    oracle's privileged extras (future frames at +1/+2/+3 s follow the current image); `future_path`
+    (N, 2) [m] is the oracle's dead-reckoned future path, written in the answer's own format at the
+    very end of the turn, so that every digit of it is a fixed number of tokens before the same digit of
+    the answer (a copy is one relative-position attention pattern). `plan_text` = "residual": the task asks for offsets from the
+    constant-speed plan (x = v·t, y = 0) instead of absolute waypoints.
     """
     parts = ["Front camera: " + image_block(1, tokens_per_image) + "."]
     if num_future_frames:
@@ -103,7 +109,15 @@ def user_text(
         fes = ",".join("(" + ",".join(format_number(v) for v in row) + ")" for row in future_ego_status)
         parts.append(f" Future ego status (speed, acceleration, yaw rate every 0.5 s): [{fes}].")
     parts.append(f" Command: {COMMAND_TEXT[int(command)]}. {TRAFFIC_RULES}")
-    parts.append(f" Plan the next {num_poses} waypoints (x forward, y left, metres, every 0.5 s).")
+    if plan_text == "residual":
+        parts.append(
+            f" Plan the next {num_poses} waypoints as offsets from constant speed straight ahead"
+            " (x forward, y left, metres, every 0.5 s)."
+        )
+    else:
+        parts.append(f" Plan the next {num_poses} waypoints (x forward, y left, metres, every 0.5 s).")
+    if future_path is not None:  # last: each of its digits sits at a fixed distance from the answer's
+        parts.append(f" Future path from the future ego status: {format_plan(future_path)}.")
     return "".join(parts)
 
 

@@ -115,5 +115,5 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
             f"load_tokenizer: no tokenizer.json in {p}. Save one with `tokenizer.save_pretrained('{p}')` "
             "or build a fresh one with drivedistill.models.vlm.build_tokenizer()."
         )
-    tok: Any = AutoTokenizer.from_pretrained(str(p))
+    tok: Any = AutoTokenizer.from_pretrained(str(p), local_files_only=True)
     return tok  # type: ignore[no-any-return]

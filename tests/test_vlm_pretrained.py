@@ -56,7 +56,9 @@ def _release_checkpoint(path: Path) -> Path:
         [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
     )
     bpe.decoder = decoders.ByteLevel()
-    corpus = ["You are a driving planner. Front camera, ego status, speed, command, waypoints (+01.50,-00.25)."]
+    corpus = [
+        "You are a driving planner. Front camera, ego status, speed, command, waypoints (+01.50,-00.25)."
+    ]
     bpe.train_from_iterator(
         corpus * 4,
         trainers.BpeTrainer(
@@ -108,7 +110,12 @@ def _release_checkpoint(path: Path) -> Path:
 def ckpt(tmp_path_factory: pytest.TempPathFactory, monkeypatch_module: Any = None) -> Path:
     path = _release_checkpoint(tmp_path_factory.mktemp("qwen25vl_release"))
     names = {p.name for p in path.iterdir()}
-    assert {"config.json", "preprocessor_config.json", "tokenizer.json", "model.safetensors.index.json"} <= names
+    assert {
+        "config.json",
+        "preprocessor_config.json",
+        "tokenizer.json",
+        "model.safetensors.index.json",
+    } <= names
     assert len([n for n in names if re.fullmatch(r"model-\d{5}-of-\d{5}\.safetensors", n)]) > 1  # sharded
     assert not any("drivedistill" in n for n in names)
     return path
@@ -122,7 +129,9 @@ def _reference(path: Path, extra_tokens: list[str] | None = None) -> tuple[Any, 
     return processor, model
 
 
-def _ref_logits(processor: Any, model: Any, texts: list[str], images: torch.Tensor) -> tuple[Any, torch.Tensor]:
+def _ref_logits(
+    processor: Any, model: Any, texts: list[str], images: torch.Tensor
+) -> tuple[Any, torch.Tensor]:
     """transformers' own pipeline: each run of image pads collapsed to one (the processor expands it),
     images as PIL (8-bit RGB), right padding."""
     from PIL import Image
@@ -163,7 +172,9 @@ def test_core_uses_the_checkpoints_processor(ckpt: Path) -> None:
 
 
 def test_vla_student_matches_transformers(ckpt: Path) -> None:
-    student = registry.build("student", "vla", VLAConfig(vlm=VLMConfig(pretrained_dir=str(ckpt), image_hw=CAMERA_HW)))
+    student = registry.build(
+        "student", "vla", VLAConfig(vlm=VLMConfig(pretrained_dir=str(ckpt), image_hw=CAMERA_HW))
+    )
     assert isinstance(student, VLAStudent) and student.core.processor is not None
     batch = random_batch(2)
     enc, out = student.teacher_forced(batch.inputs, batch.privileged.trajectory)  # type: ignore[union-attr]
@@ -179,7 +190,9 @@ def test_vla_student_matches_transformers(ckpt: Path) -> None:
 
 
 def test_oracle_matches_transformers(ckpt: Path) -> None:
-    oracle = registry.build("teacher", "oracle", OracleConfig(vlm=VLMConfig(pretrained_dir=str(ckpt), image_hw=CAMERA_HW)))
+    oracle = registry.build(
+        "teacher", "oracle", OracleConfig(vlm=VLMConfig(pretrained_dir=str(ckpt), image_hw=CAMERA_HW))
+    )
     assert isinstance(oracle, OracleTeacher)
     batch = random_batch(2)
     images = oracle.images(batch)  # current + 3 future frames per sample
@@ -202,7 +215,9 @@ def test_latent_vla_teacher_matches_transformers(ckpt: Path) -> None:
     processor, model = _reference(ckpt)
     # the reference gets the same 16 action tokens and the same (new, untrained) embedding rows
     tokens = [action_token(k) for k in range(cfg.num_codes)]
-    processor.tokenizer.add_special_tokens({"additional_special_tokens": tokens}, replace_extra_special_tokens=False)
+    processor.tokenizer.add_special_tokens(
+        {"additional_special_tokens": tokens}, replace_extra_special_tokens=False
+    )
     model.resize_token_embeddings(len(processor.tokenizer))
     with torch.no_grad():
         model.get_input_embeddings().weight.copy_(teacher.core.model.get_input_embeddings().weight)
@@ -236,7 +251,9 @@ def test_vlm_ad_annotator_matches_transformers(ckpt: Path) -> None:
     text = processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
     inputs = processor(text=[text], images=[image], return_tensors="pt")
     out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
-    assert answer == processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)[0]
+    assert (
+        answer == processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)[0]
+    )
 
 
 def test_load_options_lora_checkpointing_dtype(ckpt: Path, tmp_path: Path) -> None:
@@ -250,10 +267,14 @@ def test_load_options_lora_checkpointing_dtype(ckpt: Path, tmp_path: Path) -> No
     before = {n: p.detach().clone() for n, p in core.model.named_parameters() if "lora_B" in n}
     core.train()
     batch = random_batch(2)
-    student_prompts = ["<|im_start|>user\n" + VISION_START + IMAGE_PAD * 10 + VISION_END + "speed<|im_end|>\n"] * 2
+    student_prompts = [
+        "<|im_start|>user\n" + VISION_START + IMAGE_PAD * 10 + VISION_END + "speed<|im_end|>\n"
+    ] * 2
     enc = encode(core.tokenizer, student_prompts, ["(+01.50,-00.25)"] * 2)
     out = core(enc, batch.inputs.camera)
-    loss = torch.nn.functional.cross_entropy(out.logits[:, :-1].flatten(0, 1), enc.labels[:, 1:].flatten(), ignore_index=-100)  # type: ignore[index]
+    loss = torch.nn.functional.cross_entropy(
+        out.logits[:, :-1].flatten(0, 1), enc.labels[:, 1:].flatten(), ignore_index=-100
+    )  # type: ignore[index]
     loss.backward()
     opt = torch.optim.SGD([p for p in core.model.parameters() if p.requires_grad], lr=1.0)
     opt.step()

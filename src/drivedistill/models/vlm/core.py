@@ -27,7 +27,15 @@ from drivedistill.models.vlm.image import PROCESSOR_FILE, load_processor, prepro
 from drivedistill.models.vlm.prompt import Encoded
 from drivedistill.models.vlm.tokenizer import build_tokenizer, load_tokenizer, token_id
 
-LOAD_OPTIONS = ("dtype", "device", "gradient_checkpointing", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets")
+LOAD_OPTIONS = (
+    "dtype",
+    "device",
+    "gradient_checkpointing",
+    "lora_rank",
+    "lora_alpha",
+    "lora_dropout",
+    "lora_targets",
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast, Qwen2_5_VLForConditionalGeneration
@@ -70,8 +78,8 @@ class VLMCore(nn.Module):
             return cls.load(cfg.pretrained_dir, cfg)
         cfg.check_image_hw()
         tokenizer = build_tokenizer(cfg.vocab_size)
-        model = Qwen2_5_VLForConditionalGeneration(qwen_config(cfg, tokenizer)).to(cfg.torch_dtype())
-        return cls(model, tokenizer, cfg)._apply_options(cfg)
+        model: Any = Qwen2_5_VLForConditionalGeneration(qwen_config(cfg, tokenizer))
+        return cls(model.to(cfg.torch_dtype()), tokenizer, cfg)._apply_options(cfg)
 
     @classmethod
     def load(cls, path: str | Path, options: VLMConfig | None = None) -> VLMCore:
@@ -126,12 +134,12 @@ class VLMCore(nn.Module):
 
     def _apply_options(self, cfg: VLMConfig) -> VLMCore:
         """Device placement, gradient checkpointing and LoRA adapters (`peft`) from `cfg`."""
+        model: Any = self.model
         if cfg.device:
             from drivedistill.utils.runtime import select_device
 
-            self.model.to(select_device(cfg.device))
+            model.to(select_device(cfg.device))
         if cfg.gradient_checkpointing:
-            model: Any = self.model
             kwargs = {"use_reentrant": False}
             if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
                 model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
@@ -171,10 +179,11 @@ class VLMCore(nn.Module):
         out = {k: v for k, v in sd.items() if "lora_" not in k and ".base_layer." not in k}
         for name, module in self.model.named_modules():
             if isinstance(module, LoraLayer):
-                base: Any = module.get_base_layer()
+                lora: Any = module
+                base: Any = lora.get_base_layer()
                 weight = base.weight.detach().clone()
-                for adapter in module.active_adapters:
-                    weight += module.get_delta_weight(adapter).to(weight)
+                for adapter in lora.active_adapters:
+                    weight += lora.get_delta_weight(adapter).to(weight)
                 out[f"{name}.weight"] = weight
                 if getattr(base, "bias", None) is not None:
                     out[f"{name}.bias"] = base.bias.detach()

@@ -4,14 +4,17 @@ Per training stage: parameter count, estimated GPU memory of one data-parallel p
 time on a named GPU. Nothing is loaded or run; VLM sizes come from building the Qwen2.5-VL that the
 `VLMConfig` describes on the `meta` device (exact counts, no memory).
 
-Memory of one process (mixed precision bf16 weights, fp32 AdamW, data parallel without sharding):
+Memory of one process (data parallel without sharding; this trainer's AdamW keeps its two moments in
+the parameters' dtype, compute runs under bf16 autocast):
 
-    weights      P · b_w                       b_w = 2 (bf16) or 4 (fp32)
-    gradients    P_t · b_w                     P_t = trainable parameters (LoRA: the adapters only)
-    AdamW        P_t · 12                      fp32 master copy + two moments
-    activations  Σ_stacks L · B · S · H · 34 · b_w/2      (Korthikanti et al. 2022, flash attention:
-                                               no S² term); with gradient checkpointing
-                                               L · B · S · H · b_w + one layer's 34 · B · S · H · b_w/2
+    weights      P_frozen · b_w + P_t · b_t    b_w = 2 (bf16) or 4 (fp32): `vlm.dtype` as resolved on a
+                                               GPU ("auto": fp32 for full fine-tuning, bf16 under LoRA);
+                                               b_t = b_w for full fine-tuning, 4 for LoRA adapters (fp32)
+    gradients    P_t · b_t                     P_t = trainable parameters
+    AdamW        P_t · 2 · b_t                 (full fine-tuning in fp32: 4 + 4 + 8 = 16 bytes / parameter)
+    activations  Σ_stacks L · B · S · H · 34   bytes, bf16 (Korthikanti et al. 2022, flash attention: no
+                                               S² term); with gradient checkpointing
+                                               L · B · S · H · 2 + one layer's 34 · B · S · H
     logits       B · S · V · 4                 fp32 logits for the cross-entropy
 
 summed over the language stack (S = tokens per sample) and the vision stack (S = image patches).
@@ -119,7 +122,6 @@ def vlm_train_estimate(
     vis_tokens = processed_tokens(cfg) * images_per_sample
     patches = vis_tokens * cfg.merge_size**2
     seq = vis_tokens + text_tokens
-    b_w = 2 if cfg.dtype in ("auto", "bfloat16", "float16") else 4
     params = counts["vision"] if vision_only else counts["total"]
     lora = cfg.lora_rank > 0 and not vision_only
     if lora:  # adapters on the q/k/v/o projections of every decoder layer
@@ -132,21 +134,26 @@ def vlm_train_estimate(
         )
     else:
         trainable = params
+    if cfg.dtype == "auto":  # as VLMConfig.torch_dtype resolves it on a GPU
+        b_w = 2 if lora else 4
+    else:
+        b_w = 2 if cfg.dtype in ("bfloat16", "float16") else 4
+    b_t = 4 if lora else b_w
     stacks = [(cfg.vision_depth, patches, cfg.vision_hidden_size)]
     if not vision_only:
         stacks.append((cfg.num_layers, seq, cfg.hidden_size))
     act = 0.0
     for layers, s, h in stacks:
         if cfg.gradient_checkpointing:
-            act += layers * batch_size * s * h * b_w + 34 * batch_size * s * h * b_w / 2
+            act += layers * batch_size * s * h * 2 + 34 * batch_size * s * h
         else:
-            act += layers * batch_size * s * h * 34 * b_w / 2
+            act += layers * batch_size * s * h * 34
     logits = 0 if vision_only else batch_size * seq * cfg.vocab_size * 4
     gb = 1024**3
     memory = {
-        "weights": params * b_w / gb,
-        "grads": trainable * b_w / gb,
-        "adamw": trainable * 12 / gb,
+        "weights": ((params - trainable) * b_w + trainable * b_t) / gb if lora else params * b_w / gb,
+        "grads": trainable * b_t / gb,
+        "adamw": trainable * 2 * b_t / gb,
         "activations": (act + logits) / gb,
     }
     memory["total"] = sum(memory.values())
@@ -300,7 +307,8 @@ def format_estimates(estimates: list[StageEstimate]) -> list[str]:
     """Printable lines: stage, params, trainable, tokens/sample, memory per process, hours per GPU kind."""
     gpus = " ".join(f"{f'h on {NUM_GPUS}×{g}':>12}" for g in GPUS)
     lines = [
-        f"scale estimate (MFU {MFU:.2f}; memory per data-parallel process, bf16 + fp32 AdamW; "
+        f"scale estimate (MFU {MFU:.2f}; memory per data-parallel process: weights + grads + AdamW + "
+        "activations; "
         "formulas in docs/pretrained-vlm.md)",
         f"  {'stage':<42} {'params':>8} {'trainable':>9} {'tok/smp':>7} {'mem GB':>7} {gpus}",
     ]

@@ -45,7 +45,7 @@ class VLMConfig:
     # With a foreign checkpoint (the public Qwen2.5-VL layout, no drivedistill_vlm.json), `image_hw` is the
     # camera size (H, W) fed to the role; the checkpoint's own processor resizes it (smart_resize within its
     # min/max pixels) and the loaded core's `cfg.image_hw` becomes that resized size.
-    dtype: str = "auto"  # auto (bfloat16 on CUDA, float32 on CPU) | float32 | bfloat16 | float16
+    dtype: str = "auto"  # weights: auto (CUDA: bf16 with LoRA, fp32 for full fine-tuning; CPU: fp32) | float32 | bfloat16 | float16
     device: str = ""  # "" = leave placement to the trainer | auto | cpu | cuda[:i]
     gradient_checkpointing: bool = False  # recompute decoder/vision blocks in backward (saves activations)
     lora_rank: int = 0  # > 0: LoRA adapters through `peft` on `lora_targets`; all other weights frozen
@@ -87,11 +87,13 @@ class VLMConfig:
             )
 
     def torch_dtype(self) -> torch.dtype:
-        """`dtype` resolved: "auto" is bfloat16 when CUDA is available, else float32."""
+        """`dtype` of the weights, resolved: "auto" is bfloat16 on CUDA for LoRA (frozen base weights),
+        else float32 — full fine-tuning keeps fp32 weights because AdamW steps of lr 2e-5 vanish in bf16
+        weights; the trainer's bf16 autocast (`train.precision`) does the compute in bf16 on GPU."""
         import torch
 
         if self.dtype == "auto":
-            return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+            return torch.bfloat16 if torch.cuda.is_available() and self.lora_rank > 0 else torch.float32
         return getattr(torch, self.dtype)  # type: ignore[no-any-return]
 
     @property

@@ -107,7 +107,7 @@ def _release_checkpoint(path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory: pytest.TempPathFactory, monkeypatch_module: Any = None) -> Path:
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = _release_checkpoint(tmp_path_factory.mktemp("qwen25vl_release"))
     names = {p.name for p in path.iterdir()}
     assert {
@@ -121,7 +121,7 @@ def ckpt(tmp_path_factory: pytest.TempPathFactory, monkeypatch_module: Any = Non
     return path
 
 
-def _reference(path: Path, extra_tokens: list[str] | None = None) -> tuple[Any, Any]:
+def _reference(path: Path) -> tuple[Any, Any]:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     processor = AutoProcessor.from_pretrained(str(path), local_files_only=True)
@@ -240,7 +240,6 @@ def test_vlm_ad_annotator_matches_transformers(ckpt: Path) -> None:
     annotator = TransformersAnnotator(TransformersConfig(path=str(ckpt), max_new_tokens=4, device="cpu"))
     image = Image.fromarray((np.random.default_rng(0).random((64, 128, 3)) * 255).astype(np.uint8))
     processor, model = _reference(ckpt)
-    msgs = [{"role": "system", "content": [{"type": "text", "text": "sys"}]}]
     answer = annotator.ask(image, "Front camera speed")
     from drivedistill.annotate.prompts import SYSTEM_PROMPT
 

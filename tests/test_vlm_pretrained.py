@@ -204,7 +204,7 @@ def test_oracle_matches_transformers(ckpt: Path) -> None:
     _assert_same(enc, out.logits, ref_inputs, ref_logits)
 
 
-def test_latent_vla_teacher_matches_transformers(ckpt: Path) -> None:
+def test_latent_vla_teacher_matches_transformers(ckpt: Path, tmp_path: Path) -> None:
     cfg = VLMTeacherConfig(pretrained=str(ckpt), vlm=VLMConfig(image_hw=CAMERA_HW))
     teacher = registry.build("teacher", "vlm", cfg)
     assert isinstance(teacher, VLMTeacher)
@@ -226,6 +226,16 @@ def test_latent_vla_teacher_matches_transformers(ckpt: Path) -> None:
     texts = [p + a + "<|im_end|>" for p, a in zip(teacher.prompts(batch.inputs), answers)]
     ref_inputs, ref_logits = _ref_logits(processor, model, texts, batch.inputs.camera)
     _assert_same(enc, logits, ref_inputs, ref_logits)
+    # saved and reloaded the way the recipe does (load_teacher: no camera size given) it gives the same logits
+    from drivedistill.models.teachers.vlm import load_teacher
+
+    teacher.save(tmp_path / "teacher")
+    again = load_teacher(tmp_path / "teacher")
+    assert again.core.processor is not None and again.core.cfg.image_hw == teacher.core.cfg.image_hw
+    with torch.no_grad():
+        torch.testing.assert_close(
+            again.action_logits(batch.inputs, codes), teacher.action_logits(batch.inputs, codes)
+        )
     # the latent-action tokens survive the real tokenizer: single ids, decode → the same text
     ids = teacher.core.tokenizer.encode(answers[0], add_special_tokens=False)
     assert ids == teacher.action_ids[codes[0]].tolist()

@@ -109,8 +109,10 @@ class VLMCore(nn.Module):
             raw["image_hw"] = tuple(raw["image_hw"])
             raw = {k: v for k, v in raw.items() if k in VLMConfig.__dataclass_fields__}
             processor = load_processor(p) if (p / PROCESSOR_FILE).exists() else None  # a saved foreign model
-            if processor is not None:
-                raw["image_hw"] = processed_hw(processor, opts.image_hw)
+            if processor is not None:  # camera size: the options', or (left at the default) the saved size,
+                # which is already the processor's resize of the camera the model was saved with
+                camera = raw["image_hw"] if tuple(opts.image_hw) == VLMConfig().image_hw else opts.image_hw
+                raw["image_hw"] = processed_hw(processor, camera)
             cfg = VLMConfig(**{**raw, **load_opts, "pretrained_dir": str(p)})
             tokenizer = load_tokenizer(p) if processor is None else processor.tokenizer
             core = cls(model, tokenizer, cfg)

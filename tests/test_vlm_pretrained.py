@@ -299,3 +299,30 @@ def test_load_options_lora_checkpointing_dtype(ckpt: Path, tmp_path: Path) -> No
         torch.testing.assert_close(again(enc, batch.inputs.camera).logits, adapted, rtol=1e-4, atol=1e-4)
     bf16 = VLMCore.load(ckpt, VLMConfig(image_hw=CAMERA_HW, dtype="bfloat16"))
     assert bf16.model.dtype == torch.bfloat16
+
+
+@pytest.mark.slow
+def test_evodrive_chain_from_a_release_checkpoint(ckpt: Path, tmp_path: Path) -> None:
+    """The EvoDrive recipe's path: perception pretraining on the foreign checkpoint, save, then the VLA
+    student and the oracle start from that save without being told the camera size."""
+    from drivedistill.models.perception import PerceptionConfig, linear_probe
+    from drivedistill.recipes.evodrive import pretrain_perception
+    from drivedistill.testing import random_scene
+
+    core = VLMCore.build(VLMConfig(pretrained_dir=str(ckpt), image_hw=CAMERA_HW))
+    train, val = [random_scene(i) for i in range(8)], [random_scene(100 + i) for i in range(4)]
+    pc = PerceptionConfig(steps=2, batch_size=4, probe_steps=5)
+    assert set(linear_probe(core, train, val, pc)) >= {"iou", "accuracy"}
+    pretrain_perception(core, train, pc, seed=0, out_dir=tmp_path / "pre", device="cpu")
+    core.save(tmp_path / "perception")
+    batch = random_batch(2)
+    student = registry.build(
+        "student", "vla", VLAConfig(vlm=VLMConfig(pretrained_dir=str(tmp_path / "perception")))
+    )
+    assert student.core.processor is not None and student.core.cfg.image_hw == core.cfg.image_hw
+    _, out = student.teacher_forced(batch.inputs, batch.privileged.trajectory)  # type: ignore[union-attr]
+    assert torch.isfinite(out.logits).all()
+    oracle = registry.build(
+        "teacher", "oracle", OracleConfig(vlm=VLMConfig(pretrained_dir=str(tmp_path / "perception")))
+    )
+    assert torch.isfinite(oracle.losses(batch)["loss"])

@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
         "--preset",
         default="default",
         help="smoke (≈1 min), default (make run), full (5 seeds, a teacher per seed, every ablation and "
-        "control), curves (learning curves: 500 / 2000 / 8000 labelled samples)",
+        "control), curves (learning curves: 500 / 2000 / 8000 labelled samples), paper (the papers' scale: "
+        "pretrained Qwen2.5-VL-3B on a GPU node; docs/pretrained-vlm.md)",
     )
     parser.add_argument("--config", type=Path, default=None, help="a YAML file merged over the preset")
     parser.add_argument("--out", type=Path, default=None, help="run directory (default runs/<preset>)")
@@ -34,6 +35,12 @@ def main(argv: list[str] | None = None) -> int:
         "--dry-run",
         action="store_true",
         help="run nothing: list the stages that would run (with what each took last time) and exit",
+    )
+    parser.add_argument(
+        "--estimate",
+        action="store_true",
+        help="with --dry-run: print per stage the parameter count, GPU memory and hours on 8 A100 / H100, "
+        "computed from the config (always on for --preset paper; docs/pretrained-vlm.md)",
     )
     parser.add_argument(
         "--jobs",
@@ -62,7 +69,13 @@ def main(argv: list[str] | None = None) -> int:
         f"drivedistill run · preset {cfg.preset} · {len(cfg.models)} models × {len(cfg.seeds)} seeds → {out}"
     )
     if args.dry_run:
-        return _print_plan(console, run_study(cfg, out, dry_run=True), out)
+        code = _print_plan(console, run_study(cfg, out, dry_run=True), out)
+        if args.estimate or cfg.preset == "paper":  # per stage params / GPU memory / hours (estimate.py)
+            from drivedistill.estimate import estimate_study, format_estimates
+
+            for line in format_estimates(estimate_study(cfg)):
+                console.print(line, soft_wrap=True, highlight=False, markup=False)
+        return code
     t0 = time.perf_counter()
     if args.jobs > 1:
         from drivedistill.pipeline.jobs import run_parallel

@@ -219,7 +219,7 @@ def build(cfg: VLMTeacherConfig) -> VLMTeacher:
     meta_path = Path(cfg.pretrained) / TEACHER_CONFIG_FILE
     if meta_path.is_file():
         cfg = VLMTeacherConfig(pretrained=cfg.pretrained, **json.loads(meta_path.read_text()))
-    return VLMTeacher(VLMCore.load(cfg.pretrained), cfg)
+    return VLMTeacher(VLMCore.load(cfg.pretrained, cfg.vlm), cfg)  # cfg.vlm: camera size, dtype, LoRA, …
 
 
 def load_teacher(path: str | Path) -> VLMTeacher:

@@ -12,7 +12,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import torch
     from transformers import PreTrainedTokenizerFast, Qwen2_5_VLConfig
+
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass
@@ -36,6 +40,18 @@ class VLMConfig:
     image_hw: tuple[int, int] = (128, 256)  # (H, W) [px] images are resized to; multiples of patch·merge
     max_position_embeddings: int = 2048
     rope_theta: float = 10000.0
+    tie_word_embeddings: bool = False  # LM head shares the input embeddings (Qwen2.5-VL-3B: true)
+    # ----- loading options (used with `pretrained_dir`; dtype/device/checkpointing/LoRA also for fresh models)
+    # With a foreign checkpoint (the public Qwen2.5-VL layout, no drivedistill_vlm.json), `image_hw` is the
+    # camera size (H, W) fed to the role; the checkpoint's own processor resizes it (smart_resize within its
+    # min/max pixels) and the loaded core's `cfg.image_hw` becomes that resized size.
+    dtype: str = "auto"  # weights: auto (CUDA: bf16 with LoRA, fp32 for full fine-tuning; CPU: fp32) | float32 | bfloat16 | float16
+    device: str = ""  # "" = leave placement to the trainer | auto | cpu | cuda[:i]
+    gradient_checkpointing: bool = False  # recompute decoder/vision blocks in backward (saves activations)
+    lora_rank: int = 0  # > 0: LoRA adapters through `peft` on `lora_targets`; all other weights frozen
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_targets: str = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj)"  # peft regex (full match)
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_heads:
@@ -54,11 +70,31 @@ class VLMConfig:
             raise ValueError(
                 f"VLMConfig.vision_hidden_size={self.vision_hidden_size} must be divisible by vision_heads={self.vision_heads}"
             )
+        if self.dtype not in DTYPES:
+            raise ValueError(f"VLMConfig.dtype={self.dtype!r}: use one of {DTYPES}")
+        if self.lora_rank < 0:
+            raise ValueError(f"VLMConfig.lora_rank={self.lora_rank} must be >= 0 (0 = no LoRA)")
+        if any(s <= 0 for s in self.image_hw):
+            raise ValueError(f"VLMConfig.image_hw={self.image_hw} must be positive")
+
+    def check_image_hw(self) -> None:
+        """Our own preprocessing needs `image_hw` in multiples of patch_size·merge_size (a foreign
+        checkpoint's processor resizes any camera size itself, so only models built here check it)."""
         step = self.patch_size * self.merge_size
-        if any(s % step or s <= 0 for s in self.image_hw):
+        if any(s % step for s in self.image_hw):
             raise ValueError(
                 f"VLMConfig.image_hw={self.image_hw} must be positive multiples of patch_size·merge_size = {step}"
             )
+
+    def torch_dtype(self) -> torch.dtype:
+        """`dtype` of the weights, resolved: "auto" is bfloat16 on CUDA for LoRA (frozen base weights),
+        else float32 — full fine-tuning keeps fp32 weights because AdamW steps of lr 2e-5 vanish in bf16
+        weights; the trainer's bf16 autocast (`train.precision`) does the compute in bf16 on GPU."""
+        import torch
+
+        if self.dtype == "auto":
+            return torch.bfloat16 if torch.cuda.is_available() and self.lora_rank > 0 else torch.float32
+        return getattr(torch, self.dtype)  # type: ignore[no-any-return]
 
     @property
     def tokens_per_image(self) -> int:
@@ -75,14 +111,18 @@ class VLMConfig:
         return [t, h, half - t - h]
 
 
-def qwen_config(cfg: VLMConfig, tokenizer: PreTrainedTokenizerFast) -> Qwen2_5_VLConfig:
-    """The hand-written `Qwen2_5_VLConfig` for `cfg`, with the special-token ids of `tokenizer`."""
+def qwen_config(
+    cfg: VLMConfig, tokenizer: PreTrainedTokenizerFast | None = None, vocab_size: int = 0
+) -> Qwen2_5_VLConfig:
+    """The hand-written `Qwen2_5_VLConfig` for `cfg`, with the special-token ids of `tokenizer`
+    (None: ids 0 … 6 and `vocab_size` or `cfg.vocab_size` entries — enough to size the model)."""
     from transformers import Qwen2_5_VLConfig
 
     from drivedistill.models.vlm.tokenizer import (
         IM_END,
         IMAGE_PAD,
         PAD,
+        SPECIAL_TOKENS,
         VIDEO_PAD,
         VISION_END,
         VISION_START,
@@ -90,10 +130,10 @@ def qwen_config(cfg: VLMConfig, tokenizer: PreTrainedTokenizerFast) -> Qwen2_5_V
     )
 
     def tid(t: str) -> int:
-        return token_id(tokenizer, t)
+        return token_id(tokenizer, t) if tokenizer is not None else SPECIAL_TOKENS.index(t)
 
     text: dict[str, Any] = {
-        "vocab_size": len(tokenizer),
+        "vocab_size": len(tokenizer) if tokenizer is not None else (vocab_size or cfg.vocab_size),
         "hidden_size": cfg.hidden_size,
         "intermediate_size": cfg.intermediate_size,
         "num_hidden_layers": cfg.num_layers,
@@ -128,5 +168,18 @@ def qwen_config(cfg: VLMConfig, tokenizer: PreTrainedTokenizerFast) -> Qwen2_5_V
         video_token_id=tid(VIDEO_PAD),
         vision_start_token_id=tid(VISION_START),
         vision_end_token_id=tid(VISION_END),
-        tie_word_embeddings=False,
+        tie_word_embeddings=cfg.tie_word_embeddings,
     )
+
+
+def parameter_counts(cfg: VLMConfig) -> dict[str, int]:
+    """Exact parameter counts of the Qwen2.5-VL that `cfg` describes (built on the `meta` device: no
+    memory, no weights): {"total", "vision" (encoder + merger), "language" (decoder + embeddings + head)}."""
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    with torch.device("meta"):
+        model = Qwen2_5_VLForConditionalGeneration(qwen_config(cfg))
+    total = sum(p.numel() for p in model.parameters())  # tied weights are counted once
+    vision = sum(p.numel() for p in model.model.visual.parameters())
+    return {"total": total, "vision": vision, "language": total - vision}

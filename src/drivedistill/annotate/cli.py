@@ -4,7 +4,10 @@
                           [--chunk-size 32] [--limit N] [--retry-failed] [--annotator.KEY=VALUE ...]
 
 Samples already in the cache for this annotator key are skipped (so an interrupted run resumes); each
-chunk is written as soon as it is done. Prints a summary: done / cached / failed.
+chunk is written as soon as it is done, and an interrupted run writes the finished samples that precede
+the first unfinished one before it stops. Remote annotators keep several samples in flight (`--annotator.concurrency=N` for `openai`).
+Prints a summary: done / cached / failed, samples/s (and tokens/s when the server reports usage), retries
+by cause.
 """
 
 from __future__ import annotations
@@ -12,12 +15,13 @@ from __future__ import annotations
 import argparse
 import inspect
 import sys
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from drivedistill.annotate.base import Annotator
+from drivedistill.annotate.base import AnnotationResult, Annotator
 from drivedistill.annotate.cache import AnnotationCache
 from drivedistill.types import Scene
 
@@ -38,9 +42,37 @@ class AnnotateSummary:
     failed: int  # samples that failed in this run: invalid answer or failed request (stored with the error)
     cached: int  # skipped: already in the cache
     retries: int  # transient request errors retried (remote annotators)
+    seconds: float = 0.0  # wall time of this run's annotation (cache reads excluded)
+    stats: dict[str, int] = field(
+        default_factory=dict
+    )  # the annotator's counters (requests, retry causes, tokens)
+
+    @property
+    def samples_per_s(self) -> float:
+        """Samples annotated (valid or failed) per second of wall time in this run."""
+        return (self.done + self.failed) / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        """Prompt + completion tokens per second as the server reported them (None without usage)."""
+        tokens = self.stats.get("prompt_tokens", 0) + self.stats.get("completion_tokens", 0)
+        return tokens / self.seconds if tokens and self.seconds > 0 else None
 
     def line(self) -> str:
-        return f"done {self.done} / cached {self.cached} / failed {self.failed} (annotator key {self.key}, {self.out})"
+        rate = f"{self.samples_per_s:.2f} samples/s in {self.seconds:.1f} s"
+        if self.tokens_per_s is not None:
+            rate += (
+                f", {self.tokens_per_s:.0f} tokens/s ({self.stats.get('prompt_tokens', 0)} prompt + "
+                f"{self.stats.get('completion_tokens', 0)} completion)"
+            )
+        causes = ", ".join(
+            f"{k.removeprefix('retry_')} {v}" for k, v in sorted(self.stats.items()) if k.startswith("retry_")
+        )
+        retried = f"; {self.retries} request(s) retried ({causes})" if self.retries else ""
+        return (
+            f"done {self.done} / cached {self.cached} / failed {self.failed} (annotator key {self.key}, "
+            f"{self.out}); {rate}{retried}"
+        )
 
 
 def default_out(data: Path) -> Path:
@@ -77,16 +109,32 @@ def annotate_store(
     if on_progress is not None:
         on_progress(skipped)
     done = failed = 0
-    for start in range(0, len(todo), chunk_size):
-        chunk = todo[start : start + chunk_size]
-        results = annotator.annotate([(source.load(t), hashes[t]) for t in chunk])
-        cache.append(key, results)
-        ok = sum(r.ok for r in results)
-        done, failed = done + ok, failed + len(results) - ok
-        if on_progress is not None:
-            on_progress(len(results))
+    buffer: list[AnnotationResult] = []
+
+    def flush() -> None:
+        nonlocal done, failed
+        if buffer:
+            chunk = buffer[:]
+            buffer.clear()
+            cache.append(key, chunk)  # one atomic shard, written from this thread only
+            ok = sum(r.ok for r in chunk)
+            done, failed = done + ok, failed + len(chunk) - ok
+            if on_progress is not None:
+                on_progress(len(chunk))
+
+    start = time.monotonic()
+    try:
+        for result in annotator.annotate_iter((source.load(t), hashes[t]) for t in todo):
+            buffer.append(result)
+            if len(buffer) >= chunk_size:
+                flush()
+    finally:
+        flush()  # an interrupted or aborted run keeps the finished samples that precede the first unfinished one
+    seconds = time.monotonic() - start
+    stats_fn = getattr(annotator, "stats", None)  # remote annotators count requests, retries, tokens
+    stats: dict[str, int] = dict(stats_fn()) if callable(stats_fn) else {}
     retries = int(getattr(annotator, "retries", 0))
-    return AnnotateSummary(key, Path(out), done, failed, skipped, retries)
+    return AnnotateSummary(key, Path(out), done, failed, skipped, retries, seconds, stats)
 
 
 def store_camera(store_config: dict[str, Any]) -> Any:
@@ -157,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     finally:
         annotator.close()
-    print(summary.line() + (f"; {summary.retries} request(s) retried" if summary.retries else ""))
+    print(summary.line())
     if summary.failed:
         print(
             f"{summary.failed} sample(s) failed (invalid answer or failed request), stored with their error and "

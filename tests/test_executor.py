@@ -3,6 +3,7 @@ tasks retried and reported; annotation through each writes byte-identical cache 
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -183,3 +184,13 @@ def test_ray_executor_retries_reports_and_matches_local(local_ray: Any, tmp_path
     (tmp_path / "core").mkdir()
     _check_executor(ExecutorConfig(kind="ray", retries=2), tmp_path / "core")
     _annotate_and_compare(ExecutorConfig(kind="ray", retries=1), tmp_path)
+    # PDMS (NAVSIM v2, with extended-comfort and two-stage links) through Ray: the same report JSON
+    from drivedistill.metrics.parallel import score_plans_parallel
+    from drivedistill.metrics.pdms import PDMSConfig, score_plans
+    from tests.test_metrics_parallel import scenes_and_plans
+
+    scenes, plans = scenes_and_plans()
+    cfg = PDMSConfig(protocol="navsim-v2")
+    with make_executor(ExecutorConfig(kind="ray")) as ex:
+        got = score_plans_parallel(scenes, plans, cfg, ex, chunk_size=2).to_json()
+    assert json.dumps(got) == json.dumps(score_plans(scenes, plans, cfg).to_json())

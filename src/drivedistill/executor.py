@@ -161,14 +161,20 @@ class InlineExecutor(Executor):
     kind = "local"
 
     def _submit(self, fn: Callable[[T], R], item: T) -> Any:
-        return (fn, item)
+        return _Call(fn, item)
 
     def _wait(self, handles: list[Any]) -> list[Any]:
         return handles[:1]
 
     def _result(self, handle: Any) -> Any:
-        fn, item = handle
-        return fn(item)
+        return handle.fn(handle.item)
+
+
+class _Call:
+    """A deferred call (hashed by identity: items need not be hashable)."""
+
+    def __init__(self, fn: Callable[[Any], Any], item: Any) -> None:
+        self.fn, self.item = fn, item
 
 
 class LocalExecutor(Executor):

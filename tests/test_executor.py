@@ -165,6 +165,27 @@ def test_annotation_through_a_process_pool_is_byte_identical(tmp_path: Path) -> 
     _annotate_and_compare(ExecutorConfig(workers=2, retries=1), tmp_path)
 
 
+def _collect_and_compare(cfg: ExecutorConfig, tmp: Path) -> None:
+    """Two 6 s highway episodes, one shard each: the executor's shards are byte-identical to in-process."""
+    from drivedistill.world.collect import collect, resolve_world_config
+
+    overrides = ["--world.num_episodes=2", "--world.episode_seconds=6", "--world.scenarios=[highway]"]
+    world = resolve_world_config("smoke", None, overrides)
+    ref = collect(world, tmp / "inline", episodes_per_shard=1, show_progress=False)
+    with make_executor(cfg) as ex:
+        got = collect(world, tmp / cfg.kind, episodes_per_shard=1, show_progress=False, executor=ex)
+    assert got["shards"] == ref["shards"] and got["stats"] == ref["stats"]
+    shards = sorted(p.name for p in (tmp / "inline").glob("shard-*.parquet"))
+    assert len(shards) == 2
+    for name in shards:
+        assert (tmp / cfg.kind / name).read_bytes() == (tmp / "inline" / name).read_bytes()
+
+
+@pytest.mark.slow
+def test_collection_through_a_process_pool_is_byte_identical(tmp_path: Path) -> None:
+    _collect_and_compare(ExecutorConfig(workers=2), tmp_path)
+
+
 @pytest.fixture(scope="module")
 def local_ray() -> Iterator[Any]:
     ray = pytest.importorskip("ray")
@@ -184,6 +205,7 @@ def test_ray_executor_retries_reports_and_matches_local(local_ray: Any, tmp_path
     (tmp_path / "core").mkdir()
     _check_executor(ExecutorConfig(kind="ray", retries=2), tmp_path / "core")
     _annotate_and_compare(ExecutorConfig(kind="ray", retries=1), tmp_path)
+    _collect_and_compare(ExecutorConfig(kind="ray"), tmp_path / "collect")
     # PDMS (NAVSIM v2, with extended-comfort and two-stage links) through Ray: the same report JSON
     from drivedistill.metrics.parallel import score_plans_parallel
     from drivedistill.metrics.pdms import PDMSConfig, score_plans

@@ -263,12 +263,16 @@ def make_executor(cfg: ExecutorConfig | None = None) -> Executor:
     return InlineExecutor(cfg) if cfg.workers == 1 else LocalExecutor(cfg)
 
 
-def add_executor_args(parser: Any) -> None:
-    """--executor, --workers, --retries, --ray-address, --ray-num-cpus on an argparse parser."""
+def add_executor_args(parser: Any, workers: bool = True) -> None:
+    """--executor, --workers (unless the parser has its own), --retries, --ray-address, --ray-num-cpus."""
     parser.add_argument("--executor", choices=KINDS, default="local", help="where tasks run (default local)")
-    parser.add_argument(
-        "--workers", type=int, default=None, help="local: processes (1 = in-process); ray: tasks in flight"
-    )
+    if workers:
+        parser.add_argument(
+            "--workers",
+            type=int,
+            default=None,
+            help="local: processes (1 = in-process); ray: tasks in flight",
+        )
     parser.add_argument("--retries", type=int, default=2, help="extra attempts of a failing task")
     parser.add_argument(
         "--ray-address", default="", help="Ray cluster address (default: $RAY_ADDRESS or local)"

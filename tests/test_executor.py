@@ -41,6 +41,16 @@ def square_flaky(item: tuple[str, int]) -> int:
     return i * i
 
 
+def die_once(item: tuple[str, int]) -> int:
+    """The worker process dies (no exception, no result) the first time item 1 runs."""
+    folder, i = item
+    marker = Path(folder) / f"died-{i}"
+    if i == 1 and not marker.exists():
+        marker.write_text("x")
+        os._exit(3)
+    return i
+
+
 def _check_executor(cfg: ExecutorConfig, tmp: Path) -> None:
     items = [(str(tmp), i) for i in range(10)]
     with make_executor(cfg) as ex:
@@ -69,6 +79,9 @@ def test_inline_and_process_pool_retry_and_report(tmp_path: Path) -> None:
     with make_executor(pool) as ex:
         assert isinstance(ex, LocalExecutor)
     _check_executor(pool, tmp_path / "b")
+    with make_executor(pool) as ex:  # a dead worker breaks the pool: it is rebuilt and the tasks retried
+        outcomes = list(ex.imap(die_once, [(str(tmp_path), i) for i in range(4)]))
+    assert [o.value for o in outcomes] == [0, 1, 2, 3] and outcomes[1].attempts >= 2
 
 
 def test_bad_executor_config_is_a_clear_error() -> None:
@@ -204,6 +217,9 @@ def local_ray() -> Iterator[Any]:
 def test_ray_executor_retries_reports_and_matches_local(local_ray: Any, tmp_path: Path) -> None:
     (tmp_path / "core").mkdir()
     _check_executor(ExecutorConfig(kind="ray", retries=2), tmp_path / "core")
+    with make_executor(ExecutorConfig(kind="ray", retries=2)) as ex:  # a worker process dies: retried
+        outcomes = list(ex.imap(die_once, [(str(tmp_path), i) for i in range(4)]))
+    assert [o.value for o in outcomes] == [0, 1, 2, 3] and outcomes[1].attempts == 2
     _annotate_and_compare(ExecutorConfig(kind="ray", retries=1), tmp_path)
     _collect_and_compare(ExecutorConfig(kind="ray"), tmp_path / "collect")
     # PDMS (NAVSIM v2, with extended-comfort and two-stage links) through Ray: the same report JSON

@@ -184,10 +184,18 @@ class LocalExecutor(Executor):
 
     def __init__(self, cfg: ExecutorConfig) -> None:
         super().__init__(cfg)
-        self.pool = cf.ProcessPoolExecutor(cfg.workers, mp_context=multiprocessing.get_context("spawn"))
+        self.pool = self._new_pool()
+
+    def _new_pool(self) -> cf.ProcessPoolExecutor:
+        return cf.ProcessPoolExecutor(self.cfg.workers, mp_context=multiprocessing.get_context("spawn"))
 
     def _submit(self, fn: Callable[[T], R], item: T) -> Any:
-        return self.pool.submit(fn, item)
+        try:
+            return self.pool.submit(fn, item)
+        except cf.process.BrokenProcessPool:  # a worker died (its tasks failed and are being retried)
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = self._new_pool()
+            return self.pool.submit(fn, item)
 
     def _wait(self, handles: list[Any]) -> list[Any]:
         done, _ = cf.wait(handles, return_when=cf.FIRST_COMPLETED)

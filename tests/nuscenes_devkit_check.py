@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 from nuscenes.nuscenes import NuScenes
+from nuscenes.utils.data_classes import LidarPointCloud
 from nuscenes.utils.splits import create_splits_scenes
 from pyquaternion import Quaternion
 
@@ -33,10 +34,16 @@ for sample in nusc.sample:
             float(box.wlh[1]),
             float(box.wlh[0]),
         ]
+    cs = nusc.get("calibrated_sensor", lidar["calibrated_sensor_token"])
+    pc = LidarPointCloud.from_file(nusc.get_sample_data_path(lidar["token"]))
+    pc.rotate(Quaternion(cs["rotation"]).rotation_matrix)  # LIDAR_TOP → ego frame, the devkit's way
+    pc.translate(np.array(cs["translation"]))
+    xyz = pc.points[:3].T.astype(np.float64)
     cam = nusc.get("sample_data", sample["data"]["CAM_FRONT"])
     out["samples"][sample["token"]] = {
         "boxes": boxes,
         "cam_front": nusc.get_sample_data_path(cam["token"]),
+        "lidar_ego": {"count": len(xyz), "mean": xyz.mean(0).tolist() if len(xyz) else [0.0, 0.0, 0.0]},
         "category_names": sorted({nusc.get("sample_annotation", a)["category_name"] for a in sample["anns"]}),
     }
 print(json.dumps(out))

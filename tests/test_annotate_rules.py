@@ -1,4 +1,5 @@
-"""Rule-based VLM-AD labels and texts on hand-made scenes (ego frame, metres, 0.5 s steps)."""
+"""Rule-based VLM-AD labels and texts on hand-made scenes (ego frame, metres, 0.5 s steps), and the
+annotation-quality gate: it passes the rules annotator on scenes with known causes and fails weak annotators."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import numpy as np
 import pytest
 
 from drivedistill import registry
-from drivedistill.annotate.schema import ANNOTATION_SCHEMA, validate
+from drivedistill.annotate.quality import annotation_quality
+from drivedistill.annotate.schema import ANNOTATION_SCHEMA, CAUSE_LABELS, Annotation, validate
 from drivedistill.testing import random_scene
 from drivedistill.types import NUM_AGENT_STEPS, NUM_FUTURE, MapGeometry, Scene
 
@@ -128,3 +130,115 @@ def test_clear_road_keeps_going_and_wording_varies(rules) -> None:  # type: igno
 def test_needs_the_privileged_part(rules) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ValueError, match="privileged"):
         rules.annotate_one(random_scene(1).without_privileged(), "h")
+
+
+def test_cause_labels_name_the_agent_and_the_rule(rules) -> None:  # type: ignore[no-untyped-def]
+    ego = _traj_from_speeds(np.linspace(13.0, 2.0, NUM_FUTURE))
+    lead = _agent(12.0, 0.0, np.maximum(np.linspace(14.0, -2.0, NUM_AGENT_STEPS), 0.0))
+    ann = rules.annotate_one(_scene(ego, 14.0, [lead], acc=-3.0), "h").annotation
+    assert (ann.cause, ann.agent, ann.rule) == ("braking lead", "ahead", "keep gap")
+    cutter = _agent(14.0, 3.8, np.full(NUM_AGENT_STEPS, 13.0), y_end=0.0)
+    ego = _traj_from_speeds(np.linspace(15.0, 9.0, NUM_FUTURE))
+    ann = rules.annotate_one(_scene(ego, 15.0, [cutter], acc=-1.5), "h").annotation
+    assert (ann.cause, ann.agent, ann.rule) == ("cut-in", "left", "yield")
+    clear = rules.annotate_one(_scene(_traj_from_speeds(np.full(NUM_FUTURE, 25.0)), 25.0, []), "h")
+    assert (clear.annotation.cause, clear.annotation.agent, clear.annotation.rule) == (
+        "clear",
+        "none",
+        "free road",
+    )
+
+
+def test_cause_label_does_not_read_the_world_event(rules) -> None:  # type: ignore[no-untyped-def]
+    scene = _scene(_traj_from_speeds(np.full(NUM_FUTURE, 25.0)), 25.0, [], event="lead_brake")
+    assert rules.annotate_one(scene, "h").annotation.cause == "clear"  # the gate compares with the event
+
+
+# ----- the annotation-quality gate ----------------------------------------------------------------
+TEXTS = {"current_action": "Driving.", "next_action": "It will go on.", "reasoning": "Because."}
+
+
+def _fixture(n_per_family: int = 12, seed: int = 0) -> list[Scene]:
+    """Scenes of five event families whose ego plans are drawn independently of the cause, so the cause
+    cannot be read off the plan (as in the world, where the same slowdown has different causes)."""
+    rng = np.random.default_rng(seed)
+    scenes: list[Scene] = []
+    for i in range(n_per_family):
+        for family in ("lead_brake", "stopped_vehicle", "cut_in", "cross_traffic", "lane_follow"):
+            v0 = float(rng.uniform(8.0, 16.0))
+            ego = _traj_from_speeds(np.linspace(v0, float(rng.uniform(2.0, v0)), NUM_FUTURE))
+            x0 = float(rng.uniform(10.0, 30.0))
+            if family == "lead_brake":
+                agents = [_agent(x0, 0.0, np.maximum(np.linspace(v0, -2.0, NUM_AGENT_STEPS), 0.0))]
+            elif family == "stopped_vehicle":
+                agents = [_agent(x0, 0.0, np.zeros(NUM_AGENT_STEPS))]
+            elif family == "cut_in":
+                side = 3.8 if i % 2 else -3.8
+                agents = [_agent(x0, side, np.full(NUM_AGENT_STEPS, v0 - 2.0), y_end=0.0)]
+            elif family == "cross_traffic":
+                side = -12.0 if i % 2 else 12.0
+                agents = [_agent(x0, side, np.full(NUM_AGENT_STEPS, 8.0), yaw=np.pi / 2 * -np.sign(side))]
+            else:
+                agents = []
+            scene = _scene(ego, v0, agents, event=family)
+            scenes.append(dataclasses.replace(scene, token=f"s{len(scenes)}"))
+    return scenes
+
+
+def _quality(scenes: list[Scene], anns: list[Annotation | None]) -> dict:  # type: ignore[type-arg]
+    futures = np.stack([s.privileged.future_trajectory for s in scenes])  # type: ignore[union-attr]
+    status = np.stack([s.agent_input.ego_status for s in scenes])
+    return annotation_quality(anns, [str(s.meta["event"]) for s in scenes], futures, status)
+
+
+@pytest.fixture(scope="module")
+def scenes() -> list[Scene]:
+    return _fixture()
+
+
+def test_rules_annotations_pass_the_gate(scenes: list[Scene]) -> None:
+    rules = registry.build("annotator", "rules")
+    anns = [rules.annotate_one(s, s.token).annotation for s in scenes]
+    q = _quality(scenes, anns)
+    assert q["pass"], q
+    assert q["label_accuracy"] >= 0.9  # the fixture's causes are unambiguous
+    assert q["trajectory_predictability"]["cause"] < 0.6
+    assert abs(sum(q["distribution"]["cause"].values()) - 1.0) < 1e-9
+
+
+def test_random_annotations_fail_the_gate(scenes: list[Scene]) -> None:
+    rng = np.random.default_rng(1)
+    anns = [
+        Annotation(**TEXTS, control="go straight", turn="none", lane="keep",
+                   cause=str(rng.choice(CAUSE_LABELS)), agent="none", rule="free road")
+        for _ in scenes
+    ]  # fmt: skip
+    q = _quality(scenes, anns)
+    assert not q["pass"] and "accurate" in q["failed"]
+    assert q["label_accuracy"] < 0.5
+
+
+def test_trajectory_coarsening_fails_the_gate(scenes: list[Scene]) -> None:
+    """The old labels: a function of the plan (slowing down or not) dressed up as a cause."""
+    anns = []
+    for s in scenes:
+        traj = s.privileged.future_trajectory  # type: ignore[union-attr]
+        slowing = float(np.linalg.norm(traj[-1, :2] - traj[-2, :2])) / 0.5 < 0.7 * float(
+            s.agent_input.ego_status[0]
+        )
+        cause = "braking lead" if slowing else "clear"
+        anns.append(Annotation(**TEXTS, control="go straight", turn="none", lane="keep",
+                               cause=cause, agent="none", rule="free road"))  # fmt: skip
+    q = _quality(scenes, anns)
+    assert not q["pass"]
+    assert q["trajectory_predictability"]["cause"] > 0.85 and "beyond_trajectory" in q["failed"]
+
+
+def test_unannotated_causes_count_as_wrong_and_bad_input_is_named(scenes: list[Scene]) -> None:
+    anns: list[Annotation | None] = [None] * len(scenes)
+    q = _quality(scenes, anns)
+    assert q["annotated"] == 0 and q["label_accuracy"] == 0.0 and not q["pass"]
+    with pytest.raises(ValueError, match="one of each per sample"):
+        annotation_quality(anns[:3], ["lane_follow"] * 2, np.zeros((3, NUM_FUTURE, 3)), np.zeros((3, 3)))
+    with pytest.raises(ValueError, match="unknown event"):
+        annotation_quality([None], ["meteor"], np.zeros((1, NUM_FUTURE, 3)), np.zeros((1, 3)))

@@ -70,7 +70,11 @@ def test_scenes_and_metric_scenes_come_from_the_same_records(log: str, annotatio
         assert np.allclose(s.agent_input.ego_status, m.ego_dynamics[[0, 1, 3]], atol=1e-5)
         k = s.privileged.agents.shape[0]
         assert np.array_equal(s.privileged.agents_valid, m.agent_valid[:k])
-        assert s.meta["absent"] == ["camera"] and s.agent_input.bev[..., 0].any()  # drivable area drawn
+        # no sweep in the excerpts: the students' LiDAR BEV is an absent (zero) sensor, the labelled
+        # raster (drivable area + boxes) is privileged only
+        assert s.meta["absent"] == ["camera", "lidar_bev"] and s.agent_input.bev.shape == (128, 128, 2)
+        assert not s.agent_input.bev.any()
+        assert s.privileged.labelled_bev is not None and s.privileged.labelled_bev[..., 0].any()
         assert s.agent_input.command in {int(c) for c in Command}
     assert scenes[-1].meta["history_padded"] == 0
     for prev, cur in itertools.pairwise(scenes):  # 0.5 s apart: history[-1] = inverse of prev future[0]

@@ -24,7 +24,9 @@ def store_dir(tmp_path: Path) -> Path:
     )
     writer = SceneStoreWriter(tmp_path, {"world": to_dict(world)}, num_shards=2)
     for k in range(2):
-        scenes = [random_scene(10 * k + i, episode=f"ep{k}", token=f"ep{k}-{i}") for i in range(3)]
+        scenes = [
+            random_scene(10 * k + i, bev_channels=2, episode=f"ep{k}", token=f"ep{k}-{i}") for i in range(3)
+        ]
         writer.add_shard(write_shard(tmp_path, k, scenes, val_fraction=0.2, config_hash=writer.config_hash))
     writer.finish()
     return tmp_path
@@ -41,13 +43,26 @@ def test_validate_ok_then_names_corrupt_shard(store_dir: Path, capsys: pytest.Ca
 
 
 def test_show_writes_a_non_blank_png(store_dir: Path, tmp_path: Path) -> None:
+    """Camera (64 × 128 shown ×4), the LiDAR BEV and the labelled BEV (64 px shown ×4) side by side, the
+    future trajectory in magenta on both BEVs, the LiDAR in its histogram colours (world/lidar.py)."""
+    from drivedistill.data.cli import PANEL_GAP
+    from drivedistill.world.lidar import lidar_rgb
+
     out = tmp_path / "show" / "x.png"
     assert cli(["data", "show", str(store_dir), "--index", "4", "--out", str(out)]) == 0
     img = np.asarray(Image.open(out).convert("RGB"))
-    assert img.shape[0] > 64 and img.shape[1] > 256 and img.std() > 10
-    # the future trajectory is drawn in magenta on the BEV half
+    assert img.shape[0] > 256 and img.shape[1] == 512 + 2 * (PANEL_GAP + 256) and img.std() > 10
+    lidar = img[:256, 512 + PANEL_GAP : 512 + PANEL_GAP + 256]
+    labelled = img[:256, 512 + 2 * PANEL_GAP + 256 :]
     magenta = (img[:, :, 0] > 200) & (img[:, :, 1] < 80) & (img[:, :, 2] > 150)
-    assert magenta[:, img.shape[1] // 2 :].sum() > 10
+    assert magenta[:256, 512 + PANEL_GAP : 512 + PANEL_GAP + 256].sum() > 10
+    assert magenta[:256, 512 + 2 * PANEL_GAP + 256 :].sum() > 10
+    store = SceneStore(store_dir)
+    scene = store.load(store.tokens()[4])
+    assert scene.privileged is not None and scene.privileged.labelled_bev is not None
+    # bottom-right quarter (no title, no ego path): the panels show the stored rasters, upscaled ×4
+    assert np.array_equal(lidar[200::4, 200::4], lidar_rgb(scene.agent_input.bev)[50:, 50:])
+    assert not np.array_equal(labelled[200::4, 200::4], lidar[200::4, 200::4])
     assert cli(["data", "show", str(store_dir), "--index", "99", "--out", str(out)]) == 1
 
 

@@ -97,13 +97,27 @@ def test_boxes_in_front_project_where_the_jpeg_shows_them(episode) -> None:  # t
 
 
 def test_lidar_bev_has_returns_at_the_boxes(source: NuScenesSource, episode, scene) -> None:  # type: ignore[no-untyped-def]
-    """Boxes with ≥ 10 LiDAR points inside the BEV hit obstacle returns in their footprint far more often
-    than the same footprints shifted 6 m sideways (a control on the same sweep)."""
+    """The students' BEV is the world's 2-channel height histogram of the real sweep: boxes with ≥ 10 LiDAR
+    points inside the BEV hit returns in their footprint far more often than the same footprints shifted
+    6 m sideways (a control on the same sweep); ground and the ego's own roof are removed (few returns
+    overall, none on the ego footprint), and the labelled boxes are only in the privileged raster."""
     from drivedistill.world.bev import box_polygon, ego_to_pixels
+    from drivedistill.world.lidar import LIDAR_CHANNELS
 
     info = load_info(SRC)
     cfg = source.cfg.bev
-    obstacle = scene.agent_input.bev[..., 1] > 0
+    bev = scene.agent_input.bev
+    assert bev.shape == (cfg.height, cfg.width, len(LIDAR_CHANNELS))
+    obstacle = bev.max(-1) > 0
+    assert 0.005 < obstacle.mean() < 0.25  # ground removed: 34 k points, a few % of the cells
+    assert bev[..., 1].any() and bev[..., 0].any()  # both height bins see something
+    ego = ego_to_pixels(np.array([[-1.5, -0.9], [2.5, 0.9]]), cfg)  # the Zoe's footprint (rear-axle frame)
+    c0, c1 = sorted(np.floor(ego[:, 0]).astype(int))
+    r0, r1 = sorted(np.floor(ego[:, 1]).astype(int))
+    assert not obstacle[r0 : r1 + 1, c0 : c1 + 1].any()  # its own roof returns are removed
+    labelled = scene.privileged.labelled_bev
+    assert labelled is not None and labelled.shape == (cfg.height, cfg.width, 3)
+    assert labelled[..., 2].any() and not labelled[..., :2].any()  # boxes only: the map is not read
     pts = np.array([inst["num_lidar_pts"] for inst in info["instances"]])
 
     def hit(box: np.ndarray) -> bool:
@@ -131,7 +145,7 @@ def test_every_camera_student_plans_on_the_real_image(scene) -> None:  # type: i
         if not hasattr(cfg, "bev_channels") and entry.name != "vla":
             continue  # no camera input
         if getattr(cfg, "bev_channels", None) == 0:
-            cfg = dataclasses.replace(cfg, bev_channels=3)
+            cfg = dataclasses.replace(cfg, bev_channels=scene.agent_input.bev.shape[-1])
         torch.manual_seed(0)
         student = entry.builder(cfg).eval()
         with torch.no_grad():
@@ -219,5 +233,9 @@ def test_matches_nuscenes_devkit(root: Path, episode, scene) -> None:  # type: i
         assert np.allclose(got[:2], (x, y), atol=1e-3)
         assert abs(np.angle(np.exp(1j * (got[2] - yaw)))) < 1e-3
         assert np.allclose(got[3:5], (length, width), atol=1e-5)
+    # the devkit's LIDAR_TOP → ego transform of the sweep gives the points our BEV is splatted from
+    pts = NuScenesSource(NuScenesConfig(root=str(root))).sweep_points(s)
+    lidar = ref["samples"][scene.token]["lidar_ego"]
+    assert lidar["count"] == len(pts) > 30_000 and np.allclose(lidar["mean"], pts.mean(0), atol=1e-4)
     assert ref["samples"][scene.token]["cam_front"].endswith(s.cameras["CAM_FRONT"][0].name)
     assert LOG in s.cameras["CAM_FRONT"][0].name

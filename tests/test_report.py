@@ -171,3 +171,45 @@ def test_forest_plot_renders_one_panel_per_metric(tmp_path: Path) -> None:
     green = ((img[..., 1] > 140) & (img[..., 0] < 80) & (img[..., 2] < 90)).sum()
     red = ((img[..., 0] > 170) & (img[..., 1] < 90) & (img[..., 2] < 80)).sum()
     assert green > 20 and red > 20  # the "helps" and "hurts" intervals are drawn in their colours
+
+
+def test_teacher_gates_and_event_families_render_for_the_readme_and_report() -> None:
+    from drivedistill.report_gates import event_rows, gates_html, markdown, teacher_rows
+
+    results = {
+        "teacher_quality": {
+            "evodrive": {
+                "pass": False,
+                "checks": {"probe_beats_random_init": True},
+                "metrics": {"probe_iou_pretrained": 0.2},
+                "vs_students": {
+                    "pass": False,
+                    "checks": {"oracle_l2": False},
+                    "metrics": {"oracle_l2_m": 1.5},
+                },
+            },
+            "vlm_ad": {"pass": True, "checks": {"few_failed": True}, "metrics": {"annotated": 90}},
+        },
+        "models": {
+            "expert/privileged": {
+                "per_event": {
+                    "families": {"cut_in": {"l2_m": 0.0, "pdms": 0.9, "num_samples": 4.0}},
+                    "expert_departs_cv": {"threshold_m": 2.0, "rates": {"cut_in": 0.75}},
+                }
+            },
+            "transfuser/imitation": {"per_event": {"families": {"cut_in": {"l2_m": 2.5, "pdms": 0.4}}}},
+            "constant_velocity/none": {},
+        },
+    }
+    headers, rows = teacher_rows(results)
+    assert [r[:2] for r in rows] == [["evodrive", "FAIL"], ["vlm_ad", "pass"]]
+    assert rows[0][3] == "vs students: oracle_l2" and "oracle_l2_m 1.500" in rows[0][4]
+    assert "annotated 90" in rows[1][4]
+    headers, rows = event_rows(results)
+    assert headers == ["row", "cut_in: L2 [m] / PDMS"]
+    assert rows[0][1] == "0.75 · 4" and rows[2] == ["`transfuser/imitation`", "2.50 / 0.400"]
+    assert len(rows) == 3  # a row without per-event values is left out
+    assert markdown(headers, rows).count("\n") == len(rows) + 1
+    html_parts = gates_html(results)
+    assert len(html_parts) == 2 and "FAIL" in html_parts[0] and "cut_in" in html_parts[1]
+    assert event_rows({"models": {}}) == ([], [])

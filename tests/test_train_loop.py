@@ -139,8 +139,8 @@ def test_parameter_free_model_is_refused(tmp_path: Path) -> None:
         train_student(resolve_run("constant_velocity", overrides=FAST), _scenes(), tmp_path, collate=collate)
 
 
-def test_cpu_autocast_is_refused(tmp_path: Path) -> None:
-    cfg = TrainConfig(epochs=1, progress=False, precision="bf16", device="cpu")
+def test_cpu_fp16_autocast_is_refused(tmp_path: Path) -> None:
+    cfg = TrainConfig(epochs=1, progress=False, precision="fp16", device="cpu")
     with pytest.raises(ConfigError, match="needs a GPU"):
         fit(Toy(), _toy_data(), cfg, tmp_path)  # type: ignore[arg-type]
 

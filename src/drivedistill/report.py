@@ -24,6 +24,8 @@ from typing import Any
 import yaml
 
 from drivedistill.report_comparisons import comparisons_html, comparisons_markdown, hardware_line
+from drivedistill.report_gates import event_rows, gates_html, teacher_rows
+from drivedistill.report_gates import markdown as gates_markdown
 from drivedistill.utils.io import atomic_write_text
 
 # (block, key path, header, unit, lower is better)
@@ -219,6 +221,7 @@ def render_html(results: dict[str, Any], assets: ReportAssets) -> str:
     parts += [f"<p class='note'>{html.escape(n)}</p>" for n in assets.notes]
     for title, (headers, rows) in table_rows(results).items():
         parts.append(f"<h2>{html.escape(title)}</h2>{_html_table(headers, rows)}")
+    parts += gates_html(results)
     parts += comparisons_html(results)
     parts.append("<h2>Comparison (bars: mean over seeds, error bars: standard deviation)</h2>")
     charts = [
@@ -329,6 +332,10 @@ def update_readme(
     text = readme.read_text()
     if block == "comparisons":
         table = comparisons_markdown(results, models)
+    elif block == "teachers":
+        table = gates_markdown(*teacher_rows(results))
+    elif block == "events":
+        table = gates_markdown(*event_rows(results))
     else:
         table = markdown_table(results, models, vla_columns)
     if begin not in text or end not in text:
@@ -351,7 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--block",
         default="results",
-        help="README markers <!-- BLOCK:begin/end -->; 'comparisons' writes the paired-comparison table",
+        help="README markers <!-- BLOCK:begin/end -->; 'comparisons' writes the paired-comparison table, "
+        "'teachers' the teacher gates, 'events' the event-family table",
     )
     parser.add_argument(
         "--models", nargs="+", default=None, help="rows to keep, as patterns: 'vla/*' (comparisons: by row)"

@@ -22,10 +22,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from drivedistill.annotate.base import AnnotationResult, Annotator
-from drivedistill.annotate.schema import TEXT_FIELDS, Annotation
+from drivedistill.annotate.schema import ALL_LABEL_GROUPS, TEXT_FIELDS, Annotation
 from drivedistill.utils.io import atomic_write_json, atomic_write_with
 
-_LABELS = ("control", "turn", "lane")
+_LABELS = tuple(ALL_LABEL_GROUPS)  # control, turn, lane + the optional cause groups (h8, issue #16)
 COLUMNS = ("sample_hash", "annotator_key", "token", "ok", *TEXT_FIELDS, *_LABELS, "raw", "error")
 ARROW_SCHEMA = pa.schema([(c, pa.bool_() if c == "ok" else pa.string()) for c in COLUMNS])
 
@@ -102,7 +102,8 @@ class AnnotationCache:
             for row in table.to_pylist():
                 if row["annotator_key"] != key:
                     raise CacheError(f"{path} holds rows of annotator {row['annotator_key']}, expected {key}")
-                ann = Annotation(**{f: row[f] for f in (*TEXT_FIELDS, *_LABELS)}) if row["ok"] else None
+                fields = {f: row.get(f) or "" for f in (*TEXT_FIELDS, *_LABELS)}  # older shards lack causes
+                ann = Annotation(**fields) if row["ok"] else None
                 out[row["sample_hash"]] = AnnotationResult(
                     row["token"], row["sample_hash"], ann, row["raw"], row["error"]
                 )

@@ -67,6 +67,37 @@ def _aligned(lane: np.ndarray) -> np.ndarray:
     return lane if lane[k + 1, 0] >= lane[k, 0] else lane[::-1]
 
 
+def ego_lane(lanes: list[np.ndarray]) -> np.ndarray | None:
+    """The centreline (P, 2) of the lane the ego is in at t = 0, oriented along +x, or None (no lane runs
+    along the ego heading within 45°)."""
+    origin = np.zeros((1, 2))
+    best: tuple[float, np.ndarray] | None = None
+    for lane in lanes:
+        oriented = _aligned(lane.astype(np.float64))
+        if len(oriented) < 2:
+            continue
+        k = min(int(np.linalg.norm(oriented, axis=1).argmin()), len(oriented) - 2)
+        direction = oriented[k + 1] - oriented[k]
+        if direction[0] < np.cos(np.pi / 4) * np.linalg.norm(direction):
+            continue
+        _, _, dist = project(oriented, origin)
+        if best is None or dist[0] < best[0]:
+            best = (float(dist[0]), oriented)
+    return None if best is None else best[1]
+
+
+def _inside(polygon: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """Even-odd point-in-polygon test: polygon (P, 2), points (N, 2) → (N,) bool."""
+    x, y = pts[:, 0:1], pts[:, 1:2]
+    a, b = polygon, np.roll(polygon, -1, axis=0)
+    crosses = (a[None, :, 1] > y) != (b[None, :, 1] > y)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        xi = a[None, :, 0] + (y - a[None, :, 1]) * (b[None, :, 0] - a[None, :, 0]) / (
+            b[None, :, 1] - a[None, :, 1]
+        )
+    return (crosses & (x < xi)).sum(1) % 2 == 1
+
+
 def lateral_offset(lanes: list[np.ndarray], point: np.ndarray) -> float:
     """Signed offset [m] (left +) of `point` (2,) from the lane the ego is in at t = 0.
 
@@ -123,6 +154,45 @@ def ego_path(priv: Privileged, lookahead: float) -> tuple[np.ndarray, np.ndarray
     return np.vstack([pts, pts[-1] + extra * heading]), s_ego
 
 
+def junction_conflict(priv: Privileged, heading_gap: float = 0.5) -> Cause | None:
+    """Cross traffic at a junction: at some time t = 0 … 4 s the ego and a moving vehicle heading another
+    way (|Δyaw| > heading_gap [rad]) are both in the junction area. The area is the circle through the
+    map's intersection polygon (whose vertices lie at 0.6 of the junction radius in the default world)."""
+    n = max(int(priv.future_valid.sum()), 1)
+    ego = np.vstack([np.zeros((1, 3)), priv.future_trajectory[:n].astype(np.float64)])  # (T, 3)
+    agents, valid = priv.agents, priv.agents_valid
+    steps = min(len(ego), agents.shape[0])
+    for poly in priv.map.intersection_polygons:
+        if len(poly) < 3:
+            continue
+        centre = poly.astype(np.float64).mean(0)
+        radius = float(np.linalg.norm(poly - centre, axis=1).mean()) / 0.6
+        for k in range(steps):
+            if np.linalg.norm(ego[k, :2] - centre) > radius:
+                continue
+            pos = agents[k, :, :2].astype(np.float64)
+            speed = np.hypot(agents[k, :, 5], agents[k, :, 6])
+            gap = np.abs(np.angle(np.exp(1j * (agents[k, :, 2] - ego[k, 2]))))
+            hit = (
+                valid[k]
+                & (np.linalg.norm(pos - centre, axis=1) < radius)
+                & (gap > heading_gap)
+                & (speed > 0.5)
+            )
+            if hit.any():
+                a = int(np.nonzero(hit)[0][0])
+                d0 = float(agents[0, a, 1]) if valid[0, a] else float(pos[a, 1])
+                dist = (
+                    float(np.linalg.norm(agents[0, a, :2])) if valid[0, a] else float(np.linalg.norm(pos[a]))
+                )
+                cls, length = int(agents[0, a, 7]), float(agents[0, a, 3])
+                return Cause(
+                    "cross_traffic", _noun(cls, length), dist, float(speed[a]), float(speed[a]),
+                    "left" if d0 > 0 else "right",
+                )  # fmt: skip
+    return None
+
+
 def find_causes(
     priv: Privileged, v0: float, corridor: float, lookahead: float, brake_drop: float, curve_yaw: float
 ) -> list[Cause]:
@@ -132,6 +202,8 @@ def find_causes(
     lookahead [m]; brake_drop [m/s] speed drop within 2 s that is braking; curve_yaw [rad].
     """
     path, s_ego = ego_path(priv, lookahead)
+    lane = ego_lane(priv.map.lanes)  # a vehicle in our lane is in our way even if the plan swerves round it
+    reach = lookahead + float(s_ego[-1])  # a stopped vehicle matters as far as we get in 4 s plus lookahead
     causes: list[Cause] = []
     lead_found = False
     agents, valid = priv.agents, priv.agents_valid
@@ -143,21 +215,32 @@ def find_causes(
         ks = np.nonzero(valid[:, a])[0]
         s, d, _ = project(path, agents[ks, a, :2].astype(np.float64))
         s0, d0 = float(s[0]), float(d[0])
-        if s0 <= 0 or s0 > lookahead:
-            continue
         speeds = np.hypot(agents[ks, a, 5], agents[ks, a, 6])
         speed0 = float(speeds[0])
-        soon = speeds[(ks >= 1) & (ks <= 4)]
-        speed_later = float(soon.min()) if len(soon) else speed0
         half = corridor + width / 2
+        in_lane = False
+        if lane is not None:
+            sl, dl, _ = project(lane, agents[ks[:1], a, :2].astype(np.float64))
+            in_lane = bool(sl[0] > 0 and abs(dl[0]) < half)
+        if s0 <= 0 or s0 > (reach if speed0 < 0.5 and (in_lane or abs(d0) < half) else lookahead):
+            continue
+        later_speeds = speeds[ks >= 1]  # the whole 4-s window: a lead may brake late in it
+        speed_later = float(later_speeds.min()) if len(later_speeds) else speed0
         noun = _noun(int(cls), length)
         side = "left" if d0 > 0 else "right"
-        if abs(d0) < half:
+        if speed0 < 0.5 and abs(d0) < 8.0 and not (abs(d0) < half or in_lane) and cls != AgentClass.STATIC:
+            # a stopped vehicle beside our path (the plan passes it, or it blocks the next lane)
+            causes.append(Cause("stopped_vehicle", noun, s0, speed0, speed_later, side))
+            continue
+        if abs(d0) < half or in_lane:
             if lead_found:
                 continue  # only the first vehicle in our path explains our speed
             lead_found = True
+            settling = abs(d0) > 0.8 and float(np.abs(d[ks >= 1]).min(initial=abs(d0))) < abs(d0) - 1.0
             if speed0 < 0.5:
                 kind = "stopped_vehicle"
+            elif settling:
+                kind = "cut_in"  # it is still moving over into our lane
             elif speed0 - speed_later > brake_drop:
                 kind = "lead_brake"
             elif speed0 < v0 - 2.0:
@@ -168,11 +251,27 @@ def find_causes(
             continue
         later = ks >= 1
         enters = bool(np.any((np.abs(d) < half) & (s > s_ego[ks]) & later))
+        if lane is not None and later.any():
+            sl, dl, _ = project(lane, agents[ks[later], a, :2].astype(np.float64))
+            enters = enters or bool(np.any((np.abs(dl) < half) & (sl > 0)))
         crosses = bool(np.any(np.sign(d[later]) != np.sign(d0))) if later.any() else False
-        if abs(_wrap(yaw)) > 0.6 and abs(_wrap(yaw)) < 2.5 and speed0 > 1.0 and (enters or crosses):
+        in_junction = any(
+            bool(_inside(poly.astype(np.float64), agents[ks, a, :2].astype(np.float64)).any())
+            for poly in priv.map.intersection_polygons
+        )
+        crossing_heading = abs(_wrap(yaw)) > 0.5
+        if (
+            crossing_heading
+            and speed0 > 1.0
+            and (((enters or crosses) and abs(_wrap(yaw)) < 2.5) or in_junction)
+        ):
             causes.append(Cause("cross_traffic", noun, s0, speed0, speed_later, side))
         elif enters and abs(d0) < 8.0:
             causes.append(Cause("cut_in", noun, s0, speed0, speed_later, side))
+    if not any(c.kind == "cross_traffic" for c in causes):
+        conflict = junction_conflict(priv)
+        if conflict is not None:
+            causes.append(conflict)
     yaws = priv.future_trajectory[: max(int(priv.future_valid.sum()), 1), 2]
     route = priv.map.route
     ahead = route[(route[:, 0] > 0) & (np.linalg.norm(route, axis=1) < lookahead)] if len(route) else route

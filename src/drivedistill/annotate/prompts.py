@@ -8,10 +8,17 @@ change it whenever the wording changes.
 
 from __future__ import annotations
 
-from drivedistill.annotate.schema import CONTROL_LABELS, LANE_LABELS, TURN_LABELS
+from drivedistill.annotate.schema import (
+    AGENT_LABELS,
+    CAUSE_LABELS,
+    CONTROL_LABELS,
+    LANE_LABELS,
+    RULE_LABELS,
+    TURN_LABELS,
+)
 from drivedistill.types import Command, Scene
 
-PROMPT_VERSION = "1"
+PROMPT_VERSION = "2"
 
 SYSTEM_PROMPT = (
     "You are an expert driving instructor annotating dashcam images for training a self-driving car. "
@@ -43,6 +50,17 @@ Q2_PROMPT = (
     'Reply as JSON: {"control": "...", "turn": "...", "lane": "..."}'
 )
 
+# the cause question (issue #16): why the ego drives as it does, which agent, what rule. Not yet asked by
+# the VLM annotators (their Q2 stays the paper's); `schema.annotation_from_answers(q1, q2, cause)` parses it.
+CAUSE_PROMPT = (
+    "Look at the image and the red future path. Explain the ego vehicle's next 4 seconds, choosing "
+    "exactly one option per group:\n"
+    f"- cause (what makes the ego drive this way): one of {_options(CAUSE_LABELS)}\n"
+    f"- agent (where the vehicle causing it is, relative to our path): one of {_options(AGENT_LABELS)}\n"
+    f"- rule (what the ego does about it): one of {_options(RULE_LABELS)}\n"
+    'Reply as JSON: {"cause": "...", "agent": "...", "rule": "..."}'
+)
+
 
 def scene_context(scene: Scene) -> str:
     """Non-visual facts a VLM cannot read from one image: ego speed and the route command."""
@@ -52,8 +70,8 @@ def scene_context(scene: Scene) -> str:
 
 
 def question_messages(question: str, scene: Scene, image_url: str) -> list[dict[str, object]]:
-    """OpenAI-style chat messages for `question` ("q1" | "q2") with the image as a (data) URL."""
-    prompt = {"q1": Q1_PROMPT, "q2": Q2_PROMPT}[question]
+    """OpenAI-style chat messages for `question` ("q1" | "q2" | "cause") with the image as a (data) URL."""
+    prompt = {"q1": Q1_PROMPT, "q2": Q2_PROMPT, "cause": CAUSE_PROMPT}[question]
     return [
         {"role": "system", "content": SYSTEM_PROMPT},
         {

@@ -5,7 +5,14 @@ lane centerlines and the agent tracks (all in the current ego frame, metres), fi
 manoeuvre (a braking or stopped vehicle in our path, a cut-in, cross traffic, a slower lead, a curve),
 and writes the three Q1 texts naming that cause with its distance and speeds. Wording is drawn from
 several phrasings with a generator seeded by the sample hash, so texts vary across samples but are
-reproducible. `scene.meta["event"]` (from the world) only breaks ties between detected causes.
+reproducible.
+
+Besides the paper's three labels (a coarsening of the plan), it writes the three cause groups (issue #16):
+`cause` (the most important detected cause, `CAUSE_LABEL_PRIORITY`), `agent` (where that agent is: in our
+path "ahead", or on our left/right) and `rule` (what the plan does about it). They come from the agent
+tracks, the lanes and the route — not from the plan alone — and are checked against the world's event
+labels by `annotate.quality.annotation_quality`. The world's `scene.meta["event"]` is not read by default
+(`use_world_event`: it would make that check circular).
 """
 
 from __future__ import annotations
@@ -36,6 +43,11 @@ class RulesConfig:
     corridor: float = 1.8  # [m] an agent closer than this to the ego path is "in our path"
     brake_drop: float = 2.0  # [m/s] drop of a lead vehicle's speed within 2 s that counts as braking
     lookahead: float = 60.0  # [m] agents farther along the path are ignored
+    # [rad] heading change of the plan or of the route within `curve_lookahead` that makes the `cause`
+    # label "curve" (the text's bend threshold is curve_yaw); the world labels "curve" at 0.35 rad
+    curve_label_yaw: float = 0.35
+    curve_lookahead: float = 40.0  # [m] route ahead considered for the curve label
+    use_world_event: bool = False  # let scene.meta["event"] break ties between causes (circular for the gate)
 
     def __post_init__(self) -> None:
         for name in ("stop_speed", "slow_speed", "turn_yaw", "uturn_yaw", "corridor", "lookahead"):
@@ -108,6 +120,74 @@ def derive_labels(m: Motion, cfg: RulesConfig) -> tuple[str, str, str]:
     if turn == "none" and abs(m.lane_offset) > cfg.lane_change_offset:
         lane = "change left" if m.lane_offset > 0 else "change right"
     return control, turn, lane
+
+
+# which detected cause becomes the `cause` label: events that force the plan first, then the road shape,
+# then ordinary following (a curve explains a plan better than a lead at our speed)
+CAUSE_LABEL_PRIORITY = (
+    "stopped_vehicle",
+    "lead_brake",
+    "cut_in",
+    "cross_traffic",
+    "slow_lead",
+    "curve",
+    "lead",
+)
+_CAUSE_LABEL = {
+    "stopped_vehicle": "stopped vehicle",
+    "lead_brake": "braking lead",
+    "cut_in": "cut-in",
+    "cross_traffic": "cross traffic",
+    "slow_lead": "slow lead",
+    "lead": "following",
+    "curve": "curve",
+}
+
+
+def _route_bend(scene: Scene, lookahead: float) -> float:
+    """Largest |heading change| [rad] (signed) of the route within `lookahead` m ahead, or of the plan."""
+    priv = require_privileged(scene, "rules annotator")
+    yaws = priv.future_trajectory[: max(int(priv.future_valid.sum()), 1), 2].tolist()
+    route = priv.map.route
+    if len(route) >= 2:
+        ahead = route[(route[:, 0] > -1.0) & (np.linalg.norm(route, axis=1) < lookahead)]
+        if len(ahead) >= 2:
+            d = np.diff(ahead, axis=0)
+            yaws += np.arctan2(d[:, 1], d[:, 0]).tolist()
+    return float(max(yaws, key=abs)) if yaws else 0.0
+
+
+def cause_labels(
+    scene: Scene, causes: list[Cause], labels: tuple[str, str, str], cfg: RulesConfig
+) -> tuple[str, str, str]:
+    """(cause, agent, rule) labels: the most important cause (CAUSE_LABEL_PRIORITY), where its agent is
+    relative to our path (in the corridor: "ahead"; else the side it comes from), what the plan does."""
+    _, _, lane = labels
+    kinds = [c for c in causes if c.kind != "curve"]
+    if abs(_route_bend(scene, cfg.curve_lookahead)) >= cfg.curve_label_yaw:
+        kinds.append(Cause("curve"))
+    kinds.sort(key=lambda c: (CAUSE_LABEL_PRIORITY.index(c.kind), c.distance))
+    if not kinds:
+        return "clear", "none", "free road"
+    top = kinds[0]
+    cause = _CAUSE_LABEL[top.kind]
+    if top.kind == "curve":
+        agent = "none"
+    elif top.kind in ("cut_in", "cross_traffic"):
+        agent = top.side or "none"
+    else:
+        agent = "ahead"
+    if top.kind in ("cut_in", "cross_traffic"):
+        rule = "yield"
+    elif top.kind == "curve":
+        rule = "follow the curve"
+    elif lane != "keep":
+        rule = "overtake"
+    elif top.kind == "stopped_vehicle":
+        rule = "stop behind"
+    else:
+        rule = "keep gap"
+    return cause, agent, rule
 
 
 class _Writer:
@@ -279,8 +359,10 @@ class RulesAnnotator(Annotator):
         motion = analyse_motion(scene, cfg)
         labels = derive_labels(motion, cfg)
         causes = find_causes(priv, motion.v0, cfg.corridor, cfg.lookahead, cfg.brake_drop, cfg.curve_yaw)
-        event = str(scene.meta.get("event") or "")
-        causes.sort(key=lambda c: c.kind != event)  # stable: the world's event first when it was detected
+        if cfg.use_world_event:
+            event = str(scene.meta.get("event") or "")
+            causes.sort(key=lambda c: c.kind != event)  # stable: the world's event first when detected
+        cause, agent, rule = cause_labels(scene, causes, labels, cfg)
         w = _Writer(sample_hash)
         ann = Annotation(
             current_action=current_action(scene, w),
@@ -289,6 +371,9 @@ class RulesAnnotator(Annotator):
             control=labels[0],
             turn=labels[1],
             lane=labels[2],
+            cause=cause,
+            agent=agent,
+            rule=rule,
         )
         return AnnotationResult(scene.token, sample_hash, ann)
 

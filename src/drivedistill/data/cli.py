@@ -1,7 +1,7 @@
 """`drivedistill data`: inspect a SceneStore.
 
 drivedistill data validate DIR [--deep]          exit 1 naming every missing/corrupt shard, else 0
-drivedistill data show DIR --index I --out x.png camera + BEV with the future trajectory, and text
+drivedistill data show DIR --index I --out x.png camera, LiDAR BEV and labelled BEV with the ego path, text
 drivedistill data stats DIR                      samples per split, scenario, event and command
 """
 
@@ -18,8 +18,11 @@ from PIL import Image, ImageDraw, ImageFont
 from drivedistill.data.store import SceneStore, StoreError
 from drivedistill.types import Command, Scene
 
-# BEV channel colours (RGB) composited in order; world/bev.py: 0 drivable, 1 markings, 2 vehicles
+# labelled BEV channel colours (RGB) composited in order; world/bev.py: 0 drivable, 1 markings, 2 vehicles
 BEV_COLOURS = [(70, 70, 78), (235, 235, 235), (60, 140, 255), (255, 170, 40)]
+PANEL_GAP = 8  # [px] between the camera and the BEV panels
+# edges of a box's 8 corners (bottom 0-3, top 4-7) drawn in the camera
+BOX_EDGES = [(0, 1), (1, 2), (2, 3), (3, 0), (4, 5), (5, 6), (6, 7), (7, 4), (0, 4), (1, 5), (2, 6), (3, 7)]
 FUTURE_COLOUR, PAST_COLOUR = (255, 40, 200), (40, 220, 255)
 BOX_COLOUR = (255, 230, 0)
 FONT_SIZE = 14  # [px]
@@ -62,6 +65,14 @@ def _stats(args: argparse.Namespace) -> int:
         for name, n in counts.items():
             print(f"  {name:<16} {n:>7}  {100 * n / max(st['num_samples'], 1):5.1f}%")
     return 0
+
+
+def _lidar_rgb(bev: np.ndarray) -> np.ndarray:
+    """The students' BEV → picture: the LiDAR height histogram (world/lidar.py, low returns orange, high
+    returns cyan on black); a raster with another channel count is painted as `_bev_rgb` does."""
+    from drivedistill.world.lidar import LIDAR_CHANNELS, lidar_rgb
+
+    return lidar_rgb(bev) if bev.shape[2] == len(LIDAR_CHANNELS) else _bev_rgb(bev)
 
 
 def _bev_rgb(bev: np.ndarray) -> np.ndarray:
@@ -137,10 +148,13 @@ def _bev_config(store: SceneStore) -> Any:
 
 
 def render_sample(scene: Scene, store: SceneStore, lines: list[str], scale: int = 0) -> Image.Image:
-    """Front camera (left) and BEV (right, x forward = up, same height) with the past and future ego poses
-    overlaid, text lines below. `scale` upscales the camera (0 = to at least MIN_CAMERA_WIDTH px). Stores
-    from a source with a camera model in meta (nuScenes) also get the t = 0 agent boxes drawn (yellow) in
-    both views, as 1.5 m tall boxes on the ground plane of the ego frame."""
+    """Side by side, same height: the front camera, the students' LiDAR BEV (the height histogram,
+    world/lidar.py: low returns orange, high cyan) and, when the sample has one, the privileged labelled
+    BEV (world/bev.py: drivable grey, markings white, vehicles blue) — both BEVs x forward = up on the same
+    grid — with the past and future ego poses overlaid on every view and text lines below. `scale`
+    upscales the camera (0 = to at least MIN_CAMERA_WIDTH px). Stores from a source with a camera model in
+    meta (nuScenes) also get the t = 0 agent boxes drawn (yellow) in every view, as 1.5 m tall boxes on the
+    ground plane of the ego frame."""
     from drivedistill.world.bev import box_polygon, ego_to_pixels
 
     project = _camera_projector(scene, store)
@@ -151,16 +165,21 @@ def render_sample(scene: Scene, store: SceneStore, lines: list[str], scale: int 
         (ai.camera.shape[1] * scale, ai.camera.shape[0] * scale), Image.Resampling.NEAREST
     )
     bev_scale = camera.height / ai.bev.shape[0]
-    bev = Image.fromarray(_bev_rgb(ai.bev))
-    bev = bev.resize((round(ai.bev.shape[1] * bev_scale), camera.height), Image.Resampling.NEAREST)
-    font = ImageFont.load_default(size=FONT_SIZE)
-    line_h = FONT_SIZE + 6
-    text_h = line_h * len(lines) + 12
-    canvas = Image.new("RGB", (camera.width + bev.width + 8, camera.height + text_h), (20, 20, 24))
-    canvas.paste(camera, (0, 0))
-    canvas.paste(bev, (camera.width + 8, 0))
-    draw = ImageDraw.Draw(canvas)
-    bev_offset = np.array([camera.width + 8, 0])
+    size = (round(ai.bev.shape[1] * bev_scale), camera.height)
+    absent = "lidar_bev" in scene.meta.get("absent", [])
+    panels = [
+        (
+            Image.fromarray(_lidar_rgb(ai.bev)).resize(size, Image.Resampling.NEAREST),
+            "LiDAR BEV (student input)" + (": absent, zeros" if absent else ""),
+        )
+    ]
+    labelled = scene.privileged.labelled_bev if scene.privileged is not None else None
+    if labelled is not None:
+        picture = Image.fromarray(_bev_rgb(labelled)).resize(size, Image.Resampling.NEAREST)
+        panels.append((picture, "labelled BEV (privileged)"))
+    # overlays are drawn on each view's own image, so they stay inside it
+    cam_draw = ImageDraw.Draw(camera)
+    bev_draws = [ImageDraw.Draw(picture) for picture, _ in panels]
     paths = [(PAST_COLOUR, np.vstack([ai.ego_history[:, :2], np.zeros((1, 2), np.float32)]))]
     if scene.privileged is not None:
         fut = scene.privileged.future_trajectory[scene.privileged.future_valid, :2]
@@ -169,15 +188,16 @@ def render_sample(scene: Scene, store: SceneStore, lines: list[str], scale: int 
         ground = np.hstack([xy, np.zeros((len(xy), 1), np.float32)])
         if project is not None:
             uv, in_front = project(ground)
-            _polyline(draw, uv[in_front], colour, scale)
-        pix = ego_to_pixels(xy, bev_cfg) * bev_scale + bev_offset
-        _polyline(draw, pix, colour, 1.0)
+            _polyline(cam_draw, uv[in_front], colour, scale)
+        for d in bev_draws:
+            _polyline(d, ego_to_pixels(xy, bev_cfg) * bev_scale, colour, 1.0)
     if scene.privileged is not None and "camera_model" in scene.meta:
         agents = scene.privileged.agents[0][scene.privileged.agents_valid[0]]
         for box in agents:
             corners = box_polygon(box[:5])
-            pix = ego_to_pixels(corners, bev_cfg) * bev_scale + bev_offset
-            draw.polygon([(float(u), float(v)) for u, v in pix], outline=BOX_COLOUR)
+            pix = ego_to_pixels(corners, bev_cfg) * bev_scale
+            for d in bev_draws:
+                d.polygon([(float(u), float(v)) for u, v in pix], outline=BOX_COLOUR)
             if project is None:
                 continue
             pts = np.vstack([np.c_[corners, np.zeros(4)], np.c_[corners, np.full(4, 1.5)]])
@@ -185,21 +205,21 @@ def render_sample(scene: Scene, store: SceneStore, lines: list[str], scale: int 
             if not in_front.all():
                 continue
             uv = uv * scale
-            for a, b in [
-                (0, 1),
-                (1, 2),
-                (2, 3),
-                (3, 0),
-                (4, 5),
-                (5, 6),
-                (6, 7),
-                (7, 4),
-                (0, 4),
-                (1, 5),
-                (2, 6),
-                (3, 7),
-            ]:
-                draw.line([tuple(uv[a]), tuple(uv[b])], fill=BOX_COLOUR, width=1)
+            for a, b in BOX_EDGES:
+                cam_draw.line([tuple(uv[a]), tuple(uv[b])], fill=BOX_COLOUR, width=1)
+    font = ImageFont.load_default(size=FONT_SIZE)
+    line_h = FONT_SIZE + 6
+    text_h = line_h * len(lines) + 12
+    width = camera.width + sum(PANEL_GAP + p.width for p, _ in panels)
+    canvas = Image.new("RGB", (width, camera.height + text_h), (20, 20, 24))
+    canvas.paste(camera, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    x = camera.width
+    for picture, title in panels:
+        x += PANEL_GAP
+        canvas.paste(picture, (x, 0))
+        draw.text((x + 4, 2), title, fill=(230, 230, 230), font=font, stroke_width=2, stroke_fill=(0, 0, 0))
+        x += picture.width
     for i, line in enumerate(lines):
         draw.text((8, camera.height + 6 + line_h * i), line, fill=(230, 230, 230), font=font)
     return canvas

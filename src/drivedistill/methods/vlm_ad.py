@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from drivedistill.annotate.schema import LABEL_GROUPS
+from drivedistill.annotate.schema import ALL_LABEL_GROUPS, LABEL_GROUPS
 from drivedistill.methods.base import Method, MethodContext
 from drivedistill.methods.imitation import ImitationConfig, imitation_losses
 from drivedistill.models.students.base import Student
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
 TEXT_EMB, LABELS, MASK = "vlm_ad/text_emb", "vlm_ad/labels", "vlm_ad/mask"
 GROUP_SIZES = tuple(len(v) for v in LABEL_GROUPS.values())  # (4, 4, 3): control, turn, lane
+ALL_GROUP_SIZES = tuple(len(v) for v in ALL_LABEL_GROUPS.values())  # + cause 8, agent 4, rule 6
 
 
 @dataclass
@@ -60,6 +61,8 @@ class VlmAdConfig:
     num_heads: int = 8  # paper: 8
     text_dim: int = 384  # E of the text encoder (all-MiniLM-L6-v2: 384, CLIP ViT-B/32: 512)
     dropout: float = 0.1
+    # also classify the cause groups (cause, agent, rule; issue #16) when the annotations carry them
+    cause_labels: bool = True
     imitation: ImitationConfig = field(default_factory=ImitationConfig)
 
     def __post_init__(self) -> None:
@@ -135,9 +138,12 @@ class VlmAd(Method):
             if self.use_align
             else None
         )
-        self.action_decoder = QueryDecoder(d, cfg) if self.use_action else None
+        self.group_sizes = ALL_GROUP_SIZES if cfg.cause_labels else GROUP_SIZES
+        self.action_decoder = (
+            QueryDecoder(d, cfg, num_queries=len(self.group_sizes)) if self.use_action else None
+        )
         self.action_classifiers = (
-            nn.ModuleList(nn.Linear(cfg.hidden_dim, n) for n in GROUP_SIZES) if self.use_action else None
+            nn.ModuleList(nn.Linear(cfg.hidden_dim, n) for n in self.group_sizes) if self.use_action else None
         )
 
     def _context(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -176,13 +182,16 @@ class VlmAd(Method):
             total = total + self.cfg.align_weight * align
             result["align"] = align.detach()
         if self.action_decoder is not None and self.action_classifiers is not None:
-            labels = self._extra(batch, LABELS).long()  # (B, 3)
-            hidden = self.action_decoder(ctx)  # (B, 3, H)
-            ce = [
-                (F.cross_entropy(clf(hidden[:, g]), labels[:, g], reduction="none") * mask).sum()
-                / mask.sum().clamp_min(1.0)
-                for g, clf in enumerate(self.action_classifiers)
-            ]
+            labels = self._extra(batch, LABELS).long()  # (B, 3) or (B, 6); −1 = not annotated
+            groups = len(self.group_sizes)
+            if labels.shape[1] < groups:  # an older cache without the cause groups
+                labels = F.pad(labels, (0, groups - labels.shape[1]), value=-1)
+            hidden = self.action_decoder(ctx)  # (B, G, H)
+            ce = []
+            for g, clf in enumerate(self.action_classifiers):
+                w = mask * (labels[:, g] >= 0).to(mask.dtype)
+                loss_g = F.cross_entropy(clf(hidden[:, g]), labels[:, g].clamp_min(0), reduction="none")
+                ce.append((loss_g * w).sum() / w.sum().clamp_min(1.0))
             action = torch.stack(ce).mean()
             total = total + self.cfg.action_weight * action
             result["action"] = action.detach()
@@ -199,7 +208,8 @@ def vlm_ad_extras(
 ) -> dict[str, dict[str, np.ndarray]]:
     """Batch extras for SceneDataset from the annotation cache and the text encoder.
 
-    Returns {"vlm_ad/text_emb": {token: (3, E) f32}, "vlm_ad/labels": {token: (3,) int64},
+    Returns {"vlm_ad/text_emb": {token: (3, E) f32}, "vlm_ad/labels": {token: (6,) int64, −1 = group not
+    annotated},
     "vlm_ad/mask": {token: () f32}}; failed annotations get mask 0 (zeros elsewhere). A sample missing
     from the cache is an error: annotate the store first.
     """
@@ -218,11 +228,11 @@ def vlm_ad_extras(
     for token, r in zip(tokens, results):
         if r.annotation is None:
             out[TEXT_EMB][token] = np.zeros((3, encoder.dim), np.float32)
-            out[LABELS][token] = np.zeros(3, np.int64)
+            out[LABELS][token] = np.full(len(ALL_GROUP_SIZES), -1, np.int64)
             out[MASK][token] = np.zeros((), np.float32)
             continue
         out[TEXT_EMB][token] = emb[i]
-        out[LABELS][token] = np.asarray(r.annotation.label_ids(), np.int64)
+        out[LABELS][token] = np.asarray(r.annotation.all_label_ids(), np.int64)
         out[MASK][token] = np.ones((), np.float32)
         i += 1
     return out

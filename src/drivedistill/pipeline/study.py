@@ -101,6 +101,7 @@ def train_stage(
     from drivedistill.data.store import SceneStore
     from drivedistill.methods.base import MethodContext
     from drivedistill.train.checkpoint import without_legacy_fields
+    from drivedistill.train.loop import train_section  # later-added fields at default: same stage key
     from drivedistill.train.run import train_student
 
     spec = resolved_spec(cfg, model, seed, deps)
@@ -110,7 +111,7 @@ def train_stage(
         "spec": {
             **sections,
             "student": without_legacy_fields(sections["student"]),
-            "train": to_dict(spec.train),
+            "train": train_section(spec.train),
             "names": spec.meta(),
         },
     }
@@ -220,7 +221,28 @@ METRIC_BLOCKS = (
     "parse_failures",
     "perception_probe",
     "per_event",  # L2/PDMS per event family (world/event_report.py)
+    "ce_teacher_forced",  # VLA rows and the oracle: per-token CE of the GT answer (EvoDrive's gate)
 )
+
+
+def students_gates(
+    cfg: StudyConfig, quality: dict[str, dict[str, Any]], models: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """Each teacher gate completed with its recipe's `student_gate` (the teacher against this run's
+    students): `vs_students` holds its checks, and `pass` requires both parts."""
+    from drivedistill.recipes.base import all_recipes
+
+    out: dict[str, dict[str, Any]] = {}
+    for label, gate in quality.items():
+        name = label.split("~")[0].split("-s")[0]
+        recipe = all_recipes().get(name)
+        gate = dict(gate)
+        if recipe is not None and recipe.student_gate is not None:
+            vs = recipe.student_gate(cfg.recipe(name, {}), models)
+            gate["vs_students"] = vs
+            gate["pass"] = bool(gate.get("pass")) and bool(vs.get("pass"))
+        out[label] = gate
+    return out
 
 
 def controls_by_row(cfg: StudyConfig) -> dict[str, list[str]]:
@@ -404,7 +426,7 @@ def run_study(
         baselines={n: models[n]["baseline"] for n in compared if models.get(n, {}).get("baseline")},
         controls=controls_by_row(cfg),
     )
-    results["teacher_quality"] = quality
+    results["teacher_quality"] = students_gates(cfg, quality, results["models"])
     results["stage_seconds"] = {**(timings or {}), **runner.timings, "total": time.perf_counter() - t0}
     results["compute_seconds"] = {**runner.recorded, "total": sum(runner.recorded.values())}
     results["stage_hardware"] = dict(runner.hardware)

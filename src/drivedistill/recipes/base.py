@@ -11,6 +11,9 @@ A recipe is one module of `drivedistill.recipes` (see docs/recipes.md) holding a
 - `references` rows evaluated from a recipe artifact alone (e.g. a teacher planning by itself).
 - `quality`    gate metrics of the recipe's teachers, computed after its stages (results.json
                `teacher_quality`).
+- `student_gate` the part of the gate that needs the run's students (e.g. "the oracle plans at half the
+               best imitation student's L2"), computed from results.json's rows after evaluation and
+               merged into `teacher_quality` (`vs_students`; `pass` needs both parts).
 
 Cache keys: a stage's key covers its config (what it reads of the typed recipe config), the keys of
 its inputs and its `code_version`; a train stage's key covers the resolved run spec and its method's
@@ -133,6 +136,9 @@ class MethodUse:
 ReferenceFn = Callable[[Any, Artifact, list[Any]], tuple[Any, dict[str, Any]]]
 # quality(recipe_cfg, artifacts by stage name) -> {"pass": bool, "metrics": {...}, ...}
 QualityFn = Callable[[Any, Mapping[str, Artifact]], dict[str, Any]]
+# student_gate(recipe_cfg, results.json "models") -> {"pass": bool, "checks": {...}, "metrics": {...}}:
+# the part of a teacher's gate that compares it with the students of the same run (after evaluation)
+StudentGateFn = Callable[[Any, Mapping[str, Any]], dict[str, Any]]
 # evaluate(recipe_cfg, deployable module, store, validation tokens) -> extra metric blocks of a row
 RowMetricsFn = Callable[[Any, Any, Any, list[str]], dict[str, Any]]
 
@@ -158,6 +164,7 @@ class Recipe:
     methods: tuple[MethodUse, ...]
     references: tuple[Reference, ...] = ()
     quality: QualityFn | None = None
+    student_gate: StudentGateFn | None = None  # the teacher against this run's students (after eval)
     row_metrics: RowMetricsFn | None = None  # extra metrics of its methods' rows (e.g. a probe)
     row_metrics_key: Callable[[Any], Any] = lambda cfg: {}  # what of the config keys row_metrics
     # a row's extras as its method reads them, given the row's recipe config (e.g. a shuffled control)

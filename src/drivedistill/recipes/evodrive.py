@@ -16,13 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from drivedistill.config import ConfigError, to_dict
+from drivedistill.config import ConfigError, check, to_dict
 from drivedistill.models.perception import PerceptionConfig
 from drivedistill.models.teachers.oracle import OracleConfig
 from drivedistill.models.vlm import VLMConfig
 from drivedistill.recipes.base import MethodUse, Recipe, Reference, Stage, StageContext, store_image_hw
 from drivedistill.registry import register
-from drivedistill.train.loop import TrainConfig
+from drivedistill.train.loop import TrainConfig, train_section
 
 PERCEPTION_CODE_VERSION = 1  # bump when `perception_stage` computes something else, same config
 # the same for `oracle_stage`: 2 = residual plan text and the dead-reckoned "future path" in its prompt
@@ -55,6 +55,8 @@ class EvoDriveRecipeConfig:
     oracle: OracleConfig = field(default_factory=OracleConfig)
     oracle_train: OracleTrainConfig = field(default_factory=OracleTrainConfig)
     probe_after: bool = True  # probe every VLA row's vision encoder after planning fine-tuning
+    # the oracle's gate: free-running ST-P3 L2 at most this × the best imitation student's (issue #16)
+    gate_l2_ratio: float = field(default=0.5, metadata=check(gt=0))
 
     def __post_init__(self) -> None:
         if self.vlm.image_hw != VLMConfig().image_hw:
@@ -163,7 +165,7 @@ def oracle_stage(cfg: EvoDriveRecipeConfig, ctx: StageContext) -> Any:
         oracle.save(d / "oracle")
         return {"train_losses": result.losses, "artifacts": {"oracle": "oracle"}}
 
-    stage_cfg = {"oracle": to_dict(cfg.oracle), "train": to_dict(train_cfg)}
+    stage_cfg = {"oracle": to_dict(cfg.oracle), "train": train_section(train_cfg)}
     return ctx.run(stage_cfg, [ctx.store, perception], run)
 
 
@@ -184,7 +186,10 @@ def oracle_plans(cfg: EvoDriveRecipeConfig, oracle: Any, scenes: list[Any]) -> t
         plans.append(poses_from_xy(xy).numpy())
         failures += int(failed.sum())
         examples += [t for t, f in zip(texts, failed.tolist()) if f]
+    from drivedistill.methods.evodrive import teacher_forced_ce
+
     extra = {
+        "ce_teacher_forced": teacher_forced_ce(teacher, scenes),  # its coarse pass; the gate compares
         "params_m": sum(p.numel() for p in teacher.parameters()) / 1e6,
         "parse_failures": {"count": failures, "decoded": len(scenes)},
         "parse_failure_examples": examples[:3],
@@ -202,9 +207,58 @@ def perception_probe(cfg: EvoDriveRecipeConfig, module: Any, store: Any, tokens:
 
     val = [store.load(t) for t in tokens]
     train = list(store.scenes("train"))
+    from drivedistill.methods.evodrive import teacher_forced_ce
+    from drivedistill.models.students.vla import VLAStudent
+
     probe: dict[str, Any] = dict(linear_probe(core, train, val, cfg.perception))
     probe["baselines"] = probe_baselines(train, val, cfg.perception)  # what an IoU must beat
-    return {"perception_probe": probe}
+    out: dict[str, Any] = {"perception_probe": probe}
+    if isinstance(module, VLAStudent):  # the CE the oracle must beat (student_gate)
+        out["ce_teacher_forced"] = teacher_forced_ce(module, val)
+    return out
+
+
+ORACLE_ROW, SFT_ROW = "oracle/privileged", "vla/vla_sft"
+
+
+def student_gate(cfg: EvoDriveRecipeConfig, models: Mapping[str, Any]) -> dict[str, Any]:
+    """The oracle against this run's students (issue #16's gate): its free-running ST-P3 L2 at most
+    `cfg.gate_l2_ratio` × the best imitation student's, and its teacher-forced CE below the VLA SFT
+    student's (both on the validation scenes; means over seeds). A missing row fails its check."""
+
+    def value(row: str, *path: str) -> float | None:
+        node: Any = models.get(row, {})
+        for p in path:
+            node = node.get(p) if isinstance(node, Mapping) else None
+        return float(node) if isinstance(node, int | float) else None
+
+    l2 = ("openloop", "stp3", "l2", "avg")
+    students: dict[str, float] = {}
+    for n, m in models.items():
+        v = value(n, *l2)
+        if m.get("method") == "imitation" and v is not None:
+            students[n] = v
+    best = min(students, key=students.__getitem__, default=None)
+    oracle_l2, oracle_ce = value(ORACLE_ROW, *l2), value(ORACLE_ROW, "ce_teacher_forced")
+    sft_ce = value(SFT_ROW, "ce_teacher_forced")
+    limit = cfg.gate_l2_ratio * students[best] if best is not None else None
+    checks = {
+        "oracle_l2_within_ratio_of_best_student": (
+            oracle_l2 is not None and limit is not None and oracle_l2 <= limit
+        ),
+        "oracle_ce_below_sft_student": oracle_ce is not None and sft_ce is not None and oracle_ce < sft_ce,
+    }
+    metrics = {
+        "oracle_l2_stp3_m": oracle_l2,
+        "best_imitation_student": best,
+        "best_imitation_l2_stp3_m": students.get(best) if best else None,
+        "l2_limit_m": limit,
+        "oracle_pdms": value(ORACLE_ROW, "pdms", "pdms"),
+        "best_imitation_pdms": value(best, "pdms", "pdms") if best else None,
+        "oracle_ce": oracle_ce,
+        "sft_student_ce": sft_ce,
+    }
+    return {"pass": all(checks.values()), "checks": checks, "metrics": metrics}
 
 
 def quality(cfg: EvoDriveRecipeConfig, stages: Mapping[str, Any]) -> dict[str, Any]:
@@ -250,6 +304,7 @@ def build(cfg: EvoDriveRecipeConfig) -> Recipe:
             Reference("oracle/privileged", "evodrive_oracle", oracle_plans, key=lambda c: to_dict(c.oracle)),
         ),
         quality=quality,
+        student_gate=student_gate,
         row_metrics=perception_probe,
         row_metrics_key=lambda c: {"perception": to_dict(c.perception), "probe_after": c.probe_after},
     )

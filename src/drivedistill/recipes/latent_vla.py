@@ -25,7 +25,7 @@ from drivedistill.models.teachers.vlm import VLMTeacherConfig
 from drivedistill.models.vlm import VLMConfig
 from drivedistill.recipes.base import MethodUse, Recipe, Stage, StageContext, store_image_hw
 from drivedistill.registry import register
-from drivedistill.train.loop import TrainConfig
+from drivedistill.train.loop import TrainConfig, train_section
 
 LAM_CODE_VERSION = 1  # bump when `lam_stage` computes something else with an unchanged config
 TEACHER_CODE_VERSION = 1  # the same for `teacher_stage`
@@ -146,7 +146,7 @@ def lam_stage(cfg: LatentVLARecipeConfig, ctx: StageContext) -> Any:
             ),
         }
 
-    return ctx.run({"lam": to_dict(cfg.lam), "train": to_dict(train_cfg)}, [store], run)
+    return ctx.run({"lam": to_dict(cfg.lam), "train": train_section(train_cfg)}, [store], run)
 
 
 def teacher_stage(cfg: LatentVLARecipeConfig, ctx: StageContext) -> Any:
@@ -165,7 +165,7 @@ def teacher_stage(cfg: LatentVLARecipeConfig, ctx: StageContext) -> Any:
     hw = cfg.image_hw or store_image_hw(store)
     teacher_cfg = dataclasses.replace(cfg.teacher, vlm=dataclasses.replace(cfg.teacher.vlm, image_hw=hw))
     train_cfg = _train(cfg.teacher_train, ctx)
-    stage_cfg = {"teacher": to_dict(teacher_cfg), "train": to_dict(train_cfg), "init": cfg.teacher_init}
+    stage_cfg = {"teacher": to_dict(teacher_cfg), "train": train_section(train_cfg), "init": cfg.teacher_init}
 
     def run(d: Path) -> dict[str, Any]:
         import torch

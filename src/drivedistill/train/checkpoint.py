@@ -123,8 +123,12 @@ def save_checkpoint(
     meta: Mapping[str, Any],
     state: Mapping[str, Any] | None = None,
     keep: int = 2,
+    weights: Mapping[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write RUN/checkpoints/step_{step}/ atomically, point latest.json at it, prune to `keep` checkpoints."""
+    """Write RUN/checkpoints/step_{step}/ atomically, point latest.json at it, prune to `keep` checkpoints.
+
+    `weights`: the trainable state to save instead of `trainable_state(model)` (sharded training gathers
+    it first, see train/distributed.full_state)."""
     from safetensors.torch import save_file
 
     root = Path(run_dir) / "checkpoints"
@@ -132,7 +136,7 @@ def save_checkpoint(
     tmp = root / f".{final.name}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
-    weights = trainable_state(model)
+    weights = dict(weights) if weights is not None else trainable_state(model)
     try:
         atomic_write_with(tmp / WEIGHTS, lambda p: save_file(weights, str(p), metadata={"format": "pt"}))
         atomic_write_text(tmp / CONFIG, yaml.safe_dump(dict(config), sort_keys=False))

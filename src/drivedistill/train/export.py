@@ -8,6 +8,10 @@ ego_history (B, 4, 3), ego_status (B, 3), command (B,) int64 — and returns tra
 current ego frame [m, m, rad]; ONNX graphs drop inputs a student does not read (ego_mlp: no images,
 see `session.get_inputs()`). The example has batch 2 so that the batch axis stays dynamic (a batch-1
 example fixes it); image sizes come from the checkpoint's meta.json (the training data) unless given.
+Image shapes, first found: --camera-shape / --bev-shape, the first sample of --data STORE, the
+checkpoint's meta.json `input_shapes` (its training data), else the default world's sensor sizes with the
+BEV channels of the student's config (`bev_channels`, 0 = the world's 2-channel LiDAR histogram); a BEV
+channel count the student was not built for is an error before exporting.
 The export is then run at batch 3 and compared with eager torch; the maximum difference is printed and
 must stay below --tolerance (1e-4). The legacy ONNX exporter needs each backbone feature map to be a
 multiple of the student's token grid (`camera_grid`, `bev_grid`), as with the default world's sensors.
@@ -16,6 +20,7 @@ multiple of the student's token grid (`camera_grid`, `bev_grid`), as with the de
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import torch
@@ -25,7 +30,64 @@ from drivedistill.models.students.base import Student
 from drivedistill.types import NUM_PAST, AgentInputBatch
 
 INPUT_NAMES = ("camera", "bev", "ego_history", "ego_status", "command")
-DEFAULT_SHAPES = {"camera": [128, 256, 3], "bev": [128, 128, 3]}  # the default world's sensors (H, W, C)
+
+
+def default_shapes(bev_channels: int = 0) -> dict[str, list[int]]:
+    """(H, W, C) of "camera" and "bev" as the default world collects them (WorldConfig's camera and BEV
+    grid; the BEV is the LiDAR histogram, world/lidar.py), with `bev_channels` > 0 overriding C."""
+    from drivedistill.world.config import WorldConfig
+    from drivedistill.world.lidar import LIDAR_CHANNELS
+
+    world = WorldConfig()
+    return {
+        "camera": [world.camera.height, world.camera.width, 3],
+        "bev": [world.bev.height, world.bev.width, bev_channels or len(LIDAR_CHANNELS)],
+    }
+
+
+def store_shapes(store: str | Path) -> dict[str, list[int]]:
+    """(H, W, C) of "camera" and "bev" of a SceneStore's first sample."""
+    from drivedistill.data.store import SceneStore
+
+    s = SceneStore(store)
+    tokens = s.tokens()
+    if not tokens:
+        raise ValueError(f"{store}: the store holds no sample to take the input shapes from")
+    ai = s.load(tokens[0], with_privileged=False).agent_input
+    return {"camera": list(ai.camera.shape), "bev": list(ai.bev.shape)}
+
+
+def student_bev_channels(student: Student) -> int:
+    """BEV channels the student's config was built for (0: it reads no BEV or infers nothing)."""
+    return int(getattr(getattr(student, "cfg", None), "bev_channels", 0) or 0)
+
+
+def resolve_shapes(
+    student: Student,
+    meta: dict[str, object],
+    store: str | Path | None = None,
+    camera: list[int] | None = None,
+    bev: list[int] | None = None,
+) -> dict[str, list[int]]:
+    """The export's input shapes (module docstring); raises ValueError when the BEV's channel count is not
+    the one the student's config was built for."""
+    channels = student_bev_channels(student)
+    if store is not None:
+        shapes = store_shapes(store)
+    elif isinstance(saved := meta.get("input_shapes"), dict):
+        shapes = {str(k): list(v) for k, v in saved.items()}
+    else:
+        shapes = default_shapes(channels)
+    if camera:
+        shapes["camera"] = list(camera)
+    if bev:
+        shapes["bev"] = list(bev)
+    if channels and shapes["bev"][2] != channels:
+        raise ValueError(
+            f"the student was built for {channels} BEV channels but the export shape is {shapes['bev']}; "
+            f"pass --bev-shape H W {channels} (or --data STORE of the data it was trained on)"
+        )
+    return shapes
 
 
 class TensorPlanner(nn.Module):
@@ -127,6 +189,9 @@ def main(argv: list[str]) -> int:
         "--camera-shape", type=int, nargs=3, metavar=("H", "W", "C"), help="override meta.json"
     )
     parser.add_argument("--bev-shape", type=int, nargs=3, metavar=("H", "W", "C"), help="override meta.json")
+    parser.add_argument(
+        "--data", help="SceneStore whose first sample gives the input shapes (over meta.json)"
+    )
     parser.add_argument("--tolerance", type=float, default=1e-4)
     args = parser.parse_args(argv)
 
@@ -134,11 +199,11 @@ def main(argv: list[str]) -> int:
 
     ckpt = resolve(args.checkpoint)
     student = load_student(ckpt)
-    shapes = dict(read_meta(ckpt).get("input_shapes", DEFAULT_SHAPES))
-    if args.camera_shape:
-        shapes["camera"] = list(args.camera_shape)
-    if args.bev_shape:
-        shapes["bev"] = list(args.bev_shape)
+    try:
+        shapes = resolve_shapes(student, read_meta(ckpt), args.data, args.camera_shape, args.bev_shape)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     out = Path(args.out) if args.out else ckpt / ("student.onnx" if args.format == "onnx" else "student.pt")
     export_student(student, out, args.format, shapes, dynamo=args.dynamo)
     diff = max_difference(student, out, args.format, shapes)

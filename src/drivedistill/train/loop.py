@@ -13,9 +13,19 @@ Order and reproducibility: each epoch's order comes from `DistributedSampler(see
 on a single process), incomplete batches are dropped, and the DataLoader gets its own generator so the
 global RNG only serves the model (dropout). A checkpoint holds weights, optimiser, scheduler, RNG and
 the position in the epoch, so `resume=True` continues a killed run to the same weights, bit for bit on
-a CPU. AdamW (no decay on biases/norms) with linear warm-up then cosine; gradient clipping; bf16/fp16
-autocast on GPUs only. Losses stay on the device; every `log_every` steps they are averaged over ranks,
+a CPU. AdamW (no decay on biases/norms) with linear warm-up then cosine; gradient clipping. Losses stay on the device; every `log_every` steps they are averaged over ranks,
 checked for NaN/Inf (raising with the step, the tokens and the part) and logged to TensorBoard.
+
+Scale (docs/scale.md), all off on a CPU by default:
+- `strategy`: `ddp` or `fsdp` (FSDP2 sharding) under torchrun, see train/distributed.py; checkpoints have
+  the same layout either way (full tensors, gathered before rank 0 writes).
+- `precision`: autocast dtype of the forward pass; weights, gradients and AdamW state stay fp32. `auto`
+  is bf16 on a GPU that has it (fp16 + loss scaling otherwise) and fp32 on a CPU; `bf16` also runs on a
+  CPU (slower there on most CPUs: it is for testing the path); `fp16` needs a GPU and DDP.
+- `num_workers` > 0: one DataLoader for the whole run with persistent workers (`prefetch_factor` batches
+  each ahead); on CUDA batches are collated into pinned memory.
+- `compile`: `torch.compile` of the loss computation (after the DDP/FSDP wrapper); the first steps pay
+  the compilation.
 """
 
 from __future__ import annotations
@@ -24,7 +34,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,7 +44,15 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from drivedistill.config import ConfigError, check, to_dict
 from drivedistill.train import checkpoint as ckpt
-from drivedistill.train.distributed import DistInfo, all_reduce_mean, init_distributed, wrap
+from drivedistill.train.distributed import (
+    DistInfo,
+    all_reduce_mean,
+    full_optimizer_state,
+    full_state,
+    init_distributed,
+    shard_optimizer_state,
+    wrap,
+)
 from drivedistill.utils.runtime import seed_everything
 
 log = logging.getLogger(__name__)
@@ -71,6 +89,9 @@ class TrainConfig:
     keep_checkpoints: int = field(default=2, metadata=check(ge=0))
     progress: bool = True  # a rich progress bar on rank 0
     find_unused_parameters: bool = False  # DDP: set when some trainable parameters skip a step
+    strategy: Literal["ddp", "fsdp"] = "ddp"  # under torchrun: replicate (DDP) or shard (FSDP2) the weights
+    compile: bool = False  # torch.compile the loss computation
+    prefetch_factor: int = field(default=2, metadata=check(ge=1))  # batches per worker loaded ahead
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "log_every"):
@@ -78,6 +99,25 @@ class TrainConfig:
                 raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 1")
         if not 0.0 <= self.warmup < 1.0:
             raise ConfigError(f"train.warmup={self.warmup} is a fraction of all steps: use 0 <= warmup < 1")
+        if self.strategy == "fsdp" and self.precision == "fp16":
+            raise ConfigError(
+                "train.precision=fp16 with train.strategy=fsdp: fp16 loss scaling is not synchronised over "
+                "gradient shards here; use --train.precision=bf16 (or strategy=ddp)"
+            )
+
+
+# TrainConfig fields added after runs were first saved → their default. At that value a field is left out
+# of the saved train section (`train_section`), so a run saved before the field existed still resumes and
+# a pipeline stage key built from the section stays the same.
+LATER_TRAIN_FIELDS: dict[str, Any] = {"strategy": "ddp", "compile": False, "prefetch_factor": 2}
+
+
+def train_section(cfg: TrainConfig) -> dict[str, Any]:
+    """The train section saved in config.yaml (and fit for stage keys): `to_dict(cfg)` without the
+    later-added fields at their default."""
+    return {
+        k: v for k, v in to_dict(cfg).items() if not (k in LATER_TRAIN_FIELDS and v == LATER_TRAIN_FIELDS[k])
+    }
 
 
 @dataclass
@@ -88,10 +128,6 @@ class TrainResult:
     checkpoint: Path | None
     losses: dict[str, float] = field(default_factory=dict)
     samples_per_s: float = 0.0
-
-
-def _first(items: Sequence[Any]) -> Any:
-    return items[0]
 
 
 def lr_factor(step: int, total: int, warmup: float, min_ratio: float) -> float:
@@ -118,14 +154,89 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=cfg.lr, foreach=False)
 
 
-def _autocast_dtype(cfg: TrainConfig, device: str) -> torch.dtype | None:
-    if cfg.precision == "fp32" or (cfg.precision == "auto" and not device.startswith("cuda")):
+def autocast_dtype(precision: str, device: str, strategy: str = "ddp") -> torch.dtype | None:
+    """The autocast dtype of `precision` on `device` (None: fp32, no autocast); see the module docstring."""
+    cuda = device.startswith("cuda")
+    if precision == "fp32" or (precision == "auto" and not cuda):
         return None
-    if not device.startswith("cuda"):
-        raise ConfigError(f"train.precision={cfg.precision} needs a GPU; on {device} use fp32 or auto")
-    if cfg.precision == "fp16" or (cfg.precision == "auto" and not torch.cuda.is_bf16_supported()):
+    if precision == "fp16" and not cuda:
+        raise ConfigError(f"train.precision=fp16 needs a GPU; on {device} use bf16, fp32 or auto")
+    bf16_ok = not cuda or torch.cuda.is_bf16_supported()
+    if precision == "bf16" and not bf16_ok:
+        raise ConfigError("train.precision=bf16: this GPU has no bf16; use fp16 (with strategy=ddp) or fp32")
+    if precision == "fp16" or (precision == "auto" and not bf16_ok):
+        if strategy == "fsdp":
+            raise ConfigError("train.strategy=fsdp on a GPU without bf16: use --train.precision=fp32")
         return torch.float16
     return torch.bfloat16
+
+
+def loader_options(cfg: TrainConfig, device: str) -> dict[str, Any]:
+    """DataLoader keyword arguments for worker processes and pinned memory (pinned on CUDA only)."""
+    opts: dict[str, Any] = {"num_workers": cfg.num_workers, "pin_memory": device.startswith("cuda")}
+    if cfg.num_workers > 0:
+        opts.update(persistent_workers=True, prefetch_factor=cfg.prefetch_factor)
+    return opts
+
+
+def map_tensors(obj: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """`obj` with `fn` applied to every tensor inside (dataclasses, dicts, lists and tuples rebuilt)."""
+    if isinstance(obj, torch.Tensor):
+        return fn(obj)
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return type(obj)(**{f.name: map_tensors(getattr(obj, f.name), fn) for f in fields(obj) if f.init})
+    if isinstance(obj, dict):
+        return {k: map_tensors(v, fn) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(map_tensors(v, fn) for v in obj)
+    return obj
+
+
+class _Pinnable:
+    """A collated batch the DataLoader's pin-memory thread can pin (it calls `pin_memory()` on objects it
+    does not know, such as the `Batch` dataclass); the thread returns the pinned batch itself."""
+
+    def __init__(self, batch: Any) -> None:
+        self.batch = batch
+
+    def pin_memory(self, device: Any = None) -> Any:
+        return map_tensors(self.batch, lambda t: t.pin_memory())
+
+
+class _Collate:
+    """Picklable collate for worker processes: `collate(items)`, or the single ready batch; wrapped in
+    `_Pinnable` when pinning."""
+
+    def __init__(self, collate: Callable[[Sequence[Any]], Any] | None, pin: bool) -> None:
+        self.collate, self.pin = collate, pin
+
+    def __call__(self, items: Sequence[Any]) -> Any:
+        batch = self.collate(items) if self.collate is not None else items[0]
+        return _Pinnable(batch) if self.pin else batch
+
+
+class _EpochBatches:
+    """Batch sampler of one epoch (`set_epoch(epoch, skip)`): DistributedSampler(seed, epoch)'s order for
+    this rank, cut into `per_step` batches, incomplete last batch dropped, the first `skip` omitted. One
+    DataLoader serves the whole run with it, so persistent workers survive epochs."""
+
+    def __init__(self, data: Any, info: DistInfo, seed: int, per_step: int, steps: int) -> None:
+        self.sampler: DistributedSampler[Any] = DistributedSampler(
+            data, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=seed, drop_last=True
+        )
+        self.per_step, self.steps, self.skip = per_step, steps, 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.sampler.set_epoch(epoch)
+        self.skip = skip
+
+    def __iter__(self) -> Any:
+        order = list(self.sampler)
+        for i in range(self.skip, self.steps):
+            yield order[i * self.per_step : (i + 1) * self.per_step]
+
+    def __len__(self) -> int:
+        return self.steps - self.skip
 
 
 class _Window:
@@ -191,7 +302,7 @@ def fit(
     out = Path(out_dir)
     info = init_distributed(cfg.device)
     device = info.device
-    full_config = {**dict(config or {}), "train": to_dict(cfg)}
+    full_config = {**dict(config or {}), "train": train_section(cfg)}
     partial = ckpt.remove_partial(out) if info.is_main else []  # saves a kill or a full disk cut short
     existing = (out / "checkpoints" / ckpt.LATEST).exists()
     if existing and not resume:
@@ -222,14 +333,10 @@ def fit(
     frozen = list(getattr(model, "frozen", list)())
     for m in frozen:
         m.requires_grad_(False)
-    optimizer = _optimizer(model, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total, cfg.warmup, cfg.min_lr_ratio)
-    )
-    amp_dtype = _autocast_dtype(cfg, device)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    step = 0
-    if resume:
+    amp_dtype = autocast_dtype(cfg.precision, device, cfg.strategy if info.distributed else "ddp")
+    fsdp = info.distributed and cfg.strategy == "fsdp"
+    state: dict[str, Any] = {}
+    if resume:  # weights go into the unwrapped model (FSDP then shards them)
         point = ckpt.resume_point(out)  # the newest checkpoint that reads back completely
         saved = ckpt.read_config(point)
         if saved != full_config:
@@ -239,7 +346,16 @@ def fit(
             )
         ckpt.load_weights(point, model)
         state = ckpt.read_state(point)
-        optimizer.load_state_dict(state["optimizer"])
+    runner = wrap(model, info, cfg.find_unused_parameters, cfg.strategy)
+    optimizer = _optimizer(model, cfg)  # after wrap: FSDP replaces the parameters by their shards
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total, cfg.warmup, cfg.min_lr_ratio)
+    )
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    step = 0
+    if resume:
+        opt_state = state["optimizer"]
+        optimizer.load_state_dict(shard_optimizer_state(opt_state, optimizer) if fsdp else opt_state)
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         step = int(state["step"])
@@ -250,7 +366,8 @@ def fit(
             )
         ckpt.set_rng_state(rng[info.rank])
     trainable = [p for p in model.parameters() if p.requires_grad]
-    runner = wrap(model, info, cfg.find_unused_parameters)
+    if cfg.compile:
+        runner = torch.compile(runner)  # type: ignore[assignment]
     base_meta = {
         **dict(meta or {}),
         "steps_per_epoch": steps_per_epoch,
@@ -266,10 +383,13 @@ def fit(
             gathered: list[Any] = [None] * info.world_size
             torch.distributed.all_gather_object(gathered, rng[0])
             rng = gathered
+        # FSDP: every rank takes part in gathering the shards; the checkpoint holds full tensors
+        weights = full_state(model, keep=info.is_main) if fsdp else None
+        opt_state = full_optimizer_state(optimizer, keep=info.is_main) if fsdp else None
         if not info.is_main:
             return None
         state = {
-            "optimizer": optimizer.state_dict(),
+            "optimizer": opt_state if opt_state is not None else optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(),
             "step": step,
@@ -278,31 +398,25 @@ def fit(
         m = {**base_meta, "epoch": step // steps_per_epoch, "complete": step >= total}
         if callable(extra_state):
             m["extra"] = extra_state()
-        return ckpt.save_checkpoint(out, step, model, full_config, m, state, cfg.keep_checkpoints)
+        return ckpt.save_checkpoint(
+            out, step, model, full_config, m, state, cfg.keep_checkpoints, weights=weights
+        )
 
     writer = _tensorboard(out, info)
     progress, task = _progress(cfg, info, total, step)
     window, last, last_path, seen, t0 = _Window(), {}, None, 0, time.perf_counter()
     epoch = step // steps_per_epoch
+    batches = _EpochBatches(data, info, cfg.seed, per_step, steps_per_epoch)
+    opts = loader_options(cfg, device)
+    loader: DataLoader[Any] = DataLoader(
+        data,  # type: ignore[arg-type]
+        batch_sampler=batches,
+        collate_fn=_Collate(collate, pin=opts["pin_memory"]),
+        generator=torch.Generator().manual_seed(cfg.seed),
+        **opts,
+    )
     while step < total:
-        sampler: DistributedSampler[Any] = DistributedSampler(
-            data,  # type: ignore[arg-type]
-            num_replicas=info.world_size,
-            rank=info.rank,
-            shuffle=True,
-            seed=cfg.seed,
-            drop_last=True,
-        )
-        sampler.set_epoch(epoch)
-        order = list(sampler)
-        batches = [order[i * per_step : (i + 1) * per_step] for i in range(steps_per_epoch)]
-        loader: DataLoader[Any] = DataLoader(
-            data,  # type: ignore[arg-type]
-            batch_sampler=batches[step - epoch * steps_per_epoch :],
-            collate_fn=collate or _first,
-            num_workers=cfg.num_workers,
-            generator=torch.Generator().manual_seed(cfg.seed + epoch),
-        )
+        batches.set_epoch(epoch, skip=step - epoch * steps_per_epoch)
         model.train()
         for m in frozen:
             m.eval()

@@ -34,7 +34,7 @@ from drivedistill.types import (
 from drivedistill.world.bev import render_bev
 from drivedistill.world.camera import CameraScene, render_camera
 from drivedistill.world.config import SIM_HZ, WorldConfig
-from drivedistill.world.lidar import box_walls, render_lidar, roadside
+from drivedistill.world.lidar import box_walls, ray_cast, roadside, splat
 from drivedistill.world.roadmap import poses_to_ego, to_world, world_to_ego
 from drivedistill.world.route import route_centerline, route_command
 from drivedistill.world.scenarios import EVENTS_OF, JUNCTION, World, build_world, network
@@ -64,6 +64,9 @@ class EpisodeResult:
     collided: bool
     offroad: bool
     stats: dict[str, Any] = field(default_factory=dict)
+    # (N, 3) ray-cast LiDAR returns x, y, z of each scene's keyframe (ego frame, z above the ground; what
+    # `AgentInput.bev` splats), aligned with `scenes`; the nuScenes export writes them as LIDAR_TOP sweeps
+    lidar_points: list[np.ndarray] = field(default_factory=list)
 
 
 def episode_id(scenario: str, seed: int, index: int) -> str:
@@ -125,11 +128,16 @@ def sensor_rng(seed: int, episode_index: int) -> np.random.Generator:
 
 
 def observe(
-    world: World, cfg: WorldConfig, snap: np.ndarray, rng: np.random.Generator | None = None
+    world: World,
+    cfg: WorldConfig,
+    snap: np.ndarray,
+    rng: np.random.Generator | None = None,
+    points: list[np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Render the sensors of the current state: front camera (H, W, 3), LiDAR BEV histogram (Hb, Wb, 2)
     (students' `AgentInput.bev`, world/lidar.py) and the labelled BEV raster (Hb, Wb, 3) (privileged,
-    world/bev.py). `rng` draws the LiDAR's range noise and dropout (None = noise-free)."""
+    world/bev.py). `rng` draws the LiDAR's range noise and dropout (None = noise-free); `points`, when
+    given, gets the (N, 3) ray-cast returns the histogram was splatted from appended."""
     roadmap = network(world.scenario)[1]
     pose = ego_pose(world.ego)
     boxes = np.zeros((len(snap), 5))
@@ -146,8 +154,10 @@ def observe(
     reach = cfg.lidar.max_range + 6.0
     walls = roadside(world.scenario).crop(pose, reach)
     seen = np.hypot(boxes[:, 0], boxes[:, 1]) < reach
-    lidar = render_lidar(walls + box_walls(boxes[seen]), cfg.bev, cfg.lidar, rng)
-    return camera, lidar, labelled
+    returns = ray_cast(walls + box_walls(boxes[seen]), cfg.lidar, rng)
+    if points is not None:
+        points.append(returns.astype(np.float32))
+    return camera, splat(returns, cfg.bev), labelled
 
 
 def overtaking_slow(world: World) -> bool:
@@ -188,6 +198,7 @@ class _Log:
     camera: list[np.ndarray] = field(default_factory=list)
     bev: list[np.ndarray] = field(default_factory=list)
     labelled_bev: list[np.ndarray] = field(default_factory=list)
+    points: list[np.ndarray] = field(default_factory=list)
     agents: list[np.ndarray] = field(default_factory=list)
     lane: list[tuple[str, str, int]] = field(default_factory=list)
     s_on_lane: list[float] = field(default_factory=list)
@@ -208,7 +219,7 @@ def run_episode(cfg: WorldConfig, episode_index: int) -> EpisodeResult:
         log.speed.append(float(world.ego.speed))
         if step % KEY == 0:
             snap = snapshot(world, tracks)
-            cam, bev, labelled = observe(world, cfg, snap, noise)
+            cam, bev, labelled = observe(world, cfg, snap, noise, log.points)
             log.camera.append(cam)
             log.bev.append(bev)
             log.labelled_bev.append(labelled)
@@ -234,7 +245,8 @@ def run_episode(cfg: WorldConfig, episode_index: int) -> EpisodeResult:
         "offroad_steps": offroad_steps,
         "distance_m": float(np.hypot(*np.diff(np.array(log.pose)[:, :2], axis=0).T).sum()),
     }
-    return EpisodeResult(scenes, scenario, eid, collided, offroad_steps > 0, stats)
+    points = [log.points[s.frame_index] for s in scenes]
+    return EpisodeResult(scenes, scenario, eid, collided, offroad_steps > 0, stats, points)
 
 
 def _ego_status(log: _Log, j: int) -> np.ndarray:

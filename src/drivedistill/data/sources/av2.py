@@ -18,9 +18,11 @@ The ego footprint is NAVSIM's Pacifica (the protocol's), not AV2's Ford Fusion; 
 `Source` interface: an episode is a log; `load` parses it once (`Av2Log`), `metric_scenes_of` cuts the
 MetricScenes above and `scenes_of` the training `Scene`s of the same instants (see `scene_from_records`):
 rear-axle frame at t = 0, ego history from the pose track (held at the first pose where the log starts
-later than t - 2 s; counted in meta "history_padded"), ego status and command from the poses, the
-labelled BEV (drivable area + boxes; no lane markings) drawn from the map and cuboids. The excerpts carry
-no images and no LiDAR sweeps: the camera is a zero image listed in meta "absent". Also read when present:
+later than t - 2 s; counted in meta "history_padded"), ego status and command from the poses. The
+excerpts carry no images and no LiDAR sweeps: the camera and the students' BEV (the world's 2-channel
+LiDAR height histogram, world/lidar.py) are zero images listed in meta "absent" — a student trained on
+these scenes sees ego state and command only. The labelled BEV (drivable area + boxes; no lane markings)
+drawn from the map and cuboids is privileged (`Privileged.labelled_bev`). Also read when present:
 `calibration/` (camera intrinsics + extrinsics, `Av2Log.cameras`) and the ground-height raster
 (`GroundHeight`, the ego's height above it in meta). `av2_forecasting.py` reads the motion-forecasting
 scenarios with the same code.
@@ -54,6 +56,7 @@ from drivedistill.types import (
     Scene,
 )
 from drivedistill.world.bev import BevConfig, render_bev
+from drivedistill.world.lidar import LIDAR_CHANNELS
 
 CATEGORY_CLASS: dict[str, AgentClass] = {
     **dict.fromkeys(
@@ -105,7 +108,7 @@ class Av2Config:
     ego_geometry: tuple[float, float, float, float] = PACIFICA  # width, front, rear, wheelbase [m]
     camera_height: int = 128  # [px] size of the (absent: zero) camera image of the Scenes
     camera_width: int = 256  # [px]
-    bev: BevConfig = field(default_factory=BevConfig)  # labelled BEV raster of the Scenes
+    bev: BevConfig = field(default_factory=BevConfig)  # grid of the (absent) LiDAR BEV and the labelled BEV
 
 
 def _yaw(qw: np.ndarray, qx: np.ndarray, qy: np.ndarray, qz: np.ndarray) -> np.ndarray:
@@ -415,7 +418,7 @@ def scene_from_records(rec: Av2Log, m: MetricScene, t0: float, cfg: Av2Config, s
     agents[..., 5:7] = np.nan_to_num(m.agent_velocities[:k])
     agents[..., 7] = m.agent_types[None]
     boxes = agents[0][valid[0]][:, :5]
-    bev = render_bev(m.drivable_polygons, [], boxes, cfg.bev)
+    labelled = render_bev(m.drivable_polygons, [], boxes, cfg.bev)
 
     def local(poly: np.ndarray) -> np.ndarray:
         return absolute_to_relative(origin, np.c_[poly, np.zeros(len(poly))])[:, :2].astype(np.float32)
@@ -430,7 +433,12 @@ def scene_from_records(rec: Av2Log, m: MetricScene, t0: float, cfg: Av2Config, s
         route=m.route.astype(np.float32),
     )
     h, w = cfg.camera_height, cfg.camera_width
-    meta: dict[str, Any] = {"source": source, "log": rec.log, "t0": round(t0, 3), "absent": ["camera"]}
+    meta: dict[str, Any] = {
+        "source": source,
+        "log": rec.log,
+        "t0": round(t0, 3),
+        "absent": ["camera", "lidar_bev"],
+    }
     meta["history_padded"] = padded
     if rec.ground is not None and len(rec.ego.z):
         g = rec.ground.at(origin[None, :2])[0]
@@ -442,7 +450,7 @@ def scene_from_records(rec: Av2Log, m: MetricScene, t0: float, cfg: Av2Config, s
         frame_index=rec.t0s.index(t0),
         agent_input=AgentInput(
             camera=np.zeros((h, w, 3), np.uint8),
-            bev=bev,
+            bev=np.zeros((cfg.bev.height, cfg.bev.width, len(LIDAR_CHANNELS)), np.uint8),
             ego_history=history,
             ego_status=status,
             command=int(command_from_future(m.human_future)),
@@ -456,6 +464,7 @@ def scene_from_records(rec: Av2Log, m: MetricScene, t0: float, cfg: Av2Config, s
             agents_valid=np.asarray(valid, bool),
             map=lanes_map,
             scenario=f"av2-{rec.city}" if rec.city else "av2",
+            labelled_bev=labelled,
         ),
         meta=meta,
     )
@@ -465,7 +474,8 @@ class Av2Source(Source[Av2Log]):
     """The AV2 logs under `cfg.root` as MetricScenes and Scenes (see the module docstring)."""
 
     name = "av2"
-    sensors = ("bev_labels", "ego_status")
+    sensors = ("ego_status",)
+    privileged = ("labelled_bev",)
 
     def __init__(self, cfg: Av2Config) -> None:
         self.cfg = cfg

@@ -9,9 +9,13 @@ parses an episode's records once; from those same records `scenes_of` builds the
         records = source.load(ep)
         scenes, metric = source.scenes_of(records), source.metric_scenes_of(records)
 
-`sensors` names what the source's `AgentInput`s hold from real data, out of `SENSORS`; a sensor a source
-does not have is filled with a zero image of the configured size and listed in `Scene.meta["absent"]`
-(students still run; the absence is recorded, never hidden). `store_config()` is the resolved, JSON-able
+`sensors` names what the source's `AgentInput`s hold, out of `SENSORS`; a sensor a source does not have
+is filled with a zero image of the configured size and shape and listed in `Scene.meta["absent"]`
+(students still run; the absence is recorded, never hidden). Every source's `AgentInput.bev` is the same
+representation — the world's 2-channel LiDAR height histogram (world/lidar.py `splat`) on the source's
+`BevConfig` grid, centred on the ego frame's origin — real sweeps go through data/sources/lidar.py. A
+BEV drawn from labels (map, boxes) is never a student input: it is `Privileged.labelled_bev`, where the
+source can draw it (`privileged` names that, out of `PRIVILEGED`). `store_config()` is the resolved, JSON-able
 description saved in a SceneStore's manifest (its hash guards resuming a collection).
 """
 
@@ -26,9 +30,11 @@ from drivedistill.types import Scene
 if TYPE_CHECKING:
     from drivedistill.geometry.metric_scene import MetricScene
 
-# camera: real RGB images; lidar_bev: BEV raster of real range returns; bev_labels: BEV raster drawn from
-# labels (map + boxes), as the world's sensor; ego_status: speed/acceleration/yaw rate
-SENSORS = ("camera", "lidar_bev", "bev_labels", "ego_status")
+# AgentInput: camera = RGB images; lidar_bev = the LiDAR height histogram (world/lidar.py) of range returns
+# (a real sweep, or the world's ray-cast sensor); ego_status = speed/acceleration/yaw rate
+SENSORS = ("camera", "lidar_bev", "ego_status")
+# Privileged: labelled_bev = BEV raster drawn from labels (world/bev.py: drivable area, markings, boxes)
+PRIVILEGED = ("labelled_bev",)
 
 R = TypeVar("R")
 
@@ -42,6 +48,7 @@ class Source(ABC, Generic[R]):
 
     name: str = ""
     sensors: tuple[str, ...] = ()
+    privileged: tuple[str, ...] = ()
 
     @abstractmethod
     def episodes(self) -> list[str]:

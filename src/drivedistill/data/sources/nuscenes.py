@@ -22,9 +22,11 @@ Per keyframe sample (2 Hz) of a scene, a `Scene`:
     camera       CAM_FRONT (default) or the six cameras as a 2 × 3 mosaic (front-left, front, front-right /
                  back-left, back, back-right), each cropped to `crop` (left, top, right, bottom in source
                  pixels) then resized to image_width × image_height (JPEG draft decoding for speed)
-    bev          LiDAR BEV from the keyframe LIDAR_TOP sweep (`lidar_bev`): channel 0 ground returns
-                 (z < 0.3 m in the ego frame), 1 obstacle returns (0.3 ≤ z < 2.5 m), 2 obstacle density
-                 (64 per return, saturating); world/bev.py's raster layout (x forward = up)
+    bev          LiDAR BEV from the keyframe LIDAR_TOP sweep (`lidar_bev`): the world's 2-channel height
+                 histogram (world/lidar.py `splat`: returns 0.2–1 m / ≥ 1 m above the ground, 5 per cell
+                 saturate) on the same `BevConfig` grid, centred on the ego frame's origin (the rear axle
+                 here), after removing the ego's own returns and the ground (data/sources/lidar.py;
+                 `ground`: local ground estimate for real sweeps, flat for the world's export)
     ego_history  poses of the 4 previous keyframes (held at the scene's first pose where the scene starts
                  later; meta "history_padded" counts them)
     ego_status   speed, longitudinal acceleration, yaw rate: CAN bus `pose` messages (vel[0], accel[0],
@@ -38,7 +40,9 @@ Per keyframe sample (2 Hz) of a scene, a `Scene`:
                  status, front-camera frames at +1/+2/+3 s (last frame repeated past the end), agent boxes
                  at t = 0 … 4 s (annotations of the keyframes, tracked by instance; velocity by central
                  differences of the instance's neighbouring annotations, as the devkit's box_velocity),
-                 no map (the map expansion is not read: MapGeometry is empty)
+                 no map (the map expansion is not read: MapGeometry is empty), the labelled BEV
+                 (`labelled_bev`: world/bev.py's raster with the t = 0 boxes only — no drivable area or
+                 lane markings without the map expansion)
 MetricScenes (PDMS) need the map expansion's drivable area, lanes and route, which is not read yet:
 `metric_scenes_of` says so; the open-loop metrics (ST-P3 / UniAD) read the Scenes' boxes.
 """
@@ -55,6 +59,7 @@ from PIL import Image
 
 from drivedistill.data.sources.av2 import EgoTrack
 from drivedistill.data.sources.base import Source, SourceError
+from drivedistill.data.sources.lidar import GROUND_MODES, sweep_bev
 from drivedistill.geometry.metric_scene import MetricScene
 from drivedistill.registry import register
 from drivedistill.types import (
@@ -69,7 +74,8 @@ from drivedistill.types import (
     Privileged,
     Scene,
 )
-from drivedistill.world.bev import BevConfig, ego_to_pixels
+from drivedistill.world.bev import BevConfig, render_bev
+from drivedistill.world.lidar import LIDAR_CHANNELS
 
 VERSIONS = ("v1.0-mini", "v1.0-trainval", "v1.0-test")
 TABLES = (
@@ -98,7 +104,6 @@ SPLITS_FILE = "drivedistill_splits.json"
 # ahead of the rear axle): width, front and rear length from the rear axle, wheelbase [m]
 NUSCENES_EGO = (1.85, 4.084 / 2 + 0.5, 4.084 / 2 - 0.5, 2.588)
 COMMAND_THRESHOLD = 2.0  # [m] lateral LiDAR offset at +3 s (VAD)
-GROUND_Z, OBSTACLE_Z = 0.3, 2.5  # [m] ego-frame heights splitting the LiDAR BEV channels
 
 
 def category_class(name: str) -> AgentClass:
@@ -129,6 +134,7 @@ class NuScenesConfig:
     crop: tuple[int, int, int, int] = (0, 50, 1600, 850)  # left, top, right, bottom [source px]
     can_bus: str = "auto"  # auto: CAN bus when present, else poses | require | off (poses)
     lidar: bool = True  # False: zero BEV (meta "absent")
+    ground: str = "local"  # ground removal of the sweep (data/sources/lidar.py): local | flat
     bev: BevConfig = field(default_factory=BevConfig)
 
     def __post_init__(self) -> None:
@@ -143,6 +149,10 @@ class NuScenesConfig:
         if bad or self.cameras not in (["CAM_FRONT"], list(CAMERAS)):
             raise SourceError(
                 f"nuscenes.cameras: {self.cameras} — use [CAM_FRONT] or all six {list(CAMERAS)} (2 × 3 mosaic)"
+            )
+        if self.ground not in GROUND_MODES:
+            raise SourceError(
+                f"nuscenes.ground: {self.ground!r}; use local (real sweeps) or flat (ground already removed)"
             )
         if self.can_bus not in ("auto", "require", "off"):
             raise SourceError(f"nuscenes.can_bus: {self.can_bus!r}; use auto, require or off")
@@ -296,6 +306,7 @@ class NuScenesSource(Source[NuScenesEpisode]):
 
     name = "nuscenes"
     sensors = ("camera", "lidar_bev", "ego_status")
+    privileged = ("labelled_bev",)
 
     def __init__(self, cfg: NuScenesConfig) -> None:
         self.cfg = cfg
@@ -506,9 +517,8 @@ class NuScenesSource(Source[NuScenesEpisode]):
         S = np.array([[sx, 0.0, -left * sx], [0.0, sy, -top * sy], [0.0, 0.0, 1.0]])
         return S @ K
 
-    def lidar_bev(self, sample: NuScenesSample) -> np.ndarray:
-        """(H, W, 3) uint8 BEV of the keyframe sweep in the ego frame (channels: module docstring)."""
-        cfg = self.cfg.bev
+    def sweep_points(self, sample: NuScenesSample) -> np.ndarray:
+        """(N, 3) float64 points x, y, z of the keyframe LIDAR_TOP sweep in the sample's ego frame [m]."""
         if not sample.lidar_path.exists():
             raise SourceError(
                 f"{sample.lidar_path}: LiDAR sweep missing; extract the samples/LIDAR_TOP archive"
@@ -516,19 +526,12 @@ class NuScenesSource(Source[NuScenesEpisode]):
         raw = np.fromfile(sample.lidar_path, np.float32)
         if raw.size % 5:
             raise SourceError(f"{sample.lidar_path}: {raw.size} floats, not (N, 5) x, y, z, intensity, ring")
-        pts = lidar_to_ego(sample.T_ego_lidar, raw.reshape(-1, 5)[:, :3])
-        pix = np.floor(ego_to_pixels(pts[:, :2], cfg)).astype(np.int64)
-        inside = (pix[:, 0] >= 0) & (pix[:, 0] < cfg.width) & (pix[:, 1] >= 0) & (pix[:, 1] < cfg.height)
-        z = pts[:, 2]
-        bev = np.zeros((cfg.height, cfg.width, 3), np.uint8)
-        ground = inside & (z < GROUND_Z)
-        obstacle = inside & (z >= GROUND_Z) & (z < OBSTACLE_Z)
-        bev[pix[ground, 1], pix[ground, 0], 0] = 255
-        bev[pix[obstacle, 1], pix[obstacle, 0], 1] = 255
-        counts = np.zeros((cfg.height, cfg.width), np.int64)
-        np.add.at(counts, (pix[obstacle, 1], pix[obstacle, 0]), 1)
-        bev[..., 2] = np.minimum(counts * 64, 255).astype(np.uint8)
-        return bev
+        return lidar_to_ego(sample.T_ego_lidar, raw.reshape(-1, 5)[:, :3])
+
+    def lidar_bev(self, sample: NuScenesSample) -> np.ndarray:
+        """(H, W, 2) uint8: the world's LiDAR height histogram of the keyframe sweep (module docstring)."""
+        width, front, rear, _ = NUSCENES_EGO
+        return sweep_bev(self.sweep_points(sample), self.cfg.bev, front, rear, width, self.cfg.ground)
 
     def _scene(self, ep: NuScenesEpisode, i: int, sensors: bool) -> Scene:
         s = ep.samples[i]
@@ -570,14 +573,15 @@ class NuScenesSource(Source[NuScenesEpisode]):
             bev = (
                 self.lidar_bev(s)
                 if self.cfg.lidar
-                else np.zeros((self.cfg.bev.height, self.cfg.bev.width, 3), np.uint8)
+                else np.zeros((self.cfg.bev.height, self.cfg.bev.width, len(LIDAR_CHANNELS)), np.uint8)
             )
+            labelled = render_bev([], [], agents[0][valid[0]][:, :5], self.cfg.bev)
         else:  # metric scenes read no sensor: 1-pixel placeholders, never stored
             camera, frames = (
                 np.zeros((1, 1, 3), np.uint8),
                 np.zeros((len(FUTURE_FRAME_STEPS), 1, 1, 3), np.uint8),
             )
-            bev = np.zeros((1, 1, 3), np.uint8)
+            bev, labelled = np.zeros((1, 1, len(LIDAR_CHANNELS)), np.uint8), None
         padded = max(0, NUM_PAST - i)
         meta: dict[str, Any] = {
             "source": self.name,
@@ -614,6 +618,7 @@ class NuScenesSource(Source[NuScenesEpisode]):
                 agents_valid=valid,
                 map=MapGeometry([], [], np.zeros(0, bool), [], [], empty),
                 scenario=ep.location or "nuscenes",
+                labelled_bev=labelled,
             ),
             meta=meta,
         )

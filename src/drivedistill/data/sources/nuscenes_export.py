@@ -11,8 +11,12 @@ Mapping (one world episode = one nuScenes scene named by the episode id, one log
                   logged future pose (sample k+1 = future_trajectory[0] of sample k), starting at the origin
     CAM_FRONT     the world's front camera image as JPEG (quality `JPEG_QUALITY`), with its intrinsics and
                   mount (world/camera.py) as calibrated_sensor
-    LIDAR_TOP     a keyframe file with **zero points** (the world has no range sensor; the table format needs
-                  the channel for the sample's pose), mounted like nuScenes' (x right, y forward)
+    LIDAR_TOP     the world's ray-cast LiDAR returns of the keyframe (world/lidar.py; `EpisodeResult.
+                  lidar_points`) as a nuScenes .pcd.bin (N, 5) float32 x, y, z, intensity, ring in the LiDAR
+                  frame, mounted like nuScenes' (x right, y forward, 1.8 m above the ego origin on the
+                  ground); intensity and ring are 0 (the world's sensor has neither). The `nuscenes` source
+                  splats them back into the students' BEV. Scenes given without their points (plain lists)
+                  get a zero-point file: the table format needs the channel for the sample's pose
     annotations   the sample's agent boxes at t = 0 (world classes → vehicle.car, human.pedestrian.adult,
                   vehicle.bicycle, movable_object.barrier; height 1.5 m); instances are linked across samples
                   by matching each box's logged +0.5 s pose with the next sample's boxes (≤ 1 cm)
@@ -33,6 +37,7 @@ from PIL import Image
 from drivedistill.data.sources._nuscenes_tables import NuScenesTableWriter, token
 from drivedistill.types import AgentClass, Scene
 from drivedistill.world.camera import CameraConfig
+from drivedistill.world.episode import EpisodeResult
 
 JPEG_QUALITY = 95
 CLASS_CATEGORY = {
@@ -61,11 +66,23 @@ def sample_token(world_token: str) -> str:
     return token("world-sample", world_token)
 
 
+def lidar_file_points(points_ego: np.ndarray) -> np.ndarray:
+    """(N, 3) world LiDAR returns (ego frame, z above the ground) → (N, 5) float32 .pcd.bin rows x, y, z,
+    intensity = 0, ring = 0 in the LIDAR_TOP frame `T_EGO_LIDAR`."""
+    T = np.linalg.inv(T_EGO_LIDAR)
+    out = np.zeros((len(points_ego), 5), np.float32)
+    out[:, :3] = np.asarray(points_ego, np.float64)[:, :3] @ T[:3, :3].T + T[:3, 3]
+    return out
+
+
 def export_scenes(
-    episodes: Iterable[list[Scene]], camera: CameraConfig, out: str | Path, version: str = "v1.0-mini"
+    episodes: Iterable[list[Scene] | EpisodeResult],
+    camera: CameraConfig,
+    out: str | Path,
+    version: str = "v1.0-mini",
 ) -> Path:
-    """Write episodes (each a list of Scenes in frame order, 0.5 s apart) as nuScenes `version` under
-    `out`; returns `out`."""
+    """Write episodes (each an `EpisodeResult`, or a list of Scenes in frame order, 0.5 s apart) as nuScenes
+    `version` under `out`; returns `out`. Only `EpisodeResult`s carry the LiDAR returns (module docstring)."""
     root = Path(out)
     w = NuScenesTableWriter(root, version)
     T_ego_cam = np.eye(4)
@@ -73,7 +90,16 @@ def export_scenes(
     T_ego_cam[:3, 3] = camera.origin()
     for d in ("samples/CAM_FRONT", "samples/LIDAR_TOP", "can_bus"):
         (root / d).mkdir(parents=True, exist_ok=True)
-    for scenes in episodes:
+    for episode in episodes:
+        if isinstance(episode, EpisodeResult):
+            scenes, points = episode.scenes, episode.lidar_points
+            if len(points) != len(scenes):
+                raise ValueError(
+                    f"episode {episode.episode}: {len(points)} LiDAR sweeps for {len(scenes)} scenes; "
+                    "export the EpisodeResult that run_episode returned"
+                )
+        else:
+            scenes, points = episode, []
         if not scenes:
             continue
         name = scenes[0].episode
@@ -100,7 +126,9 @@ def export_scenes(
             h, width = s.agent_input.camera.shape[:2]
             w.sample_data(smp, "CAM_FRONT", pose, cs_cam, ts, cam_file, (width, h))
             lidar_file = f"samples/LIDAR_TOP/{name}__LIDAR_TOP__{ts}.pcd.bin"
-            np.zeros((0, 5), np.float32).tofile(root / lidar_file)
+            (lidar_file_points(points[k]) if points else np.zeros((0, 5), np.float32)).tofile(
+                root / lidar_file
+            )
             w.sample_data(smp, "LIDAR_TOP", pose, cs_lidar, ts, lidar_file)
             speed, accel, yaw_rate = (float(v) for v in s.agent_input.ego_status)
             can.append({"utime": ts, "vel": [speed, 0.0, 0.0], "accel": [accel, 0.0, 0.0], "rotation_rate": [0.0, 0.0, yaw_rate],
@@ -143,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    episodes = (run_episode(world, i).scenes for i in range(world.num_episodes))
+    episodes = (run_episode(world, i) for i in range(world.num_episodes))
     export_scenes(episodes, world.camera, args.out)
     print(f"wrote a nuScenes-format dataset of {world.num_episodes} world episodes to {args.out}")
     return 0

@@ -21,12 +21,14 @@ class WorldSource(Source[EpisodeResult]):
 
     Records = one simulated `EpisodeResult`; its scenes are the training samples and each metric scene is
     `metric_scene_from_scene` of a sample (box-centre frame → rear-axle frame, world/ego.py's geometry).
-    Sensors: the camera and the labelled BEV the world renders (world/camera.py, world/bev.py).
+    Sensors: the camera and the ray-cast LiDAR histogram the world renders (world/camera.py,
+    world/lidar.py); privileged: the labelled BEV (world/bev.py).
     """
 
     cfg: WorldConfig
     name = "world"
-    sensors = ("camera", "bev_labels", "ego_status")
+    sensors = ("camera", "lidar_bev", "ego_status")
+    privileged = ("labelled_bev",)
 
     def __len__(self) -> int:
         return self.cfg.num_episodes

@@ -43,6 +43,8 @@ COND_DIM = (
 MOTION_DIM = 6  # the motion part of the conditioning: the two relative poses
 # scales that bring the conditioning to O(1): metres/10, yaw·5 rad⁻¹, speed/10, accel/3, yaw rate·5
 _COND_SCALE = (0.1, 0.1, 5.0, 0.1, 0.1, 5.0, 0.1, 1 / 3, 5.0)
+# scale of the decoded future poses (x, y, yaw): the 4-s future spans up to ~120 m
+_TRAJ_SCALE = (1 / 30, 1 / 10, 2.0)
 
 
 @dataclass
@@ -67,6 +69,11 @@ class LatentActionConfig:
     motion_weight: float = 1.0
     # ego IDM also gets the GT motion token (trajectory-conditioned tokenizer); frames only: probe ≈ chance
     ego_sees_motion: bool = True
+    # ego stage: weight of decoding the whole 4-s future (8 poses, t = 0 ego frame) from the 12 ego action
+    # vectors (the LAM's detokenizer: `decode_trajectory`; 0 = off). Without it the only read-out was the
+    # per-transition motion head, whose composed poses drift (docs/LOG.md, issue #16).
+    traj_weight: float = 1.0
+    traj_hidden: int = 256  # width of the trajectory decoder MLP
 
     def __post_init__(self) -> None:
         if self.frame_hw[0] % self.patch or self.frame_hw[1] % self.patch:
@@ -77,10 +84,10 @@ class LatentActionConfig:
             raise ValueError(f"LatentActionConfig.dim={self.dim} must be divisible by heads={self.heads}")
         if self.ego_codebook_size < 2 or self.env_codebook_size < 2:
             raise ValueError("LatentActionConfig: codebook sizes must be ≥ 2")
-        if self.change_weight < 0 or self.motion_weight < 0:
+        if self.change_weight < 0 or self.motion_weight < 0 or self.traj_weight < 0:
             raise ValueError(
-                f"LatentActionConfig: change_weight={self.change_weight} and motion_weight={self.motion_weight} "
-                "must be ≥ 0"
+                f"LatentActionConfig: change_weight={self.change_weight}, motion_weight={self.motion_weight} "
+                f"and traj_weight={self.traj_weight} must be ≥ 0"
             )
 
     @property
@@ -182,6 +189,18 @@ class LatentActionModel(nn.Module):
         self.ego_action_in = nn.Linear(c, d)
         # linear read-out of a transition's GT ego motion from its k ego action vectors
         self.ego_motion_head = nn.Linear(k * c, MOTION_DIM) if cfg.motion_weight > 0 else None
+        # detokenizer: the 12 ego action vectors → the 8 future poses (x, y, yaw) in the t = 0 ego frame
+        self.traj_decoder = (
+            nn.Sequential(
+                nn.Linear(cfg.sequence_length * c, cfg.traj_hidden),
+                nn.GELU(),
+                nn.Linear(cfg.traj_hidden, cfg.traj_hidden),
+                nn.GELU(),
+                nn.Linear(cfg.traj_hidden, 8 * 3),
+            )
+            if cfg.traj_weight > 0
+            else None
+        )
         self.register_buffer("stage_index", torch.zeros((), dtype=torch.long))
 
     # ----- stages ------------------------------------------------------------------------------------
@@ -253,6 +272,25 @@ class LatentActionModel(nn.Module):
         assert acts.ego_codes is not None
         return acts.env_codes.flatten(1), acts.ego_codes.flatten(1)
 
+    # ----- decoding ----------------------------------------------------------------------------------
+    def _decode_z(self, ego_z: torch.Tensor) -> torch.Tensor:
+        """Ego action vectors (B, 3, K, C) → future poses (B, 8, 3) [m, m, rad], t = 0 ego frame."""
+        assert self.traj_decoder is not None
+        out = self.traj_decoder(ego_z.flatten(1)).view(-1, 8, 3)
+        return out / out.new_tensor(_TRAJ_SCALE)
+
+    @torch.no_grad()
+    def decode_trajectory(self, ego_codes: torch.Tensor) -> torch.Tensor:
+        """Ego code sequences (B, L) long → decoded 4-s futures (B, 8, 3) (x, y [m], yaw [rad]) in the
+        ego frame at t = 0, 0.5 s apart. Needs `traj_weight > 0` and a trained ego stage."""
+        if self.traj_decoder is None:
+            raise RuntimeError(
+                "LatentActionModel.decode_trajectory: this LAM has no trajectory decoder (lam.traj_weight=0)"
+            )
+        k = self.cfg.tokens_per_step
+        z = self.ego_vq.embed(ego_codes.long().view(-1, NUM_TRANSITIONS, k))
+        return self._decode_z(z)
+
     # ----- training ----------------------------------------------------------------------------------
     def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Change-weighted reconstruction of the next frame (valid transitions) + β · commitment of the
@@ -276,6 +314,12 @@ class LatentActionModel(nn.Module):
             if self.ego_motion_head is not None:
                 err = (self.ego_motion_head(vq.z_q.flatten(2)) - cond[..., :MOTION_DIM]).pow(2).mean(-1)
                 extra["motion"] = (err * w).sum() / w.sum().clamp_min(1.0)
+            if self.traj_decoder is not None:
+                priv = batch.require_privileged("latent action model (trajectory decoder)")
+                scale = frames.new_tensor(_TRAJ_SCALE)
+                terr = ((self._decode_z(vq.z_q) - priv.trajectory) * scale).pow(2).mean(-1)  # (B, 8)
+                fw = priv.valid.to(frames.dtype)
+                extra["traj"] = (terr * fw).sum() / fw.sum().clamp_min(1.0)
         else:
             z_e = self.env_encoder(frames)
             vq, quantizer = self.env_vq(z_e), self.env_vq
@@ -289,6 +333,8 @@ class LatentActionModel(nn.Module):
         loss = recon_w + self.cfg.commitment * vq.commitment
         if "motion" in extra:
             loss = loss + self.cfg.motion_weight * extra["motion"]
+        if "traj" in extra:
+            loss = loss + self.cfg.traj_weight * extra["traj"]
         restarted = torch.zeros((), dtype=torch.long)
         if self.training:
             restarted = quantizer.update(z_e, vq.codes)

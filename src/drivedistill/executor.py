@@ -231,8 +231,8 @@ class RayExecutor(Executor):
             kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
             if address is None and cfg.num_cpus:
                 kwargs["num_cpus"] = cfg.num_cpus
-            # the workers import drivedistill from the same place as this process
-            kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": os.environ.get("PYTHONPATH", "")}}
+            if os.environ.get("PYTHONPATH"):  # the workers import drivedistill from where this process does
+                kwargs["runtime_env"] = {"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}}
             ray.init(address=address, **kwargs)
         self._remote: dict[Any, Any] = {}
 

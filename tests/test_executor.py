@@ -232,3 +232,22 @@ def test_ray_executor_retries_reports_and_matches_local(local_ray: Any, tmp_path
     with make_executor(ExecutorConfig(kind="ray")) as ex:
         got = score_plans_parallel(scenes, plans, cfg, ex, chunk_size=2).to_json()
     assert json.dumps(got) == json.dumps(score_plans(scenes, plans, cfg).to_json())
+
+
+def test_annotate_cli_with_a_process_pool(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`drivedistill annotate --workers 2`: the workers open the store and build the annotator from its
+    spec; the shards equal the in-process run's."""
+    from drivedistill.annotate.cli import main
+    from tests.test_annotate_cache import _store
+
+    _store(tmp_path / "store")
+    argv = ["--data", str(tmp_path / "store"), "--annotator", "rules", "--chunk-size", "2"]
+    assert main([*argv, "--out", str(tmp_path / "inline")]) == 0
+    assert main([*argv, "--out", str(tmp_path / "pool"), "--executor", "local", "--workers", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("done 6 / cached 0 / failed 0") == 2
+    key = AnnotationCache(tmp_path / "inline").annotator_keys()
+    assert key == AnnotationCache(tmp_path / "pool").annotator_keys() and len(key) == 1
+    assert _shards(tmp_path / "pool", key[0]) == _shards(tmp_path / "inline", key[0])
+    with pytest.raises(SystemExit):
+        main([*argv, "--executor", "local", "--workers", "0"])

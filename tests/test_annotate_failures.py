@@ -78,7 +78,7 @@ def servers(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[PlannedServer]]:
 
 def _cfg(url: str) -> OpenAIConfig:
     return OpenAIConfig(
-        base_url=url, model="tiny-vlm", api_key_env="DD_TEST_KEY", workers=1, requests_per_s=0,
+        base_url=url, model="tiny-vlm", api_key_env="DD_TEST_KEY", concurrency=1, requests_per_s=0,
         max_retries=1, backoff_s=0.0,
     )  # fmt: skip
 
@@ -87,8 +87,8 @@ def test_failed_and_non_json_requests_are_stored_and_the_run_continues(
     servers: list[PlannedServer], tmp_path: Path
 ) -> None:
     # one worker: sample 0 asks requests 0,1; sample 1 gets 500 twice (2,3: retries exhausted);
-    # sample 2 gets an HTML body (4); samples 3 and 4 ask 5..8
-    bad = PlannedServer(lambda n: {2: "500", 3: "500", 4: "garbage"}.get(n, "ok"))
+    # sample 2 gets an HTML body twice (4,5: retried, then exhausted); samples 3 and 4 ask 6..9
+    bad = PlannedServer(lambda n: {2: "500", 3: "500", 4: "garbage", 5: "garbage"}.get(n, "ok"))
     servers.append(bad)
     source = Source(5)
     summary = annotate_store(

@@ -124,7 +124,7 @@ def test_annotates_retries_429_and_stores_malformed_answer(server: FakeServer, t
         base_url=server.url,
         model="tiny-vlm",
         api_key_env="DD_TEST_KEY",
-        workers=3,
+        concurrency=3,
         requests_per_s=0,
         backoff_s=0.01,
     )

@@ -10,7 +10,7 @@ versions) but not throughput knobs (threads, rate limits, retries); the cache is
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +60,12 @@ class Annotator:
     def annotate(self, items: Sequence[tuple[Scene, str]]) -> list[AnnotationResult]:
         """Annotate (scene, sample_hash) pairs, in order. Remote annotators override this to run concurrently."""
         return [self.annotate_one(scene, h) for scene, h in items]
+
+    def annotate_iter(self, items: Iterable[tuple[Scene, str]]) -> Iterator[AnnotationResult]:
+        """Stream results in input order (`annotate_store` writes them chunk by chunk); remote annotators
+        override this to keep several samples in flight."""
+        for scene, h in items:
+            yield self.annotate_one(scene, h)
 
     def close(self) -> None:
         """Release clients / models (no-op by default)."""

@@ -1,7 +1,7 @@
 """Annotation cache: append-only Parquet shards keyed by (sample hash, annotator key).
 
     root/<annotator key>/annotator.json              who wrote it (name + resolved identity, no secrets)
-    root/<annotator key>/part-<time_ns>-<pid>.parquet one chunk of results, written atomically
+    root/<annotator key>/part-<time_ns>-<pid>-<rand>.parquet one chunk of results, written atomically
 
 A chunk is written as soon as it is annotated, so an interrupted run loses at most one chunk and a
 re-run skips every sample already present (valid or failed). Failures keep the model's raw text and
@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,9 @@ class AnnotationCache:
             for c in COLUMNS:
                 rows[c].append(row[c])
         table = pa.table(rows, schema=ARROW_SCHEMA)
-        path = self.dir(key) / f"part-{time.time_ns():020d}-{os.getpid()}.parquet"
+        # time first: shards sort in write order (later rows supersede); pid + random suffix: two writers
+        # (threads or processes) never pick the same name, and each shard is renamed into place whole
+        path = self.dir(key) / f"part-{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}.parquet"
         atomic_write_with(path, lambda tmp: pq.write_table(table, tmp))
         return path
 

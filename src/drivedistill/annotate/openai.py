@@ -1,23 +1,27 @@
 """OpenAI-compatible VLM annotator: asks Q1 and Q2 about the front image with the future path in red.
 
 Works with any server speaking /v1/chat/completions with image_url content (OpenAI, vLLM, SGLang).
-Samples run on a thread pool; all threads share one rate limiter (requests/s). Transient HTTP errors
-(429, 5xx, timeouts, connection errors) are retried with exponential back-off (honouring Retry-After);
-errors that would fail every sample (401, 403, 400, 404) abort the run. A sample whose request still
-fails after every retry, or whose HTTP body is not a chat completion (e.g. a proxy's HTML page), is stored
-as a failure with the error and the run goes on (`--retry-failed` re-asks it); so is an answer that is not
-valid JSON or does not match the schema, with its raw text. The server's address is not part of the
-cache key (moving the server to another host or port re-uses every cached answer).
+`concurrency` samples are in flight at once (each sends Q1 then Q2, so at most `concurrency` requests);
+results come back in input order whatever order the server answers in, and all threads share one rate
+limiter (requests/s). Transient errors (429, 5xx, timeouts, connection errors, a 200 whose body is not a
+chat completion, e.g. a proxy's HTML page) are retried with exponential back-off and jitter, honouring
+Retry-After / retry-after-ms; errors that would fail every sample (401, 403, 400, 404) abort the run. A
+sample whose request still fails after every retry is stored as a failure with the error and the run goes
+on (`--retry-failed` re-asks it); so is an answer that is not valid JSON or does not match the schema,
+with its raw text. `stats()` gives requests, retries by cause and the token usage the server reported.
+The server's address is not part of the cache key (moving the server re-uses every cached answer).
 The API key is read from the environment variable named by `api_key_env` and never logged or hashed.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import threading
 import time
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,12 +42,12 @@ class OpenAIConfig:
     temperature: float = 0.0
     max_tokens: int = 300
     image_scale: int = 2  # upscale the camera image before drawing the path (128×256 → 256×512)
-    workers: int = 4  # concurrent samples (each sends Q1 then Q2)
-    requests_per_s: float = 4.0  # shared rate limit over all workers; 0 = unlimited
-    max_retries: int = 5  # per request, for 429 / 5xx / timeouts / connection errors
-    backoff_s: float = 1.0  # first back-off; doubles per retry
-    backoff_max_s: float = 30.0
-    timeout_s: float = 120.0
+    concurrency: int = 8  # samples (= requests) in flight at once; each sample sends Q1 then Q2
+    requests_per_s: float = 0.0  # shared rate limit over all threads; 0 = unlimited
+    max_retries: int = 5  # per request, for 429 / 5xx / timeouts / connection errors / unreadable bodies
+    backoff_s: float = 1.0  # first back-off; doubles per retry, each multiplied by a jitter in [0.5, 1)
+    backoff_max_s: float = 30.0  # cap of one back-off (also caps a server's Retry-After)
+    timeout_s: float = 120.0  # per request
 
     def __post_init__(self) -> None:
         if not self.base_url.startswith(("http://", "https://")):
@@ -52,15 +56,22 @@ class OpenAIConfig:
             )
         if not self.model:
             raise ValueError("OpenAIConfig.model is empty; set --annotator.model=NAME (as served)")
-        if self.workers < 1 or self.max_retries < 0 or self.requests_per_s < 0 or self.image_scale < 1:
+        if self.concurrency < 1 or self.max_retries < 0 or self.requests_per_s < 0 or self.image_scale < 1:
             raise ValueError(
-                "OpenAIConfig: need workers >= 1, max_retries >= 0, requests_per_s >= 0, image_scale >= 1"
+                "OpenAIConfig: need concurrency >= 1, max_retries >= 0, requests_per_s >= 0, image_scale >= 1 "
+                f"(got {self.concurrency}, {self.max_retries}, {self.requests_per_s}, {self.image_scale})"
             )
+        if self.backoff_s < 0 or self.backoff_max_s < 0 or self.timeout_s <= 0:
+            raise ValueError("OpenAIConfig: need backoff_s >= 0, backoff_max_s >= 0 and timeout_s > 0")
 
 
 class RequestFailed(RuntimeError):
-    """One sample's request failed for good (retries exhausted, or an unreadable response): the sample is
-    stored as a failure and the run continues."""
+    """One sample's request failed for good (retries exhausted): the sample is stored as a failure and
+    the run continues."""
+
+
+class BadBody(RuntimeError):
+    """The server answered 200 with something that is not a chat completion (retried like a 5xx)."""
 
 
 class RateLimiter:
@@ -80,6 +91,23 @@ class RateLimiter:
             time.sleep(wait)
 
 
+def retry_after_s(headers: Any) -> float | None:
+    """Seconds a server asks to wait (`retry-after-ms`, else `retry-after` in seconds), or None.
+
+    The HTTP-date form of Retry-After is not parsed (None: the exponential back-off applies)."""
+    if headers is None:
+        return None
+    for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            return max(float(value) * scale, 0.0)
+        except ValueError:
+            continue
+    return None
+
+
 class OpenAIAnnotator(Annotator):
     """Annotates through an OpenAI-compatible chat endpoint."""
 
@@ -87,7 +115,7 @@ class OpenAIAnnotator(Annotator):
     throughput_fields = (
         "base_url",  # where the model is served, not what answers: moving the server keeps the cache
         "api_key_env",
-        "workers",
+        "concurrency",
         "requests_per_s",
         "max_retries",
         "backoff_s",
@@ -109,16 +137,45 @@ class OpenAIAnnotator(Annotator):
                 "with --annotator.api_key_env=NAME"
             )
         self._openai = openai
+        # one client shared by the threads (its connection pool allows far more than `concurrency`)
         self.client = openai.OpenAI(base_url=cfg.base_url, api_key=key, max_retries=0, timeout=cfg.timeout_s)
         self.limiter = RateLimiter(cfg.requests_per_s)
-        self.retries = 0  # transient errors retried so far (all threads)
-        self._count_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter()  # requests, retries and their causes, token usage
+        self._rng = random.Random()  # jitter only: never affects answers
 
-    def _retryable(self, err: Exception) -> bool:
+    @property
+    def retries(self) -> int:
+        """Transient request errors retried so far (all threads)."""
+        return self._counts["retries"]
+
+    def stats(self) -> dict[str, int]:
+        """Counters so far: requests, retries, retry causes (`retry_429`, `retry_5xx`, `retry_timeout`,
+        `retry_connection`, `retry_bad_body`), `prompt_tokens` / `completion_tokens` (0 when the server
+        reports no usage)."""
+        with self._lock:
+            return dict(self._counts)
+
+    def _count(self, **inc: int) -> None:
+        with self._lock:
+            self._counts.update(inc)
+
+    def _cause(self, err: Exception) -> str | None:
+        """Retry-counter name for a transient error, None when the error is not worth retrying."""
         o = self._openai
-        if isinstance(err, o.APIConnectionError | o.APITimeoutError | o.RateLimitError):
-            return True
-        return isinstance(err, o.APIStatusError) and err.status_code >= 500
+        if isinstance(err, BadBody):
+            return "retry_bad_body"
+        if isinstance(err, o.APITimeoutError):  # (a subclass of APIConnectionError: test it first)
+            return "retry_timeout"
+        if isinstance(err, o.APIConnectionError):
+            return "retry_connection"
+        if isinstance(err, o.RateLimitError):
+            return "retry_429"
+        if isinstance(err, o.APIStatusError) and err.status_code >= 500:
+            return "retry_5xx"
+        if isinstance(err, o.APIResponseValidationError):
+            return "retry_bad_body"
+        return None
 
     def _fatal(self, err: Exception) -> bool:
         """Errors every later request would hit too (credentials, model name, endpoint, request shape)."""
@@ -128,37 +185,55 @@ class OpenAIAnnotator(Annotator):
         )
 
     def _delay(self, err: Exception, attempt: int) -> float:
-        retry_after = None
-        response = getattr(err, "response", None)
-        if response is not None:
-            try:
-                retry_after = float(response.headers.get("retry-after", ""))
-            except ValueError:
-                retry_after = None
-        backoff = min(self.cfg.backoff_s * 2**attempt, self.cfg.backoff_max_s)
-        return backoff if retry_after is None else min(max(retry_after, 0.0), self.cfg.backoff_max_s)
+        """Seconds to wait before retry `attempt + 1`: the server's Retry-After when it sends one, else
+        backoff_s · 2^attempt; times a jitter in [0.5, 1) (so threads hit by the same 429 burst spread out),
+        capped at backoff_max_s."""
+        asked = retry_after_s(getattr(getattr(err, "response", None), "headers", None))
+        with self._lock:
+            jitter = 0.5 + 0.5 * self._rng.random()
+        if asked is not None:
+            return min(asked + self.cfg.backoff_s * (jitter - 0.5), self.cfg.backoff_max_s)
+        return min(self.cfg.backoff_s * 2**attempt * jitter, self.cfg.backoff_max_s)
+
+    def _create(self, messages: list[dict[str, Any]]) -> str:
+        resp: Any = self.client.chat.completions.create(
+            model=self.cfg.model,
+            messages=messages,  # type: ignore[arg-type]
+            temperature=self.cfg.temperature,
+            max_tokens=self.cfg.max_tokens,
+        )
+        choices = getattr(resp, "choices", None)
+        if not isinstance(choices, list):
+            text = resp if isinstance(resp, str) else type(resp).__name__
+            raise BadBody(f"response body is not a chat completion: {text[:80]!r}")
+        usage = getattr(resp, "usage", None)
+        if usage is not None:
+            self._count(
+                prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+                completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+            )
+        return (choices[0].message.content or "") if choices else ""
 
     def ask(self, messages: list[dict[str, Any]]) -> str:
         """One chat completion with retries; returns the answer text ('' when the server sent none)."""
         for attempt in range(self.cfg.max_retries + 1):
             self.limiter.acquire()
+            self._count(requests=1)
             try:
-                resp = self.client.chat.completions.create(
-                    model=self.cfg.model,
-                    messages=messages,  # type: ignore[arg-type]
-                    temperature=self.cfg.temperature,
-                    max_tokens=self.cfg.max_tokens,
-                )
-                return (resp.choices[0].message.content or "") if resp.choices else ""
+                return self._create(messages)
             except Exception as err:
-                if not self._retryable(err) or attempt == self.cfg.max_retries:
+                cause = self._cause(err)
+                if cause is None or attempt == self.cfg.max_retries:
                     message = (
                         f"openai annotator: request to {self.cfg.base_url} (model {self.cfg.model}) failed after "
                         f"{attempt + 1} attempt(s): {type(err).__name__}: {err}"
                     )
-                    raise (RuntimeError if self._fatal(err) else RequestFailed)(message) from None
-                with self._count_lock:
-                    self.retries += 1
+                    if self._fatal(err):
+                        raise RuntimeError(message) from None
+                    if cause is None and not isinstance(err, self._openai.APIError):
+                        raise  # a bug on our side, not the server's answer
+                    raise RequestFailed(message) from None
+                self._count(retries=1, **{cause: 1})
                 time.sleep(self._delay(err, attempt))
         raise AssertionError("unreachable")
 
@@ -176,9 +251,25 @@ class OpenAIAnnotator(Annotator):
         except AnswerError as e:
             return AnnotationResult(scene.token, sample_hash, None, raw, str(e))
 
+    def annotate_iter(self, items: Iterable[tuple[Scene, str]]) -> Iterator[AnnotationResult]:
+        """Results in input order while `concurrency` samples run at once. At most 4 × concurrency samples
+        are pending (rendered images in memory), so a slow head-of-line sample stalls the stream only
+        after the others have run that far ahead. On an exception (fatal server error, interrupt) the
+        not-yet-started samples are cancelled and the exception propagates after the running ones end."""
+        pool = ThreadPoolExecutor(self.cfg.concurrency, thread_name_prefix="openai-annotator")
+        pending: deque[Future[AnnotationResult]] = deque()
+        try:
+            for scene, sample_hash in items:
+                pending.append(pool.submit(self.annotate_one, scene, sample_hash))
+                while len(pending) >= 4 * self.cfg.concurrency or (pending and pending[0].done()):
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
     def annotate(self, items: Sequence[tuple[Scene, str]]) -> list[AnnotationResult]:
-        with ThreadPoolExecutor(max_workers=self.cfg.workers) as pool:
-            return list(pool.map(lambda it: self.annotate_one(*it), items))
+        return list(self.annotate_iter(items))
 
     def close(self) -> None:
         self.client.close()

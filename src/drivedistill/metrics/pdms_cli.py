@@ -18,8 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from drivedistill.executor import add_executor_args, executor_config, make_executor
 from drivedistill.geometry.metric_scene import MetricScene, read_scenes, save_scenes
-from drivedistill.metrics.pdms import PROTOCOL, PROTOCOLS, SCORE_KEY, PDMSConfig, PDMSReport, score_plans
+from drivedistill.metrics.parallel import score_plans_parallel
+from drivedistill.metrics.pdms import PROTOCOL, PROTOCOLS, SCORE_KEY, PDMSConfig, PDMSReport
 
 
 def _read_plans(path: Path, scenes: list[MetricScene]) -> list[np.ndarray]:
@@ -104,6 +106,8 @@ def main(argv: list[str]) -> int:
         help=f"navsim-v1.1 (PDMS, the default) or navsim-v2 (EPDMS); default {PROTOCOL}",
     )
     parser.add_argument("--write-scenes", type=Path, help="also save the metric scenes to this directory")
+    parser.add_argument("--chunk-size", type=int, default=64, help="scenes per scoring task (--executor)")
+    add_executor_args(parser)
     args = parser.parse_args(argv)
     if (args.scenes is None) == (args.source is None):
         parser.error("give exactly one of --scenes DIR or --source NAME")
@@ -135,7 +139,10 @@ def main(argv: list[str]) -> int:
     else:
         parser.error("give --plans PLANS.npz or --planner NAME")
     cfg = PDMSConfig(protocol=args.protocol)
-    report = score_plans(scenes, plans, cfg, references=references or None, failures=unreadable)
+    with make_executor(executor_config(args)) as ex:  # local (in-process by default) | ray
+        report = score_plans_parallel(
+            scenes, plans, cfg, ex, args.chunk_size, references=references or None, failures=unreadable
+        )
     print_report(report, title)
     print(f"{len(scenes)} scenes in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     if args.json is not None:

@@ -25,6 +25,7 @@ from typing import Any
 
 from drivedistill.config import ConfigError, load_config, load_yaml, to_dict
 from drivedistill.data.store import SceneStoreWriter, StoreError, write_shard
+from drivedistill.executor import ExecutorConfig, add_executor_args, make_executor
 from drivedistill.world.config import WorldConfig
 
 PRESETS = ("smoke", "default")
@@ -92,6 +93,12 @@ def _collect_shard(
     )
 
 
+def _collect_shard_task(args: tuple[Any, ...]) -> dict[str, Any]:
+    """Executor task (no progress queue): one shard, written by the worker; returns its manifest entry."""
+    world, root, index, episode_indices, val_fraction, config_hash = args
+    return _collect_shard(world, root, index, episode_indices, val_fraction, config_hash, None)
+
+
 class _Inline:
     """Progress sink for the in-process path (workers=1): forwards to a callback."""
 
@@ -110,8 +117,14 @@ def collect(
     episodes_per_shard: int = 4,
     val_fraction: float = 0.2,
     show_progress: bool = True,
+    executor: Any = None,
 ) -> dict[str, Any]:
-    """Collect `world.num_episodes` expert episodes into a SceneStore at `out`; returns the manifest."""
+    """Collect `world.num_episodes` expert episodes into a SceneStore at `out`; returns the manifest.
+
+    `executor` (a `drivedistill.executor.Executor`, e.g. Ray) runs one task per shard instead of the
+    local pool; workers write their shards into `out`, which must therefore be on a file system every
+    worker sees (a shared mount on a multi-node cluster). Failed shards are retried by the executor, then
+    reported all together after the others are recorded (a re-run resumes)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     if workers < 1 or episodes_per_shard < 1:
@@ -150,7 +163,20 @@ def collect(
             )
 
         args = [(world_dict, str(out), k, shards[k], val_fraction, writer.config_hash) for k in todo]
-        if workers == 1:
+        if executor is not None:
+            failed = []
+            for outcome in executor.imap(_collect_shard_task, args):
+                k = args[outcome.index][2]
+                if outcome.value is None:
+                    failed.append(f"shard {k} after {outcome.attempts} attempt(s): {outcome.error}")
+                    continue
+                writer.add_shard(outcome.value)
+                counted += int(outcome.value["num_rows"])
+                rate = counted / max(time.perf_counter() - start, 1e-9)
+                bar.update(task, advance=len(shards[k]), samples=counted, rate=rate)
+            if failed:
+                raise RuntimeError(f"collect: {len(failed)} shard(s) of {out} failed: " + "; ".join(failed))
+        elif workers == 1:
             for a in args:
                 writer.add_shard(_collect_shard(*a, _Inline(tick)))
         else:
@@ -215,9 +241,16 @@ def main(argv: list[str] | None = None) -> int:
         "--val-fraction", type=float, default=0.2, help="fraction of episodes in the val split"
     )
     parser.add_argument("--no-progress", action="store_true")
+    add_executor_args(parser, workers=False)
     args, overrides = parser.parse_known_args(argv)
     try:
         world = resolve_world_config(args.preset, args.config, overrides)
+        executor = None
+        if args.executor == "ray":  # local keeps the spawn pool above (per-episode progress)
+            workers = args.workers if args.workers > 1 else 0
+            executor = make_executor(
+                ExecutorConfig("ray", workers, args.retries, args.ray_address, args.ray_num_cpus)
+            )
         manifest = collect(
             world,
             args.out,
@@ -225,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
             episodes_per_shard=args.episodes_per_shard,
             val_fraction=args.val_fraction,
             show_progress=not args.no_progress,
+            executor=executor,
         )
     except (ConfigError, StoreError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -1,8 +1,10 @@
 """The expert scored on its own metric scenes (world → MetricScene conversion, docs/world.md).
 
 The issue's ceiling (PDMS ≥ 0.95, NC and DAC ≥ 0.99 on every scenario) is met on the straight-road
-scenarios (highway, merge); junction and racetrack turns still lose DAC in the PDMS tracker (docs/LOG.md),
-so this test guards what holds: the fixes of the rear-axle convention and of the expert's lane changes.
+scenarios (highway, merge); on episodes 0–29 the others are still below it (roundabout DAC 0.853,
+racetrack 0.863, intersection NC 0.980; docs/LOG.md "Expert ceiling on curves"), so this test guards what
+holds: the fixes of the rear-axle convention and of the expert's lane changes. The curve fixes have their
+own fast tests (tests/test_world_physical_expert.py).
 """
 
 from __future__ import annotations

@@ -41,11 +41,12 @@ def collect_stage(runner: StageRunner, cfg: StudyConfig) -> Artifact:
 
         return source_stage(runner, cfg)
     from drivedistill.world.collect import collect
-    from drivedistill.world.config import WorldConfig
+    from drivedistill.world.config import WORLD_CODE_VERSION, WorldConfig
 
     world = from_dict(WorldConfig, cfg.world, "world")
     stage_cfg = {
         "world": to_dict(world),
+        "world_code_version": WORLD_CODE_VERSION,
         "val_fraction": cfg.val_fraction,
         "episodes_per_shard": cfg.episodes_per_shard,
     }

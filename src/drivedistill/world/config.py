@@ -10,6 +10,11 @@ from drivedistill.world.bev import BevConfig
 from drivedistill.world.camera import CameraConfig
 from drivedistill.world.lidar import LidarConfig
 
+# Bump when the world's code records something else with an unchanged WorldConfig (expert driving,
+# sensors, metric-scene surfaces), so `drivedistill run` re-collects instead of reusing a cached store.
+# 2: the expert slows for bends and respects a grip bound; drivable polygons include lane seams.
+WORLD_CODE_VERSION = 2
+
 SCENARIOS = ("highway", "merge", "roundabout", "intersection", "racetrack")
 SCRIPTED_EVENTS = ("lead_brake", "stop_and_go", "cut_in", "stopped_vehicle", "cross_traffic")
 SIM_HZ = 10  # simulation and expert control rate [Hz]

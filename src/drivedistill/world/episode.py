@@ -38,7 +38,7 @@ from drivedistill.world.lidar import box_walls, ray_cast, roadside, splat
 from drivedistill.world.roadmap import poses_to_ego, to_world, world_to_ego
 from drivedistill.world.route import route_centerline, route_command
 from drivedistill.world.scenarios import EVENTS_OF, JUNCTION, World, build_world, network
-from drivedistill.world.surface import fillet_pieces
+from drivedistill.world.surface import fillet_pieces, seam_pieces
 
 EGO_LENGTH = float(Vehicle.LENGTH)  # [m]
 EGO_WIDTH = float(Vehicle.WIDTH)  # [m]
@@ -315,9 +315,11 @@ def _scene(cfg: WorldConfig, world: World, log: _Log, eid: str, k: int) -> Scene
         lanes=[c.astype(np.float32) for c in centers],
         lane_polygons=[p.astype(np.float32) for p in polys],
         lane_on_route=np.array([roadmap.keys[i][:2] in route_set for i in lanes_i], bool),
-        # the road surface: lane strips plus the kerb fillets at junctions (world/surface.py)
+        # the road surface: lane strips, the kerb fillets at junctions and the seams between strips
+        # (world/surface.py)
         drivable_polygons=[p.astype(np.float32) for p in polys]
-        + fillet_pieces(world.scenario, pose, MAP_RADIUS),
+        + fillet_pieces(world.scenario, pose, MAP_RADIUS)
+        + seam_pieces(world.scenario, pose, MAP_RADIUS),
         intersection_polygons=junctions,
         route=route,
     )

@@ -45,16 +45,52 @@ class ExpertVehicle(FastIDMVehicle):
     # consecutive edges do not always line up, e.g. roundabout entries; curves need the tight tracking).
     LANE_CHANGE_KP_LATERAL = 1 / 1.4  # [1/s]
     LANE_CHANGE_MAX_HEADING = 0.12  # [rad]
+    # Physical driving (docs/world.md): highway-env drives its curves at cruise speed and saturates the
+    # steering at ±60° with no steering dynamics — up to 2.5 rad/s of yaw rate at 9.5 m/s (2.4 g) on the
+    # racetrack and at roundabout exits. The expert slows for the sharpest bend within CURVE_PREVIEW
+    # seconds to CURVE_LATERAL_ACCEL and never steers beyond MAX_LATERAL_ACCEL (a tyre's grip).
+    CURVE_LATERAL_ACCEL = 3.0  # [m/s^2]
+    CURVE_PREVIEW = 3.0  # [s]
+    MAX_LATERAL_ACCEL = 6.0  # [m/s^2]
     target_lane_index: tuple[str, str, int]
 
     def act(self, action: dict | str | None = None) -> None:
         if self.crashed:
             return
-        super().act()
+        cruise = float(self.target_speed)  # type: ignore[has-type]
+        self.target_speed = min(cruise, self._curve_speed())
+        try:
+            super().act()
+        finally:
+            self.target_speed = cruise
         a_idm = float(self.action["acceleration"])
         # never brake through zero speed: highway-env integrates into reverse, and a reversing car steers
         # the wrong way
         self.action["acceleration"] = max(self.safe_acceleration(a_idm), -max(float(self.speed), 0.0) / DT)
+        self.action["steering"] = self._physical_steering(float(self.action["steering"]))
+
+    def _curve_speed(self) -> float:
+        """[m/s] the speed at which the sharpest bend of the route within CURVE_PREVIEW seconds (at the
+        current speed, ≥ 20 m) is driven at CURVE_LATERAL_ACCEL; inf on straight roads."""
+        v = max(float(self.speed), 0.0)
+        path = self._ego_path(max(20.0, v * self.CURVE_PREVIEW))
+        if len(path) < 6:
+            return math.inf
+        # curvature of the lane (not of the ego's offset decay): heading change over 6 m windows
+        kappa = np.abs(path[4:, 2] - path[:-4, 2]) / 6.0
+        k = float(kappa[1:].max()) if len(kappa) > 1 else 0.0
+        return math.sqrt(self.CURVE_LATERAL_ACCEL / k) if k > 1e-4 else math.inf
+
+    def _physical_steering(self, steering: float) -> float:
+        """Bound highway-env's steering command [rad] so that the lateral acceleration v·yaw rate stays
+        ≤ MAX_LATERAL_ACCEL (highway-env's centre-referenced bicycle: yaw rate = v·sin β / (L/2),
+        tan β = tan δ / 2); below ~4 m/s the bound is the steering lock."""
+        v = max(float(self.speed), 1e-3)
+        sin_beta = self.MAX_LATERAL_ACCEL * (self.LENGTH / 2) / (v * v)
+        if sin_beta < 1.0:
+            limit = math.atan(2 * math.tan(math.asin(sin_beta)))
+            steering = min(max(steering, -limit), limit)
+        return steering
 
     def steering_control(self, target_lane_index: tuple[str, str, int]) -> float:
         same_edge = target_lane_index[:2] == self.lane_index[:2]
@@ -121,8 +157,12 @@ class ExpertVehicle(FastIDMVehicle):
 
     def _lane_sequence(self, count: int = 4) -> list[tuple[str, str, int]]:
         """The target lane and the next `count` lanes along the route (or the first successor)."""
+        return [self.target_lane_index, *self._lane_sequence_from(self.target_lane_index, count)]
+
+    def _lane_sequence_from(self, start: tuple[str, str, int], count: int) -> list[tuple[str, str, int]]:
+        """The next `count` lanes after `start` along the route (or the first successor)."""
         net = self.road.network
-        seq = [self.target_lane_index]
+        seq = [start]
         route = list(self.route or [])
         for _ in range(count):
             _, to, lane_id = seq[-1]
@@ -134,7 +174,7 @@ class ExpertVehicle(FastIDMVehicle):
             else:
                 break
             seq.append((edge[0], edge[1], min(lane_id, len(net.graph[edge[0]][edge[1]]) - 1)))
-        return seq
+        return seq[1:]
 
     def _ego_path(self, max_dist: float) -> np.ndarray:
         """(P, 3) x, y, heading (unwrapped) sampled every 1.5 m along the target lane / route, from the

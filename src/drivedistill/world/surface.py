@@ -12,6 +12,7 @@ junction zone only (so parallel roads, ramps and the roundabout's island stay ap
 - `fillets(scenario)`: world-frame fillet polygons (list of (K, 2)), computed once per process
 - `surface(scenario)`: the shapely geometry of lanes ∪ fillets (the LiDAR's kerbs follow its boundary)
 - `fillet_pieces(scenario, pose, radius)`: the fillets near `pose`, in its ego frame, for MapGeometry
+- `seams(scenario)`, `seam_pieces(...)`: the slivers between adjacent lane strips (road, not kerb)
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from typing import Any
 import numpy as np
 
 FILLET_RADIUS = 10.0  # [m] kerb radius at junctions
+SEAM_CLOSING = 0.05  # [m] closes the slivers between adjacent lane strips (`seams`)
+SEAM_MIN_AREA = 1e-3  # [m²]
 ZONE_MARGIN = 1.35  # the junction zone: JUNCTION radius × this
 
 
@@ -71,3 +74,42 @@ def fillet_pieces(scenario: str, pose: np.ndarray, radius: float) -> list[np.nda
         if np.hypot(p[:, 0] - pose[0], p[:, 1] - pose[1]).min() < radius:
             out.append(world_to_ego(p, pose).astype(np.float32))
     return out
+
+
+@functools.cache
+def seams(scenario: str) -> list[np.ndarray]:
+    """World-frame polygons (K, 2) of the slivers between adjacent lane strips: each strip is sampled
+    on its own arc length (`roadmap.SAMPLE_STEP`), so the shared edge of two lanes of different length
+    is two different chord polylines, leaving gaps of up to a few centimetres on curves that are road,
+    not kerb (a box corner on the shared edge of two ring lanes was scored off the drivable area). The
+    slivers are the 5 cm closing of the lane union minus the union; the outer edges do not move."""
+    import shapely
+
+    from drivedistill.world.scenarios import network
+
+    roadmap = network(scenario)[1]
+    strips = []
+    for li in range(len(roadmap.keys)):
+        lo, hi = np.searchsorted(roadmap.lane_of, [li, li + 1])
+        ring = np.concatenate([roadmap.left[lo:hi], roadmap.right[lo:hi][::-1]])
+        if len(ring) >= 3:
+            strips.append(shapely.Polygon(ring).buffer(0))
+    lanes = shapely.union_all(strips)
+    closed = lanes.buffer(SEAM_CLOSING, quad_segs=2).buffer(-SEAM_CLOSING, quad_segs=2)
+    extra = shapely.difference(closed, lanes)
+    return [
+        np.asarray(g.exterior.coords, np.float64)[:-1]
+        for g in getattr(extra, "geoms", [extra])
+        if g.geom_type == "Polygon" and g.area > SEAM_MIN_AREA  # not the numerical specks at corners
+    ]
+
+
+def seam_pieces(scenario: str, pose: np.ndarray, radius: float) -> list[np.ndarray]:
+    """`seams` with a vertex within `radius` [m] of `pose` (x, y, yaw), in its ego frame, float32."""
+    from drivedistill.world.roadmap import world_to_ego
+
+    return [
+        world_to_ego(p, pose).astype(np.float32)
+        for p in seams(scenario)
+        if np.hypot(p[:, 0] - pose[0], p[:, 1] - pose[1]).min() < radius
+    ]

@@ -21,8 +21,10 @@ import multiprocessing
 import os
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
+
+from drivedistill.config import check
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -33,12 +35,13 @@ KINDS = ("local", "ray")
 @dataclass
 class ExecutorConfig:
     kind: str = "local"  # local | ray
-    workers: int = (
-        1  # local: processes (1 = run in this process); ray: tasks in flight (0 = 2 × cluster CPUs)
-    )
-    retries: int = 2  # extra attempts of a task that raised (or whose worker died)
+    # local: processes (1 = run in this process); ray: tasks in flight (0 = 2 × cluster CPUs)
+    workers: int = field(default=1, metadata=check(ge=0))
+    # extra attempts of a task that raised (or whose worker died)
+    retries: int = field(default=2, metadata=check(ge=0))
     address: str = ""  # ray: cluster address ("auto", "ray://host:10001"); "" = $RAY_ADDRESS or a local Ray
-    num_cpus: int = 0  # ray, local Ray only: CPUs it may use (0 = all of this machine)
+    # ray, local Ray only: CPUs it may use (0 = all of this machine)
+    num_cpus: int = field(default=0, metadata=check(ge=0))
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

@@ -22,13 +22,14 @@ import time
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from drivedistill.annotate.base import AnnotationResult, Annotator
 from drivedistill.annotate.prompts import question_messages
 from drivedistill.annotate.render import png_data_url, render_plan
 from drivedistill.annotate.schema import AnswerError, annotation_from_answers
+from drivedistill.config import check
 from drivedistill.registry import register
 from drivedistill.types import Scene
 from drivedistill.world.camera import CameraConfig
@@ -39,15 +40,21 @@ class OpenAIConfig:
     base_url: str = "http://127.0.0.1:8000/v1"  # e.g. a local vLLM server, or https://api.openai.com/v1
     model: str = "Qwen/Qwen2.5-VL-3B-Instruct"  # model name as the server knows it
     api_key_env: str = "OPENAI_API_KEY"  # name of the env var holding the key ("EMPTY" for keyless servers)
-    temperature: float = 0.0
-    max_tokens: int = 300
-    image_scale: int = 2  # upscale the camera image before drawing the path (128×256 → 256×512)
-    concurrency: int = 8  # samples (= requests) in flight at once; each sample sends Q1 then Q2
-    requests_per_s: float = 0.0  # shared rate limit over all threads; 0 = unlimited
-    max_retries: int = 5  # per request, for 429 / 5xx / timeouts / connection errors / unreadable bodies
-    backoff_s: float = 1.0  # first back-off; doubles per retry, each multiplied by a jitter in [0.5, 1)
-    backoff_max_s: float = 30.0  # cap of one back-off (also caps a server's Retry-After)
-    timeout_s: float = 120.0  # per request
+    temperature: float = field(default=0.0, metadata=check(ge=0, le=2))
+    max_tokens: int = field(default=300, metadata=check(ge=1))
+    # upscale the camera image before drawing the path (128×256 → 256×512)
+    image_scale: int = field(default=2, metadata=check(ge=1))
+    # samples (= requests) in flight at once; each sample sends Q1 then Q2
+    concurrency: int = field(default=8, metadata=check(ge=1))
+    # shared rate limit over all threads; 0 = unlimited
+    requests_per_s: float = field(default=0.0, metadata=check(ge=0))
+    # per request, for 429 / 5xx / timeouts / connection errors / unreadable bodies
+    max_retries: int = field(default=5, metadata=check(ge=0))
+    # first back-off; doubles per retry, each multiplied by a jitter in [0.5, 1)
+    backoff_s: float = field(default=1.0, metadata=check(ge=0))
+    # cap of one back-off (also caps a server's Retry-After)
+    backoff_max_s: float = field(default=30.0, metadata=check(ge=0))
+    timeout_s: float = field(default=120.0, metadata=check(gt=0))  # per request
 
     def __post_init__(self) -> None:
         if not self.base_url.startswith(("http://", "https://")):

@@ -18,35 +18,45 @@ labels by `annotate.quality.annotation_quality`. The world's `scene.meta["event"
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from drivedistill.annotate.base import AnnotationResult, Annotator, require_privileged
 from drivedistill.annotate.geometry import Cause, find_causes, lateral_offset
 from drivedistill.annotate.schema import Annotation
+from drivedistill.config import check
 from drivedistill.registry import register
 from drivedistill.types import DT, Scene
 
 
 @dataclass
 class RulesConfig:
-    stop_speed: float = 1.0  # [m/s] speed at the end of the plan below which the label is "stop"
-    slow_speed: float = 5.0  # [m/s] mean planned speed below which the label is "move slowly"
-    slow_ratio: float = 0.7  # end speed / current speed below which a deceleration is "move slowly"
-    turn_yaw: float = 0.6  # [rad] heading change over the plan that is a turn (≈ 34°); less is a bend
-    uturn_yaw: float = 2.5  # [rad] heading change that is a U-turn (≈ 143°)
-    curve_yaw: float = 0.12  # [rad] heading change along the route worth naming as a curve
-    lane_change_offset: float = (
-        1.8  # [m] lateral offset of the plan's end from the current lane = lane change
-    )
-    corridor: float = 1.8  # [m] an agent closer than this to the ego path is "in our path"
-    brake_drop: float = 2.0  # [m/s] drop of a lead vehicle's speed within 2 s that counts as braking
-    lookahead: float = 60.0  # [m] agents farther along the path are ignored
+    # [m/s] speed at the end of the plan below which the label is "stop"
+    stop_speed: float = field(default=1.0, metadata=check(gt=0))
+    # [m/s] mean planned speed below which the label is "move slowly"
+    slow_speed: float = field(default=5.0, metadata=check(gt=0))
+    # end speed / current speed below which a deceleration is "move slowly"
+    slow_ratio: float = field(default=0.7, metadata=check(ge=0, le=1))
+    # [rad] heading change over the plan that is a turn (≈ 34°); less is a bend
+    turn_yaw: float = field(default=0.6, metadata=check(gt=0))
+    # [rad] heading change that is a U-turn (≈ 143°)
+    uturn_yaw: float = field(default=2.5, metadata=check(gt=0))
+    # [rad] heading change along the route worth naming as a curve
+    curve_yaw: float = field(default=0.12, metadata=check(ge=0))
+    # [m] lateral offset of the plan's end from the current lane = lane change
+    lane_change_offset: float = field(default=1.8, metadata=check(ge=0))
+    # [m] an agent closer than this to the ego path is "in our path"
+    corridor: float = field(default=1.8, metadata=check(gt=0))
+    # [m/s] drop of a lead vehicle's speed within 2 s that counts as braking
+    brake_drop: float = field(default=2.0, metadata=check(ge=0))
+    # [m] agents farther along the path are ignored
+    lookahead: float = field(default=60.0, metadata=check(gt=0))
     # [rad] heading change of the plan or of the route within `curve_lookahead` that makes the `cause`
     # label "curve" (the text's bend threshold is curve_yaw); the world labels "curve" at 0.35 rad
-    curve_label_yaw: float = 0.35
-    curve_lookahead: float = 40.0  # [m] route ahead considered for the curve label
+    curve_label_yaw: float = field(default=0.35, metadata=check(ge=0))
+    # [m] route ahead considered for the curve label
+    curve_lookahead: float = field(default=40.0, metadata=check(gt=0))
     use_world_event: bool = False  # let scene.meta["event"] break ties between causes (circular for the gate)
 
     def __post_init__(self) -> None:

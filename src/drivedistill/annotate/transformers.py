@@ -7,7 +7,7 @@ and validates the JSON answers; an invalid answer is stored as a failure with it
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from drivedistill.annotate.base import AnnotationResult, Annotator
 from drivedistill.annotate.prompts import Q1_PROMPT, Q2_PROMPT, SYSTEM_PROMPT, scene_context
 from drivedistill.annotate.render import render_plan
 from drivedistill.annotate.schema import AnswerError, annotation_from_answers
+from drivedistill.config import check
 from drivedistill.registry import register
 from drivedistill.types import Scene
 from drivedistill.world.camera import CameraConfig
@@ -25,8 +26,9 @@ from drivedistill.world.camera import CameraConfig
 @dataclass
 class TransformersConfig:
     path: str = ""  # local checkpoint directory (config.json, weights, processor files); required
-    max_new_tokens: int = 200
-    image_scale: int = 2  # upscale the camera image before drawing the path
+    max_new_tokens: int = field(default=200, metadata=check(ge=1))
+    # upscale the camera image before drawing the path
+    image_scale: int = field(default=2, metadata=check(ge=1))
     device: str = "auto"  # auto | cpu | cuda[:i]
     dtype: str = "float32"  # float32 | bfloat16 | float16
 

@@ -29,13 +29,14 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from drivedistill.config import check
 from drivedistill.methods.base import Method, MethodContext, PrecomputedExtras
 from drivedistill.methods.vla_sft import answer_ce
 from drivedistill.models.students.base import Student
@@ -56,18 +57,19 @@ KEY_LENGTH = (
 
 @dataclass
 class EvoDriveConfig:
-    ce_weight: float = 1.0
+    ce_weight: float = field(default=1.0, metadata=check(ge=0))
     trajectory_kd: bool = True  # logits + hidden-state distillation from the oracle
     refine: bool = True  # add the refined (coarse-to-fine) candidates
     mc_dropout: bool = True  # add the best-of-MC-dropout candidates
-    num_samples: int = 10  # MC-dropout samples per pass
-    dropout: float = 0.1  # MC-dropout p on the teacher's final hidden states
-    temperature: float = 5.0
-    logit_weight: float = 0.1  # code 0.1, paper 0.2
-    hidden_weight: float = 0.2  # code 0.2 (SmoothL1), paper 0.1 (MSE)
+    num_samples: int = field(default=10, metadata=check(ge=1))  # MC-dropout samples per pass
+    # MC-dropout p on the teacher's final hidden states
+    dropout: float = field(default=0.1, metadata=check(ge=0, lt=1))
+    temperature: float = field(default=5.0, metadata=check(gt=0))
+    logit_weight: float = field(default=0.1, metadata=check(ge=0))  # code 0.1, paper 0.2
+    hidden_weight: float = field(default=0.2, metadata=check(ge=0))  # code 0.2 (SmoothL1), paper 0.1 (MSE)
     hidden_loss: Literal["smooth_l1", "mse"] = "smooth_l1"
     visual_kd: bool = True  # self-anchored visual distillation
-    anchor_weight: float = 0.05
+    anchor_weight: float = field(default=0.05, metadata=check(ge=0))
     anchor_layer: Literal["first", "last"] = "first"  # code: first, paper: last
     anchor_weighting: bool = True  # False: uniform token weights (ablation of the AnchorFormer)
     teacher_targets: Literal["online", "precompute", "cache"] = "online"  # see the module docstring

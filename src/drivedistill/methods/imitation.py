@@ -13,11 +13,12 @@ it reads the student's `PlanOutput` and decides by its features what to supervis
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from drivedistill.config import check
 from drivedistill.methods.base import Method, MethodContext, planning_loss
 from drivedistill.models.students.base import Student
 from drivedistill.registry import register
@@ -28,8 +29,9 @@ from drivedistill.types import Batch, PlanOutput
 class ImitationConfig:
     """Weights of the imitation terms."""
 
-    plan_weight: float = 1.0  # L1 plan loss (or iPad's winner-takes-all proposal loss)
-    score_weight: float = 1.0  # iPad proposal-score cross-entropy
+    # L1 plan loss (or iPad's winner-takes-all proposal loss)
+    plan_weight: float = field(default=1.0, metadata=check(ge=0))
+    score_weight: float = field(default=1.0, metadata=check(ge=0))  # iPad proposal-score cross-entropy
 
 
 def _per_sample_l1(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

@@ -15,12 +15,13 @@ its proposal and score losses). The deployable module (`LatentVLAPlanner`) runs 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from drivedistill.config import check
 from drivedistill.methods.base import Method, MethodContext, planning_loss
 from drivedistill.methods.imitation import ImitationConfig, imitation_losses
 from drivedistill.models.students.base import Student
@@ -34,12 +35,17 @@ class LatentVLAConfig:
     """Fusion of the frozen latent-action VLM into a student."""
 
     teacher_artifact: str = "teacher/vlm"  # MethodContext artifact: a directory saved by VLMTeacher.save
-    pool_queries: int = 8  # learned queries of the attention pooling (VLM tokens → 8 fused tokens)
-    pool_heads: int = 4  # heads of the pooling attention (divides the VLM hidden size)
-    fusion_heads: int = 4  # heads of the scene-token cross-attention (divides the student's D)
-    decoder_layers: int = 1  # plan-query layers over the fused scene tokens
-    plan_weight: float = 1.0  # L1 of the refined plan
-    student_weight: float = 0.5  # the student's own imitation terms (keeps its plan/proposals trained)
+    # learned queries of the attention pooling (VLM tokens → 8 fused tokens)
+    pool_queries: int = field(default=8, metadata=check(ge=1))
+    # heads of the pooling attention (divides the VLM hidden size)
+    pool_heads: int = field(default=4, metadata=check(ge=1))
+    # heads of the scene-token cross-attention (divides the student's D)
+    fusion_heads: int = field(default=4, metadata=check(ge=1))
+    # plan-query layers over the fused scene tokens
+    decoder_layers: int = field(default=1, metadata=check(ge=1))
+    plan_weight: float = field(default=1.0, metadata=check(ge=0))  # L1 of the refined plan
+    # the student's own imitation terms (keeps its plan/proposals trained)
+    student_weight: float = field(default=0.5, metadata=check(ge=0))
 
     def __post_init__(self) -> None:
         if self.pool_queries < 1 or self.decoder_layers < 1:

@@ -14,12 +14,13 @@ no `transformers` needed).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from drivedistill.config import check
 from drivedistill.methods.base import Method, MethodContext
 from drivedistill.methods.imitation import ImitationConfig, imitation_losses
 from drivedistill.models.latent_action.encode import EGO_CODES_KEY
@@ -35,13 +36,17 @@ QUERIES = ("auto", "plan_query", "proposal_mean")
 class LatentVLADistillConfig:
     """KL distillation of the latent-action distribution into a student."""
 
-    num_codes: int = 16  # K, the ego codebook size (must match the teacher's logits)
-    sequence_length: int = 12  # L, latent action tokens per sample
-    temperature: float = 2.0  # T of the softened distributions (Hinton KD; T² rescales the gradient)
-    kd_weight: float = 1.0  # weight of T²·KL(teacher ‖ student)
-    code_weight: float = 0.0  # optional cross-entropy to the LAM's own codes (0 = pure distillation)
-    plan_weight: float = 1.0  # imitation terms of the student
-    head_hidden: int = 256  # width of the latent-action head (dropped at export)
+    # K, the ego codebook size (must match the teacher's logits)
+    num_codes: int = field(default=16, metadata=check(ge=1))
+    sequence_length: int = field(default=12, metadata=check(ge=1))  # L, latent action tokens per sample
+    # T of the softened distributions (Hinton KD; T² rescales the gradient)
+    temperature: float = field(default=2.0, metadata=check(gt=0))
+    kd_weight: float = field(default=1.0, metadata=check(ge=0))  # weight of T²·KL(teacher ‖ student)
+    # optional cross-entropy to the LAM's own codes (0 = pure distillation)
+    code_weight: float = field(default=0.0, metadata=check(ge=0))
+    plan_weight: float = field(default=1.0, metadata=check(ge=0))  # imitation terms of the student
+    # width of the latent-action head (dropped at export)
+    head_hidden: int = field(default=256, metadata=check(ge=1))
     # which student feature the head reads: "plan_query" (the query the plan comes from), "proposal_mean"
     # (the mean of a multi-proposal student's queries, e.g. iPad's), "auto" (proposal_mean when the
     # student has proposals). iPad's plan_query is the query of the best-scored proposal: distilling into

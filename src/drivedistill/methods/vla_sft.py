@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
+from drivedistill.config import check
 from drivedistill.methods.base import Method, MethodContext
 from drivedistill.models.students.base import Student
 from drivedistill.models.vlm import IGNORE_INDEX
@@ -16,7 +17,8 @@ from drivedistill.types import Batch
 
 @dataclass
 class VLASFTConfig:
-    label_smoothing: float = 0.0  # CE label smoothing on the answer tokens
+    # CE label smoothing on the answer tokens
+    label_smoothing: float = field(default=0.0, metadata=check(ge=0, le=1))
 
 
 def answer_ce(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:

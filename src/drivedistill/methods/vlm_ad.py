@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from drivedistill.annotate.schema import ALL_LABEL_GROUPS, LABEL_GROUPS
+from drivedistill.config import check
 from drivedistill.methods.base import Method, MethodContext
 from drivedistill.methods.imitation import ImitationConfig, imitation_losses
 from drivedistill.models.students.base import Student
@@ -50,17 +51,19 @@ ALL_GROUP_SIZES = tuple(len(v) for v in ALL_LABEL_GROUPS.values())  # + cause 8,
 
 @dataclass
 class VlmAdConfig:
-    align_weight: float = 1.0  # paper: 1.0
-    action_weight: float = 0.1  # paper: 0.1
+    align_weight: float = field(default=1.0, metadata=check(ge=0))  # paper: 1.0
+    action_weight: float = field(default=0.1, metadata=check(ge=0))  # paper: 0.1
     questions: Literal["q1", "q2", "both"] = "both"  # paper's ablation: Q1 texts only, Q2 labels only, both
     alignment: Literal["feature_kl", "contrastive"] = "feature_kl"  # see the module docstring
-    temperature: float = 0.05  # τ; normalised 384-d vectors have entries ~0.05, so logits ~ ±1..3
+    # τ; normalised 384-d vectors have entries ~0.05, so logits ~ ±1..3
+    temperature: float = field(default=0.05, metadata=check(gt=0))
     context: Literal["plan_query", "plan_and_scene"] = "plan_query"  # what the heads cross-attend to
-    hidden_dim: int = 256
-    num_layers: int = 3  # paper: 3 cross-attention layers
-    num_heads: int = 8  # paper: 8
-    text_dim: int = 384  # E of the text encoder (all-MiniLM-L6-v2: 384, CLIP ViT-B/32: 512)
-    dropout: float = 0.1
+    hidden_dim: int = field(default=256, metadata=check(ge=1))
+    num_layers: int = field(default=3, metadata=check(ge=1))  # paper: 3 cross-attention layers
+    num_heads: int = field(default=8, metadata=check(ge=1))  # paper: 8
+    # E of the text encoder (all-MiniLM-L6-v2: 384, CLIP ViT-B/32: 512)
+    text_dim: int = field(default=384, metadata=check(ge=1))
+    dropout: float = field(default=0.1, metadata=check(ge=0, lt=1))
     # also classify the cause groups (cause, agent, rule; issue #16) when the annotations carry them
     cause_labels: bool = True
     imitation: ImitationConfig = field(default_factory=ImitationConfig)

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from drivedistill.config import config_hash
+from drivedistill.config import check, config_hash
 from drivedistill.registry import register
 from drivedistill.types import NUM_FUTURE, AgentInput
 from drivedistill.world.config import SIM_HZ, WorldConfig
@@ -67,9 +67,9 @@ class ClosedLoopConfig:
     """episodes, simulated seconds per episode after the 2 s hand-over, seed, and the world (sensors,
     scenarios, traffic density, event probabilities)."""
 
-    episodes: int = 10
-    duration_s: float = 12.0
-    seed: int = 1000
+    episodes: int = field(default=10, metadata=check(ge=1))
+    duration_s: float = field(default=12.0, metadata=check(ge=1))
+    seed: int = field(default=1000, metadata=check(ge=0))
     world: WorldConfig = field(default_factory=WorldConfig)
 
     def __post_init__(self) -> None:

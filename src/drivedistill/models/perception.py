@@ -18,7 +18,7 @@ a cell is occupied when any of an agent's box corners or its centre falls in it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from drivedistill.config import check
 from drivedistill.models.vlm.core import VLMCore
 from drivedistill.types import Scene
 
@@ -34,13 +35,13 @@ from drivedistill.types import Scene
 class PerceptionConfig:
     x_range: tuple[float, float] = (0.0, 60.0)  # [m] forward extent of the grid
     y_range: tuple[float, float] = (-10.0, 10.0)  # [m] lateral extent (y left)
-    cell: float = 5.0  # [m] cell size → 12 × 4 cells by default
-    steps: int = 200  # pretraining steps
-    batch_size: int = 16
-    lr: float = 1e-3
-    probe_steps: int = 300  # full-batch Adam steps of the logistic probe
-    probe_lr: float = 1e-2
-    probe_weight_decay: float = 1e-3
+    cell: float = field(default=5.0, metadata=check(gt=0))  # [m] cell size → 12 × 4 cells by default
+    steps: int = field(default=200, metadata=check(ge=1))  # pretraining steps
+    batch_size: int = field(default=16, metadata=check(ge=1))
+    lr: float = field(default=1e-3, metadata=check(gt=0))
+    probe_steps: int = field(default=300, metadata=check(ge=1))  # full-batch Adam steps of the logistic probe
+    probe_lr: float = field(default=1e-2, metadata=check(gt=0))
+    probe_weight_decay: float = field(default=1e-3, metadata=check(ge=0))
 
     def __post_init__(self) -> None:
         for name in ("x_range", "y_range"):

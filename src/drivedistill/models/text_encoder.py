@@ -17,12 +17,13 @@ import hashlib
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
+from drivedistill.config import check
 from drivedistill.utils.io import atomic_write_with
 
 
@@ -31,7 +32,7 @@ class TextEncoderConfig:
     kind: Literal["minilm", "clip"] = "minilm"
     path: str = ""  # "clip": local CLIP checkpoint directory (required); "minilm": empty = the bundled model
     cache_dir: str = ""  # where embeddings are cached (empty = no disk cache)
-    batch_size: int = 64
+    batch_size: int = field(default=64, metadata=check(ge=1))
     normalize: bool = True  # L2-normalise the embeddings
     device: str = "cpu"
 

@@ -41,7 +41,7 @@ class ModelSpec:
     train: dict[str, Any] = field(default_factory=dict)  # overrides of the study's `train`
     recipe_cfg: dict[str, Any] = field(default_factory=dict)
     controls: str = ""
-    max_samples: int = 0
+    max_samples: int = field(default=0, metadata=check(ge=0))
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -55,15 +55,13 @@ class EvalStageConfig:
     """What is measured for every (model, seed)."""
 
     split: str = "val"
-    max_scenes: int = field(
-        default=0, metadata=check(ge=0)
-    )  # > 0: evaluate on the first N validation scenes only
+    # > 0: evaluate on the first N validation scenes only
+    max_scenes: int = field(default=0, metadata=check(ge=0))
     openloop: bool = True  # nuScenes open-loop, both protocols
     pdms: bool = True  # NAVSIM PDMS v1.1 on metric scenes built from the world's scenes
     closedloop_episodes: int = field(default=4, metadata=check(ge=0))  # 0 = skip closed loop
-    latency_repeats: int = field(
-        default=30, metadata=check(ge=1)
-    )  # batch-1 planning latency samples (after 5 warm-up calls)
+    # batch-1 planning latency samples (after 5 warm-up calls)
+    latency_repeats: int = field(default=30, metadata=check(ge=1))
     scene_panels: int = field(default=4, metadata=check(ge=0))  # validation scenes drawn in the report
     expert_reference: bool = True  # add the privileged expert's row (its own plan; it driving closed loop)
     recipe_references: bool = True  # the rows recipes declare from a teacher alone (e.g. an oracle's plans)

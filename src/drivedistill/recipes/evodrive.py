@@ -38,10 +38,10 @@ VLA_SFT_CODE_VERSION = 2  # 2 = residual plan text
 class OracleTrainConfig(TrainConfig):
     """Training of the oracle teacher."""
 
-    epochs: int = 4
-    batch_size: int = 8
-    lr: float = 2e-3
-    log_every: int = 10
+    epochs: int = field(default=4, metadata=check(ge=1))
+    batch_size: int = field(default=8, metadata=check(ge=1))
+    lr: float = field(default=2e-3, metadata=check(gt=0))
+    log_every: int = field(default=10, metadata=check(ge=1))
 
 
 @dataclass
@@ -49,9 +49,11 @@ class EvoDriveRecipeConfig:
     """`recipes.evodrive`: the VLM, its perception pretraining and the oracle teacher."""
 
     vlm: VLMConfig = field(default_factory=VLMConfig)  # architecture of the students' and oracle's VLM
-    image_hw: tuple[int, int] | None = None  # (H, W) [px] the VLM reads; None: the store's camera
+    # (H, W) [px] the VLM reads; None: the store's camera
+    image_hw: tuple[int, int] | None = field(default=None, metadata=check(ge=1))
     perception: PerceptionConfig = field(default_factory=PerceptionConfig)
-    seed: int = 0  # perception pretraining seed (the study seed under `teachers: per_seed`)
+    # perception pretraining seed (the study seed under `teachers: per_seed`)
+    seed: int = field(default=0, metadata=check(ge=0))
     oracle: OracleConfig = field(default_factory=OracleConfig)
     oracle_train: OracleTrainConfig = field(default_factory=OracleTrainConfig)
     probe_after: bool = True  # probe every VLA row's vision encoder after planning fine-tuning

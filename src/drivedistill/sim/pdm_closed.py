@@ -13,11 +13,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.spatial import cKDTree
 
+from drivedistill.config import check
 from drivedistill.geometry.metric_scene import MetricScene
 from drivedistill.geometry.planar import (
     absolute_to_relative,
@@ -35,17 +36,18 @@ class PDMClosedParams:
     """Constants of PDM-Closed as used by NAVSIM v1.1."""
 
     lateral_offsets: tuple[float, ...] = (-1.0, 0.0, 1.0)  # [m], left positive
-    speed_fractions: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8, 1.0)  # × speed limit
-    fallback_speed_limit: float = 15.0  # [m/s]
-    min_gap: float = 1.0  # [m]
-    headway: float = 1.5  # [s]
-    accel_max: float = 1.5  # [m/s²]
-    decel_max: float = 3.0  # [m/s²]
-    exponent: float = 10.0
-    dt: float = 0.1  # [s]
-    horizon_steps: int = 40  # 4 s
-    plan_stride: int = 5  # 0.5 s output poses
-    path_resolution: float = 0.5  # [m]
+    # × speed limit
+    speed_fractions: tuple[float, ...] = field(default=(0.2, 0.4, 0.6, 0.8, 1.0), metadata=check(ge=0))
+    fallback_speed_limit: float = field(default=15.0, metadata=check(gt=0))  # [m/s]
+    min_gap: float = field(default=1.0, metadata=check(ge=0))  # [m]
+    headway: float = field(default=1.5, metadata=check(ge=0))  # [s]
+    accel_max: float = field(default=1.5, metadata=check(gt=0))  # [m/s²]
+    decel_max: float = field(default=3.0, metadata=check(gt=0))  # [m/s²]
+    exponent: float = field(default=10.0, metadata=check(gt=0))
+    dt: float = field(default=0.1, metadata=check(gt=0))  # [s]
+    horizon_steps: int = field(default=40, metadata=check(ge=1))  # 4 s
+    plan_stride: int = field(default=5, metadata=check(ge=1))  # 0.5 s output poses
+    path_resolution: float = field(default=0.5, metadata=check(gt=0))  # [m]
     # which scorer picks the best proposal: "navsim-v1.1" (PDMS) or "navsim-v2" (EPDMS without EC, so
     # lane keeping counts — NAVSIM v2's metric cache runs PDM-Closed with its v2 scorer)
     selection: str = "navsim-v1.1"

@@ -8,10 +8,11 @@ steps, not over boxes. Map predicates use prepared shapely unions on whole point
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from drivedistill.config import check
 from drivedistill.geometry.metric_scene import MetricScene
 from drivedistill.geometry.planar import (
     CENTER,
@@ -35,14 +36,15 @@ AHEAD_DEG, BEHIND_DEG = 20.0, 150.0
 class ScorerWeights:
     """v1.1 aggregation: PDMS = NC·DAC·(5·EP + 5·TTC + 2·C)/12 (DDC weight 0)."""
 
-    progress: float = 5.0
-    ttc: float = 5.0
-    comfort: float = 2.0
-    driving_direction: float = 0.0
-    progress_threshold: float = 5.0  # [m] below this max progress, EP = 1
-    ddc_horizon_steps: int = 10  # 1 s
-    ddc_compliance: float = 2.0  # [m]
-    ddc_violation: float = 6.0  # [m]
+    progress: float = field(default=5.0, metadata=check(ge=0))
+    ttc: float = field(default=5.0, metadata=check(ge=0))
+    comfort: float = field(default=2.0, metadata=check(ge=0))
+    driving_direction: float = field(default=0.0, metadata=check(ge=0))
+    # [m] below this max progress, EP = 1
+    progress_threshold: float = field(default=5.0, metadata=check(ge=0))
+    ddc_horizon_steps: int = field(default=10, metadata=check(ge=1))  # 1 s
+    ddc_compliance: float = field(default=2.0, metadata=check(ge=0))  # [m]
+    ddc_violation: float = field(default=6.0, metadata=check(ge=0))  # [m]
 
 
 @dataclass
@@ -282,17 +284,19 @@ def score_states(
 class ScorerWeightsV2:
     """EPDMS = NC·DAC·DDC·TLC · (5·EP + 5·TTC + 2·LK + 2·HC + 2·EC) / 16."""
 
-    progress: float = 5.0
-    ttc: float = 5.0
-    lane_keeping: float = 2.0
-    history_comfort: float = 2.0
-    extended_comfort: float = 2.0
-    progress_threshold: float = 5.0  # [m]
-    ddc_horizon_steps: int = 10  # 1 s
-    ddc_compliance: float = 2.0  # [m]
-    ddc_violation: float = 6.0  # [m]
-    lane_keeping_limit: float = 0.5  # [m] lateral distance of the box centre to the centerline
-    lane_keeping_steps: int = 20  # ceil(2.0 s / 0.1 s) consecutive steps beyond the limit
+    progress: float = field(default=5.0, metadata=check(ge=0))
+    ttc: float = field(default=5.0, metadata=check(ge=0))
+    lane_keeping: float = field(default=2.0, metadata=check(ge=0))
+    history_comfort: float = field(default=2.0, metadata=check(ge=0))
+    extended_comfort: float = field(default=2.0, metadata=check(ge=0))
+    progress_threshold: float = field(default=5.0, metadata=check(ge=0))  # [m]
+    ddc_horizon_steps: int = field(default=10, metadata=check(ge=1))  # 1 s
+    ddc_compliance: float = field(default=2.0, metadata=check(ge=0))  # [m]
+    ddc_violation: float = field(default=6.0, metadata=check(ge=0))  # [m]
+    # [m] lateral distance of the box centre to the centerline
+    lane_keeping_limit: float = field(default=0.5, metadata=check(ge=0))
+    # ceil(2.0 s / 0.1 s) consecutive steps beyond the limit
+    lane_keeping_steps: int = field(default=20, metadata=check(ge=1))
 
     @property
     def weighted_total(self) -> float:

@@ -37,13 +37,13 @@ class EvalConfig:
     openloop: bool = True
     occupancy_classes: str = "vehicles+pedestrians"  # ST-P3/VAD; UniAD's rows also use this occupancy
     pdms: bool = True
-    pdms_max_scenes: int = field(
-        default=0, metadata=check(ge=0)
-    )  # > 0: score only the first N scenes of the split (PDMS is the slow one)
+    # > 0: score only the first N scenes of the split (PDMS is the slow one)
+    pdms_max_scenes: int = field(default=0, metadata=check(ge=0))
     pdms_protocol: str = "navsim-v1.1"  # or "navsim-v2" (EPDMS)
     closed_loop: bool = True
     closed_loop_episodes: int = field(default=5, metadata=check(ge=0))
-    closed_loop_seed: int = 1000  # episodes differ from collection (which seeds from the world seed)
+    # episodes differ from collection (which seeds from the world seed)
+    closed_loop_seed: int = field(default=1000, metadata=check(ge=0))
 
     def __post_init__(self) -> None:
         from drivedistill.metrics.pdms import PROTOCOLS

@@ -63,29 +63,24 @@ class TrainConfig:
     """Optimisation and bookkeeping of one training run (`--train.<field>=...`)."""
 
     epochs: int = field(default=10, metadata=check(ge=1))
-    max_steps: int = field(
-        default=0, metadata=check(ge=0)
-    )  # > 0: stop after this many optimiser steps (caps `epochs`)
+    # > 0: stop after this many optimiser steps (caps `epochs`)
+    max_steps: int = field(default=0, metadata=check(ge=0))
     batch_size: int = field(default=16, metadata=check(ge=1))  # per process
     lr: float = field(default=3e-4, metadata=check(gt=0))
     weight_decay: float = field(default=0.01, metadata=check(ge=0))  # AdamW, on weight matrices only
-    warmup: float = field(
-        default=0.03, metadata=check(ge=0, lt=1)
-    )  # fraction of all steps with a linear warm-up
-    min_lr_ratio: float = field(
-        default=0.01, metadata=check(ge=0, le=1)
-    )  # the cosine ends at lr · min_lr_ratio
+    # fraction of all steps with a linear warm-up
+    warmup: float = field(default=0.03, metadata=check(ge=0, lt=1))
+    # the cosine ends at lr · min_lr_ratio
+    min_lr_ratio: float = field(default=0.01, metadata=check(ge=0, le=1))
     grad_clip: float = field(default=1.0, metadata=check(ge=0))  # max global gradient norm; 0 = off
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16/fp16 on GPU, fp32 on CPU
-    seed: int = 0
+    seed: int = field(default=0, metadata=check(ge=0))
     device: str = "auto"
     num_workers: int = field(default=0, metadata=check(ge=0))  # DataLoader workers
-    log_every: int = field(
-        default=10, metadata=check(ge=1)
-    )  # steps between loss checks / TensorBoard scalars / progress updates
-    checkpoint_every: int = field(
-        default=0, metadata=check(ge=0)
-    )  # steps between checkpoints; 0 = at the end of every epoch
+    # steps between loss checks / TensorBoard scalars / progress updates
+    log_every: int = field(default=10, metadata=check(ge=1))
+    # steps between checkpoints; 0 = at the end of every epoch
+    checkpoint_every: int = field(default=0, metadata=check(ge=0))
     keep_checkpoints: int = field(default=2, metadata=check(ge=0))
     progress: bool = True  # a rich progress bar on rank 0
     find_unused_parameters: bool = False  # DDP: set when some trainable parameters skip a step

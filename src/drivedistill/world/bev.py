@@ -9,10 +9,12 @@ is `resolution` metres.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from drivedistill.config import check
 
 BEV_CHANNELS = ("drivable", "markings", "vehicles")
 
@@ -21,9 +23,9 @@ BEV_CHANNELS = ("drivable", "markings", "vehicles")
 class BevConfig:
     """Raster size [px] and resolution [m/px]; the covered area is (height × width) · resolution."""
 
-    height: int = 128
-    width: int = 128
-    resolution: float = 0.5  # [m/px]
+    height: int = field(default=128, metadata=check(ge=8))
+    width: int = field(default=128, metadata=check(ge=8))
+    resolution: float = field(default=0.5, metadata=check(ge=0.05, le=5))  # [m/px]
 
     def __post_init__(self) -> None:
         if self.height < 8 or self.width < 8:

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageDraw
 
+from drivedistill.config import check
+
 SKY = (150, 190, 230)
 GRASS = (70, 110, 60)
 ASPHALT = (95, 95, 100)
@@ -33,18 +35,20 @@ class CameraConfig:
     """Pinhole front camera. `fx`/`fy`/`cx`/`cy` default (0 = derive) to a square-pixel camera with
     horizontal field of view `fov_deg` and the principal point at the image centre."""
 
-    height: int = 128  # [px]
-    width: int = 256  # [px]
-    fov_deg: float = 90.0  # horizontal field of view [deg]; used when fx == 0
-    fx: float = 0.0  # [px]; 0 = from fov_deg
-    fy: float = 0.0  # [px]; 0 = fx
-    cx: float = 0.0  # [px]; 0 = width / 2
-    cy: float = 0.0  # [px]; 0 = height / 2
+    height: int = field(default=128, metadata=check(ge=16))  # [px]
+    width: int = field(default=256, metadata=check(ge=16))  # [px]
+    # horizontal field of view [deg]; used when fx == 0
+    fov_deg: float = field(default=90.0, metadata=check(ge=10, le=170))
+    fx: float = field(default=0.0, metadata=check(ge=0))  # [px]; 0 = from fov_deg
+    fy: float = field(default=0.0, metadata=check(ge=0))  # [px]; 0 = fx
+    cx: float = field(default=0.0, metadata=check(ge=0))  # [px]; 0 = width / 2
+    cy: float = field(default=0.0, metadata=check(ge=0))  # [px]; 0 = height / 2
     mount_x: float = 0.5  # [m] ahead of the ego box centre
-    mount_height: float = 1.5  # [m] above the ground
-    pitch_deg: float = 3.0  # [deg] optical axis below the horizon (positive = looking down)
-    max_range: float = 120.0  # [m] nothing farther is drawn
-    near: float = 0.3  # [m] near clipping plane
+    mount_height: float = field(default=1.5, metadata=check(gt=0))  # [m] above the ground
+    # [deg] optical axis below the horizon (positive = looking down)
+    pitch_deg: float = field(default=3.0, metadata=check(ge=-30, le=45))
+    max_range: float = field(default=120.0, metadata=check(gt=0))  # [m] nothing farther is drawn
+    near: float = field(default=0.3, metadata=check(gt=0))  # [m] near clipping plane
 
     def __post_init__(self) -> None:
         if self.height < 16 or self.width < 16:

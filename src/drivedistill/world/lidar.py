@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from drivedistill.config import check
 from drivedistill.world.bev import BevConfig, box_polygon
 
 LIDAR_CHANNELS = ("low", "high")  # [GROUND_CUT, SPLIT_HEIGHT) m, [SPLIT_HEIGHT, inf) m above ground
@@ -45,14 +46,17 @@ POST_OFFSET = 1.0  # [m] outside the kerb
 class LidarConfig:
     """Beam pattern and noise of the LiDAR. Angles in degrees, distances in metres."""
 
-    num_azimuth: int = 360
+    num_azimuth: int = field(default=360, metadata=check(ge=16, le=4096))
     elevations_deg: list[float] = field(
-        default_factory=lambda: [-16.0, -11.0, -8.0, -6.0, -4.5, -3.5, -2.6, -1.9, -1.3, -0.8, -0.4, 0.0]
+        default_factory=lambda: [-16.0, -11.0, -8.0, -6.0, -4.5, -3.5, -2.6, -1.9, -1.3, -0.8, -0.4, 0.0],
+        metadata=check(ge=-60, le=30),
     )  # dense near the horizon, as a driving LiDAR's channels are
-    mount_height: float = 1.8  # [m]
-    max_range: float = 60.0  # [m]
-    range_noise: float = 0.03  # [m] std of Gaussian range noise (0 = none)
-    dropout: float = 0.05  # probability that a beam returns nothing
+    mount_height: float = field(default=1.8, metadata=check(ge=0.5, le=5))  # [m]
+    max_range: float = field(default=60.0, metadata=check(ge=5, le=300))  # [m]
+    # [m] std of Gaussian range noise (0 = none)
+    range_noise: float = field(default=0.03, metadata=check(ge=0, le=1))
+    # probability that a beam returns nothing
+    dropout: float = field(default=0.05, metadata=check(ge=0, lt=1))
 
     def __post_init__(self) -> None:
         if not 16 <= self.num_azimuth <= 4096:

@@ -39,6 +39,7 @@ import numpy as np
 import pyarrow.feather as feather
 import shapely
 
+from drivedistill.config import check
 from drivedistill.data.sources.base import Source, SourceError
 from drivedistill.geometry.metric_scene import PACIFICA, MetricScene
 from drivedistill.geometry.planar import absolute_to_relative, resample_polyline
@@ -105,9 +106,11 @@ class Av2Config:
 
     root: str = "../shared/data/argoverse2"
     logs: list[str] = field(default_factory=list)  # log ids; empty = every log directory under root
-    ego_geometry: tuple[float, float, float, float] = PACIFICA  # width, front, rear, wheelbase [m]
-    camera_height: int = 128  # [px] size of the (absent: zero) camera image of the Scenes
-    camera_width: int = 256  # [px]
+    # width, front, rear, wheelbase [m]
+    ego_geometry: tuple[float, float, float, float] = field(default=PACIFICA, metadata=check(ge=0))
+    # [px] size of the (absent: zero) camera image of the Scenes
+    camera_height: int = field(default=128, metadata=check(ge=1))
+    camera_width: int = field(default=256, metadata=check(ge=1))  # [px]
     bev: BevConfig = field(default_factory=BevConfig)  # grid of the (absent) LiDAR BEV and the labelled BEV
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
+from drivedistill.config import check
 from drivedistill.data.sources.av2 import (
     CATEGORY_CLASS,
     FUTURE_S,
@@ -60,9 +61,9 @@ class Av2ForecastingConfig:
 
     root: str = "../shared/data/argoverse2/forecasting_scenarios"
     scenarios: list[str] = field(default_factory=list)  # ids; empty = every scenario directory under root
-    ego_geometry: tuple[float, float, float, float] = PACIFICA
-    camera_height: int = 128
-    camera_width: int = 256
+    ego_geometry: tuple[float, float, float, float] = field(default=PACIFICA, metadata=check(ge=0))
+    camera_height: int = field(default=128, metadata=check(ge=1))
+    camera_width: int = field(default=256, metadata=check(ge=1))
     bev: BevConfig = field(default_factory=BevConfig)
 
 

@@ -57,6 +57,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from drivedistill.config import check
 from drivedistill.data.sources.av2 import EgoTrack
 from drivedistill.data.sources.base import Source, SourceError
 from drivedistill.data.sources.lidar import GROUND_MODES, sweep_bev
@@ -129,9 +130,10 @@ class NuScenesConfig:
     splits_file: str = ""  # default ROOT/drivedistill_splits.json
     scenes: list[str] = field(default_factory=list)  # scene names (further restricts the split)
     cameras: list[str] = field(default_factory=lambda: ["CAM_FRONT"])  # ["CAM_FRONT"] or the six CAMERAS
-    image_width: int = 256  # [px] per camera
-    image_height: int = 128  # [px] per camera
-    crop: tuple[int, int, int, int] = (0, 50, 1600, 850)  # left, top, right, bottom [source px]
+    image_width: int = field(default=256, metadata=check(ge=8))  # [px] per camera
+    image_height: int = field(default=128, metadata=check(ge=8))  # [px] per camera
+    # left, top, right, bottom [source px]
+    crop: tuple[int, int, int, int] = field(default=(0, 50, 1600, 850), metadata=check(ge=0))
     can_bus: str = "auto"  # auto: CAN bus when present, else poses | require | off (poses)
     lidar: bool = True  # False: zero BEV (meta "absent")
     ground: str = "local"  # ground removal of the sweep (data/sources/lidar.py): local | flat

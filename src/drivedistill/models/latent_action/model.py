@@ -24,13 +24,14 @@ Training goes through the shared loop (`losses(batch)`); switch stages explicitl
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from drivedistill.config import check
 from drivedistill.models.latent_action.networks import ForwardDynamicsDecoder, InverseDynamicsEncoder
 from drivedistill.models.latent_action.quantizer import VectorQuantizer, perplexity
 from drivedistill.types import FUTURE_FRAME_STEPS, Batch
@@ -51,29 +52,35 @@ _TRAJ_SCALE = (1 / 30, 1 / 10, 2.0)
 class LatentActionConfig:
     """Latent action model. Defaults sized for the 2-core default run (~0.4 M parameters)."""
 
-    frame_hw: tuple[int, int] = (32, 64)  # frames are area-resized to (H, W) [px]; divisible by `patch`
-    patch: int = 8  # patch side [px] → (32/8)·(64/8) = 32 patch tokens per frame
-    dim: int = 64  # transformer width
-    heads: int = 4
-    encoder_layers: int = 2
-    decoder_layers: int = 2
-    tokens_per_step: int = 4  # codes per 1-s transition; 3 transitions × 4 = 12 tokens (paper: 12)
-    code_dim: int = 32  # dimension of a codebook vector
-    env_codebook_size: int = 64
-    ego_codebook_size: int = 16  # paper: 16 ego codes
-    commitment: float = 0.25  # β of the commitment loss (VQ-VAE default)
-    ema_decay: float = 0.9  # EMA codebook decay (0.99 collapsed to one code in 72 steps, docs/LOG.md)
-    restart_threshold: float = 0.5  # restart a code whose usage share is < threshold / K (0.03 never fired)
-    change_weight: float = 4.0  # recon pixel weight 1 + change_weight·|Δx|/mean|Δx| (0 = plain MSE)
+    # frames are area-resized to (H, W) [px]; divisible by `patch`
+    frame_hw: tuple[int, int] = field(default=(32, 64), metadata=check(ge=1))
+    # patch side [px] → (32/8)·(64/8) = 32 patch tokens per frame
+    patch: int = field(default=8, metadata=check(ge=1))
+    dim: int = field(default=64, metadata=check(ge=1))  # transformer width
+    heads: int = field(default=4, metadata=check(ge=1))
+    encoder_layers: int = field(default=2, metadata=check(ge=1))
+    decoder_layers: int = field(default=2, metadata=check(ge=1))
+    # codes per 1-s transition; 3 transitions × 4 = 12 tokens (paper: 12)
+    tokens_per_step: int = field(default=4, metadata=check(ge=1))
+    code_dim: int = field(default=32, metadata=check(ge=1))  # dimension of a codebook vector
+    env_codebook_size: int = field(default=64, metadata=check(ge=2))
+    ego_codebook_size: int = field(default=16, metadata=check(ge=2))  # paper: 16 ego codes
+    commitment: float = field(default=0.25, metadata=check(ge=0))  # β of the commitment loss (VQ-VAE default)
+    # EMA codebook decay (0.99 collapsed to one code in 72 steps, docs/LOG.md)
+    ema_decay: float = field(default=0.9, metadata=check(ge=0, lt=1))
+    # restart a code whose usage share is < threshold / K (0.03 never fired)
+    restart_threshold: float = field(default=0.5, metadata=check(ge=0))
+    # recon pixel weight 1 + change_weight·|Δx|/mean|Δx| (0 = plain MSE)
+    change_weight: float = field(default=4.0, metadata=check(ge=0))
     # ego stage: weight of regressing the GT ego motion from the ego action (0 = off)
-    motion_weight: float = 1.0
+    motion_weight: float = field(default=1.0, metadata=check(ge=0))
     # ego IDM also gets the GT motion token (trajectory-conditioned tokenizer); frames only: probe ≈ chance
     ego_sees_motion: bool = True
     # ego stage: weight of decoding the whole 4-s future (8 poses, t = 0 ego frame) from the 12 ego action
     # vectors (the LAM's detokenizer: `decode_trajectory`; 0 = off). Without it the only read-out was the
     # per-transition motion head, whose composed poses drift (docs/LOG.md, issue #16).
-    traj_weight: float = 1.0
-    traj_hidden: int = 256  # width of the trajectory decoder MLP
+    traj_weight: float = field(default=1.0, metadata=check(ge=0))
+    traj_hidden: int = field(default=256, metadata=check(ge=1))  # width of the trajectory decoder MLP
 
     def __post_init__(self) -> None:
         if self.frame_hw[0] % self.patch or self.frame_hw[1] % self.patch:

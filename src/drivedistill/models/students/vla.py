@@ -27,6 +27,7 @@ from typing import Literal
 
 import torch
 
+from drivedistill.config import check
 from drivedistill.models.students.base import Student, StudentConfig
 from drivedistill.models.vlm import (
     Encoded,
@@ -50,8 +51,10 @@ class VLAConfig(StudentConfig):
     vlm: VLMConfig = field(
         default_factory=VLMConfig
     )  # set vlm.pretrained_dir to the perception-pretrained VLM
-    num_poses: int = 6  # poses written as text: 6 (3 s, EvoDriveVLA/nuScenes) or 8 (4 s, NAVSIM)
-    max_new_tokens: int = 0  # decoding budget; 0 = answer_token_budget(num_poses)
+    # poses written as text: 6 (3 s, EvoDriveVLA/nuScenes) or 8 (4 s, NAVSIM)
+    num_poses: int = field(default=6, metadata=check(ge=1))
+    # decoding budget; 0 = answer_token_budget(num_poses)
+    max_new_tokens: int = field(default=0, metadata=check(ge=0))
     plan_text: Literal["residual", "absolute"] = "residual"  # offsets from constant speed, or waypoints
 
     def __post_init__(self) -> None:

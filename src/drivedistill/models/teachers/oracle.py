@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from drivedistill.config import check
 from drivedistill.models.students.vla import (
     PLAN_TEXTS,
     answer_token_budget,
@@ -53,9 +54,11 @@ class OracleConfig:
     vlm: VLMConfig = field(
         default_factory=VLMConfig
     )  # same architecture as the student (start from the perception VLM)
-    num_poses: int = 6  # must equal the student's
-    refine_prob: float = 0.5  # probability of a coarse-to-fine step in training
-    future_status_steps: int = 6  # future ego status at 0.5 … 3.0 s in the prompt
+    num_poses: int = field(default=6, metadata=check(ge=1))  # must equal the student's
+    # probability of a coarse-to-fine step in training
+    refine_prob: float = field(default=0.5, metadata=check(ge=0, le=1))
+    # future ego status at 0.5 … 3.0 s in the prompt
+    future_status_steps: int = field(default=6, metadata=check(ge=1))
     future_path: bool = True  # the future path dead-reckoned from the ego status, in the answer's format
     plan_text: Literal["residual", "absolute"] = "residual"  # must equal the student's (answers must match)
 

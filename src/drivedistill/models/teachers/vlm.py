@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
+from drivedistill.config import check
 from drivedistill.data.dataset import SceneDataset
 from drivedistill.models.latent_action.encode import EGO_CODES_KEY
 from drivedistill.models.vlm import IGNORE_INDEX, VLMConfig, VLMCore, chat_prompt, encode
@@ -46,8 +47,10 @@ class VLMTeacherConfig:
         default_factory=VLMConfig
     )  # architecture of a fresh model (unused with `pretrained`)
     pretrained: str = ""  # local dir: a saved VLMTeacher or Qwen2.5-VL weights; "" = fresh tiny model
-    num_codes: int = 16  # ego codebook size of the latent action model (paper: 16)
-    sequence_length: int = 12  # latent action tokens per sample (LAM: 3 transitions × 4 tokens)
+    # ego codebook size of the latent action model (paper: 16)
+    num_codes: int = field(default=16, metadata=check(ge=2))
+    # latent action tokens per sample (LAM: 3 transitions × 4 tokens)
+    sequence_length: int = field(default=12, metadata=check(ge=1))
     use_ego_status: bool = True  # write the speed into the instruction
     codes_key: str = EGO_CODES_KEY  # Batch.extras key of the target codes (B, sequence_length)
 

@@ -8,8 +8,10 @@ size is a multiple of patch_size·merge_size so that image tokens = (H/p)·(W/p)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from drivedistill.config import check
 
 if TYPE_CHECKING:
     import torch
@@ -24,22 +26,26 @@ class VLMConfig:
     """Architecture of the tiny VLM (ignored when `pretrained_dir` is set: the saved config wins)."""
 
     pretrained_dir: str = ""  # local dir written by VLMCore.save (or real Qwen2.5-VL weights); "" = fresh
-    vocab_size: int = 512  # BPE vocabulary of the offline tokenizer (ignored with pretrained_dir)
-    hidden_size: int = 128  # text hidden size D (= vision out_hidden_size)
-    num_layers: int = 2
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    intermediate_size: int = 256
-    vision_depth: int = 2
-    vision_hidden_size: int = 64
-    vision_heads: int = 4
-    vision_intermediate_size: int = 128
-    patch_size: int = 16  # [px]
-    temporal_patch_size: int = 2  # a still image is repeated over the temporal patch
-    merge_size: int = 2  # 2×2 patches → one visual token
-    image_hw: tuple[int, int] = (128, 256)  # (H, W) [px] images are resized to; multiples of patch·merge
-    max_position_embeddings: int = 2048
-    rope_theta: float = 10000.0
+    # BPE vocabulary of the offline tokenizer (ignored with pretrained_dir)
+    vocab_size: int = field(default=512, metadata=check(ge=1))
+    # text hidden size D (= vision out_hidden_size)
+    hidden_size: int = field(default=128, metadata=check(ge=1))
+    num_layers: int = field(default=2, metadata=check(ge=1))
+    num_heads: int = field(default=4, metadata=check(ge=1))
+    num_kv_heads: int = field(default=2, metadata=check(ge=1))
+    intermediate_size: int = field(default=256, metadata=check(ge=1))
+    vision_depth: int = field(default=2, metadata=check(ge=1))
+    vision_hidden_size: int = field(default=64, metadata=check(ge=1))
+    vision_heads: int = field(default=4, metadata=check(ge=1))
+    vision_intermediate_size: int = field(default=128, metadata=check(ge=1))
+    patch_size: int = field(default=16, metadata=check(ge=1))  # [px]
+    # a still image is repeated over the temporal patch
+    temporal_patch_size: int = field(default=2, metadata=check(ge=1))
+    merge_size: int = field(default=2, metadata=check(ge=1))  # 2×2 patches → one visual token
+    # (H, W) [px] images are resized to; multiples of patch·merge
+    image_hw: tuple[int, int] = field(default=(128, 256), metadata=check(ge=1))
+    max_position_embeddings: int = field(default=2048, metadata=check(ge=1))
+    rope_theta: float = field(default=10000.0, metadata=check(gt=0))
     tie_word_embeddings: bool = False  # LM head shares the input embeddings (Qwen2.5-VL-3B: true)
     # ----- loading options (used with `pretrained_dir`; dtype/device/checkpointing/LoRA also for fresh models)
     # With a foreign checkpoint (the public Qwen2.5-VL layout, no drivedistill_vlm.json), `image_hw` is the
@@ -48,9 +54,10 @@ class VLMConfig:
     dtype: str = "auto"  # weights: auto (CUDA: bf16 with LoRA, fp32 for full fine-tuning; CPU: fp32) | float32 | bfloat16 | float16
     device: str = ""  # "" = leave placement to the trainer | auto | cpu | cuda[:i]
     gradient_checkpointing: bool = False  # recompute decoder/vision blocks in backward (saves activations)
-    lora_rank: int = 0  # > 0: LoRA adapters through `peft` on `lora_targets`; all other weights frozen
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
+    # > 0: LoRA adapters through `peft` on `lora_targets`; all other weights frozen
+    lora_rank: int = field(default=0, metadata=check(ge=0))
+    lora_alpha: int = field(default=16, metadata=check(ge=0))
+    lora_dropout: float = field(default=0.05, metadata=check(ge=0, lt=1))
     lora_targets: str = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj)"  # peft regex (full match)
 
     def __post_init__(self) -> None:

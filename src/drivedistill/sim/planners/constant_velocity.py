@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from drivedistill.config import check
 from drivedistill.geometry.metric_scene import MetricScene
 from drivedistill.registry import register
 
 
 @dataclass
 class ConstantVelocityConfig:
-    num_poses: int = 8
-    dt: float = 0.5  # [s]
+    num_poses: int = field(default=8, metadata=check(ge=1))
+    dt: float = field(default=0.5, metadata=check(gt=0))  # [s]
 
 
 class ConstantVelocityPlanner:

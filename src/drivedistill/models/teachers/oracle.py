@@ -58,7 +58,7 @@ class OracleConfig:
     # probability of a coarse-to-fine step in training
     refine_prob: float = field(default=0.5, metadata=check(ge=0, le=1))
     # future ego status at 0.5 … 3.0 s in the prompt
-    future_status_steps: int = field(default=6, metadata=check(ge=1))
+    future_status_steps: int = field(default=6, metadata=check(ge=0))
     future_path: bool = True  # the future path dead-reckoned from the ego status, in the answer's format
     plan_text: Literal["residual", "absolute"] = "residual"  # must equal the student's (answers must match)
 

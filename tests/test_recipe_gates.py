@@ -83,6 +83,7 @@ TINY = latent_vla.LatentVLARecipeConfig(
     teacher_train=latent_vla.TeacherTrainConfig(epochs=1, batch_size=8, max_steps=2, progress=False),
     corpus=CorpusConfig(extra_episodes=3),
     gate_baseline_steps=5,
+    probe_steps=5,
     image_hw=(64, 128),
 )
 

@@ -78,6 +78,7 @@ class LatentVLARecipeConfig:
     corpus: CorpusConfig = field(default_factory=CorpusConfig)  # extra unlabelled episodes (LAM + teacher)
     gate_margin_acc: float = 0.02  # code accuracy the teacher must gain over image-free / blank image
     gate_baseline_steps: int = 400  # training steps of the image-free baseline of the gate
+    probe_steps: int = 400  # training steps of each trajectory probe of the LAM codes (latent_lam summary)
     image_hw: tuple[int, int] | None = None  # (H, W) [px] the teacher reads; None: the store's camera
     teacher_init: Literal["trained", "untrained"] = "trained"  # untrained: the control's random teacher
 
@@ -210,10 +211,12 @@ def lam_stage(cfg: LatentVLARecipeConfig, ctx: StageContext) -> Any:
             return np.stack([c[t] for t in toks])
 
         k_env = lam.cfg.env_codebook_size
-        ego_probe = probe_trajectory(arr(codes, tr), fut_tr, arr(codes, va), fut_va, 16)
-        env_probe = probe_trajectory(arr(env, tr), fut_tr, arr(env, va), fut_va, k_env)
+        ego_probe = probe_trajectory(
+            arr(codes, tr), fut_tr, arr(codes, va), fut_va, 16, steps=cfg.probe_steps
+        )
+        env_probe = probe_trajectory(arr(env, tr), fut_tr, arr(env, va), fut_va, k_env, steps=cfg.probe_steps)
         shuffled = np.random.default_rng(0).permutation(arr(codes, va))
-        shuffled_probe = probe_trajectory(arr(codes, tr), fut_tr, shuffled, fut_va, 16)
+        shuffled_probe = probe_trajectory(arr(codes, tr), fut_tr, shuffled, fut_va, 16, steps=cfg.probe_steps)
         return {
             "samples": corpus_sizes(scenes, extra_stores),  # student_train, lam_teacher_train
             "corpus": to_dict(cfg.corpus),
@@ -232,6 +235,8 @@ def lam_stage(cfg: LatentVLARecipeConfig, ctx: StageContext) -> Any:
         }
 
     key = {"lam": to_dict(cfg.lam), "train": to_dict(train_cfg), "corpus": to_dict(cfg.corpus)}
+    if cfg.probe_steps != 400:  # keyed only when changed: default-config caches keep their keys
+        key["probe_steps"] = cfg.probe_steps
     return ctx.run(key, [store], run)
 
 

@@ -203,7 +203,8 @@ def lam_stage(cfg: LatentVLARecipeConfig, ctx: StageContext) -> Any:
         corpus_codes: dict[str, np.ndarray] = {}
         for extra in extra_stores:
             corpus_codes.update(encode_latent_actions(lam, SceneDataset(extra, None, cache_decoded=True)))
-        save_extras(d / CORPUS_CODES, {EGO_CODES_KEY: corpus_codes})
+        if corpus_codes:  # corpus.extra_episodes 0: no corpus, no file
+            save_extras(d / CORPUS_CODES, {EGO_CODES_KEY: corpus_codes})
         tr, va = scenes.tokens("train"), scenes.tokens("val")
         fut_tr, fut_va = _futures(scenes, tr), _futures(scenes, va)
 

@@ -31,8 +31,11 @@ def test_smoke_study_end_to_end_and_cached(tmp_path: Path, monkeypatch: pytest.M
     # results.json: the documented shape, every model, every benchmark with its protocol
     saved = json.loads((out / "results.json").read_text())
     assert saved["schema"] == 2 and saved["preset"] == "smoke" and saved["seeds"] == [0]
-    assert set(saved["models"]) == {"expert/privileged", "oracle/privileged", *cfg.model_names()}
-    assert list(saved["models"])[:2] == ["expert/privileged", "oracle/privileged"]
+    references = {"expert/privileged", "oracle/privileged", "latent_teacher/codes"}
+    assert set(saved["models"]) == {*references, *cfg.model_names()}
+    assert next(iter(saved["models"])) == "expert/privileged" and set(list(saved["models"])[:3]) == references
+    latent = saved["models"].pop("latent_teacher/codes")  # LatentVLA's teacher codes, decoded by its LAM
+    assert latent["openloop"]["stp3"]["l2"]["avg"] > 0.0 and "closedloop" not in latent
     expert = saved["models"].pop("expert/privileged")  # the reference row: the expert's own plan
     assert expert["openloop"]["stp3"]["l2"]["avg"] == 0.0 and expert["closedloop"]["route_completion"] == 1.0
     oracle = saved["models"].pop("oracle/privileged")  # EvoDriveVLA's teacher alone: open loop + PDMS
@@ -132,13 +135,16 @@ def test_smoke_with_two_seeds_and_a_teacher_per_seed_fills_every_new_field(tmp_p
     assert plan["everything"]  # nothing collected yet: every stage would run
     results = run_study(cfg, out)
     assert results["teachers"] == "per_seed" and results["seeds"] == [0, 1]
-    assert {"cpu", "threads", "torch", "device"} <= set(results["hardware"])
+    assert {"cpu_model", "torch_threads", "torch", "device"} <= set(results["hardware"])
     ran = set(results["stage_seconds"])
     assert {"latent_lam-s0", "latent_lam-s1", "latent_teacher-s0", "latent_teacher-s1"} <= ran
     assert set(results["stage_hardware"]) >= ran - {"total"}
     assert set(results["teacher_quality"]) == {"latent_vla-s0", "latent_vla-s1"}
     for gate in results["teacher_quality"].values():
         assert isinstance(gate["pass"], bool) and gate["metrics"]["teacher_action_acc_val"] is not None
+        assert {"teacher_beats_image_free", "teacher_reads_image"} <= set(gate["checks"])
+        assert "teacher_codes_l2_below_best_student" in gate["vs_students"]["checks"]
+    assert results["models"]["latent_teacher/codes"]["seeds"] == [0, 1]  # one eval per teacher seed
     rows = results["models"]
     distilled, control = rows["transfuser/latent_vla_distill"], rows["transfuser/latent_vla_distill-w0"]
     assert distilled["seeds"] == [0, 1] and distilled["teachers"] == "per_seed"

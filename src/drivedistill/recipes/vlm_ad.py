@@ -18,12 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from drivedistill.config import to_dict
+from drivedistill.config import check, to_dict
 from drivedistill.models.text_encoder import TextEncoderConfig
 from drivedistill.recipes.base import MethodUse, Recipe, Stage, StageContext
 from drivedistill.registry import register
 
-CODE_VERSION = 1  # bump when `annotate_stage` computes something else with an unchanged config
+CODE_VERSION = 2  # bump when `annotate_stage` computes something else with an unchanged config
+# 2: the summary holds `annotation_quality` (annotate/quality.py) over every sample of the store
 
 
 @dataclass
@@ -34,7 +35,7 @@ class VLMADRecipeConfig:
     options: dict[str, Any] = field(default_factory=dict)  # the annotator's config (`--annotator.KEY`)
     text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)  # embeds the answers
     shuffle_annotations: bool = False  # control rows: permute the extras across samples
-    shuffle_seed: int = 0  # the permutation's seed
+    shuffle_seed: int = field(default=0, metadata=check(ge=0))  # the permutation's seed
 
 
 def annotate_stage(cfg: VLMADRecipeConfig, ctx: StageContext) -> Any:
@@ -68,9 +69,21 @@ def annotate_stage(cfg: VLMADRecipeConfig, ctx: StageContext) -> Any:
             "done": summary.done,
             "failed": summary.failed,
             "cached": summary.cached,
+            "annotation_quality": _annotation_quality(scenes, d / "annotations", summary.key),
         }
 
     return ctx.run(stage_cfg, [store], run)
+
+
+def _annotation_quality(scenes: Any, root: Path, key: str) -> dict[str, Any]:
+    """`store_annotation_quality` over every sample (label accuracy against the world's event family,
+    label distribution, predictability from the student's target), or {"skipped": why} for a store
+    without the privileged truth it needs (a source other than the embedded world names no events)."""
+    from drivedistill.annotate.quality import store_annotation_quality
+
+    if "world" not in scenes.config:
+        return {"skipped": "the store was not collected from the embedded world (no event families)"}
+    return store_annotation_quality(scenes, str(root), key)
 
 
 def shuffled(cfg: VLMADRecipeConfig, extras: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -92,12 +105,40 @@ MAX_FAILED_FRACTION = 0.05  # annotations that failed after all retries, of all 
 
 
 def quality(cfg: VLMADRecipeConfig, stages: Mapping[str, Any]) -> dict[str, Any]:
-    """Gate: at most MAX_FAILED_FRACTION of the samples lack an annotation (failed requests)."""
+    """Gate: at most MAX_FAILED_FRACTION of the samples lack an annotation (failed requests), and the
+    annotation-quality checks of annotate/quality.py hold (protocol "cause_vs_world_event": cause labels
+    accurate against the world's event family, no dominant cause, not predictable from the student's
+    target). Reads the stage summary (computed there over every sample); nothing is recomputed."""
     summary = stages["annotate"].summary
     done, failed = int(summary.get("done", 0)), int(summary.get("failed", 0))
     fraction = failed / max(done + failed, 1)
-    metrics = {"annotated": done, "failed": failed, "failed_fraction": fraction, "annotator": cfg.annotator}
+    metrics: dict[str, Any] = {
+        "annotated": done,
+        "failed": failed,
+        "failed_fraction": fraction,
+        "annotator": cfg.annotator,
+    }
     checks = {"few_failed_annotations": done > 0 and fraction <= MAX_FAILED_FRACTION}
+    aq = summary.get("annotation_quality")
+    if aq is None:
+        checks["annotation_quality_measured"] = False  # a summary of an older stage version
+    elif "skipped" in aq:
+        metrics["annotation_quality"] = aq
+    else:
+        checks.update({f"annotations_{k}": bool(v) for k, v in aq.get("checks", {}).items()})
+        metrics["annotation_quality"] = {
+            k: aq.get(k)
+            for k in (
+                "protocol",
+                "label_accuracy",
+                "accuracy_per_event",
+                "support_per_event",
+                "distribution",
+                "max_cause_share",
+                "trajectory_predictability",
+                "thresholds",
+            )
+        }
     return {"pass": all(checks.values()), "checks": checks, "metrics": metrics}
 
 

@@ -78,9 +78,12 @@ class LatentVLARecipeConfig:
     teacher: VLMTeacherConfig = field(default_factory=VLMTeacherConfig)
     teacher_train: TeacherTrainConfig = field(default_factory=TeacherTrainConfig)
     corpus: CorpusConfig = field(default_factory=CorpusConfig)  # extra unlabelled episodes (LAM + teacher)
-    gate_margin_acc: float = 0.02  # code accuracy the teacher must gain over image-free / blank image
-    gate_baseline_steps: int = 400  # training steps of the image-free baseline of the gate
-    probe_steps: int = 400  # training steps of each trajectory probe of the LAM codes (latent_lam summary)
+    # code accuracy the teacher must gain over image-free / blank image
+    gate_margin_acc: float = field(default=0.02, metadata=check(ge=0, le=1))
+    # training steps of the image-free baseline of the gate
+    gate_baseline_steps: int = field(default=400, metadata=check(ge=1))
+    # training steps of each trajectory probe of the LAM codes (latent_lam summary)
+    probe_steps: int = field(default=400, metadata=check(ge=1))
     # (H, W) [px] the teacher reads; None: the store's camera
     image_hw: tuple[int, int] | None = field(default=None, metadata=check(ge=1))
     teacher_init: Literal["trained", "untrained"] = "trained"  # untrained: the control's random teacher

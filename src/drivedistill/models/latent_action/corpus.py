@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from torch.utils.data import ConcatDataset
 
+from drivedistill.config import check
 from drivedistill.data.dataset import SceneDataset, collate
 from drivedistill.types import Batch, Scene
 
@@ -32,8 +33,9 @@ from drivedistill.types import Batch, Scene
 class CorpusConfig:
     """Extra unlabelled episodes for the LAM and the latent teacher."""
 
-    extra_episodes: int = 0  # episodes collected on top of the study's store (0 = none)
-    seed_offset: int = 1000  # the corpus world's seed = study world seed + seed_offset (disjoint episodes)
+    extra_episodes: int = field(default=0, metadata=check(ge=0))  # on top of the study's store (0 = none)
+    # the corpus world's seed = study world seed + seed_offset (disjoint episodes)
+    seed_offset: int = field(default=1000, metadata=check(ge=1))
 
     def __post_init__(self) -> None:
         if self.extra_episodes < 0:

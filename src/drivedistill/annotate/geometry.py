@@ -105,22 +105,10 @@ def lateral_offset(lanes: list[np.ndarray], point: np.ndarray) -> float:
     itself stands in for the lane (offset = y), which confuses a bend with a lane change: worlds
     and adapters should provide lanes.
     """
-    origin = np.zeros((1, 2))
-    best: tuple[float, np.ndarray] | None = None
-    for lane in lanes:
-        oriented = _aligned(lane.astype(np.float64))
-        if len(oriented) < 2:
-            continue
-        k = min(int(np.linalg.norm(oriented, axis=1).argmin()), len(oriented) - 2)
-        direction = oriented[k + 1] - oriented[k]
-        if direction[0] < np.cos(np.pi / 4) * np.linalg.norm(direction):
-            continue
-        _, _, dist = project(oriented, origin)
-        if best is None or dist[0] < best[0]:
-            best = (float(dist[0]), oriented)
-    if best is None:
+    lane = ego_lane(lanes)
+    if lane is None:
         return float(point[1])
-    return float(project(best[1], point[None].astype(np.float64))[1][0])
+    return float(project(lane, point[None].astype(np.float64))[1][0])
 
 
 def _noun(cls: int, length: float) -> str:

@@ -48,7 +48,7 @@ def test_two_seed_smoke_run_fills_every_statistics_field(tmp_path: Path) -> None
     assert (pair["row"], pair["reference"], pair["pairing"]) == (
         "transfuser/vlm_ad",
         "transfuser/imitation",
-        "rule",
+        "declared",  # the recipe registry's baseline (pipeline/recipes.baseline_row), not stats' fallback
     )
     for metric in METRICS:
         m = pair["metrics"][metric.key]

@@ -40,6 +40,8 @@ ACCEPTED_CAUSES: dict[str, frozenset[str]] = {
     "stop_and_go": frozenset({"braking lead", "slow lead", "stopped vehicle"}),
     "cross_traffic": frozenset({"cross traffic"}),
     "curve": frozenset({"curve"}),
+    # the world's slow_vehicle family: the expert changes lane behind a slower car
+    "slow_vehicle": frozenset({"slow lead", "overtake"}),
     "lane_follow": frozenset({"clear", "following", "slow lead"}),
 }
 PROTOCOL = "cause_vs_world_event"

@@ -53,17 +53,7 @@ def comfort_checks(states: np.ndarray, dt: float = 0.1) -> np.ndarray:
     heading = _unwrap_phase(states[..., S.HEADING])
     yaw_rate = _derivative(heading, dt, window=5, order=2, deriv=1)
     yaw_accel = _derivative(heading, dt, window=5, order=3, deriv=2)
-    return np.stack(
-        [
-            ((lon > -4.05) & (lon < 2.40)).all(-1),
-            (np.abs(lat) < 4.89).all(-1),
-            (np.abs(abs_jerk) < 8.37).all(-1),
-            (np.abs(lon_jerk) < 4.13).all(-1),
-            (np.abs(yaw_rate) < 0.95).all(-1),
-            (np.abs(yaw_accel) < 1.93).all(-1),
-        ],
-        axis=-1,
-    )
+    return _within_bounds(lon, lat, abs_jerk, lon_jerk, yaw_rate, yaw_accel)
 
 
 # ----- NAVSIM v2 (EPDMS): history comfort (HC) and two-frame extended comfort (EC) -----------------
@@ -92,17 +82,7 @@ def comfort_checks_v2(states: np.ndarray, rear_axle_to_center: float, dt: float 
     heading = _unwrap_phase(states[..., S.HEADING])
     yaw_rate = _derivative(heading, dt, window=5, order=2, deriv=1)
     yaw_accel = _derivative(heading, dt, window=5, order=3, deriv=2)
-    return np.stack(
-        [
-            ((lon > -4.05) & (lon < 2.40)).all(-1),
-            (np.abs(lat) < 4.89).all(-1),
-            (np.abs(abs_jerk) < 8.37).all(-1),
-            (np.abs(lon_jerk) < 4.13).all(-1),
-            (np.abs(yaw_rate) < 0.95).all(-1),
-            (np.abs(yaw_accel) < 1.93).all(-1),
-        ],
-        axis=-1,
-    )
+    return _within_bounds(lon, lat, abs_jerk, lon_jerk, yaw_rate, yaw_accel)
 
 
 def _ec_features(states: np.ndarray, dt: float) -> dict[str, np.ndarray]:
@@ -130,3 +110,25 @@ def extended_comfort(
     for name, bound in EC_THRESHOLDS.items():
         ok &= np.sqrt(np.mean((cur[name] - prev[name]) ** 2, axis=-1)) <= bound
     return ok.astype(np.float64)
+
+
+def _within_bounds(
+    lon: np.ndarray,
+    lat: np.ndarray,
+    abs_jerk: np.ndarray,
+    lon_jerk: np.ndarray,
+    yaw_rate: np.ndarray,
+    yaw_accel: np.ndarray,
+) -> np.ndarray:
+    """(..., 6) bool: each comfort signal (..., T) within nuPlan's bounds at every step."""
+    return np.stack(
+        [
+            ((lon > -4.05) & (lon < 2.40)).all(-1),
+            (np.abs(lat) < 4.89).all(-1),
+            (np.abs(abs_jerk) < 8.37).all(-1),
+            (np.abs(lon_jerk) < 4.13).all(-1),
+            (np.abs(yaw_rate) < 0.95).all(-1),
+            (np.abs(yaw_accel) < 1.93).all(-1),
+        ],
+        axis=-1,
+    )

@@ -32,10 +32,12 @@ Per keyframe sample (2 Hz) of a scene, a `Scene`:
     ego_status   speed, longitudinal acceleration, yaw rate: CAN bus `pose` messages (vel[0], accel[0],
                  rotation_rate[2], interpolated at the keyframe time) when ROOT/can_bus has the scene, else
                  finite differences of the LIDAR_TOP ego poses (meta "ego_status_source": can_bus | poses)
-    command      VAD's rule (tools/data_converter/vad_nuscenes_converter.py), which UniAD/ST-P3-style
-                 evaluation code shares: the LIDAR_TOP sensor position at +3 s (6 keyframes, the last one
-                 repeated past the scene's end) in the current LiDAR frame; x ≥ 2 m → RIGHT, x ≤ -2 m →
-                 LEFT, else STRAIGHT
+    command      the rule VAD (tools/data_converter/vad_nuscenes_converter.py), UniAD
+                 (data_utils/trajectory_api.py `get_sdc_planning_label`) and ST-P3 (NuscenesData.py
+                 `get_gt_trajectory`) share, each read: the LIDAR_TOP sensor position at +3 s (6 keyframes;
+                 the last valid one past the scene's end, as UniAD) in the current LiDAR frame; x ≥ 2 m →
+                 RIGHT, x ≤ -2 m → LEFT, else STRAIGHT (ST-P3 never evaluates a sample without 3 s of
+                 future, so the end-of-scene case is UniAD's and VAD's)
     privileged   future ego poses at the next 8 keyframes (valid where the scene has them), future ego
                  status, front-camera frames at +1/+2/+3 s (last frame repeated past the end), agent boxes
                  at t = 0 … 4 s (annotations of the keyframes, tracked by instance; velocity by central
@@ -104,7 +106,7 @@ SPLITS_FILE = "drivedistill_splits.json"
 # Renault Zoe as the open-loop metric models it (metrics/occupancy.py: 4.084 × 1.85 m, box centre 0.5 m
 # ahead of the rear axle): width, front and rear length from the rear axle, wheelbase [m]
 NUSCENES_EGO = (1.85, 4.084 / 2 + 0.5, 4.084 / 2 - 0.5, 2.588)
-COMMAND_THRESHOLD = 2.0  # [m] lateral LiDAR offset at +3 s (VAD)
+COMMAND_THRESHOLD = 2.0  # [m] lateral LiDAR offset at +3 s (VAD, UniAD, ST-P3)
 
 
 def category_class(name: str) -> AgentClass:
@@ -475,7 +477,8 @@ class NuScenesSource(Source[NuScenesEpisode]):
         return dyn[[0, 1, 3]], "poses"
 
     def command(self, ep: NuScenesEpisode, i: int) -> Command:
-        """VAD's command: LiDAR position at +3 s (6 keyframes; last repeated) in the current LiDAR frame."""
+        """The VAD/UniAD/ST-P3 command: LiDAR position at +3 s (6 keyframes; last repeated) in the current
+        LiDAR frame (full 3-D transforms, as all three do)."""
         s = ep.samples[i]
         j = min(i + 6, len(ep.samples) - 1)
         T_global_lidar_future = ep.samples[j].T_global_ego @ ep.samples[j].T_ego_lidar

@@ -6,6 +6,7 @@ Layout read (what the nuScenes download unpacks to; see docs/nuscenes.md):
                     sample_annotation,sample_data,scene,sensor,visibility}.json     (all 13 required)
     ROOT/samples/CAM_FRONT/*.jpg, ROOT/samples/LIDAR_TOP/*.pcd.bin                 (keyframe files)
     ROOT/can_bus/scene-XXXX_pose.json                                              (optional expansion)
+    ROOT/maps/expansion/<location>.json   map expansion v1.3 (optional; nuscenes_map.py reads it)
     ROOT/drivedistill_splits.json   official scene splits, written by nuscenes-devkit's
                                     `create_splits_scenes` (`make nuscenes-splits NUSCENES_ROOT=ROOT`)
 
@@ -15,7 +16,8 @@ Frames (every conversion happens here, in the functions named after it):
              the project's "current ego frame" (types.py) with the **rear axle** as reference point
     lidar    LIDAR_TOP: x right, y forward, z up (calibrated_sensor gives T_ego_lidar)
     camera   x right, y down, z forward (calibrated_sensor gives T_ego_cam and the intrinsics K)
-`global_to_ego`, `lidar_to_ego` and `ego_to_camera` are the only places that convert; a sample's ego frame
+`global_to_ego`, `global_pose_to_ego`, `lidar_to_ego`, `ego_to_camera` and, for the 2-D map,
+nuscenes_map.py's `global_xy_to_ego` (yaw-only) are the only places that convert; a sample's ego frame
 is its LIDAR_TOP keyframe's ego pose (the nuScenes convention for "the sample's pose").
 
 Per keyframe sample (2 Hz) of a scene, a `Scene`:
@@ -42,17 +44,20 @@ Per keyframe sample (2 Hz) of a scene, a `Scene`:
                  status, front-camera frames at +1/+2/+3 s (last frame repeated past the end), agent boxes
                  at t = 0 … 4 s (annotations of the keyframes, tracked by instance; velocity by central
                  differences of the instance's neighbouring annotations, as the devkit's box_velocity),
-                 no map (the map expansion is not read: MapGeometry is empty), the labelled BEV
-                 (`labelled_bev`: world/bev.py's raster with the t = 0 boxes only — no drivable area or
-                 lane markings without the map expansion)
-MetricScenes (PDMS) need the map expansion's drivable area, lanes and route, which is not read yet:
-`metric_scenes_of` says so; the open-loop metrics (ST-P3 / UniAD) read the Scenes' boxes.
+                 the map (`MapGeometry`, from the map expansion of the log's location when present, in a
+                 square of ± map_radius around the ego: drivable area, lanes + connectors with their
+                 centrelines, intersections, on-route lanes and the route along the lanes the logged ego
+                 drives until the scene's end — nuscenes_map.py), the labelled BEV (`labelled_bev`:
+                 world/bev.py's raster — drivable area (ch 0), lane/road dividers (ch 1), t = 0 boxes (ch 2))
+Without the map expansion file the map is empty, channels 0/1 stay empty, meta "map" names the missing file
+and `metric_scenes_of` (PDMS) refuses with that file and the fix. MetricScenes: `metric_scene_of` (the same
+Scene, rear-axle frame, nuScenes ego geometry); no traffic-light states (TLC = 1), no ego history (HC = 1).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +68,9 @@ from drivedistill.config import check
 from drivedistill.data.sources.av2 import EgoTrack
 from drivedistill.data.sources.base import Source, SourceError
 from drivedistill.data.sources.lidar import GROUND_MODES, sweep_bev
-from drivedistill.geometry.metric_scene import MetricScene
+from drivedistill.data.sources.nuscenes_map import NuScenesMap, global_xy_to_ego, map_path
+from drivedistill.geometry.metric_scene import MetricScene, metric_scene_from_scene
+from drivedistill.geometry.planar import resample_polyline
 from drivedistill.registry import register
 from drivedistill.types import (
     FUTURE_FRAME_STEPS,
@@ -107,6 +114,7 @@ SPLITS_FILE = "drivedistill_splits.json"
 # ahead of the rear axle): width, front and rear length from the rear axle, wheelbase [m]
 NUSCENES_EGO = (1.85, 4.084 / 2 + 0.5, 4.084 / 2 - 0.5, 2.588)
 COMMAND_THRESHOLD = 2.0  # [m] lateral LiDAR offset at +3 s (VAD, UniAD, ST-P3)
+MAP_MODES = ("auto", "require", "off")
 
 
 def category_class(name: str) -> AgentClass:
@@ -140,8 +148,13 @@ class NuScenesConfig:
     lidar: bool = True  # False: zero BEV (meta "absent")
     ground: str = "local"  # ground removal of the sweep (data/sources/lidar.py): local | flat
     bev: BevConfig = field(default_factory=BevConfig)
+    # map expansion (ROOT/maps/expansion/<location>.json): auto = read when present | require | off
+    map: str = "auto"
+    map_radius: float = field(default=64.0, metadata=check(ge=10))  # [m] half size of the square map window
 
     def __post_init__(self) -> None:
+        if self.map not in MAP_MODES:
+            raise SourceError(f"nuscenes.map: {self.map!r}; use auto, require or off")
         if self.version not in VERSIONS:
             raise SourceError(f"nuscenes.version: unknown {self.version!r}; versions are {list(VERSIONS)}")
         if self.split and self.split not in SPLITS_OF_VERSION[self.version]:
@@ -303,6 +316,8 @@ class NuScenesEpisode:
     samples: list[NuScenesSample]
     ego_track: EgoTrack  # LIDAR_TOP ego poses of the scene (keyframes + sweeps in the tables), global
     can: dict[str, np.ndarray] | None  # utime [µs], speed, accel, yaw_rate (CAN bus pose messages)
+    map: NuScenesMap | None = None  # the location's map expansion (None: absent or map=off)
+    map_file: str = ""  # ROOT/maps/expansion/<location>.json (read or looked for)
 
 
 class NuScenesSource(Source[NuScenesEpisode]):
@@ -332,6 +347,19 @@ class NuScenesSource(Source[NuScenesEpisode]):
                 )
             names = [n for n in names if n in set(cfg.scenes)]
         self.names = names
+        self._maps: dict[str, NuScenesMap | None] = {}
+
+    def map_of(self, location: str) -> NuScenesMap | None:
+        """The location's map expansion, parsed once per source (None when absent under map=auto or off)."""
+        if self.cfg.map == "off":
+            return None
+        if location not in self._maps:
+            path = map_path(self.db.root, location)
+            if not path.exists() and self.cfg.map == "auto":
+                self._maps[location] = None
+            else:  # present, or required: a missing / malformed file is an error naming it and the fix
+                self._maps[location] = NuScenesMap(path, resolution=0.5)
+        return self._maps[location]
 
     def _split_scenes(self) -> set[str]:
         path = Path(self.cfg.splits_file) if self.cfg.splits_file else self.db.root / SPLITS_FILE
@@ -416,7 +444,16 @@ class NuScenesSource(Source[NuScenesEpisode]):
             poses.append((sd["timestamp"] * 1e-6, T[0, 3], T[1, 3], np.arctan2(T[1, 0], T[0, 0])))
         arr = np.unique(np.asarray(poses, np.float64), axis=0)
         track = EgoTrack(None, times=arr[:, 0], poses=arr[:, 1:])
-        return NuScenesEpisode(episode, str(log.get("location", "")), samples, track, self._can_bus(episode))
+        location = str(log.get("location", ""))
+        return NuScenesEpisode(
+            episode,
+            location,
+            samples,
+            track,
+            self._can_bus(episode),
+            self.map_of(location) if location else None,
+            str(map_path(db.root, location or "<log.location empty>")),
+        )
 
     def _annotations(self, sample_token: str) -> list[dict[str, Any]]:
         if not hasattr(self, "_ann_by_sample"):
@@ -551,6 +588,7 @@ class NuScenesSource(Source[NuScenesEpisode]):
         future = np.stack([ego_pose_of(j) for j in fut_idx]).astype(np.float32)
         future_valid = np.array([i + k < n for k in range(1, NUM_FUTURE + 1)])
         status, status_src = self.ego_status(ep, s.timestamp)
+        map_geom, markings, _lane_tokens, map_meta = self.local_map(ep, i)
         fut_status = np.stack([self.ego_status(ep, ep.samples[j].timestamp)[0] for j in fut_idx])
         fut_status[~future_valid] = 0.0
         # agents at t = 0 ... 4 s, tracked by instance, in the ego frame at t = 0
@@ -580,7 +618,9 @@ class NuScenesSource(Source[NuScenesEpisode]):
                 if self.cfg.lidar
                 else np.zeros((self.cfg.bev.height, self.cfg.bev.width, len(LIDAR_CHANNELS)), np.uint8)
             )
-            labelled = render_bev([], [], agents[0][valid[0]][:, :5], self.cfg.bev)
+            labelled = render_bev(
+                map_geom.drivable_polygons, markings, agents[0][valid[0]][:, :5], self.cfg.bev
+            )
         else:  # metric scenes read no sensor: 1-pixel placeholders, never stored
             camera, frames = (
                 np.zeros((1, 1, 3), np.uint8),
@@ -597,12 +637,13 @@ class NuScenesSource(Source[NuScenesEpisode]):
             "history_padded": padded,
             "reference_point": "rear_axle",
         }
-        if not self.cfg.lidar:
-            meta["absent"] = ["lidar_bev"]
+        meta.update(map_meta)
+        absent = (["lidar_bev"] if not self.cfg.lidar else []) + (["map"] if ep.map is None else [])
+        if absent:
+            meta["absent"] = absent
         if self.cfg.cameras == ["CAM_FRONT"]:  # the stored image's pinhole model, for `data show`
             _, K, T_ego_cam, _ = s.cameras["CAM_FRONT"]
             meta["camera_model"] = {"K": self._stored_intrinsics(K).tolist(), "T_ego_cam": T_ego_cam.tolist()}
-        empty = np.zeros((0, 2), np.float32)
         return Scene(
             token=s.token,
             episode=ep.name,
@@ -621,7 +662,7 @@ class NuScenesSource(Source[NuScenesEpisode]):
                 future_ego_status=fut_status.astype(np.float32),
                 agents=agents,
                 agents_valid=valid,
-                map=MapGeometry([], [], np.zeros(0, bool), [], [], empty),
+                map=map_geom,
                 scenario=ep.location or "nuscenes",
                 labelled_bev=labelled,
             ),
@@ -631,17 +672,87 @@ class NuScenesSource(Source[NuScenesEpisode]):
     def scenes_of(self, records: NuScenesEpisode) -> list[Scene]:
         return [self._scene(records, i, sensors=True) for i in range(len(records.samples))]
 
-    def metric_scenes_of(self, records: NuScenesEpisode) -> list[MetricScene]:
-        """PDMS scenes need the drivable area, lanes and route of the map expansion, which this adapter
-        does not read yet: raises `SourceError` (open-loop metrics read the Scenes' boxes instead)."""
-        raise SourceError(
-            f"{self.db.root}: PDMS on nuScenes needs the map expansion (drivable area, lanes, route), which the "
-            "nuscenes source does not read yet; score nuScenes with `drivedistill eval openloop --store`"
+    def local_map(
+        self, ep: NuScenesEpisode, i: int
+    ) -> tuple[MapGeometry, list[np.ndarray], list[str], dict[str, Any]]:
+        """The map around sample i in its ego frame: (MapGeometry, divider strips for the labelled BEV, lane
+        tokens in MapGeometry order, meta). Empty (and meta "map" naming the missing file) without a map."""
+        empty = np.zeros((0, 2), np.float32)
+        if ep.map is None:
+            why = "off (--source.map=off)" if self.cfg.map == "off" else f"absent: {ep.map_file} not found"
+            return MapGeometry([], [], np.zeros(0, bool), [], [], empty), [], [], {"map": why}
+        s = ep.samples[i]
+        local = ep.map.around(s.T_global_ego, self.cfg.map_radius)
+        t0, t_end = s.timestamp * 1e-6, ep.samples[-1].timestamp * 1e-6
+        times = np.append(np.arange(t0, t_end, 0.1), t_end)
+        path = ep.ego_track.at(times) if len(ep.ego_track.times) > 1 else ep.ego_track.poses[:1]
+        visited, on_route = ep.map.route(path)
+        route_src = "lanes"
+        if visited:
+            centre = {t: c for t, c in zip(local.lane_tokens, local.lane_centrelines)}
+            line = np.concatenate(
+                [
+                    centre.get(t, global_xy_to_ego(s.T_global_ego, ep.map.lanes[t].centreline[:, :2]))
+                    for t in visited
+                ]
+            )
+        else:  # the logged ego is on no lane (a car park, a map gap): its own path is the route
+            line, route_src = global_xy_to_ego(s.T_global_ego, path[:, :2]), "ego_path"
+        try:
+            route = resample_polyline(line, 1.0).astype(np.float32)
+        except ValueError:  # fewer than 2 distinct points
+            route, route_src = empty, "none"
+
+        def f32(polys: list[np.ndarray]) -> list[np.ndarray]:
+            return [np.asarray(p, np.float32) for p in polys]
+
+        geom = MapGeometry(
+            lanes=f32(local.lane_centrelines),
+            lane_polygons=f32(local.lane_polygons),
+            lane_on_route=np.array([t in on_route for t in local.lane_tokens], bool),
+            drivable_polygons=f32(local.drivable),
+            intersection_polygons=f32(local.intersections),
+            route=route,
         )
+        meta = {"map": f"expansion v{ep.map.version}: {ep.map_file}", "route_source": route_src}
+        return geom, local.markings, local.lane_tokens, meta
+
+    def metric_scene_of(self, ep: NuScenesEpisode, i: int) -> MetricScene:
+        """PDMS scene of sample i: the Scene's privileged part in its own rear-axle frame (no shift), the
+        nuScenes ego geometry (NUSCENES_EGO), lane ids = map tokens, previous_token = the previous keyframe."""
+        if ep.map is None:
+            raise SourceError(self._no_map_message(ep))
+        scene = self._scene(ep, i, sensors=False)
+        m = metric_scene_from_scene(scene, center_to_rear_axle=0.0, ego_geometry=NUSCENES_EGO)
+        _, _, tokens, _ = self.local_map(ep, i)
+        return replace(
+            m,
+            lane_ids=np.array(tokens, dtype=str),
+            previous_token=ep.samples[i - 1].token if i > 0 else "",
+        )
+
+    def _no_map_message(self, ep: NuScenesEpisode) -> str:
+        if self.cfg.map == "off":
+            return (
+                f"{ep.name}: PDMS on nuScenes needs the map expansion, but --source.map=off; drop it "
+                f"(map=auto reads {ep.map_file} when present)"
+            )
+        return (
+            f"{ep.map_file}: map expansion file missing — PDMS on nuScenes needs its drivable area, lanes and "
+            "route; download the nuScenes map expansion v1.3 and unpack it so that ROOT/maps/expansion/"
+            "<location>.json exists (or score nuScenes open loop: `drivedistill eval openloop --store`)"
+        )
+
+    def metric_scenes_of(self, records: NuScenesEpisode) -> list[MetricScene]:
+        """PDMS scenes of every keyframe (see `metric_scene_of`); raises `SourceError` without the map."""
+        if records.map is None:
+            raise SourceError(self._no_map_message(records))
+        return [self.metric_scene_of(records, i) for i in range(len(records.samples))]
 
     def episode_info(self, records: NuScenesEpisode) -> dict[str, Any]:
         return {
             "source": self.name,
+            "map": records.map_file if records.map is not None else f"absent ({self.cfg.map})",
             "scenario": records.location,
             "ego_status_source": "can_bus" if records.can is not None else "poses",
             "num_keyframes": len(records.samples),

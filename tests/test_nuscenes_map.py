@@ -28,6 +28,7 @@ from tests.nuscenes_fixture import (
     CURVED,
     DRIVABLE_HOLE,
     EGO_LANE,
+    LANES,
     LEFT_LANE,
     LOCATION,
     ONCOMING,
@@ -117,6 +118,41 @@ def test_arclines_and_hole_free_polygons() -> None:
     assert abs(union.area - poly.area) < 1e-9 and union.symmetric_difference(poly).area < 1e-9
 
 
+def test_route_follows_the_lanes_the_logged_ego_drives(source: NuScenesSource, episode) -> None:  # type: ignore[no-untyped-def]
+    """`NuScenesMap.route` on logged paths (ego frame of the keyframe → global): straight through the
+    junction and into the curve visits ego lane → connector → curved lane; a lane change visits the left
+    lane (+ nothing after it: it has no outgoing lane); driving forward in the oncoming lane visits no
+    lane (headings disagree). On-route: the same-direction left lane, never the oncoming one."""
+    nmap = source.map_of(LOCATION)
+    assert nmap is not None
+    T = episode.samples[0].T_global_ego
+    yaw0 = math.atan2(T[1, 0], T[0, 0])
+
+    def to_global(local: np.ndarray) -> np.ndarray:
+        c, s = math.cos(yaw0), math.sin(yaw0)
+        xy = local[:, :2] @ np.array([[c, s], [-s, c]]) + T[:2, 3]
+        return np.c_[xy, local[:, 2] + yaw0]
+
+    x = np.arange(0.0, 45.0, 1.0)
+    straight = np.c_[x, np.zeros_like(x), np.zeros_like(x)]
+    curve = np.array([tuple(p) for p in _curve_poses()])
+    visited, on_route = nmap.route(to_global(np.concatenate([straight, curve])))
+    assert visited == [EGO_LANE, CONNECTOR, CURVED] and ONCOMING not in on_route and LEFT_LANE in on_route
+    change = np.c_[x[:25], np.clip((x[:25] - 5.0) / 10.0, 0.0, 1.0) * 3.5, np.zeros(25)]
+    assert nmap.route(to_global(change))[0] == [EGO_LANE, LEFT_LANE]
+    wrong_way = np.c_[x[:25], np.full(25, -3.5), np.zeros(25)]
+    assert nmap.route(to_global(wrong_way))[0] == []
+
+
+def _curve_poses() -> np.ndarray:
+    from drivedistill.data.sources.nuscenes_map import arcline_poses
+
+    x, y, yaw, shape, radius, lengths = LANES[CURVED][0]
+    return arcline_poses(
+        {"start_pose": [x, y, yaw], "shape": shape, "radius": radius, "segment_length": list(lengths)}, 1.0
+    )
+
+
 def test_pdms_scores_plans_on_the_nuscenes_metric_scene(source: NuScenesSource, episode) -> None:  # type: ignore[no-untyped-def]
     """The metric scene scores: a plan along the ego lane stays on the drivable area (DAC 1); a plan
     leaving the road to the right at 30° crosses its edge at y = -8 m (DAC 0, PDMS 0)."""
@@ -139,6 +175,7 @@ def test_a_store_carries_the_map_and_gives_the_same_metric_scene(
     NUSCENES_EGO) — how plans are scored with PDMS on a nuScenes store."""
     collect_source(NuScenesSource(NuScenesConfig(root=str(root))), tmp_path / "store", progress=False)
     store = SceneStore(tmp_path / "store")
+    assert store.validate(deep=True) == []
     stored = store.load(store.tokens()[0])
     again = metric_scene_from_scene(stored, center_to_rear_axle=0.0, ego_geometry=NUSCENES_EGO)
     direct = source.metric_scenes_of(episode)[0]
@@ -214,8 +251,9 @@ def _near(mask: np.ndarray, other: np.ndarray, reach: int) -> np.ndarray:
 @pytest.mark.skipif(devkit_python() is None, reason="no nuscenes-devkit environment (make nuscenes-env)")
 def test_matches_the_devkit_map_api(root: Path, source: NuScenesSource, episode, scene) -> None:  # type: ignore[no-untyped-def]
     """nuscenes-devkit (own env) loads the fixture map; its `get_map_mask` drivable area equals our
-    labelled BEV channel 0 except on polygon edges (every differing pixel within 1 px of the devkit mask's
-    boundary; both rasterise the same polygons with different rounding), its divider mask (2 px cv2 lines)
+    labelled BEV channel 0 except along polygon edges (every differing pixel within 1 px of a devkit boundary
+    pixel: cv2 fills rounded vertex coordinates, world/bev.py's PIL fill draws an outline and takes pixel
+    corners as coordinates — a ≤ 1 px shift of each edge, looked at in a side-by-side image), its divider mask (2 px cv2 lines)
     and our channel 1 (0.2 m strips) lie within 1 px of each other, `discretize_lanes(0.5)` gives our
     centreline poses point for point (1e-6 m, 1e-6 rad), and `get_outgoing_lane_ids` our lane graph."""
     T = episode.samples[0].T_global_ego
@@ -233,10 +271,15 @@ def test_matches_the_devkit_map_api(root: Path, source: NuScenesSource, episode,
 
     drivable = ours_from_devkit(ref["drivable"])
     ours = scene.privileged.labelled_bev[..., 0] > 0
-    edge = drivable ^ _near(drivable, ~drivable, 1)  # interior pixels of the devkit's mask
-    inside_out = (~drivable) ^ _near(~drivable, drivable, 1)
-    assert drivable.mean() > 0.2
-    assert np.array_equal(ours[edge], drivable[edge]) and not ours[inside_out].any()
+    boundary = _near(drivable, ~drivable, 1) | _near(
+        ~drivable, drivable, 1
+    )  # pixels with a neighbour of the other value
+    band = _near(
+        np.ones_like(boundary), boundary, 1
+    )  # and their neighbours: a band ≤ 4 px wide along each edge
+    differ = ours ^ drivable
+    assert drivable.mean() > 0.2 and differ.sum() < 0.1 * drivable.sum()  # measured: 296 px of 4139 (7 %)
+    assert not (differ & ~band).any()
     dividers = ours_from_devkit(ref["dividers"])
     marks = scene.privileged.labelled_bev[..., 1] > 0
     assert dividers.sum() > 50 and marks.sum() > 50

@@ -348,6 +348,7 @@ class NuScenesSource(Source[NuScenesEpisode]):
             names = [n for n in names if n in set(cfg.scenes)]
         self.names = names
         self._maps: dict[str, NuScenesMap | None] = {}
+        self._last_local: tuple[tuple[str, int], Any] | None = None  # local_map memo (Scene + MetricScene)
 
     def map_of(self, location: str) -> NuScenesMap | None:
         """The location's map expansion, parsed once per source (None when absent under map=auto or off)."""
@@ -681,6 +682,9 @@ class NuScenesSource(Source[NuScenesEpisode]):
         if ep.map is None:
             why = "off (--source.map=off)" if self.cfg.map == "off" else f"absent: {ep.map_file} not found"
             return MapGeometry([], [], np.zeros(0, bool), [], [], empty), [], [], {"map": why}
+        key = (ep.name, i)
+        if self._last_local is not None and self._last_local[0] == key:
+            return self._last_local[1]  # type: ignore[no-any-return]
         s = ep.samples[i]
         local = ep.map.around(s.T_global_ego, self.cfg.map_radius)
         t0, t_end = s.timestamp * 1e-6, ep.samples[-1].timestamp * 1e-6
@@ -715,6 +719,7 @@ class NuScenesSource(Source[NuScenesEpisode]):
             route=route,
         )
         meta = {"map": f"expansion v{ep.map.version}: {ep.map_file}", "route_source": route_src}
+        self._last_local = (key, (geom, local.markings, local.lane_tokens, meta))
         return geom, local.markings, local.lane_tokens, meta
 
     def metric_scene_of(self, ep: NuScenesEpisode, i: int) -> MetricScene:

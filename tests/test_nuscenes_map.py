@@ -17,10 +17,14 @@ import shapely
 from drivedistill.cli import main as cli_main
 from drivedistill.data.collect import collect_source
 from drivedistill.data.sources.base import SourceError
-from drivedistill.data.sources.nuscenes import NUSCENES_EGO, NuScenesConfig, NuScenesSource
+from drivedistill.data.sources.nuscenes import (
+    NUSCENES_EGO,
+    NuScenesConfig,
+    NuScenesSource,
+    stored_metric_scene,
+)
 from drivedistill.data.sources.nuscenes_map import arcline_pose_at, global_xy_to_ego, hole_free, map_path
 from drivedistill.data.store import SceneStore
-from drivedistill.geometry.metric_scene import metric_scene_from_scene
 from drivedistill.metrics.pdms import score_plans
 from drivedistill.world.bev import ego_to_pixels
 from tests.nuscenes_fixture import (
@@ -177,7 +181,7 @@ def test_a_store_carries_the_map_and_gives_the_same_metric_scene(
     store = SceneStore(tmp_path / "store")
     assert store.validate(deep=True) == []
     stored = store.load(store.tokens()[0])
-    again = metric_scene_from_scene(stored, center_to_rear_axle=0.0, ego_geometry=NUSCENES_EGO)
+    again = stored_metric_scene(stored)
     direct = source.metric_scenes_of(episode)[0]
     for name in ("drivable_polygons", "lane_polygons", "intersection_polygons"):
         a, b = getattr(again, name), getattr(direct, name)
@@ -204,6 +208,10 @@ def test_without_the_map_expansion_the_map_is_empty_and_pdms_refuses(tmp_path: P
     assert not s.privileged.labelled_bev[..., :2].any() and not s.privileged.map.drivable_polygons
     with pytest.raises(SourceError, match=f"{missing}: map expansion file missing.*map expansion v1.3"):
         src.metric_scenes_of(ep)
+    with pytest.raises(SourceError, match="no map in the store.*absent.*re-collect"):
+        stored_metric_scene(s)
+    rc = cli_main(["eval", "pdms", "--source", "nuscenes", "--root", str(root), "--planner", "human"])
+    assert rc == 2  # one line naming the file (SourceError is a user error)
     with pytest.raises(SourceError, match=f"{missing}: map expansion file missing.*--source.map=off"):
         NuScenesSource(NuScenesConfig(root=str(root), map="require")).load(SCENE)
     off = NuScenesSource(NuScenesConfig(root=str(root), map="off"))

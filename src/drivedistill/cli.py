@@ -89,6 +89,7 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
         ("drivedistill.annotate.cache", "CacheError"),
         ("drivedistill.annotate.schema", "AnswerError"),
         ("drivedistill.metrics.openloop_cli", "InputError"),
+        ("drivedistill.data.sources.base", "SourceError"),
     ]:
         mod = sys.modules.get(module)  # only the modules the command imported can have raised
         if mod is not None and hasattr(mod, name):

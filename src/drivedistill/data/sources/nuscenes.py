@@ -764,6 +764,24 @@ class NuScenesSource(Source[NuScenesEpisode]):
         }
 
 
+def stored_metric_scene(scene: Scene) -> MetricScene:
+    """The PDMS scene of a Scene read back from a nuScenes store (privileged part needed): the same as
+    `NuScenesSource.metric_scene_of` on the raw data, except lane ids (indices) and previous_token (unset).
+    Plans to score with it are rear-axle poses in the Scene's own frame (nuScenes Scenes are rear-axle
+    referenced: no shift). Raises `SourceError` when the store was collected without the map expansion."""
+    if scene.meta.get("source") != "nuscenes":
+        raise SourceError(
+            f"scene {scene.token}: not from the nuscenes source (meta source {scene.meta.get('source')!r})"
+        )
+    if scene.privileged is None or not scene.privileged.map.drivable_polygons:
+        why = scene.meta.get("map", "no privileged part")
+        raise SourceError(
+            f"scene {scene.token}: no map in the store ({why}); re-collect with the nuScenes map expansion v1.3 "
+            "in ROOT/maps/expansion/ to score PDMS"
+        )
+    return metric_scene_from_scene(scene, center_to_rear_axle=0.0, ego_geometry=NUSCENES_EGO)
+
+
 @register("source", "nuscenes", NuScenesConfig)
 def build(cfg: NuScenesConfig) -> NuScenesSource:
     return NuScenesSource(cfg)

@@ -221,6 +221,32 @@ def test_without_the_map_expansion_the_map_is_empty_and_pdms_refuses(tmp_path: P
         NuScenesConfig(root=str(root), map="maybe")
 
 
+def test_degenerate_records_of_a_real_map_are_tolerated(root: Path, tmp_path: Path) -> None:
+    """Real maps hold a few odd records: a self-intersecting (bow-tie) lane polygon, a lane connector without
+    polygon or arcline path. They load; the bow-tie lane is kept (made valid, largest part), the connector
+    without geometry stays in the lane graph but not in the scene's lanes."""
+    copy = write_keyframe_dataset(SRC, tmp_path / "odd")
+    data = json.loads(map_path(root, LOCATION).read_text())
+    ego = next(r for r in data["lane"] if r["token"] == EGO_LANE)
+    shell = next(p for p in data["polygon"] if p["token"] == ego["polygon_token"])["exterior_node_tokens"]
+    data["polygon"].append(
+        {"token": "bowtie", "exterior_node_tokens": [shell[0], shell[-1], shell[40], shell[-41]], "holes": []}
+    )
+    data["lane"].append({**ego, "token": "lane-bowtie", "polygon_token": "bowtie"})
+    data["arcline_path_3"]["lane-bowtie"] = data["arcline_path_3"][EGO_LANE]
+    data["lane_connector"].append({"token": "conn-empty", "polygon_token": None})
+    data["connectivity"]["conn-empty"] = {"incoming": [CURVED], "outgoing": []}
+    path = map_path(copy, LOCATION)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(data))
+    src = NuScenesSource(NuScenesConfig(root=str(copy)))
+    ep = src.load(SCENE)
+    tokens = [str(t) for t in src.metric_scenes_of(ep)[0].lane_ids]
+    assert (
+        "lane-bowtie" in tokens and "conn-empty" not in tokens and "conn-empty" in src.map_of(LOCATION).lanes
+    )  # type: ignore[union-attr]
+
+
 @pytest.mark.parametrize(
     "edit, message",
     [

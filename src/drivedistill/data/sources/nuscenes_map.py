@@ -145,7 +145,7 @@ class LaneRecord:
     """A lane or lane connector: global polygon, centreline poses (N, 3), lane-graph neighbours."""
 
     token: str
-    polygon: shapely.Polygon
+    polygon: shapely.Geometry  # made valid (may be a MultiPolygon; empty without a polygon_token)
     centreline: np.ndarray
     incoming: list[str]
     outgoing: list[str]
@@ -203,7 +203,9 @@ class NuScenesMap:
         polys = {p["token"]: p for p in data["polygon"]}
         lines = {ln["token"]: ln for ln in data["line"]}
 
-        def polygon(token: str) -> shapely.Polygon:
+        def polygon(token: str | None) -> shapely.Geometry:
+            if token is None:  # a record without geometry: kept for the lane graph, never drawn or scored
+                return shapely.Polygon()
             rec = polys[token]
             shell = [nodes[t] for t in rec["exterior_node_tokens"]]
             holes = [[nodes[t] for t in h["node_tokens"]] for h in rec.get("holes", []) if h["node_tokens"]]
@@ -221,7 +223,7 @@ class NuScenesMap:
                 links = graph.get(tok, {"incoming": [], "outgoing": []})
                 self.lanes[tok] = LaneRecord(
                     tok,
-                    polygon(rec["polygon_token"]),
+                    polygon(rec.get("polygon_token")),
                     lane_centreline(arclines.get(tok, []), resolution),
                     list(links["incoming"]),
                     list(links["outgoing"]),
@@ -270,9 +272,10 @@ class NuScenesMap:
         for j in self._lane_tree.query(query):
             lane = self.lanes[self.lane_tokens[j]]
             poly = shapely.affinity.affine_transform(lane.polygon, A)
-            if not poly.intersects(window) or len(lane.centreline) < 2:
-                continue
-            biggest = max(shapely.get_parts(poly), key=lambda p: p.area)
+            parts = [p for p in shapely.get_parts(poly) if isinstance(p, shapely.Polygon) and p.area > 1e-6]
+            if not parts or not poly.intersects(window) or len(lane.centreline) < 2:
+                continue  # no surface (or a degenerate one) or no centreline: not a scorable lane
+            biggest = max(parts, key=lambda p: p.area)
             tokens.append(lane.token)
             lane_polys.append(np.asarray(biggest.exterior.coords, np.float64)[:-1, :2])
             centres.append(global_xy_to_ego(T_global_ego, lane.centreline[:, :2]))
@@ -300,6 +303,8 @@ class NuScenesMap:
             best, score = "", 0.5
             for tok in cands:
                 c = self.lanes[tok].centreline
+                if len(c) < 2:
+                    continue
                 k = int(np.argmin(np.hypot(*(c[:, :2] - pose[:2]).T)))
                 agree = float(np.cos(c[k, 2]) * h[0] + np.sin(c[k, 2]) * h[1])
                 if agree > score:

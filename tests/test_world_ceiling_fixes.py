@@ -84,11 +84,25 @@ def test_pure_pursuit_does_not_cut_a_junction_turn() -> None:
         assert _track_turn(speed) < 1.25, speed
 
 
+def test_expert_accelerates_and_brakes_within_comfort_unless_in_an_emergency() -> None:
+    world = build_world("highway", np.random.default_rng(0), 0.0, None)  # density 0: no traffic
+    ego = world.ego
+    assert isinstance(ego, ExpertVehicle)
+    world.road.vehicles[:] = [ego]
+    ego.speed = 2.0  # far below its target speed: IDM asks for its full 3 m/s²
+    ego.act()
+    assert 0.0 < ego.action["acceleration"] <= ego.COMFORT_ACC_MAX <= 2.4  # nuPlan's bound: 2.40
+    ego.speed = float(ego.target_speed) + 15.0  # far above: IDM's free-road term brakes at ~−6 m/s²
+    ego.act()
+    assert ego.SERVICE_BRAKE <= ego.action["acceleration"] < 0.0 and ego.SERVICE_BRAKE >= -4.05
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("index", [8, 19])  # intersection-s0-e00008, racetrack-s0-e00019 (val)
+@pytest.mark.parametrize("index", [8, 19, 30])  # intersection-s0-e00008, racetrack-s0-e00019, highway-…30
 def test_expert_is_safe_on_its_failing_validation_episodes(index: int) -> None:
-    """The two validation episodes of the default preset where the expert's plans scored NC 0 (a stop
-    timed to 1 m of a crossing car, overshot by the tracker) and TTC 0 (passing a stopped car in a bend)."""
+    """The three validation episodes of the default preset where the expert's plans scored NC 0 (a stop
+    timed to 1 m of a crossing car, overshot by the tracker), TTC 0 (passing a stopped car in a bend) and
+    C 0 (IDM's 3 m/s² of acceleration and 4.2 m/s² of braking, beyond nuPlan's bounds)."""
     from drivedistill.geometry.metric_scene import centre_plan_to_rear_axle, metric_scene_from_scene
     from drivedistill.metrics.pdms import score_plans
     from drivedistill.world.bev import BevConfig
@@ -108,5 +122,7 @@ def test_expert_is_safe_on_its_failing_validation_episodes(index: int) -> None:
     metric = [metric_scene_from_scene(s, D, pdms_ego_geometry()) for s in episode.scenes]
     plans = np.stack([centre_plan_to_rear_axle(s.privileged.future_trajectory, D) for s in episode.scenes])  # type: ignore[union-attr]
     report = score_plans(metric, plans)
-    bad = [(r.token, r.scores) for r in report.scenes if min(r.scores[k] for k in ("nc", "dac", "ttc")) < 1]
+    bad = [
+        (r.token, r.scores) for r in report.scenes if min(r.scores[k] for k in ("nc", "dac", "ttc", "c")) < 1
+    ]
     assert not bad, bad

@@ -22,7 +22,7 @@ from drivedistill.world.fastsim import FastIDMVehicle
 
 HORIZON = 3.0  # [s] safety look-ahead
 PRED_TIMES = np.arange(0.25, HORIZON + 1e-6, 0.25)  # [s]
-CANDIDATE_ACCELS = (0.0, -1.5, -3.0, -4.5, -6.0, -8.0)  # [m/s^2] tried below the IDM command
+CANDIDATE_ACCELS = (0.0, -1.5, -3.0, -3.8, -4.5, -6.0, -8.0)  # [m/s^2] tried below the IDM command
 MARGIN_X, MARGIN_Y = 2.0, 0.35  # [m] safety margins along / across the ego heading
 # [m] margin along the ego heading to a vehicle crossing its path (heading ≥ 30° off the ego's): its
 # constant-turn-rate prediction is the least reliable (a car turning at a junction), and a stop the expert
@@ -40,6 +40,12 @@ class ExpertVehicle(FastIDMVehicle):
     LANE_CHANGE_MAX_BRAKING_IMPOSED = 1.5
     TIME_WANTED = 1.3
     COMFORT_ACC_MIN = -4.0
+    # Comfort (docs/world.md): nuPlan's / NAVSIM's bounds are −4.05 … 2.40 m/s² of longitudinal
+    # acceleration; highway-env's IDM accelerates at up to 3 m/s² and brakes beyond its comfortable
+    # deceleration when a gap closes. The expert accelerates at ≤ COMFORT_ACC_MAX and brakes harder than
+    # SERVICE_BRAKE only when its safety check finds no gentler safe candidate (an emergency).
+    COMFORT_ACC_MAX = 2.0
+    SERVICE_BRAKE = -3.8  # [m/s^2]
     # Lane changes of a human driver rather than highway-env's (0.6 s lateral time constant, up to 45°
     # towards the target lane): at 25 m/s those gains change lane in ~1.5 s with 0.3 rad of heading, a
     # manoeuvre a PDMS tracker (LQR at 10 Hz) cannot follow without overshooting the road edge. Within
@@ -75,7 +81,7 @@ class ExpertVehicle(FastIDMVehicle):
             super().act()
         finally:
             self.target_speed = cruise
-        a_idm = float(self.action["acceleration"])
+        a_idm = max(float(self.action["acceleration"]), self.SERVICE_BRAKE)
         # never brake through zero speed: highway-env integrates into reverse, and a reversing car steers
         # the wrong way
         self.action["acceleration"] = max(self.safe_acceleration(a_idm), -max(float(self.speed), 0.0) / DT)

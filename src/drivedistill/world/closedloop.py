@@ -7,7 +7,8 @@
 
 The first 2 s (the history the planner needs) are driven by the expert. Then the ego becomes a plain
 kinematic bicycle whose plan is tracked at 10 Hz by pure pursuit (look-ahead 0.6·v + 3 m, clipped to
-4..20 m, waypoints behind the car dropped first) and a proportional speed controller on the speed the
+4..20 m, shortened where the plan itself bends so that a turn is cut by ≤ 0.25 m, never below 2.5 m;
+waypoints behind the car dropped first) and a proportional speed controller on the speed the
 plan implies 0.5 s ahead; the planner is called every 0.5 s (2 Hz). `expert=True` keeps the privileged
 expert in control instead (the reference row). Collisions, off-road, route progress and the ego's motion
 come from the simulator's own state. Scripted events and traffic are those of `run_episode` for the
@@ -34,6 +35,12 @@ from drivedistill.world.scenarios import World, build_world, network
 MAX_STEER = math.pi / 3  # [rad] highway-env's steering limit
 ACCEL_LIMITS = (-8.0, 4.0)  # [m/s^2]
 SPEED_GAIN = 1.5  # [1/s]
+# Pure pursuit cuts a bend of radius R by about L²/(8R) at look-ahead L: at a 90° junction turn (R ≈ 10 m)
+# the speed-based look-ahead (≈ 9 m at 10 m/s) cut 1 m and a lane-centre plan left the road. The look-ahead
+# is shortened to sqrt(8·R·CUT_TOLERANCE) where the plan itself bends (R from the plan's own positions,
+# nothing else), never below MIN_LOOKAHEAD.
+CUT_TOLERANCE = 0.25  # [m]
+MIN_LOOKAHEAD = 2.5  # [m]
 
 
 @dataclass
@@ -46,6 +53,19 @@ class EgoTrace:
     frames: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
 
 
+def plan_curvature(points: np.ndarray) -> float:
+    """Largest curvature [1/m] of the polyline (P, 2) [m] over consecutive point triples (Menger
+    curvature 4·area / product of sides); 0 for fewer than 3 points or points closer than 0.5 m."""
+    p = np.asarray(points, np.float64)
+    p = p[np.concatenate([[True], np.hypot(*np.diff(p, axis=0).T) > 0.5])]
+    if len(p) < 3:
+        return 0.0
+    a, b, c = p[:-2], p[1:-1], p[2:]
+    cross = (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
+    sides = np.hypot(*(b - a).T) * np.hypot(*(c - b).T) * np.hypot(*(c - a).T)
+    return float((2.0 * np.abs(cross) / np.maximum(sides, 1e-9)).max())
+
+
 def pure_pursuit(
     plan_world: np.ndarray, pose: np.ndarray, speed: float, t_since_plan: float
 ) -> tuple[float, float]:
@@ -56,6 +76,9 @@ def pure_pursuit(
     steer = 0.0
     if len(ahead):
         look = float(np.clip(0.6 * speed + 3.0, 4.0, 20.0))
+        kappa_plan = plan_curvature(np.concatenate([[[0.0, 0.0]], ahead]))
+        if kappa_plan > 1e-6:
+            look = max(MIN_LOOKAHEAD, min(look, math.sqrt(8.0 * CUT_TOLERANCE / kappa_plan)))
         dist = np.hypot(ahead[:, 0], ahead[:, 1])
         target = ahead[int(np.argmax(dist >= look))] if (dist >= look).any() else ahead[-1]
         d = float(np.hypot(*target))

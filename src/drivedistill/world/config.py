@@ -13,7 +13,9 @@ from drivedistill.world.lidar import LidarConfig
 # Bump when the world's code records something else with an unchanged WorldConfig (expert driving,
 # sensors, metric-scene surfaces), so `drivedistill run` re-collects instead of reusing a cached store.
 # 2: the expert slows for bends and respects a grip bound; drivable polygons include lane seams.
-WORLD_CODE_VERSION = 2
+# 3: traffic never reverses; the expert keeps 4 m to crossing cars, passes stopped cars slowly in bends and
+#    accelerates / brakes within nuPlan's comfort bounds unless in an emergency.
+WORLD_CODE_VERSION = 3
 
 SCENARIOS = ("highway", "merge", "roundabout", "intersection", "racetrack")
 SCRIPTED_EVENTS = ("lead_brake", "stop_and_go", "cut_in", "stopped_vehicle", "cross_traffic")

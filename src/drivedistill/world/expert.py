@@ -22,8 +22,12 @@ from drivedistill.world.fastsim import FastIDMVehicle
 
 HORIZON = 3.0  # [s] safety look-ahead
 PRED_TIMES = np.arange(0.25, HORIZON + 1e-6, 0.25)  # [s]
-CANDIDATE_ACCELS = (0.0, -1.5, -3.0, -4.5, -6.0, -8.0)  # [m/s^2] tried below the IDM command
+CANDIDATE_ACCELS = (0.0, -1.5, -3.0, -3.8, -4.5, -6.0, -8.0)  # [m/s^2] tried below the IDM command
 MARGIN_X, MARGIN_Y = 2.0, 0.35  # [m] safety margins along / across the ego heading
+# [m] margin along the ego heading to a vehicle crossing its path (heading ≥ 30° off the ego's): its
+# constant-turn-rate prediction is the least reliable (a car turning at a junction), and a stop the expert
+# times to 1 m is one no tracker reproduces (docs/world.md, "late braking at junctions")
+MARGIN_X_CROSSING = 4.0  # [m]
 SCAN_RADIUS = 70.0  # [m]
 DT = 1.0 / SIM_HZ  # [s] control period
 
@@ -36,6 +40,12 @@ class ExpertVehicle(FastIDMVehicle):
     LANE_CHANGE_MAX_BRAKING_IMPOSED = 1.5
     TIME_WANTED = 1.3
     COMFORT_ACC_MIN = -4.0
+    # Comfort (docs/world.md): nuPlan's / NAVSIM's bounds are −4.05 … 2.40 m/s² of longitudinal
+    # acceleration; highway-env's IDM accelerates at up to 3 m/s² and brakes beyond its comfortable
+    # deceleration when a gap closes. The expert accelerates at ≤ COMFORT_ACC_MAX and brakes harder than
+    # SERVICE_BRAKE only when its safety check finds no gentler safe candidate (an emergency).
+    COMFORT_ACC_MAX = 2.0
+    SERVICE_BRAKE = -3.8  # [m/s^2]
     # Lane changes of a human driver rather than highway-env's (0.6 s lateral time constant, up to 45°
     # towards the target lane): at 25 m/s those gains change lane in ~1.5 s with 0.3 rad of heading, a
     # manoeuvre a PDMS tracker (LQR at 10 Hz) cannot follow without overshooting the road edge. Within
@@ -52,6 +62,14 @@ class ExpertVehicle(FastIDMVehicle):
     CURVE_LATERAL_ACCEL = 3.0  # [m/s^2]
     CURVE_PREVIEW = 3.0  # [s]
     MAX_LATERAL_ACCEL = 6.0  # [m/s^2]
+    # Passing a stopped car in a bend (docs/world.md): a car held straight for 0.9 s (NAVSIM's TTC
+    # projection) drifts 0.9²·v²·κ/2 = 0.405·a_lat metres to the outside of the bend — 1.2 m at the 3 m/s²
+    # of CURVE_LATERAL_ACCEL, onto a car stopped in the outer lane (`racetrack-s0-e00019`). While it passes
+    # a stopped car (PASS_RANGE ahead, on its road, not in its target lane) the expert drives bends at
+    # PASS_LATERAL_ACCEL (0.8 m of drift).
+    PASS_LATERAL_ACCEL = 2.0  # [m/s^2]
+    PASS_RANGE = 40.0  # [m] ahead of the ego
+    STOPPED_SPEED = 2.0  # [m/s]
     target_lane_index: tuple[str, str, int]
 
     def act(self, action: dict | str | None = None) -> None:
@@ -63,7 +81,7 @@ class ExpertVehicle(FastIDMVehicle):
             super().act()
         finally:
             self.target_speed = cruise
-        a_idm = float(self.action["acceleration"])
+        a_idm = max(float(self.action["acceleration"]), self.SERVICE_BRAKE)
         # never brake through zero speed: highway-env integrates into reverse, and a reversing car steers
         # the wrong way
         self.action["acceleration"] = max(self.safe_acceleration(a_idm), -max(float(self.speed), 0.0) / DT)
@@ -79,7 +97,23 @@ class ExpertVehicle(FastIDMVehicle):
         # curvature of the lane (not of the ego's offset decay): heading change over 6 m windows
         kappa = np.abs(path[4:, 2] - path[:-4, 2]) / 6.0
         k = float(kappa[1:].max()) if len(kappa) > 1 else 0.0
-        return math.sqrt(self.CURVE_LATERAL_ACCEL / k) if k > 1e-4 else math.inf
+        a_lat = self.PASS_LATERAL_ACCEL if self._stopped_car_ahead() else self.CURVE_LATERAL_ACCEL
+        return math.sqrt(a_lat / k) if k > 1e-4 else math.inf
+
+    def _stopped_car_ahead(self) -> bool:
+        """A vehicle slower than STOPPED_SPEED within PASS_RANGE ahead on the ego's road but not in the lane
+        the ego is heading for — a car the ego passes (not one it queues behind)."""
+        c, s = math.cos(self.heading), math.sin(self.heading)
+        for v in self.road.vehicles:
+            if v is self or v.speed > self.STOPPED_SPEED:
+                continue
+            d = v.position - self.position
+            lon, lat = c * d[0] + s * d[1], -s * d[0] + c * d[1]
+            if not -2.0 < lon < self.PASS_RANGE or abs(lat) > 8.0:
+                continue
+            if v.lane_index[:2] == self.target_lane_index[:2] and v.lane_index != self.target_lane_index:
+                return True
+        return False
 
     def _physical_steering(self, steering: float) -> float:
         """Bound highway-env's steering command [rad] so that the lateral acceleration v·yaw rate stays
@@ -240,7 +274,8 @@ class ExpertVehicle(FastIDMVehicle):
         half_l, half_w = others[None, :, 5:6] / 2, others[None, :, 6:7] / 2
         ext_x = half_l * np.abs(np.cos(rel)) + half_w * np.abs(np.sin(rel))
         ext_y = half_l * np.abs(np.sin(rel)) + half_w * np.abs(np.cos(rel))
-        hit = (np.abs(lon) < self.LENGTH / 2 + ext_x + MARGIN_X) & (
+        margin_x = np.where(np.abs(np.sin(rel)) > 0.5, MARGIN_X_CROSSING, MARGIN_X)
+        hit = (np.abs(lon) < self.LENGTH / 2 + ext_x + margin_x) & (
             np.abs(lat) < self.WIDTH / 2 + ext_y + MARGIN_Y
         )
         any_t = hit.any(axis=1)  # (C, T)

@@ -274,7 +274,10 @@ class FastIDMVehicle(IDMVehicle):
             self.crashed = True
             self.impact = None
         self.heading = heading + speed * math.sin(beta) / (self.LENGTH / 2) * dt
-        self.speed = speed + self.action["acceleration"] * dt
+        # a car brakes to a stop, never through it: highway-env integrates the IDM's braking into reverse,
+        # and traffic then backed into junctions at up to 2 m/s (a car reversing onto the expert in
+        # `intersection-s0-e00028`, docs/world.md)
+        self.speed = max(0.0, speed + self.action["acceleration"] * dt)
         self.on_state_update()
 
     def _is_colliding(self, other: Any, dt: float) -> tuple[bool, bool, np.ndarray | None]:

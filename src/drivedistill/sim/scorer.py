@@ -26,6 +26,7 @@ from drivedistill.geometry.planar import (
 from drivedistill.geometry.scene_index import AgentBoxes, MapIndex
 from drivedistill.sim.bicycle import S
 from drivedistill.sim.comfort import comfort_checks
+from drivedistill.sim.region import scene_regions
 
 STOPPED_EGO_SPEED = 5e-2  # [m/s] collision classification (ego stopped → not at fault)
 TTC_STOPPED_SPEED = 5e-3  # [m/s] TTC skipped below this ego speed
@@ -175,10 +176,11 @@ class EgoAreas(dict):  # type: ignore[type-arg]
 
     def __init__(self, boxes: np.ndarray, states: np.ndarray, map_index: MapIndex) -> None:
         corners = boxes[..., :4, :]
+        regions = scene_regions(map_index)  # exact point-in-polygon, answered mostly by grid look-up
         super().__init__(
-            non_drivable=np.asarray(~map_index.in_drivable(corners).all(-1)),
-            oncoming=~map_index.in_on_route_lane(boxes[..., CENTER, :]),
-            intersection=map_index.in_intersection(states[..., [S.X, S.Y]]),
+            non_drivable=np.asarray(~regions.drivable.contains(corners).all(-1)),
+            oncoming=~regions.on_route.contains(boxes[..., CENTER, :]),
+            intersection=regions.intersection.contains(states[..., [S.X, S.Y]]),
         )
         self.corners = corners
         self.map_index = map_index
@@ -501,6 +503,7 @@ def score_states_v2(
     weights: ScorerWeightsV2 | None = None,
     dt: float = 0.1,
     with_history: bool = True,
+    solo: np.ndarray | None = None,
 ) -> SubScoresV2:
     """EPDMS sub-scores of simulated states (B, T, NUM_STATES) — NAVSIM v2's `PDMScorer.score_proposals`.
 
@@ -508,12 +511,14 @@ def score_states_v2(
     intersections; TTC is evaluated on the steps whose look-ahead stays within the plan (t ≤ T−1−9);
     EP = clip(progress / max masked progress, 0, 1) (not masked itself); LK and HC weighted 2 each.
     `reference` as in `score_states`. `with_history=False` scores without the past (HC = 1), as NAVSIM
-    scores the human plan for the filter."""
+    scores the human plan for the filter; `solo` (B,) bool marks rows scored as if alone (HC = 1 and EP
+    normalised by their own progress) — the human plan of the filter riding in the proposals' batch
+    (every other sub-metric is per row, so the batch does not change them)."""
     w = weights or ScorerWeightsV2()
     n_b, n_t = states.shape[:2]
     boxes = ego_boxes(states, scene)
     areas = ego_areas(boxes, states, map_index)
-    center_inter = map_index.in_intersection(boxes[..., CENTER, :])
+    center_inter = scene_regions(map_index).intersection.contains(boxes[..., CENTER, :])
     ego_radius = 0.5 * float(np.hypot(scene.front_length + scene.rear_length, scene.width))
     frames = _AgentFrames.of(agents)
     nc = no_at_fault_collision(states, boxes, areas, agents, ego_radius, frames)
@@ -527,6 +532,8 @@ def score_states_v2(
     )
     lk = lane_keeping(boxes[..., CENTER, :], center_inter, centerline, w)
     hc = history_comfort(states, scene, dt) if with_history else np.ones(n_b)
+    if solo is not None:
+        hc = np.where(solo, 1.0, hc)
     s_start, _ = project_to_polyline(centerline, boxes[:, 0, CENTER])
     s_end, _ = project_to_polyline(centerline, boxes[:, -1, CENTER])
     progress = np.clip(s_end - s_start, 0.0, None)
@@ -535,6 +542,8 @@ def score_states_v2(
     norm = (
         np.maximum(masked, masked[reference]) if reference is not None else np.full_like(masked, masked.max())
     )
+    if solo is not None:
+        norm = np.where(solo, masked, norm)
     with np.errstate(invalid="ignore", divide="ignore"):
         ep = np.where(norm > w.progress_threshold, np.clip(progress / norm, 0.0, 1.0), 1.0)
     score = multi * epdms_weighted(ep, ttc, lk, hc, None, w)

@@ -156,10 +156,14 @@ def _overlaps(
     if len(tn) == 0:
         empty = np.zeros(0, np.int64)
         return empty, empty, empty
-    ac = a_centers[tn, an]  # (P, 2)
-    dx = centers[:, tn, 0] - ac[None, :, 0]  # (B, P)
-    dy = centers[:, tn, 1] - ac[None, :, 1]
-    reach = (radius + agents.radius[an]) ** 2
+    # circle prefilter in float32 relative to the batch's mean position, with a 1 cm margin: a superset
+    # of the float64 test (rounding ≪ 1 cm at scene scale), the exact box test below decides
+    mid = centers.reshape(-1, 2).mean(0)
+    ec = (centers - mid).astype(np.float32)
+    ac = (a_centers[tn, an] - mid).astype(np.float32)  # (P, 2)
+    dx = ec[:, tn, 0] - ac[None, :, 0]  # (B, P)
+    dy = ec[:, tn, 1] - ac[None, :, 1]
+    reach = ((radius + agents.radius[an] + 0.01) ** 2).astype(np.float32)
     b, k = np.nonzero(dx * dx + dy * dy <= reach[None])
     t, a = tn[k], an[k]
     ta = st[t]
@@ -193,17 +197,25 @@ class EgoAreas(dict):  # type: ignore[type-arg]
         return value
 
     def multiple_lanes_at(self, b: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """multiple_lanes at the boxes (b, t), each box tested once (memoised across NC and TTC)."""
         if "multiple_lanes" in self:
             return np.asarray(self["multiple_lanes"][b, t])
         if len(b) == 0:
             return np.zeros(0, bool)
-        return np.asarray(self.map_index.multiple_lanes(self.corners[b, t]))
+        known = self.__dict__.setdefault("_ml_known", np.full(self.corners.shape[:2], -1, np.int8))
+        todo = np.unique(np.ravel_multi_index((b, t), known.shape)[known[b, t] < 0])
+        if len(todo):
+            tb, tt = np.unravel_index(todo, known.shape)
+            known[tb, tt] = np.asarray(self.map_index.multiple_lanes(self.corners[tb, tt]))
+        return known[b, t] == 1
 
     def head(self, n: int) -> EgoAreas:
         """The masks of the first n steps."""
         out = EgoAreas.__new__(EgoAreas)
         dict.__init__(out, {k: v[:, :n] for k, v in self.items()})
         out.corners, out.map_index = self.corners[:, :n], self.map_index
+        known = self.__dict__.setdefault("_ml_known", np.full(self.corners.shape[:2], -1, np.int8))
+        out._ml_known = known[:, :n]  # a view: the memo is shared with the full-length masks
         return out
 
 

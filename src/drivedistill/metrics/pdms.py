@@ -244,6 +244,29 @@ def _pad(props: np.ndarray) -> np.ndarray:
     return np.concatenate([props, np.repeat(props[:, -1:], MAX_POSES - props.shape[1], axis=1)], axis=1)
 
 
+def _selecting_with_protocol(cfg: PDMSConfig) -> PDMSConfig:
+    """cfg with PDM-Closed selecting its plan by the scoring protocol (the EP reference of a protocol is
+    PDM-Closed of that protocol)."""
+    if cfg.pdm_closed.selection == cfg.protocol:
+        return cfg
+    return replace(cfg, pdm_closed=replace(cfg.pdm_closed, selection=cfg.protocol))
+
+
+def _prepare(
+    scene: MetricScene,
+    proposals: np.ndarray,
+    cfg: PDMSConfig,
+    reference: np.ndarray | None,
+    map_index: MapIndex | None,
+) -> tuple[np.ndarray, MapIndex, np.ndarray]:
+    """Checked proposals (K, ≤8, 3), the scene's map index and PDM-Closed reference (8, 3) (built when None)."""
+    props = check_plans(proposals, scene.token)
+    map_index = map_index or MapIndex(scene)
+    if reference is None:
+        reference = pdm_closed_plan(scene, map_index, cfg.pdm_closed)
+    return props, map_index, np.asarray(reference, np.float64)
+
+
 def score_proposals(
     scene: MetricScene,
     proposals: np.ndarray,
@@ -254,12 +277,8 @@ def score_proposals(
     """PDMS v1.1 of K proposals (K, ≤8, 3) of one scene in one batch with its PDM-Closed `reference` (8, 3)
     (computed when None). Each proposal's EP is normalised by max(its progress, PDM-Closed's)."""
     cfg = cfg or PDMSConfig()
-    props = check_plans(proposals, scene.token)
-    map_index = map_index or MapIndex(scene)
-    if reference is None:
-        reference = pdm_closed_plan(scene, map_index, cfg.pdm_closed)
-    batch = np.concatenate([np.asarray(reference, np.float64)[None], _pad(props)])
-    states = simulate_plans(scene, batch)
+    props, map_index, reference = _prepare(scene, proposals, cfg, reference, map_index)
+    states = simulate_plans(scene, np.concatenate([reference[None], _pad(props)]))
     agents = replay_agents(scene)
     sub: SubScores = score_states(
         states, scene, map_index, agents, scene.route, reference=0, weights=cfg.weights
@@ -314,14 +333,9 @@ def score_proposals_v2(
     `reference`; the human filter is applied (first-stage scenes), the human plan simulated and scored
     in the same batch as a `solo` row. EC is not included (see `ProposalScoresV2`): `score_plans` adds
     it from the previous frame."""
-    cfg = cfg or PDMSConfig(protocol=PROTOCOL_V2)
-    if cfg.pdm_closed.selection != cfg.protocol:
-        cfg = replace(cfg, pdm_closed=replace(cfg.pdm_closed, selection=cfg.protocol))
-    props = check_plans(proposals, scene.token)
-    map_index = map_index or MapIndex(scene)
-    if reference is None:
-        reference = pdm_closed_plan(scene, map_index, cfg.pdm_closed)
-    rows = [np.asarray(reference, np.float64)[None], _pad(props)]
+    cfg = _selecting_with_protocol(cfg or PDMSConfig(protocol=PROTOCOL_V2))
+    props, map_index, reference = _prepare(scene, proposals, cfg, reference, map_index)
+    rows = [reference[None], _pad(props)]
     with_human = _human_filter_applies(scene, cfg)
     if with_human:
         rows.append(np.asarray(scene.human_future, np.float64)[None])
@@ -356,9 +370,7 @@ def score_plans(
     """PDMS (cfg.protocol; NAVSIM v1.1 by default) of one plan per scene. plans (N, 8, 3) (or a list of
     (≤8, 3)), rear-axle frame at t = 0, poses at 0.5 … 4 s. `references` may supply precomputed
     PDM-Closed plans by token; `failures` (token, reason) are scenes that could not even be read."""
-    cfg = cfg or PDMSConfig()
-    if cfg.pdm_closed.selection != cfg.protocol:  # the EP reference is PDM-Closed of the same protocol
-        cfg = replace(cfg, pdm_closed=replace(cfg.pdm_closed, selection=cfg.protocol))
+    cfg = _selecting_with_protocol(cfg or PDMSConfig())
     if len(plans) != len(scenes):
         raise ValueError(f"score_plans: {len(scenes)} scenes but {len(plans)} plans; pass one plan per scene")
     v2 = cfg.protocol == PROTOCOL_V2

@@ -35,18 +35,24 @@ AHEAD_DEG, BEHIND_DEG = 20.0, 150.0
 
 
 @dataclass(frozen=True)
-class ScorerWeights:
-    """v1.1 aggregation: PDMS = NC·DAC·(5·EP + 5·TTC + 2·C)/12 (DDC weight 0)."""
+class _SharedWeights:
+    """What v1.1 and v2 aggregate alike: EP and TTC weights, EP's progress threshold, DDC's window/bounds."""
 
     progress: float = field(default=5.0, metadata=check(ge=0))
     ttc: float = field(default=5.0, metadata=check(ge=0))
-    comfort: float = field(default=2.0, metadata=check(ge=0))
-    driving_direction: float = field(default=0.0, metadata=check(ge=0))
     # [m] below this max progress, EP = 1
     progress_threshold: float = field(default=5.0, metadata=check(ge=0))
     ddc_horizon_steps: int = field(default=10, metadata=check(ge=1))  # 1 s
     ddc_compliance: float = field(default=2.0, metadata=check(ge=0))  # [m]
     ddc_violation: float = field(default=6.0, metadata=check(ge=0))  # [m]
+
+
+@dataclass(frozen=True)
+class ScorerWeights(_SharedWeights):
+    """v1.1 aggregation: PDMS = NC·DAC·(5·EP + 5·TTC + 2·C)/12 (DDC weight 0)."""
+
+    comfort: float = field(default=2.0, metadata=check(ge=0))
+    driving_direction: float = field(default=0.0, metadata=check(ge=0))
 
 
 @dataclass
@@ -314,7 +320,7 @@ def time_to_collision(
     return ttc
 
 
-def driving_direction(boxes: np.ndarray, areas: dict[str, np.ndarray], w: ScorerWeights) -> np.ndarray:
+def driving_direction(boxes: np.ndarray, areas: dict[str, np.ndarray], w: _SharedWeights) -> np.ndarray:
     """DDC (B,) ∈ {0, ½, 1}: max oncoming progress of the box centre over a sliding 1 s window."""
     center = boxes[..., CENTER, :]
     step = np.zeros(center.shape[:2])
@@ -368,18 +374,12 @@ def score_states(
 
 
 @dataclass(frozen=True)
-class ScorerWeightsV2:
+class ScorerWeightsV2(_SharedWeights):
     """EPDMS = NC·DAC·DDC·TLC · (5·EP + 5·TTC + 2·LK + 2·HC + 2·EC) / 16."""
 
-    progress: float = field(default=5.0, metadata=check(ge=0))
-    ttc: float = field(default=5.0, metadata=check(ge=0))
     lane_keeping: float = field(default=2.0, metadata=check(ge=0))
     history_comfort: float = field(default=2.0, metadata=check(ge=0))
     extended_comfort: float = field(default=2.0, metadata=check(ge=0))
-    progress_threshold: float = field(default=5.0, metadata=check(ge=0))  # [m]
-    ddc_horizon_steps: int = field(default=10, metadata=check(ge=1))  # 1 s
-    ddc_compliance: float = field(default=2.0, metadata=check(ge=0))  # [m]
-    ddc_violation: float = field(default=6.0, metadata=check(ge=0))  # [m]
     # [m] lateral distance of the box centre to the centerline
     lane_keeping_limit: float = field(default=0.5, metadata=check(ge=0))
     # ceil(2.0 s / 0.1 s) consecutive steps beyond the limit

@@ -56,7 +56,9 @@ def test_batched_scores_equal_one_proposal_at_a_time(protocol: str) -> None:
     score = score_proposals_v2 if protocol == "navsim-v2" else score_proposals
     reference = pdm_closed_plan(scene, mi, dataclasses.replace(cfg.pdm_closed, selection=protocol))
     batch = score(scene, props, cfg, reference=reference, map_index=mi)
-    keys = ("pdms", "nc", "dac", "ddc", "ttc", "ep", "c") if protocol == "navsim-v1.1" else tuple(batch.scores)
+    keys = (
+        ("pdms", "nc", "dac", "ddc", "ttc", "ep", "c") if protocol == "navsim-v1.1" else tuple(batch.scores)
+    )
     seen = set()
     for i in range(len(props)):
         one = score(scene, props[i : i + 1], cfg, reference=reference, map_index=mi)

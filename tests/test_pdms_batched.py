@@ -144,3 +144,20 @@ def test_tridiagonal_curvature_fit_equals_the_dense_least_squares() -> None:
         sol = np.linalg.solve(a.T @ a + np.diag(q), a.T @ y)
         curv = sol[0] + np.concatenate([[0.0], np.cumsum(sol[1:] * dt)])
         assert np.allclose(fit_curv[i], curv, rtol=1e-8, atol=1e-10)
+
+
+def test_pdm_closed_accel_lag_starts_from_the_logged_acceleration() -> None:
+    from drivedistill.geometry.scene_index import constant_velocity_agents
+    from drivedistill.sim.pdm_closed import PDMClosedParams, idm_progress, offset_paths
+
+    scene = straight_road_scene(speed=5.0, speed_limit=15.0)
+    scene.ego_dynamics = np.array([5.0, -2.0, 0.0, 0.0])  # braking at t = 0; IDM wants to speed up
+    agents = constant_velocity_agents(scene, 50)
+    targets = np.array([15.0])
+    paths = offset_paths(scene.route, (0.0,), 0.5)
+    plain = idm_progress(scene, paths, targets, agents, PDMClosedParams())[0, 0]
+    lagged = idm_progress(scene, paths, targets, agents, PDMClosedParams(accel_lag=1.0))[0, 0]
+    v_plain, v_lagged = np.diff(plain) / 0.1, np.diff(lagged) / 0.1
+    assert v_plain[2] > v_plain[1] > 5.0  # IDM accelerates at once
+    assert v_lagged[2] < v_lagged[1] < 5.0  # still braking first, as the ego was
+    assert v_lagged[-1] > v_lagged[10]  # then follows IDM's acceleration

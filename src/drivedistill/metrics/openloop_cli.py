@@ -83,8 +83,9 @@ def _mapped_member(path: Path, key: str) -> np.ndarray:
                         raise InputError(
                             f"{path}['{key}']: object arrays are not accepted; write a numeric array"
                         )
-                    order = "F" if fortran else "C"
-                    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order=order)
+                    return np.memmap(
+                        path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C"
+                    )
         with zf.open(info) as member:  # compressed (savez_compressed) or a newer format version: read whole
             return np.lib.format.read_array(member, allow_pickle=False)  # type: ignore[no-any-return]
 

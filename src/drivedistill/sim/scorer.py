@@ -221,7 +221,7 @@ class EgoAreas(dict):  # type: ignore[type-arg]
         dict.__init__(out, {k: v[:, :n] for k, v in self.items()})
         out.corners, out.map_index = self.corners[:, :n], self.map_index
         known = self.__dict__.setdefault("_ml_known", np.full(self.corners.shape[:2], -1, np.int8))
-        out._ml_known = known[:, :n]  # a view: the memo is shared with the full-length masks
+        out.__dict__["_ml_known"] = known[:, :n]  # a view: the memo is shared with the full-length masks
         return out
 
 

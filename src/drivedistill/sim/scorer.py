@@ -333,6 +333,16 @@ def driving_direction(boxes: np.ndarray, areas: dict[str, np.ndarray], w: _Share
     return np.where(worst < w.ddc_compliance, 1.0, np.where(worst < w.ddc_violation, 0.5, 0.0))
 
 
+def route_progress(centerline: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """(B,) progress [m] of the box centre along the centerline from the first to the last step, ≥ 0.
+    The start is projected once when every proposal starts from the same box (the simulated batches)."""
+    start = boxes[:, 0, CENTER]
+    same = bool((start == start[:1]).all())
+    s_start, _ = project_to_polyline(centerline, start[:1] if same else start)
+    s_end, _ = project_to_polyline(centerline, boxes[:, -1, CENTER])
+    return np.clip(s_end - s_start, 0.0, None)
+
+
 def score_states(
     states: np.ndarray,
     scene: MetricScene,
@@ -356,9 +366,7 @@ def score_states(
     ddc = driving_direction(boxes, areas, w)
     ttc = time_to_collision(states, boxes, areas, agents, ego_radius, dt, frames)
     c = np.asarray(comfort_checks(states, dt).all(-1), dtype=np.float64)
-    s_start, _ = project_to_polyline(centerline, boxes[:, 0, CENTER])
-    s_end, _ = project_to_polyline(centerline, boxes[:, -1, CENTER])
-    progress = np.clip(s_end - s_start, 0.0, None)
+    progress = route_progress(centerline, boxes)
     multi = nc * dac
     raw = progress * multi
     best = np.maximum(raw, raw[reference]) if reference is not None else np.full_like(raw, raw.max())
@@ -546,9 +554,7 @@ def score_states_v2(
     hc = history_comfort(states, scene, dt) if with_history else np.ones(n_b)
     if solo is not None:
         hc = np.where(solo, 1.0, hc)
-    s_start, _ = project_to_polyline(centerline, boxes[:, 0, CENTER])
-    s_end, _ = project_to_polyline(centerline, boxes[:, -1, CENTER])
-    progress = np.clip(s_end - s_start, 0.0, None)
+    progress = route_progress(centerline, boxes)
     multi = nc * dac * ddc * tlc
     masked = progress * multi
     norm = (

@@ -57,3 +57,18 @@ def test_cli_reads_packed_gt_and_packs_dense_files(tmp_path: Path) -> None:
         occupancy_packed=np.zeros((12, 6, 200, 24), np.uint8),
     )
     assert main(["--pred", str(tmp_path / "pred.npz"), "--gt", str(tmp_path / "bad.npz")]) == 2
+
+
+def test_large_grids_are_memory_mapped_from_an_uncompressed_npz(tmp_path: Path) -> None:
+    from drivedistill.metrics.openloop_cli import _mapped_member
+
+    rng = np.random.default_rng(3)
+    bits = rng.integers(0, 256, (5, 6, 200, 25), dtype=np.uint8)
+    stored, packed = tmp_path / "stored.npz", tmp_path / "compressed.npz"
+    np.savez(stored, trajectory=np.zeros((5, 6, 2)), occupancy_packed=bits)
+    np.savez_compressed(packed, occupancy_packed=bits)
+    mapped = _mapped_member(stored, "occupancy_packed")
+    assert isinstance(mapped, np.memmap) and not mapped.flags.writeable
+    assert np.array_equal(mapped, bits)
+    whole = _mapped_member(packed, "occupancy_packed")  # compressed: read whole, same values
+    assert not isinstance(whole, np.memmap) and np.array_equal(whole, bits)

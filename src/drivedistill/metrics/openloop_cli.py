@@ -44,7 +44,50 @@ def _load(path: Path, required: dict[str, str], optional: tuple[str, ...] = ()) 
         if missing:
             want = ", ".join(f"{k} {required[k]}" for k in missing)
             raise InputError(f"{path}: missing key(s) {missing}; expected {want}; found keys {npz.files}")
-        return {k: npz[k] for k in (*required, *optional) if k in npz.files}
+        return {
+            k: _mapped_member(path, k) if k in MAPPED_KEYS else npz[k]
+            for k in (*required, *optional)
+            if k in npz.files
+        }
+
+
+MAPPED_KEYS = ("occupancy", "occupancy_packed")  # the large grids: read lazily, only the cells scored
+_ZIP_LOCAL_HEADER = 30  # bytes before the member's name and extra field in a zip local header
+
+
+def _mapped_member(path: Path, key: str) -> np.ndarray:
+    """Array `key` of the .npz at `path`, memory-mapped read-only when the member is stored uncompressed
+    (numpy.savez): the scorer touches only the occupancy cells under the ego's footprints, so most of
+    the file is never read (and no CRC pass over it). A compressed member is read whole."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo(f"{key}.npy")
+        if info.compress_type == zipfile.ZIP_STORED:
+            with open(path, "rb") as f:
+                f.seek(info.header_offset)
+                local = f.read(_ZIP_LOCAL_HEADER)
+                name_len = int.from_bytes(local[26:28], "little")
+                extra_len = int.from_bytes(local[28:30], "little")
+                f.seek(info.header_offset + _ZIP_LOCAL_HEADER + name_len + extra_len)
+                version = np.lib.format.read_magic(f)
+                if version in ((1, 0), (2, 0)):
+                    read_header = (
+                        np.lib.format.read_array_header_1_0
+                        if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0
+                    )
+                    shape, fortran, dtype = read_header(f)
+                    offset = f.tell()
+                    if dtype.hasobject:
+                        raise InputError(
+                            f"{path}['{key}']: object arrays are not accepted; write a numeric array"
+                        )
+                    return np.memmap(
+                        path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C"
+                    )
+        with zf.open(info) as member:  # compressed (savez_compressed) or a newer format version: read whole
+            return np.lib.format.read_array(member, allow_pickle=False)  # type: ignore[no-any-return]
 
 
 def _require(path: Path, key: str, arr: np.ndarray, shape: tuple[int | str, ...], kinds: str) -> None:

@@ -37,6 +37,7 @@ from drivedistill.sim.scorer import (
     ScorerWeights,
     ScorerWeightsV2,
     SubScores,
+    SubScoresV2,
     epdms_weighted,
     score_states,
     score_states_v2,
@@ -243,6 +244,29 @@ def _pad(props: np.ndarray) -> np.ndarray:
     return np.concatenate([props, np.repeat(props[:, -1:], MAX_POSES - props.shape[1], axis=1)], axis=1)
 
 
+def _selecting_with_protocol(cfg: PDMSConfig) -> PDMSConfig:
+    """cfg with PDM-Closed selecting its plan by the scoring protocol (the EP reference of a protocol is
+    PDM-Closed of that protocol)."""
+    if cfg.pdm_closed.selection == cfg.protocol:
+        return cfg
+    return replace(cfg, pdm_closed=replace(cfg.pdm_closed, selection=cfg.protocol))
+
+
+def _prepare(
+    scene: MetricScene,
+    proposals: np.ndarray,
+    cfg: PDMSConfig,
+    reference: np.ndarray | None,
+    map_index: MapIndex | None,
+) -> tuple[np.ndarray, MapIndex, np.ndarray]:
+    """Checked proposals (K, ≤8, 3), the scene's map index and PDM-Closed reference (8, 3) (built when None)."""
+    props = check_plans(proposals, scene.token)
+    map_index = map_index or MapIndex(scene)
+    if reference is None:
+        reference = pdm_closed_plan(scene, map_index, cfg.pdm_closed)
+    return props, map_index, np.asarray(reference, np.float64)
+
+
 def score_proposals(
     scene: MetricScene,
     proposals: np.ndarray,
@@ -253,12 +277,8 @@ def score_proposals(
     """PDMS v1.1 of K proposals (K, ≤8, 3) of one scene in one batch with its PDM-Closed `reference` (8, 3)
     (computed when None). Each proposal's EP is normalised by max(its progress, PDM-Closed's)."""
     cfg = cfg or PDMSConfig()
-    props = check_plans(proposals, scene.token)
-    map_index = map_index or MapIndex(scene)
-    if reference is None:
-        reference = pdm_closed_plan(scene, map_index, cfg.pdm_closed)
-    batch = np.concatenate([np.asarray(reference, np.float64)[None], _pad(props)])
-    states = simulate_plans(scene, batch)
+    props, map_index, reference = _prepare(scene, proposals, cfg, reference, map_index)
+    states = simulate_plans(scene, np.concatenate([reference[None], _pad(props)]))
     agents = replay_agents(scene)
     sub: SubScores = score_states(
         states, scene, map_index, agents, scene.route, reference=0, weights=cfg.weights
@@ -277,18 +297,29 @@ def score_proposals(
     )
 
 
+def _human_filter_applies(scene: MetricScene, cfg: PDMSConfig) -> bool:
+    """NAVSIM v2 filters first-stage scenes with a complete logged future (and `cfg.human_filter`)."""
+    return cfg.human_filter and not scene.parent_token and bool(scene.human_valid.all())
+
+
+def _filtered_keys(sub: SubScoresV2, row: int) -> dict[str, bool]:
+    """Which v2 sub-metrics the plan in `row` of `sub` scores exactly 0 on."""
+    return {k: bool(getattr(sub, k)[row] == 0.0) for k in (*MULTIPLIERS_V2, *WEIGHTED_V2)}
+
+
 def human_filter_mask(scene: MetricScene, map_index: MapIndex, cfg: PDMSConfig) -> dict[str, bool]:
     """Which v2 sub-metrics the logged human breaks (scores 0 on) in `scene`: NAVSIM v2 (fixed in
     Sep 2025, `pdm_score.py`) scores the human plan alone, without its history, and sets every such
     sub-metric of the agent to 1. Empty when the logged future is incomplete or the scene is a
-    second-stage one."""
-    if not cfg.human_filter or scene.parent_token or not scene.human_valid.all():
+    second-stage one. (`score_proposals_v2` scores the human plan as a `solo` row of the proposals'
+    batch instead, with the same result.)"""
+    if not _human_filter_applies(scene, cfg):
         return {}
     states = simulate_plans(scene, np.asarray(scene.human_future, np.float64)[None])
     sub = score_states_v2(
         states, scene, map_index, replay_agents(scene), scene.route, None, cfg.weights_v2, with_history=False
     )
-    return {k: bool(getattr(sub, k)[0] == 0.0) for k in (*MULTIPLIERS_V2, *WEIGHTED_V2)}
+    return _filtered_keys(sub, 0)
 
 
 def score_proposals_v2(
@@ -299,20 +330,25 @@ def score_proposals_v2(
     map_index: MapIndex | None = None,
 ) -> ProposalScoresV2:
     """EPDMS (NAVSIM v2) of K proposals (K, ≤8, 3) of one scene in one batch with its PDM-Closed
-    `reference`; the human filter is applied (first-stage scenes). EC is not included (see
-    `ProposalScoresV2`): `score_plans` adds it from the previous frame."""
-    cfg = cfg or PDMSConfig(protocol=PROTOCOL_V2)
-    if cfg.pdm_closed.selection != cfg.protocol:
-        cfg = replace(cfg, pdm_closed=replace(cfg.pdm_closed, selection=cfg.protocol))
-    props = check_plans(proposals, scene.token)
-    map_index = map_index or MapIndex(scene)
-    if reference is None:
-        reference = pdm_closed_plan(scene, map_index, cfg.pdm_closed)
-    batch = np.concatenate([np.asarray(reference, np.float64)[None], _pad(props)])
-    states = simulate_plans(scene, batch)
-    sub = score_states_v2(states, scene, map_index, replay_agents(scene), scene.route, 0, cfg.weights_v2)
-    scores = {k: np.array(getattr(sub, k)[1:], dtype=np.float64) for k in (*MULTIPLIERS_V2, *WEIGHTED_V2)}
-    mask = human_filter_mask(scene, map_index, cfg)
+    `reference`; the human filter is applied (first-stage scenes), the human plan simulated and scored
+    in the same batch as a `solo` row. EC is not included (see `ProposalScoresV2`): `score_plans` adds
+    it from the previous frame."""
+    cfg = _selecting_with_protocol(cfg or PDMSConfig(protocol=PROTOCOL_V2))
+    props, map_index, reference = _prepare(scene, proposals, cfg, reference, map_index)
+    rows = [reference[None], _pad(props)]
+    with_human = _human_filter_applies(scene, cfg)
+    if with_human:
+        rows.append(np.asarray(scene.human_future, np.float64)[None])
+    batch = np.concatenate(rows)
+    solo = np.zeros(len(batch), bool)
+    solo[len(props) + 1 :] = True
+    all_states = simulate_plans(scene, batch)
+    sub = score_states_v2(
+        all_states, scene, map_index, replay_agents(scene), scene.route, 0, cfg.weights_v2, solo=solo
+    )
+    end = len(props) + 1
+    scores = {k: np.array(getattr(sub, k)[1:end], dtype=np.float64) for k in (*MULTIPLIERS_V2, *WEIGHTED_V2)}
+    mask = _filtered_keys(sub, end) if with_human else {}
     filtered = tuple(k for k, hit in mask.items() if hit)
     for k in filtered:
         scores[k] = np.ones_like(scores[k])
@@ -320,7 +356,7 @@ def score_proposals_v2(
     w = cfg.weights_v2
     scores["epdms"] = multi * epdms_weighted(scores["ep"], scores["ttc"], scores["lk"], scores["hc"], None, w)
     return ProposalScoresV2(
-        scene.token, scores, sub.progress[1:], float(sub.progress[0]), states[1:], filtered
+        scene.token, scores, sub.progress[1:end], float(sub.progress[0]), all_states[1:end], filtered
     )
 
 
@@ -334,9 +370,7 @@ def score_plans(
     """PDMS (cfg.protocol; NAVSIM v1.1 by default) of one plan per scene. plans (N, 8, 3) (or a list of
     (≤8, 3)), rear-axle frame at t = 0, poses at 0.5 … 4 s. `references` may supply precomputed
     PDM-Closed plans by token; `failures` (token, reason) are scenes that could not even be read."""
-    cfg = cfg or PDMSConfig()
-    if cfg.pdm_closed.selection != cfg.protocol:  # the EP reference is PDM-Closed of the same protocol
-        cfg = replace(cfg, pdm_closed=replace(cfg.pdm_closed, selection=cfg.protocol))
+    cfg = _selecting_with_protocol(cfg or PDMSConfig())
     if len(plans) != len(scenes):
         raise ValueError(f"score_plans: {len(scenes)} scenes but {len(plans)} plans; pass one plan per scene")
     v2 = cfg.protocol == PROTOCOL_V2

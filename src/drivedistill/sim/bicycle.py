@@ -63,28 +63,36 @@ def initial_state(
 
 def propagate(states: np.ndarray, commands: np.ndarray, dt: float, params: BicycleParams) -> np.ndarray:
     """One Euler step. states (B, NUM_STATES), commands (B, 2) [accel m/s², steering rate rad/s] → (B, NUM_STATES)."""
-    accel = states[:, S.ACCELERATION_X]
-    steer = states[:, S.STEERING_ANGLE]
+    return propagate_rows(np.ascontiguousarray(states.T), commands[:, 0], commands[:, 1], dt, params).T
+
+
+def propagate_rows(
+    states: np.ndarray, accel_cmd: np.ndarray, steer_rate_cmd: np.ndarray, dt: float, params: BicycleParams
+) -> np.ndarray:
+    """`propagate` on the transposed layout: states (NUM_STATES, B) → (NUM_STATES, B), commands (B,) each
+    (contiguous rows: the simulator's step loop keeps its state this way)."""
+    accel = states[S.ACCELERATION_X]
+    steer = states[S.STEERING_ANGLE]
     # first-order lags on the commanded acceleration and steering angle
-    new_accel = accel + dt / (dt + params.accel_time_constant) * (commands[:, 0] - accel)
-    ideal_steer = steer + dt * commands[:, 1]
+    new_accel = accel + dt / (dt + params.accel_time_constant) * (accel_cmd - accel)
+    ideal_steer = steer + dt * steer_rate_cmd
     lagged_steer = steer + dt / (dt + params.steering_time_constant) * (ideal_steer - steer)
     steer_rate = (lagged_steer - steer) / dt
 
-    v = states[:, S.VELOCITY_X]
-    heading = states[:, S.HEADING]
-    out = states.copy()
-    out[:, S.X] = states[:, S.X] + v * np.cos(heading) * dt
-    out[:, S.Y] = states[:, S.Y] + v * np.sin(heading) * dt
-    out[:, S.HEADING] = normalize_angle(heading + v * np.tan(steer) / params.wheelbase * dt)
-    out[:, S.VELOCITY_X] = v + new_accel * dt
-    out[:, S.VELOCITY_Y] = 0.0
-    out[:, S.STEERING_ANGLE] = np.clip(
+    v = states[S.VELOCITY_X]
+    heading = states[S.HEADING]
+    out = np.empty_like(states)
+    out[S.X] = states[S.X] + v * np.cos(heading) * dt
+    out[S.Y] = states[S.Y] + v * np.sin(heading) * dt
+    out[S.HEADING] = normalize_angle(heading + v * np.tan(steer) / params.wheelbase * dt)
+    out[S.VELOCITY_X] = v + new_accel * dt
+    out[S.VELOCITY_Y] = 0.0
+    out[S.STEERING_ANGLE] = np.clip(
         steer + steer_rate * dt, -params.max_steering_angle, params.max_steering_angle
     )
-    out[:, S.ANGULAR_VELOCITY] = out[:, S.VELOCITY_X] * np.tan(out[:, S.STEERING_ANGLE]) / params.wheelbase
-    out[:, S.ACCELERATION_X] = new_accel
-    out[:, S.ACCELERATION_Y] = 0.0
-    out[:, S.ANGULAR_ACCELERATION] = (out[:, S.ANGULAR_VELOCITY] - states[:, S.ANGULAR_VELOCITY]) / dt
-    out[:, S.STEERING_RATE] = steer_rate
+    out[S.ANGULAR_VELOCITY] = out[S.VELOCITY_X] * np.tan(out[S.STEERING_ANGLE]) / params.wheelbase
+    out[S.ACCELERATION_X] = new_accel
+    out[S.ACCELERATION_Y] = 0.0
+    out[S.ANGULAR_ACCELERATION] = (out[S.ANGULAR_VELOCITY] - states[S.ANGULAR_VELOCITY]) / dt
+    out[S.STEERING_RATE] = steer_rate
     return out

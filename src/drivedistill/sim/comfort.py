@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from scipy.signal import savgol_filter
 
@@ -21,17 +23,29 @@ DECIMALS = 8
 CHECKS = ("lon_accel", "lat_accel", "abs_jerk", "lon_jerk", "yaw_rate", "yaw_accel")
 
 
+@functools.lru_cache(maxsize=64)
+def _savgol_operator(n: int, window: int, order: int, deriv: int, delta: float) -> np.ndarray:
+    """(n, n) matrix K with savgol_filter(x, …, axis=-1) == x @ K for signals of length n: the filter
+    (mode "interp": convolution inside, polynomial fit over the first / last window at the edges) is
+    linear, so it is built once per signal length by filtering the identity and then applied to a whole
+    batch of signals as one matrix product."""
+    eye = np.eye(n)
+    op = savgol_filter(eye, window_length=window, polyorder=order, deriv=deriv, delta=delta, axis=-1)
+    op.setflags(write=False)
+    return op
+
+
+def _savgol(signal: np.ndarray, window: int, order: int, deriv: int = 0, delta: float = 1.0) -> np.ndarray:
+    n = signal.shape[-1]
+    return np.round(signal @ _savgol_operator(n, min(window, n), order, deriv, float(delta)), DECIMALS)
+
+
 def _smooth(signal: np.ndarray, window: int, order: int = 2) -> np.ndarray:
-    return np.round(
-        savgol_filter(signal, window_length=min(window, signal.shape[-1]), polyorder=order, axis=-1), DECIMALS
-    )
+    return _savgol(signal, window, order)
 
 
 def _derivative(signal: np.ndarray, dt: float, window: int, order: int, deriv: int) -> np.ndarray:
-    window = min(window, signal.shape[-1])
-    return np.round(
-        savgol_filter(signal, window_length=window, polyorder=order, deriv=deriv, delta=dt, axis=-1), DECIMALS
-    )
+    return _savgol(signal, window, order, deriv, dt)
 
 
 def _unwrap_phase(headings: np.ndarray) -> np.ndarray:

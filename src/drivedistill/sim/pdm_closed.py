@@ -51,6 +51,11 @@ class PDMClosedParams:
     # which scorer picks the best proposal: "navsim-v1.1" (PDMS) or "navsim-v2" (EPDMS without EC, so
     # lane keeping counts — NAVSIM v2's metric cache runs PDM-Closed with its v2 scorer)
     selection: str = "navsim-v1.1"
+    # [s] 0 (default): NAVSIM's PDM-Closed, the EP reference — IDM's acceleration applies at once. > 0: the
+    # IDM rollout starts from the ego's current (logged) acceleration and follows IDM's command with this
+    # first-order lag, so consecutive frames' plans agree better (v2 EC) — an opt-in planner variant, not
+    # the EP reference of reported scores (docs/metrics-pdms.md, "PDM-Closed vs the human").
+    accel_lag: float = field(default=0.0, metadata=check(ge=0))
 
 
 def offset_paths(centerline: np.ndarray, offsets: tuple[float, ...], resolution: float) -> list[np.ndarray]:
@@ -85,6 +90,7 @@ def idm_progress(
     n_p, n_v, n_t = len(paths), len(targets), p.horizon_steps + 1
     s = np.zeros((n_p, n_v, n_t))
     v = np.full((n_p, n_v), float(scene.ego_dynamics[0]))
+    a_prev = np.full((n_p, n_v), float(scene.ego_dynamics[1]))
     lengths = np.array([np.linalg.norm(np.diff(path, axis=0), axis=-1).sum() for path in paths])
     for i, path in enumerate(paths):
         s[i, :, 0] = project_to_polyline(path, scene.ego_pose[None, :2])[0][0]
@@ -120,6 +126,9 @@ def idm_progress(
         s_star = p.min_gap + v * p.headway + v * (v - v_lead) / root_ab
         accel = p.accel_max * (1.0 - (v / targets[None]) ** p.exponent - (s_star / gap) ** 2)
         accel = np.clip(accel, -p.decel_max, p.accel_max)
+        if p.accel_lag > 0.0:  # the acceleration follows IDM's with a first-order lag from its current value
+            accel = a_prev + p.dt / (p.dt + p.accel_lag) * (accel - a_prev)
+            a_prev = accel
         s[..., k + 1] = s[..., k] + p.dt * v
         v = np.maximum(v + p.dt * accel, 0.0)
     return s

@@ -18,6 +18,7 @@ from drivedistill.geometry.planar import (
     CENTER,
     FRONT_LEFT,
     FRONT_RIGHT,
+    REAR_LEFT,
     box_corners,
     convex_intersects,
     project_to_polyline,
@@ -25,6 +26,7 @@ from drivedistill.geometry.planar import (
 from drivedistill.geometry.scene_index import AgentBoxes, MapIndex
 from drivedistill.sim.bicycle import S
 from drivedistill.sim.comfort import comfort_checks
+from drivedistill.sim.region import scene_regions
 
 STOPPED_EGO_SPEED = 5e-2  # [m/s] collision classification (ego stopped → not at fault)
 TTC_STOPPED_SPEED = 5e-3  # [m/s] TTC skipped below this ego speed
@@ -33,18 +35,24 @@ AHEAD_DEG, BEHIND_DEG = 20.0, 150.0
 
 
 @dataclass(frozen=True)
-class ScorerWeights:
-    """v1.1 aggregation: PDMS = NC·DAC·(5·EP + 5·TTC + 2·C)/12 (DDC weight 0)."""
+class _SharedWeights:
+    """What v1.1 and v2 aggregate alike: EP and TTC weights, EP's progress threshold, DDC's window/bounds."""
 
     progress: float = field(default=5.0, metadata=check(ge=0))
     ttc: float = field(default=5.0, metadata=check(ge=0))
-    comfort: float = field(default=2.0, metadata=check(ge=0))
-    driving_direction: float = field(default=0.0, metadata=check(ge=0))
     # [m] below this max progress, EP = 1
     progress_threshold: float = field(default=5.0, metadata=check(ge=0))
     ddc_horizon_steps: int = field(default=10, metadata=check(ge=1))  # 1 s
     ddc_compliance: float = field(default=2.0, metadata=check(ge=0))  # [m]
     ddc_violation: float = field(default=6.0, metadata=check(ge=0))  # [m]
+
+
+@dataclass(frozen=True)
+class ScorerWeights(_SharedWeights):
+    """v1.1 aggregation: PDMS = NC·DAC·(5·EP + 5·TTC + 2·C)/12 (DDC weight 0)."""
+
+    comfort: float = field(default=2.0, metadata=check(ge=0))
+    driving_direction: float = field(default=0.0, metadata=check(ge=0))
 
 
 @dataclass
@@ -80,14 +88,68 @@ def _relative_angle(states_bt: np.ndarray, target_xy: np.ndarray) -> np.ndarray:
     return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
 
 
-def _overlaps(
-    corners: np.ndarray, centers: np.ndarray, radius: float, agents: AgentBoxes, steps: np.ndarray
-) -> tuple[np.ndarray, ...]:
-    """Indices (b, t, a) where ego boxes corners (B, T, 4, 2) overlap agents at grid steps `steps` (T,).
+def _half_edges(corners: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Half-edge vectors (..., 2) of boxes given by corners (..., 4, 2) FL, RL, RR, FR: along the length
+    (rear → front) and along the width (right → left)."""
+    return 0.5 * (corners[..., FRONT_LEFT, :] - corners[..., REAR_LEFT, :]), 0.5 * (
+        corners[..., FRONT_LEFT, :] - corners[..., FRONT_RIGHT, :]
+    )
 
-    Agents are first reduced to those whose circle meets the bounding box of all proposals' ego circles
-    at some step (one (T, A) test), so the (B, T, A') distance prefilter runs over the few nearby agents
-    only — on city logs most of the hundreds of tracks are far from every proposal."""
+
+def _boxes_intersect(
+    ca: np.ndarray, ua: np.ndarray, va: np.ndarray, cb: np.ndarray, ub: np.ndarray, vb: np.ndarray
+) -> np.ndarray:
+    """(N,) bool: oriented boxes a and b (centres c (N, 2), half-edge vectors u, v (N, 2)) touch or overlap.
+
+    The separating-axis test on the boxes' four edge normals (the edge directions of the other box), in
+    the centre / half-extent form: boxes are separated along an axis w when |d·w| exceeds the sum of the
+    projected half-edges |u·w| + |v·w| of both boxes. Equal to `geometry.planar.convex_intersects` on the
+    corners (touching counts as intersecting) up to float rounding of exactly touching boxes."""
+    dx, dy = cb[:, 0] - ca[:, 0], cb[:, 1] - ca[:, 1]
+    uax, uay, vax, vay = ua[:, 0], ua[:, 1], va[:, 0], va[:, 1]
+    ubx, uby, vbx, vby = ub[:, 0], ub[:, 1], vb[:, 0], vb[:, 1]
+    ua_ub = np.abs(uax * ubx + uay * uby)
+    ua_vb = np.abs(uax * vbx + uay * vby)
+    va_ub = np.abs(vax * ubx + vay * uby)
+    va_vb = np.abs(vax * vbx + vay * vby)
+    ua_va = np.abs(uax * vax + uay * vay)
+    ub_vb = np.abs(ubx * vbx + uby * vby)
+    ok = np.abs(dx * uax + dy * uay) <= uax * uax + uay * uay + ua_va + ua_ub + ua_vb
+    ok &= np.abs(dx * vax + dy * vay) <= vax * vax + vay * vay + ua_va + va_ub + va_vb
+    ok &= np.abs(dx * ubx + dy * uby) <= ubx * ubx + uby * uby + ub_vb + ua_ub + va_ub
+    ok &= np.abs(dx * vbx + dy * vby) <= vbx * vbx + vby * vby + ub_vb + ua_vb + va_vb
+    return ok
+
+
+@dataclass
+class _AgentFrames:
+    """Agent boxes in centre / half-edge form on the 0.1 s grid: u, v (T, A, 2) (see `_half_edges`)."""
+
+    agents: AgentBoxes
+    u: np.ndarray
+    v: np.ndarray
+
+    @classmethod
+    def of(cls, agents: AgentBoxes) -> _AgentFrames:
+        return cls(agents, *_half_edges(agents.corners))
+
+
+def _overlaps(
+    centers: np.ndarray,
+    u: np.ndarray,
+    v: np.ndarray,
+    radius: float,
+    frames: _AgentFrames,
+    steps: np.ndarray,
+) -> tuple[np.ndarray, ...]:
+    """Indices (b, t, a) where the ego boxes (centres (B, T, 2), half-edge vectors u, v (B, T, 2)) overlap
+    agents at grid steps `steps` (T,).
+
+    (step, agent) pairs are first reduced to those whose agent circle meets the bounding box of all
+    proposals' ego circles at that step (one (T, A) test), so the (B, P) circle prefilter runs over the
+    few nearby pairs only — on city logs most of the hundreds of tracks are far from every proposal —
+    and the exact box test over the pairs that pass it."""
+    agents = frames.agents
     in_range = steps < agents.num_steps
     st = np.minimum(steps, agents.num_steps - 1)
     a_centers = agents.centers[st]  # (T, A, 2)
@@ -96,18 +158,24 @@ def _overlaps(
     lo, hi = centers.min(0)[:, None], centers.max(0)[:, None]  # (T, 1, 2) over proposals
     with np.errstate(invalid="ignore"):
         near = valid & ((a_centers >= lo - pad) & (a_centers <= hi + pad)).all(-1)
-    sel = np.flatnonzero(near.any(0))
-    if len(sel) == 0:
+    tn, an = np.nonzero(near)  # the (step, agent) pairs near some proposal
+    if len(tn) == 0:
         empty = np.zeros(0, np.int64)
         return empty, empty, empty
-    ac = a_centers[:, sel]
-    dx = centers[:, :, None, 0] - ac[None, :, :, 0]
-    dy = centers[:, :, None, 1] - ac[None, :, :, 1]
-    reach = (radius + agents.radius[sel]) ** 2
-    close = (dx * dx + dy * dy <= reach) & near[:, sel][None]
-    b, t, k = np.nonzero(close)
-    a = sel[k]
-    hit = convex_intersects(corners[b, t], agents.corners[st[t], a])
+    # circle prefilter in float32 relative to the batch's mean position, with a 1 cm margin: a superset
+    # of the float64 test (rounding ≪ 1 cm at scene scale), the exact box test below decides
+    mid = centers.reshape(-1, 2).mean(0)
+    ec = (centers - mid).astype(np.float32)
+    ac = (a_centers[tn, an] - mid).astype(np.float32)  # (P, 2)
+    dx = ec[:, tn, 0] - ac[None, :, 0]  # (B, P)
+    dy = ec[:, tn, 1] - ac[None, :, 1]
+    reach = ((radius + agents.radius[an] + 0.01) ** 2).astype(np.float32)
+    b, k = np.nonzero(dx * dx + dy * dy <= reach[None])
+    t, a = tn[k], an[k]
+    ta = st[t]
+    hit = _boxes_intersect(
+        centers[b, t], u[b, t], v[b, t], agents.centers[ta, a], frames.u[ta, a], frames.v[ta, a]
+    )
     return b[hit], t[hit], a[hit]
 
 
@@ -118,10 +186,11 @@ class EgoAreas(dict):  # type: ignore[type-arg]
 
     def __init__(self, boxes: np.ndarray, states: np.ndarray, map_index: MapIndex) -> None:
         corners = boxes[..., :4, :]
+        regions = scene_regions(map_index)  # exact point-in-polygon, answered mostly by grid look-up
         super().__init__(
-            non_drivable=np.asarray(~map_index.in_drivable(corners).all(-1)),
-            oncoming=~map_index.in_on_route_lane(boxes[..., CENTER, :]),
-            intersection=map_index.in_intersection(states[..., [S.X, S.Y]]),
+            non_drivable=np.asarray(~regions.drivable.contains(corners).all(-1)),
+            oncoming=~regions.on_route.contains(boxes[..., CENTER, :]),
+            intersection=regions.intersection.contains(states[..., [S.X, S.Y]]),
         )
         self.corners = corners
         self.map_index = map_index
@@ -134,17 +203,25 @@ class EgoAreas(dict):  # type: ignore[type-arg]
         return value
 
     def multiple_lanes_at(self, b: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """multiple_lanes at the boxes (b, t), each box tested once (memoised across NC and TTC)."""
         if "multiple_lanes" in self:
             return np.asarray(self["multiple_lanes"][b, t])
         if len(b) == 0:
             return np.zeros(0, bool)
-        return np.asarray(self.map_index.multiple_lanes(self.corners[b, t]))
+        known = self.__dict__.setdefault("_ml_known", np.full(self.corners.shape[:2], -1, np.int8))
+        todo = np.unique(np.ravel_multi_index((b, t), known.shape)[known[b, t] < 0])
+        if len(todo):
+            tb, tt = np.unravel_index(todo, known.shape)
+            known[tb, tt] = np.asarray(self.map_index.multiple_lanes(self.corners[tb, tt]))
+        return known[b, t] == 1
 
     def head(self, n: int) -> EgoAreas:
         """The masks of the first n steps."""
         out = EgoAreas.__new__(EgoAreas)
         dict.__init__(out, {k: v[:, :n] for k, v in self.items()})
         out.corners, out.map_index = self.corners[:, :n], self.map_index
+        known = self.__dict__.setdefault("_ml_known", np.full(self.corners.shape[:2], -1, np.int8))
+        out.__dict__["_ml_known"] = known[:, :n]  # a view: the memo is shared with the full-length masks
         return out
 
 
@@ -159,12 +236,30 @@ def _multiple_lanes(areas: dict[str, np.ndarray], b: np.ndarray, t: np.ndarray) 
     return np.asarray(areas["multiple_lanes"][b, t])
 
 
+def _first_time(n_b: int, n_a: int, b: np.ndarray, a: np.ndarray, when: np.ndarray) -> np.ndarray:
+    """(B, A) int: the smallest `when` among the entries (b, a), a large sentinel where there is none."""
+    first = np.full((n_b, n_a), np.iinfo(np.int64).max)
+    np.minimum.at(first, (b, a), when)
+    return first
+
+
 def no_at_fault_collision(
-    states: np.ndarray, boxes: np.ndarray, areas: dict[str, np.ndarray], agents: AgentBoxes, ego_radius: float
+    states: np.ndarray,
+    boxes: np.ndarray,
+    areas: dict[str, np.ndarray],
+    agents: AgentBoxes,
+    ego_radius: float,
+    frames: _AgentFrames | None = None,
 ) -> np.ndarray:
-    """NC (B,) ∈ {0, ½, 1} with nuPlan's collision classes and the per-proposal ignore list."""
+    """NC (B,) ∈ {0, ½, 1} with nuPlan's collision classes and the per-proposal ignore list.
+
+    nuPlan walks the steps in order: a contact that is not at fault puts the object on the proposal's
+    ignore list for all later steps. Equivalently (one pass, no loop over steps): an at-fault contact
+    counts when it happens before the first not-at-fault contact with the same object."""
+    frames = frames or _AgentFrames.of(agents)
     n_b, n_t = states.shape[:2]
-    b, t, a = _overlaps(boxes[..., :4, :], boxes[..., CENTER, :], ego_radius, agents, np.arange(n_t))
+    u, v = _half_edges(boxes[..., :4, :])
+    b, t, a = _overlaps(boxes[..., CENTER, :], u, v, ego_radius, frames, np.arange(n_t))
     nc = np.ones(n_b)
     if len(b) == 0:
         return nc
@@ -175,13 +270,9 @@ def no_at_fault_collision(
     front = convex_intersects(bumper, agents.corners[t, a])
     lateral_fault = _multiple_lanes(areas, b, t) | areas["non_drivable"][b, t]
     at_fault = (speed > STOPPED_EGO_SPEED) & (agents.stopped[a] | (~behind & (front | lateral_fault)))
-    ignored = np.zeros((n_b, agents.centers.shape[1]), bool)
-    for step in np.unique(t):  # sequential in time: a non-at-fault contact ignores that object later
-        sel = (t == step) & ~ignored[b, a]
-        fault = sel & at_fault
-        np.minimum.at(nc, b[fault], agents.fault_score[a[fault]])
-        ok = sel & ~at_fault
-        ignored[b[ok], a[ok]] = True
+    ignored_from = _first_time(n_b, agents.centers.shape[1], b[~at_fault], a[~at_fault], t[~at_fault])
+    fault = at_fault & (t < ignored_from[b, a])
+    np.minimum.at(nc, b[fault], agents.fault_score[a[fault]])
     return nc
 
 
@@ -192,43 +283,44 @@ def time_to_collision(
     agents: AgentBoxes,
     ego_radius: float,
     dt: float,
+    frames: _AgentFrames | None = None,
 ) -> np.ndarray:
-    """TTC (B,) ∈ {0, 1}: the ego box projected δ ∈ {0, .3, .6, .9} s ahead at its speed meets an agent at t + δ."""
+    """TTC (B,) ∈ {0, 1}: the ego box projected δ ∈ {0, .3, .6, .9} s ahead at its speed meets an agent at t + δ.
+
+    The four look-aheads are searched in one call (stacked along the time axis). nuPlan walks (t, δ) in
+    order and ignores an object after a contact that is not a violation; as in `no_at_fault_collision`,
+    a violation counts when it comes before the first such contact with the same object."""
+    frames = frames or _AgentFrames.of(agents)
     n_b, n_t = states.shape[:2]
+    n_j = len(TTC_STEPS)
     speed = np.hypot(states[..., S.VELOCITY_X], states[..., S.VELOCITY_Y])
     direction = np.stack([np.cos(states[..., S.HEADING]), np.sin(states[..., S.HEADING])], -1)
-    found = []
-    for step_idx, k in enumerate(TTC_STEPS):
-        shift = (speed * k * dt)[..., None] * direction  # (B, T, 2)
-        bb, tt, aa = _overlaps(
-            boxes[..., :4, :] + shift[:, :, None],
-            boxes[..., CENTER, :] + shift,
-            ego_radius,
-            agents,
-            np.arange(n_t) + k,
-        )
-        found.append((bb, tt, aa, np.full(len(bb), step_idx)))
-    b, t, a, j = (np.concatenate(x) for x in zip(*found))
+    center = boxes[..., CENTER, :]
+    u, v = _half_edges(boxes[..., :4, :])
+    lookahead = np.asarray(TTC_STEPS)
+    shift = (speed * dt)[..., None] * direction  # (B, T, 2) per 0.1 s of look-ahead
+    centers = np.concatenate([center + k * shift for k in TTC_STEPS], axis=1)  # (B, J·T, 2)
+    steps = (np.arange(n_t)[None] + lookahead[:, None]).reshape(-1)
+    bb, tj, a = _overlaps(
+        centers, np.tile(u, (1, n_j, 1)), np.tile(v, (1, n_j, 1)), ego_radius, frames, steps
+    )
     ttc = np.ones(n_b)
-    if len(b) == 0:
+    if len(bb) == 0:
         return ttc
-    order = np.lexsort((j, t))
-    b, t, a, j = b[order], t[order], a[order], j[order]
+    j, t = np.divmod(tj, n_t)
+    b = bb
     moving = speed[b, t] >= TTC_STOPPED_SPEED
-    angle = _relative_angle(states[b, t], agents.centers[t + np.asarray(TTC_STEPS)[j], a])
+    angle = _relative_angle(states[b, t], agents.centers[t + lookahead[j], a])
     risky = _multiple_lanes(areas, b, t) | areas["non_drivable"][b, t] | areas["intersection"][b, t]
     violation = (angle < AHEAD_DEG) | (risky & ~(angle > BEHIND_DEG))
-    ignored = np.zeros((n_b, agents.centers.shape[1]), bool)
-    group = t * len(TTC_STEPS) + j
-    for g in np.unique(group):
-        sel = (group == g) & moving & ~ignored[b, a]
-        ttc[b[sel & violation]] = 0.0
-        ok = sel & ~violation
-        ignored[b[ok], a[ok]] = True
+    group = t * n_j + j  # nuPlan's order: time, then look-ahead
+    ok = moving & ~violation
+    ignored_from = _first_time(n_b, agents.centers.shape[1], b[ok], a[ok], group[ok])
+    ttc[b[moving & violation & (group < ignored_from[b, a])]] = 0.0
     return ttc
 
 
-def driving_direction(boxes: np.ndarray, areas: dict[str, np.ndarray], w: ScorerWeights) -> np.ndarray:
+def driving_direction(boxes: np.ndarray, areas: dict[str, np.ndarray], w: _SharedWeights) -> np.ndarray:
     """DDC (B,) ∈ {0, ½, 1}: max oncoming progress of the box centre over a sliding 1 s window."""
     center = boxes[..., CENTER, :]
     step = np.zeros(center.shape[:2])
@@ -239,6 +331,16 @@ def driving_direction(boxes: np.ndarray, areas: dict[str, np.ndarray], w: Scorer
     window = csum[:, idx + 1] - csum[:, np.maximum(idx - w.ddc_horizon_steps, 0)]
     worst = window.max(-1)
     return np.where(worst < w.ddc_compliance, 1.0, np.where(worst < w.ddc_violation, 0.5, 0.0))
+
+
+def route_progress(centerline: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """(B,) progress [m] of the box centre along the centerline from the first to the last step, ≥ 0.
+    The start is projected once when every proposal starts from the same box (the simulated batches)."""
+    start = boxes[:, 0, CENTER]
+    same = bool((start == start[:1]).all())
+    s_start, _ = project_to_polyline(centerline, start[:1] if same else start)
+    s_end, _ = project_to_polyline(centerline, boxes[:, -1, CENTER])
+    return np.clip(s_end - s_start, 0.0, None)
 
 
 def score_states(
@@ -258,14 +360,13 @@ def score_states(
     boxes = ego_boxes(states, scene)
     areas = ego_areas(boxes, states, map_index)
     ego_radius = 0.5 * float(np.hypot(scene.front_length + scene.rear_length, scene.width))
-    nc = no_at_fault_collision(states, boxes, areas, agents, ego_radius)
+    frames = _AgentFrames.of(agents)
+    nc = no_at_fault_collision(states, boxes, areas, agents, ego_radius, frames)
     dac = np.where(areas["non_drivable"].any(-1), 0.0, 1.0)
     ddc = driving_direction(boxes, areas, w)
-    ttc = time_to_collision(states, boxes, areas, agents, ego_radius, dt)
+    ttc = time_to_collision(states, boxes, areas, agents, ego_radius, dt, frames)
     c = np.asarray(comfort_checks(states, dt).all(-1), dtype=np.float64)
-    s_start, _ = project_to_polyline(centerline, boxes[:, 0, CENTER])
-    s_end, _ = project_to_polyline(centerline, boxes[:, -1, CENTER])
-    progress = np.clip(s_end - s_start, 0.0, None)
+    progress = route_progress(centerline, boxes)
     multi = nc * dac
     raw = progress * multi
     best = np.maximum(raw, raw[reference]) if reference is not None else np.full_like(raw, raw.max())
@@ -281,18 +382,12 @@ def score_states(
 
 
 @dataclass(frozen=True)
-class ScorerWeightsV2:
+class ScorerWeightsV2(_SharedWeights):
     """EPDMS = NC·DAC·DDC·TLC · (5·EP + 5·TTC + 2·LK + 2·HC + 2·EC) / 16."""
 
-    progress: float = field(default=5.0, metadata=check(ge=0))
-    ttc: float = field(default=5.0, metadata=check(ge=0))
     lane_keeping: float = field(default=2.0, metadata=check(ge=0))
     history_comfort: float = field(default=2.0, metadata=check(ge=0))
     extended_comfort: float = field(default=2.0, metadata=check(ge=0))
-    progress_threshold: float = field(default=5.0, metadata=check(ge=0))  # [m]
-    ddc_horizon_steps: int = field(default=10, metadata=check(ge=1))  # 1 s
-    ddc_compliance: float = field(default=2.0, metadata=check(ge=0))  # [m]
-    ddc_violation: float = field(default=6.0, metadata=check(ge=0))  # [m]
     # [m] lateral distance of the box centre to the centerline
     lane_keeping_limit: float = field(default=0.5, metadata=check(ge=0))
     # ceil(2.0 s / 0.1 s) consecutive steps beyond the limit
@@ -428,6 +523,7 @@ def score_states_v2(
     weights: ScorerWeightsV2 | None = None,
     dt: float = 0.1,
     with_history: bool = True,
+    solo: np.ndarray | None = None,
 ) -> SubScoresV2:
     """EPDMS sub-scores of simulated states (B, T, NUM_STATES) — NAVSIM v2's `PDMScorer.score_proposals`.
 
@@ -435,32 +531,37 @@ def score_states_v2(
     intersections; TTC is evaluated on the steps whose look-ahead stays within the plan (t ≤ T−1−9);
     EP = clip(progress / max masked progress, 0, 1) (not masked itself); LK and HC weighted 2 each.
     `reference` as in `score_states`. `with_history=False` scores without the past (HC = 1), as NAVSIM
-    scores the human plan for the filter."""
+    scores the human plan for the filter; `solo` (B,) bool marks rows scored as if alone (HC = 1 and EP
+    normalised by their own progress) — the human plan of the filter riding in the proposals' batch
+    (every other sub-metric is per row, so the batch does not change them)."""
     w = weights or ScorerWeightsV2()
     n_b, n_t = states.shape[:2]
     boxes = ego_boxes(states, scene)
     areas = ego_areas(boxes, states, map_index)
-    center_inter = map_index.in_intersection(boxes[..., CENTER, :])
+    center_inter = scene_regions(map_index).intersection.contains(boxes[..., CENTER, :])
     ego_radius = 0.5 * float(np.hypot(scene.front_length + scene.rear_length, scene.width))
-    nc = no_at_fault_collision(states, boxes, areas, agents, ego_radius)
+    frames = _AgentFrames.of(agents)
+    nc = no_at_fault_collision(states, boxes, areas, agents, ego_radius, frames)
     dac = np.where(areas["non_drivable"].any(-1), 0.0, 1.0)
     ddc_areas = {"oncoming": areas["oncoming"] & ~center_inter}
     ddc = driving_direction(boxes, ddc_areas, w)  # type: ignore[arg-type]
     tlc = traffic_light_compliance(boxes, scene, dt)
     last = n_t - 1 - max(TTC_STEPS)
     ttc = time_to_collision(
-        states[:, : last + 1], boxes[:, : last + 1], areas.head(last + 1), agents, ego_radius, dt
+        states[:, : last + 1], boxes[:, : last + 1], areas.head(last + 1), agents, ego_radius, dt, frames
     )
     lk = lane_keeping(boxes[..., CENTER, :], center_inter, centerline, w)
     hc = history_comfort(states, scene, dt) if with_history else np.ones(n_b)
-    s_start, _ = project_to_polyline(centerline, boxes[:, 0, CENTER])
-    s_end, _ = project_to_polyline(centerline, boxes[:, -1, CENTER])
-    progress = np.clip(s_end - s_start, 0.0, None)
+    if solo is not None:
+        hc = np.where(solo, 1.0, hc)
+    progress = route_progress(centerline, boxes)
     multi = nc * dac * ddc * tlc
     masked = progress * multi
     norm = (
         np.maximum(masked, masked[reference]) if reference is not None else np.full_like(masked, masked.max())
     )
+    if solo is not None:
+        norm = np.where(solo, masked, norm)
     with np.errstate(invalid="ignore", divide="ignore"):
         ep = np.where(norm > w.progress_threshold, np.clip(progress / norm, 0.0, 1.0), 1.0)
     score = multi * epdms_weighted(ep, ttc, lk, hc, None, w)

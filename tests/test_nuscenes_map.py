@@ -190,6 +190,26 @@ def test_a_store_carries_the_map_and_gives_the_same_metric_scene(
     assert np.array_equal(again.lane_on_route, direct.lane_on_route)
 
 
+def test_plan_scoring_of_a_nuscenes_store_uses_its_map_without_a_rear_axle_shift(
+    root: Path, tmp_path: Path
+) -> None:
+    """`metrics.plans.score_scene_plans` (what `train.evaluate` and the pipeline call) scores a nuScenes
+    Scene on its stored metric scene (the Zoe's geometry) with the plan as given (rear-axle poses), not
+    with the default world's ego and its centre-to-rear-axle shift."""
+    from drivedistill.metrics.plans import PlanMetricsConfig, _metric_scene, score_scene_plans
+
+    collect_source(NuScenesSource(NuScenesConfig(root=str(root))), tmp_path / "store", progress=False)
+    store = SceneStore(tmp_path / "store")
+    stored = store.load(store.tokens()[0])
+    t = 0.5 * np.arange(1, 9)
+    plan = np.stack([4.0 * t, np.zeros(8), np.zeros(8)], -1)
+    got = score_scene_plans(plan[None], [stored], PlanMetricsConfig(openloop=False))["pdms"]
+    want = score_plans([stored_metric_scene(stored)], plan[None]).to_json()
+    assert got["mean"] == want["mean"] and got["failures"] == []
+    scene, rear = _metric_scene(stored, plan)
+    assert np.allclose(scene.ego_geometry, NUSCENES_EGO) and np.array_equal(rear, plan)
+
+
 def test_eval_pdms_on_a_nuscenes_source(root: Path, tmp_path: Path) -> None:
     out = tmp_path / "pdms.json"
     rc = cli_main(["eval", "pdms", "--source", "nuscenes", "--root", str(root), "--planner", "constant_velocity",

@@ -4,8 +4,10 @@
 
 The caller runs the network (e.g. `train.evaluate.plan_scenes`); nothing here knows about models.
 Plans are box-centre poses (x, y, yaw) [m, m, rad] at 0.5 … 4 s in the current ego frame — the frame of
-`Privileged.future_trajectory`. For PDMS each scene becomes a `MetricScene` with the default world's ego
-(`world/ego.py`) and each plan moves to the rear-axle frame (`centre_plan_to_rear_axle`).
+`Privileged.future_trajectory`. For PDMS each scene becomes a `MetricScene`: a default-world scene with the
+world's ego (`world/ego.py`), its plan moved to the rear-axle frame (`centre_plan_to_rear_axle`); a nuScenes
+scene through `data.sources.nuscenes.stored_metric_scene` (needs the map expansion in the store; its poses
+are already rear-axle poses, no shift).
 """
 
 from __future__ import annotations
@@ -41,13 +43,25 @@ def score_scene_plans(plans: np.ndarray, scenes: list[Scene], cfg: PlanMetricsCo
 
         out["openloop"] = evaluate_openloop_scenes(plans, scenes, occupancy_classes=cfg.occupancy_classes)
     if cfg.pdms:
-        from drivedistill.geometry.metric_scene import centre_plan_to_rear_axle, metric_scene_from_scene
         from drivedistill.metrics.pdms import PDMSConfig, score_plans
-        from drivedistill.world.ego import REAR_AXLE_BEHIND_CENTRE as D
-        from drivedistill.world.ego import pdms_ego_geometry
 
         n = cfg.pdms_max_scenes or len(scenes)
-        metric_scenes = [metric_scene_from_scene(s, D, pdms_ego_geometry()) for s in scenes[:n]]
-        rear = np.stack([centre_plan_to_rear_axle(p, D) for p in plans[:n]])
-        out["pdms"] = score_plans(metric_scenes, rear, PDMSConfig(protocol=cfg.pdms_protocol)).to_json()
+        pairs = [_metric_scene(s, p) for s, p in zip(scenes[:n], plans[:n])]
+        rear = np.stack([p for _, p in pairs])
+        out["pdms"] = score_plans(
+            [m for m, _ in pairs], rear, PDMSConfig(protocol=cfg.pdms_protocol)
+        ).to_json()
     return out
+
+
+def _metric_scene(scene: Scene, plan: np.ndarray) -> tuple[Any, np.ndarray]:
+    """(MetricScene, (8, 3) rear-axle plan) of one scene, by the scene's source."""
+    if scene.meta.get("source") == "nuscenes":  # rear-axle referenced already; raises without the map
+        from drivedistill.data.sources.nuscenes import stored_metric_scene
+
+        return stored_metric_scene(scene), plan
+    from drivedistill.geometry.metric_scene import centre_plan_to_rear_axle, metric_scene_from_scene
+    from drivedistill.world.ego import REAR_AXLE_BEHIND_CENTRE as D
+    from drivedistill.world.ego import pdms_ego_geometry
+
+    return metric_scene_from_scene(scene, D, pdms_ego_geometry()), centre_plan_to_rear_axle(plan, D)

@@ -142,8 +142,11 @@ def test_oracle_plan_refines_its_own_draft_and_counts_failures(
     refined = [format_plan(k * [1.5, 0.1]), "[(+01.00,+00.00)]"]  # one pose of six: a failure
     prompts: list[str] = []
 
-    def fake_generate(enc: object, images: torch.Tensor, max_new_tokens: int) -> list[str]:
+    def fake_generate(
+        enc: object, images: torch.Tensor, max_new_tokens: int, step_embeds: torch.Tensor | None = None
+    ) -> list[str]:
         assert images.shape[0] == 2 * 4  # current + 3 future frames per sample
+        assert step_embeds is not None and step_embeds.shape[0] == 2  # the hint, both passes
         prompts.append(oracle.core.tokenizer.decode(enc.input_ids[0]))  # type: ignore[attr-defined]
         return coarse if len(prompts) == 1 else refined
 
@@ -375,9 +378,14 @@ def test_dead_reckon_integrates_speed_and_yaw_rate() -> None:
     assert (path - arc).norm(dim=-1).max() < 0.05
 
 
-def test_oracle_prompt_carries_the_future_path_to_the_model(oracle: OracleTeacher) -> None:
-    """The future path is in the prompt, in the answer's format, inside the position budget, and
-    changing the future ego status changes the oracle's answer logits."""
+def test_oracle_prompt_carries_the_future_path_to_the_model() -> None:
+    """`future_path=true` (the design before the hint channel, still an option): the future path is in
+    the prompt, in the answer's format, inside the position budget, and changing the future ego status
+    changes the oracle's answer logits. The default puts it through the hint channel instead."""
+    assert OracleConfig().hint and not OracleConfig().future_path
+    torch.manual_seed(1)
+    oracle = OracleTeacher(OracleConfig(vlm=VLM, future_path=True, hint=False))
+    assert oracle.hint is None
     scenes = [braking_scene(0), braking_scene(1, accel=1.0)]
     b = collate(scenes)
     prompt = oracle.prompts(b)[0]

@@ -326,3 +326,33 @@ def test_evodrive_chain_from_a_release_checkpoint(ckpt: Path, tmp_path: Path) ->
         "teacher", "oracle", OracleConfig(vlm=VLMConfig(pretrained_dir=str(tmp_path / "perception")))
     )
     assert torch.isfinite(oracle.losses(batch)["loss"])
+
+
+def test_oracle_hint_channel_on_a_release_checkpoint(
+    ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The oracle's hint channel on a foreign checkpoint (its own tokenizer): a small table over the plan
+    alphabet, aligned with the answer tokens, emitted verbatim when it copies, saved beside the VLM."""
+    # this fixture's BPE merges no punctuation, so its plan text is longer than our tokenizer's budget
+    monkeypatch.setattr("drivedistill.models.teachers.oracle.answer_token_budget", lambda n: 200)
+    from drivedistill.data.dataset import collate
+    from drivedistill.models.vlm import IGNORE_INDEX
+    from tests.test_oracle_hint import _copying, linear_speed_scene
+
+    oracle = registry.build(
+        "teacher", "oracle", OracleConfig(vlm=VLMConfig(pretrained_dir=str(ckpt), image_hw=CAMERA_HW))
+    )
+    assert isinstance(oracle, OracleTeacher) and oracle.hint is not None
+    assert oracle.hint.table.shape[0] < 64 < oracle.core.model.get_input_embeddings().num_embeddings
+    batch = collate([linear_speed_scene(i, a, CAMERA_HW) for i, a in enumerate((-2.0, 1.0))])
+    hints, enc = oracle.hint_ids(batch), oracle.encode(batch)
+    assert hints is not None and enc.labels is not None
+    for i in range(2):
+        assert torch.equal(hints[i][hints[i] != IGNORE_INDEX], enc.labels[i][enc.labels[i] != IGNORE_INDEX])
+    copy = _copying(oracle)
+    assert copy.plan(batch, refine=False)[1] == oracle.answers(batch)
+    copy.save(tmp_path / "oracle")
+    loaded = OracleTeacher.load(tmp_path / "oracle")
+    assert loaded.core.processor is not None and loaded.hint is not None
+    torch.testing.assert_close(loaded.hint.table, copy.hint.table)  # type: ignore[union-attr]
+    assert loaded.eval().plan(batch, refine=False)[1] == oracle.answers(batch)

@@ -315,7 +315,7 @@ def teacher_forced_ce(
             batch = collate(list(scenes[start : start + batch_size])).to(device)
             if isinstance(model, OracleTeacher):
                 enc = model.encode(batch)
-                logits = model.core(enc, model.images(batch)).logits
+                logits = model.teacher_forced(enc, model.images(batch), model.hint_ids(batch)).logits
             else:
                 enc, out = model.teacher_forced(
                     batch.inputs, batch.require_privileged("teacher_forced_ce").trajectory

@@ -25,12 +25,14 @@ from drivedistill.registry import register
 from drivedistill.train.loop import TrainConfig, train_section
 
 PERCEPTION_CODE_VERSION = 1  # bump when `perception_stage` computes something else, same config
-# the same for `oracle_stage`: 2 = residual plan text and the dead-reckoned "future path" in its prompt
-ORACLE_CODE_VERSION = 2
+# the same for `oracle_stage`: 2 = residual plan text and the dead-reckoned "future path" in its prompt;
+# 3 = the future path through the hint channel (models/vlm/hint.py) instead of the prompt
+ORACLE_CODE_VERSION = 3
 # the same for the evodrive method's training: 2 = MC-dropout candidates took their logits one token
 # late before; 3 = the anchor loss collapsed once the AnchorFormer weights underflowed (visual KD);
-# 4 = residual plan text (answers relative to constant velocity)
-EVODRIVE_CODE_VERSION = 4
+# 4 = residual plan text (answers relative to constant velocity); 5 = teacher targets from the oracle's
+# hint-channel passes
+EVODRIVE_CODE_VERSION = 5
 VLA_SFT_CODE_VERSION = 2  # 2 = residual plan text
 
 

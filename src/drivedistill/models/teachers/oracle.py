@@ -2,16 +2,19 @@
 
 The **only** model that reads `Privileged.future_frames`. Its prompt holds the current front camera,
 the front frames at +1/+2/+3 s, the past trajectory, ego status, the future ego status (speed,
-acceleration, yaw rate at 0.5 … 3 s), the **future path** dead-reckoned from the current and future
-ego status (`future_path=true`, written in the answer's own format — offsets from constant speed when
-`plan_text="residual"` — at the very end of the user turn) and the command; its answer is the same plan
-text as the student's.
+acceleration, yaw rate at 0.5 … 3 s) and the command; its answer is the same plan text as the student's
+(token for token, so EvoDrive's token-level KD applies).
 
-Why the future path: the future ego status holds the future motion, but a tiny language model does not
-integrate speeds and yaw rates into metres (trained on those numbers alone, the oracle planned at
-8.3 m L2, docs/LOG.md). Written as the kinematic integral, in the answer's format, the answer's digits
-can be copied position by position and the oracle learns the corrections (the path is a trapezoidal
-dead reckoning, not the GT: it ignores slip and the discretisation of the yaw rate).
+The **future path** — the path dead-reckoned from the current and future ego status (`dead_reckon`),
+written in the answer's own format (offsets from constant speed when `plan_text="residual"`) — reaches it
+through the **hint channel** (`hint=true`, default; models/vlm/hint.py): hint token t is embedded by a
+small zero-initialised table and added to the input embedding at the position that predicts answer
+token t, in teacher forcing and greedy generation alike. The oracle then only learns "emit the hint's
+token, corrected by what the future frames and status say" — a local map, learnt in tens of steps.
+`future_path=true` also (or instead, with hint=false) writes the path as text at the end of the prompt,
+the earlier design: there a 2-layer model has to learn a ~75-token copy across ~500 tokens of prompt,
+which it did not in a few hundred steps (ST-P3 L2 1.65 m where the path alone gives 0.18 m;
+docs/evodrive.md, docs/LOG.md).
 
 Training (`losses`, run by the generic loop): next-token CE; with probability `refine_prob` per step the
 teacher's own teacher-forced argmax answer is inserted after the prompt as a draft ("Draft trajectory:
@@ -27,7 +30,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +45,18 @@ from drivedistill.models.students.vla import (
     plan_answers,
     plan_prior,
 )
-from drivedistill.models.vlm import IGNORE_INDEX, Encoded, VLMConfig, VLMCore, chat_prompt, encode, user_text
+from drivedistill.models.vlm import (
+    IGNORE_INDEX,
+    Encoded,
+    VLMConfig,
+    VLMCore,
+    VLMOutput,
+    chat_prompt,
+    encode,
+    format_plan,
+    user_text,
+)
+from drivedistill.models.vlm.hint import HINT_FILE, HintChannel, hint_alphabet, pad_hints, tokenize_hints
 from drivedistill.registry import register
 from drivedistill.types import DT, Batch
 
@@ -59,7 +73,10 @@ class OracleConfig:
     refine_prob: float = field(default=0.5, metadata=check(ge=0, le=1))
     # future ego status at 0.5 … 3.0 s in the prompt
     future_status_steps: int = field(default=6, metadata=check(ge=0))
-    future_path: bool = True  # the future path dead-reckoned from the ego status, in the answer's format
+    # the future path dead-reckoned from the ego status, in the answer's format, at the end of the prompt
+    future_path: bool = False
+    # the same path through the hint channel: token t added to the input that predicts answer token t
+    hint: bool = True
     plan_text: Literal["residual", "absolute"] = "residual"  # must equal the student's (answers must match)
 
     def __post_init__(self) -> None:
@@ -130,6 +147,17 @@ class OracleTeacher(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.core = VLMCore.build(cfg.vlm)
+        self.hint: HintChannel | None = None
+        if cfg.hint:  # a saved channel beside the VLM it was trained with, else a fresh (zero) one
+            saved = Path(cfg.vlm.pretrained_dir) / HINT_FILE if cfg.vlm.pretrained_dir else None
+            emb: Any = self.core.model.get_input_embeddings()
+            self.hint = (
+                HintChannel.load(saved.parent)
+                if saved is not None and saved.exists()
+                else HintChannel(
+                    hint_alphabet(self.core.tokenizer), self.core.hidden_size, emb.num_embeddings
+                )
+            ).to(emb.weight.device)
 
     def prior(self, batch: Batch) -> torch.Tensor | None:
         """(B, num_poses, 2) the plan the answer is relative to (the student's, from the ego status)."""
@@ -146,6 +174,21 @@ class OracleTeacher(nn.Module):
         path = dead_reckon(batch.inputs.ego_status, priv.future_ego_status, self.cfg.num_poses)
         prior = self.prior(batch)
         return path if prior is None else path - prior.to(path)
+
+    def hint_ids(self, batch: Batch) -> torch.Tensor | None:
+        """(B, S) token ids of the future path in the answer's format (-100 padded), or None without the
+        hint channel. When the path equals the GT answer, hint token t == answer token t."""
+        if self.hint is None:
+            return None
+        texts = [format_plan(p) for p in self.future_path(batch).detach().cpu().numpy()]
+        return pad_hints(tokenize_hints(self.core.tokenizer, texts))
+
+    def teacher_forced(
+        self, enc: Encoded, images: torch.Tensor, hint_ids: torch.Tensor | None, **kw: torch.Tensor
+    ) -> VLMOutput:
+        """The core's teacher-forced pass with the hint (if any) added at the answer positions."""
+        add = None if self.hint is None or hint_ids is None else self.hint.teacher_forced(enc, hint_ids)
+        return self.core(enc, images, add_embeds=add, **kw)
 
     def images(self, batch: Batch) -> torch.Tensor:
         """(B·4, 3, H, W): per sample the current camera then the future frames at +1/+2/+3 s."""
@@ -191,12 +234,13 @@ class OracleTeacher(nn.Module):
     def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
         """Teacher training step: CE on the coarse pass, or (p = refine_prob) on the refined pass."""
         images = self.images(batch)
+        hints = self.hint_ids(batch)
         enc = self.encode(batch)
-        out = self.core(enc, images)
+        out = self.teacher_forced(enc, images, hints)
         refined = bool(torch.rand(()) < self.cfg.refine_prob)
         if refined:
             enc = self.encode(batch, self.argmax_drafts(enc, out.logits.detach()))
-            out = self.core(enc, images)
+            out = self.teacher_forced(enc, images, hints)
         assert enc.labels is not None
         ce = F.cross_entropy(
             out.logits[:, :-1].flatten(0, 1).float(), enc.labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX
@@ -217,12 +261,13 @@ class OracleTeacher(nn.Module):
         entries only when `num_samples > 0` / `refine`). Per sample, the dropout sample with the lowest
         CE to the GT answer is kept."""
         images = self.images(batch)
+        hints = self.hint_ids(batch)
         enc = self.encode(batch)
-        out = self.core(enc, images)
+        out = self.teacher_forced(enc, images, hints)
         passes = [(enc, out)]
         if refine:
             enc_r = self.encode(batch, self.argmax_drafts(enc, out.logits))
-            passes.append((enc_r, self.core(enc_r, images)))
+            passes.append((enc_r, self.teacher_forced(enc_r, images, hints)))
         cands: list[Candidate] = []
         for e, o in passes:
             logits, hidden, target = answer_slices(e, o.logits, o.hidden, length)
@@ -252,20 +297,25 @@ class OracleTeacher(nn.Module):
         the constant-speed fallback and are counted. Returns xy (B, num_poses, 2), texts, failed (B,)."""
         images = self.images(batch)
         budget = answer_token_budget(self.cfg.num_poses)
+        hints = self.hint_ids(batch)
+        steps = None if self.hint is None or hints is None else self.hint.embed(hints)
         enc = encode(self.core.tokenizer, self.prompts(batch), padding_side="left")
-        texts = self.core.generate(enc, images, budget)
+        texts = self.core.generate(enc, images, budget, steps)
         if refine:
             enc = encode(self.core.tokenizer, self.prompts(batch, texts), padding_side="left")
-            texts = self.core.generate(enc, images, budget)
+            texts = self.core.generate(enc, images, budget, steps)
         fallback = fallback_xy(batch.inputs, self.cfg.num_poses, use_ego_status=True)
         xy, failed = parse_plans(texts, fallback, self.cfg.num_poses, "oracle", self.prior(batch))
         return xy, texts, failed
 
     def save(self, path: str | Path) -> None:
-        """The VLM (`VLMCore.save`) and, beside it, this OracleConfig (prompt and answer format)."""
+        """The VLM (`VLMCore.save`) and, beside it, this OracleConfig (prompt and answer format) and the
+        hint channel (`HINT_FILE`, safetensors) when it has one."""
         from drivedistill.utils.io import atomic_write_json
 
         self.core.save(path)
+        if self.hint is not None:
+            self.hint.save(path)
         saved = {k: v for k, v in asdict(self.cfg).items() if k != "vlm"}
         atomic_write_json(Path(path) / ORACLE_CONFIG_FILE, saved)
 
@@ -273,17 +323,28 @@ class OracleTeacher(nn.Module):
     def load(cls, path: str | Path, cfg: OracleConfig | None = None) -> OracleTeacher:
         """An oracle whose VLM is loaded from `path` (written by `save`). The prompt/answer fields it was
         trained with (`oracle_config.json`) win over `cfg`'s; a save without that file (older versions)
-        takes `cfg`'s, and with `cfg` None the defaults."""
+        takes `cfg`'s, and with `cfg` None the defaults. The hint channel is the saved one: an oracle
+        saved before the channel existed (config without "hint", no `HINT_FILE`) loads **without** one
+        and behaves as it was trained; a config saying hint=true without the file is an error."""
         base = asdict(cfg or OracleConfig())
         base.pop("vlm")
         saved = Path(path) / ORACLE_CONFIG_FILE
         if saved.exists():
             try:
-                base |= {k: v for k, v in json.loads(saved.read_text()).items() if k in base}
+                raw = json.loads(saved.read_text())
             except json.JSONDecodeError as e:
                 raise ValueError(
                     f"{saved}: not valid JSON ({e}); re-save the oracle with OracleTeacher.save"
                 ) from e
+            base |= {k: v for k, v in raw.items() if k in base}
+            base["hint"] = bool(raw.get("hint", False))  # older oracles were trained without the channel
+        else:
+            base["hint"] = (Path(path) / HINT_FILE).exists()
+        if base["hint"] and not (Path(path) / HINT_FILE).exists():
+            raise FileNotFoundError(
+                f"{saved} says hint=true but {Path(path) / HINT_FILE} is missing; re-save the oracle with "
+                "OracleTeacher.save (it writes the hint channel beside the VLM)"
+            )
         return cls(OracleConfig(vlm=VLMConfig(pretrained_dir=str(path)), **base))
 
 

@@ -295,39 +295,105 @@ class VLMCore(nn.Module):
         return out.last_hidden_state  # type: ignore[no-any-return]
 
     def forward(
-        self, enc: Encoded, images: torch.Tensor, image_embeds: torch.Tensor | None = None
+        self,
+        enc: Encoded,
+        images: torch.Tensor,
+        image_embeds: torch.Tensor | None = None,
+        add_embeds: torch.Tensor | None = None,
     ) -> VLMOutput:
         """Teacher-forced pass. images (N, 3, H, W), N = images per sample × B in sample-major order.
 
         `image_embeds` (N·T, D) replaces the encoder's visual tokens when given (then `images` only sets
-        the grid).
+        the grid). `add_embeds` (B, L, D) is added to the input embeddings after the visual tokens are
+        inserted (e.g. `HintChannel.teacher_forced`); the model's weights are not touched.
         """
         pixel_values, grid = self.image_inputs(images)
         if image_embeds is None:
             image_embeds = self.visual_tokens(pixel_values, grid)
         emb, mask = self.embed(enc, image_embeds)
+        if add_embeds is not None:
+            if add_embeds.shape != emb.shape:
+                raise ValueError(
+                    f"VLMCore.forward: add_embeds {tuple(add_embeds.shape)} != input embeddings {tuple(emb.shape)}"
+                )
+            emb = emb + add_embeds.to(emb)
         hidden = self.language_model(emb, self.position_ids(enc, grid), enc.attention_mask)
         return VLMOutput(self.lm_head(hidden), hidden, image_embeds, mask)
 
     @torch.no_grad()
-    def generate(self, enc: Encoded, images: torch.Tensor, max_new_tokens: int) -> list[str]:
-        """Greedy batched decoding of left-padded prompts → answer texts (special tokens stripped)."""
+    def generate(
+        self,
+        enc: Encoded,
+        images: torch.Tensor,
+        max_new_tokens: int,
+        step_embeds: torch.Tensor | None = None,
+    ) -> list[str]:
+        """Greedy batched decoding of left-padded prompts → answer texts (special tokens stripped).
+
+        `step_embeds` (B, S, D): added to the input embedding that predicts new token s (s < S) — the
+        last prompt token for s = 0, generated token s − 1 after it; the generation-time counterpart of
+        `forward`'s `add_embeds` placed by `HintChannel.teacher_forced`. Applied by a forward hook on the
+        input embedding for the duration of the call (KV-cached decoding: one prompt call, then one call
+        per token; any other call pattern is an error rather than a silent misalignment).
+        """
         if bool((enc.attention_mask[:, -1] == 0).any()):
             raise ValueError(
                 "VLMCore.generate: prompts must be left-padded (encode(..., padding_side='left'))"
             )
         pixel_values, grid = self.image_inputs(images)
         model: Any = self.model
-        out = model.generate(
-            input_ids=enc.input_ids,
-            attention_mask=enc.attention_mask,
-            mm_token_type_ids=enc.mm_token_type_ids,
-            pixel_values=pixel_values,
-            image_grid_thw=grid,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=self.tokenizer.eos_token_id,
-        )
+        handle = None
+        if step_embeds is not None:
+            if step_embeds.shape[:1] != enc.input_ids.shape[:1] or step_embeds.ndim != 3:
+                raise ValueError(
+                    f"VLMCore.generate: step_embeds {tuple(step_embeds.shape)} must be (B={enc.input_ids.shape[0]}, S, D)"
+                )
+            handle = model.get_input_embeddings().register_forward_hook(
+                _StepAdder(step_embeds, enc.input_ids.shape[1])
+            )
+        try:
+            out = model.generate(
+                input_ids=enc.input_ids,
+                attention_mask=enc.attention_mask,
+                mm_token_type_ids=enc.mm_token_type_ids,
+                pixel_values=pixel_values,
+                image_grid_thw=grid,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                use_cache=True,
+                pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=self.tokenizer.eos_token_id,
+            )
+        finally:
+            if handle is not None:
+                handle.remove()
         new = out[:, enc.input_ids.shape[1] :]
         return [str(t) for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+
+class _StepAdder:
+    """Forward hook on the input embedding during `VLMCore.generate`: adds `step_embeds[:, s]` at the
+    input that predicts new token s. The first call embeds the (left-padded) prompt of `prompt_len`
+    tokens — its last position predicts token 0 —, each later call one generated token."""
+
+    def __init__(self, step_embeds: torch.Tensor, prompt_len: int) -> None:
+        self.step_embeds = step_embeds
+        self.prompt_len = prompt_len
+        self.calls = 0
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
+        del module, args
+        b, n = output.shape[:2]
+        expected = self.prompt_len if self.calls == 0 else 1
+        if n != expected or b != self.step_embeds.shape[0]:
+            raise RuntimeError(
+                f"VLMCore.generate: embedding call {self.calls} has shape {(b, n)}, expected ({self.step_embeds.shape[0]}, "
+                f"{expected}); the step embeddings need KV-cached, one-token-per-step decoding"
+            )
+        s = self.calls
+        self.calls += 1
+        if s >= self.step_embeds.shape[1]:
+            return output
+        add = torch.zeros_like(output)
+        add[:, -1] = self.step_embeds[:, s].to(output)
+        return output + add

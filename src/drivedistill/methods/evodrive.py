@@ -91,7 +91,7 @@ def teacher_targets(
     """The soft targets: per sample the min-CE candidate among {coarse, best dropout coarse, refined,
     best dropout refined} (entries per `cfg.refine` / `cfg.mc_dropout`) → {KEY_LOGITS, KEY_HIDDEN,
     KEY_CHOICE, KEY_LENGTH}; answers are padded to `answer_token_budget(num_poses)` tokens."""
-    length = answer_token_budget(teacher.cfg.num_poses)
+    length = answer_token_budget(teacher.cfg.num_poses, teacher.core.tokenizer)
     cands = teacher.candidates(
         batch, cfg.refine, cfg.num_samples if cfg.mc_dropout else 0, cfg.dropout, length, generator
     )

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
+import numpy as np
 import torch
 
 from drivedistill.config import check
@@ -114,10 +115,21 @@ def parse_plans(
     return torch.stack(rows), torch.tensor(failed, dtype=torch.bool)
 
 
-def answer_token_budget(num_poses: int) -> int:
+def answer_token_budget(num_poses: int, tokenizer: Any = None) -> int:
     """Upper bound on the tokens of a plan answer + `<|im_end|>`: 12 per pose ("),(+DD.DD,-DD.DD"), +1 per
-    3-digit number, + 4 (brackets, `<|im_end|>`, slack)."""
-    return 14 * num_poses + 4
+    3-digit number, + 4 (brackets, `<|im_end|>`, slack) with this project's tokenizer. With `tokenizer`
+    (e.g. a pretrained Qwen2.5-VL's, which merges punctuation differently) the bound is at least the
+    longest of a few extreme answers as that tokenizer encodes them, + 4."""
+    budget = 14 * num_poses + 4
+    if tokenizer is None:
+        return budget
+    extremes = [np.full((num_poses, 2), v) for v in (-99.99, 99.99, 0.0, -100.0)]
+    extremes.append(np.tile([[-99.99, 99.99]], (num_poses, 1)))
+    longest = max(
+        len(tokenizer(format_plan(xy) + "<|im_end|>", add_special_tokens=False)["input_ids"])
+        for xy in extremes
+    )
+    return max(budget, longest + 4)
 
 
 def plan_answers(trajectory: torch.Tensor, num_poses: int, prior: torch.Tensor | None = None) -> list[str]:
@@ -151,7 +163,7 @@ class VLAStudent(Student):
 
     @property
     def max_new_tokens(self) -> int:
-        return self.cfg.max_new_tokens or answer_token_budget(self.cfg.num_poses)
+        return self.cfg.max_new_tokens or answer_token_budget(self.cfg.num_poses, self.core.tokenizer)
 
     # ----- prompts -------------------------------------------------------------------------------
     def user_texts(self, inputs: AgentInputBatch) -> list[str]:

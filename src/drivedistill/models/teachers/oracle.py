@@ -296,7 +296,7 @@ class OracleTeacher(nn.Module):
         answer as its draft (as in training). Parsed strictly like the student's: unparsable answers take
         the constant-speed fallback and are counted. Returns xy (B, num_poses, 2), texts, failed (B,)."""
         images = self.images(batch)
-        budget = answer_token_budget(self.cfg.num_poses)
+        budget = answer_token_budget(self.cfg.num_poses, self.core.tokenizer)
         hints = self.hint_ids(batch)
         steps = None if self.hint is None or hints is None else self.hint.embed(hints)
         enc = encode(self.core.tokenizer, self.prompts(batch), padding_side="left")

@@ -40,7 +40,7 @@ MFU = 0.35  # model FLOP utilisation assumed for VLM fine-tuning (typical 0.3–
 NUM_GPUS = 8  # the papers' node: 8 GPUs, data parallel
 # text tokens per sample besides the image tokens (prompt + answer), measured order of magnitude of the
 # project's prompts (models/vlm/prompt.py, teachers/vlm.py) — the image tokens dominate at paper scale
-TEXT_TOKENS = {"vla": 260, "oracle": 420, "latent_teacher": 70, "annotator": 550}
+TEXT_TOKENS = {"vla": 260, "oracle": 345, "latent_teacher": 70, "annotator": 550}
 NUSCENES_TRAIN_SAMPLES = 28130  # nuScenes trainval, train split (700 scenes, 2 Hz keyframes)
 NAVSIM_TRAIN_SAMPLES = 103288  # NAVSIM navtrain
 

@@ -38,6 +38,7 @@ from drivedistill.models.latent_action.encode import (
     probe_trajectory,
 )
 from drivedistill.models.teachers.vlm import VLMTeacherConfig, cache_teacher_logits
+from drivedistill.recipes.latent_vla import _refit_detokenizer
 from drivedistill.train.loop import TrainConfig, fit
 
 
@@ -148,6 +149,10 @@ def main() -> None:
     corpus_codes = dict(codes["train"])
     for ds in extra:
         corpus_codes.update(encode_latent_actions(lam, ds))
+    # the pipeline's detokenizer refit on the frozen codes (lam.detok_steps; 0 = off)
+    t0 = time.time()
+    results["detokenizer"] = _refit_detokenizer(lam, corpus, corpus_codes, seed=0)
+    results["detokenizer"]["seconds"] = round(time.time() - t0, 1)
     env = {s: encode_latent_actions(lam, ds, which="env") for s, ds in (("train", train), ("val", val))}
 
     def arr(d: dict[str, np.ndarray], ds: SceneDataset) -> np.ndarray:

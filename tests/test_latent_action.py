@@ -219,3 +219,59 @@ def test_position_majority_accuracy_golden() -> None:
     test = np.array([[1, 3], [0, 3], [1, 2]])
     # majority per position: (1, 3) → hits 2 + 1 (pos 0), 2 (pos 1) → 4 / 6
     assert position_majority_accuracy(train, test) == pytest.approx(4 / 6)
+
+
+def test_state_cond_reads_the_current_status_in_every_ego_head() -> None:
+    """With state_cond the ego FDM, the motion head and the detokenizer read the t = 0 ego status (so the
+    codes need not carry it); without it the status reaches none of them."""
+    torch.manual_seed(0)
+    model = LatentActionModel(SMALL)
+    batch = random_batch(2, camera_hw=(32, 64))
+    model.losses(batch)
+    model.set_stage("ego")
+    out = model.losses(batch)
+    out["loss"].backward()
+    assert model.ego_state_in is not None and model.ego_state_in.weight.grad is not None
+    assert float(model.ego_state_in.weight.grad.abs().sum()) > 0  # through the reconstruction
+    codes = torch.zeros(2, 12, dtype=torch.long)
+    slow, fast = torch.tensor([[2.0, 0, 0]] * 2), torch.tensor([[20.0, 0, 0]] * 2)
+    assert not torch.allclose(model.decode_trajectory(codes, slow), model.decode_trajectory(codes, fast))
+    off = LatentActionModel(dataclasses.replace(SMALL, state_cond=False))
+    assert off.ego_state_in is None
+    off.set_stage("ego")
+    assert off.decode_trajectory(codes).shape == (2, 8, 3)  # the codes alone
+
+
+def test_fit_detokenizer_learns_from_frozen_codes_and_touches_nothing_else() -> None:
+    """The refit decodes codes + status to futures that depend on both far better than before, is
+    deterministic given its seed, and leaves the codebook and every other weight as they were."""
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(SMALL, detok_steps=300, detok_code_noise=0.25)
+    model = LatentActionModel(cfg)
+    model.set_stage("ego")
+    model.ego_vq.codebook.copy_(torch.randn_like(model.ego_vq.codebook))
+    gen = torch.Generator().manual_seed(1)
+    n = 256
+    codes = torch.randint(0, 16, (n, 12), generator=gen)
+    status = torch.zeros(n, 3)
+    status[:, 0] = 5 + 10 * torch.rand(n, generator=gen)  # speed [m/s]
+    t = torch.arange(1, 9) * 0.5
+    lateral = (codes[:, 0].float() - 7.5) / 4  # the first code sets a lateral drift [m/s]
+    fut = torch.stack([status[:, :1] * t, lateral[:, None] * t, torch.zeros(n, 8)], -1)
+    valid = torch.ones(n, 8, dtype=torch.bool)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def ade() -> float:
+        return float((model.decode_trajectory(codes, status) - fut)[..., :2].norm(dim=-1).mean())
+
+    untrained = ade()
+    model.fit_detokenizer(codes, fut, valid, status, seed=3)
+    fitted = ade()
+    assert fitted < 0.25 * untrained
+    after = model.state_dict()
+    changed = {k for k in after if not torch.equal(after[k], before[k])}
+    assert changed and all(k.startswith("traj_decoder.") for k in changed)
+    again = LatentActionModel(cfg)
+    again.load_state_dict(before)
+    again.fit_detokenizer(codes, fut, valid, status, seed=3)
+    assert all(torch.equal(again.state_dict()[k], after[k]) for k in after)

@@ -85,8 +85,9 @@ def _lam(data: _Fixture) -> LatentActionModel:
     assert batch.privileged is not None and lam.traj_decoder is not None
     opt = torch.optim.Adam(lam.traj_decoder.parameters(), lr=3e-3)
     z = lam.ego_vq.embed(batch.extras[EGO_CODES_KEY].view(-1, 3, 4))
+    state = lam._state(batch.inputs.ego_status, z)
     for _ in range(300):
-        loss = (lam._decode_z(z) - batch.privileged.trajectory).pow(2).mean()
+        loss = (lam._decode_z(z, state) - batch.privileged.trajectory).pow(2).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -103,7 +104,10 @@ def test_lam_decoder_recovers_the_fixture_futures(fixture) -> None:  # type: ign
     _train, val, lam = fixture
     codes = np.stack([val.codes[s.token] for s in val.scenes])
     futs = np.stack([s.privileged.future_trajectory for s in val.scenes])
-    assert trajectory_ade(decode_codes(lam, codes), futs) < 1.0  # classes are 2 m/s · t apart (≥ 1.25 m ADE)
+    status = np.stack([s.agent_input.ego_status for s in val.scenes])
+    assert (
+        trajectory_ade(decode_codes(lam, codes, status), futs) < 1.0
+    )  # classes are 2 m/s · t apart (≥ 1.25 m ADE)
 
 
 def test_image_free_baseline_learns_the_code_statistics_only() -> None:
@@ -154,7 +158,13 @@ def test_lam_trajectory_decoder_trains_in_the_ego_stage_only() -> None:
     out["loss"].backward()
     assert float(out["traj"]) > 0
     assert lam.traj_decoder is not None and lam.traj_decoder[0].weight.grad is not None
-    assert lam.decode_trajectory(torch.zeros(3, 12, dtype=torch.long)).shape == (3, NUM_FUTURE, 3)
+    assert lam.decode_trajectory(torch.zeros(3, 12, dtype=torch.long), torch.zeros(3, 3)).shape == (
+        3,
+        NUM_FUTURE,
+        3,
+    )
+    with pytest.raises(ValueError, match="ego_status"):  # state_cond: the decoder needs the current status
+        lam.decode_trajectory(torch.zeros(3, 12, dtype=torch.long))
     off = LatentActionModel(
         LatentActionConfig(dim=32, heads=2, encoder_layers=1, decoder_layers=1, traj_weight=0)
     )

@@ -73,7 +73,7 @@ def _ctx(runner: _Runner, store: _Art, name: str, prior: dict[str, Any], version
 
 
 TINY = latent_vla.LatentVLARecipeConfig(
-    lam=LatentActionConfig(dim=32, heads=2, encoder_layers=1, decoder_layers=1),
+    lam=LatentActionConfig(dim=32, heads=2, encoder_layers=1, decoder_layers=1, detok_steps=20),
     lam_train=latent_vla.LamTrainConfig(epochs=1, batch_size=8, max_steps=2, progress=False),
     teacher=VLMTeacherConfig(
         vlm=VLMConfig(
@@ -109,6 +109,10 @@ def test_latent_vla_stages_train_on_the_corpus_and_compute_the_gate(
     # the students' extras cover the study store only; the corpus codes are kept apart for the teacher
     assert set(load_extras(lam.path / "extras.npz")[EGO_CODES_KEY]) == set(scenes.tokens(None))
     assert set(load_extras(lam.path / latent_vla.CORPUS_CODES)[EGO_CODES_KEY]) == {f"c{i}" for i in range(6)}
+    # the detokenizer was refit on the frozen codes of the whole corpus; its floor is reported
+    assert lam.summary["detokenizer"]["samples"] == n_train + 6
+    assert lam.summary["detokenizer"]["steps"] == TINY.lam.detok_steps > 0
+    assert np.isfinite(lam.summary["detokenizer"]["lam_decoded_ade_val_m"])
 
     prior = {"latent_lam": lam}
     teacher = latent_vla.teacher_stage(

@@ -181,13 +181,23 @@ def plan_ade(planner: Callable[[Any], torch.Tensor], dataset: Any, batch_size: i
 
 
 @torch.no_grad()
-def decode_codes(lam: LatentActionModel, codes: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """LAM detokenizer on code sequences (N, L) → futures (N, 8, 3) [m, m, rad], ego frame at t = 0."""
+def decode_codes(
+    lam: LatentActionModel, codes: np.ndarray, ego_status: np.ndarray | None = None, batch_size: int = 256
+) -> np.ndarray:
+    """LAM detokenizer on code sequences (N, L) [+ the current ego status (N, 3) (speed, acceleration, yaw
+    rate; AgentInput), needed by a LAM with `state_cond`] → futures (N, 8, 3) [m, m, rad], ego frame at
+    t = 0."""
     was = lam.training
     lam.eval()
     device = next(lam.parameters()).device
     t = torch.as_tensor(codes, dtype=torch.long, device=device)
-    out = [lam.decode_trajectory(t[i : i + batch_size]).cpu().numpy() for i in range(0, len(t), batch_size)]
+    st = None if ego_status is None else torch.as_tensor(ego_status, dtype=torch.float32, device=device)
+    out = [
+        lam.decode_trajectory(t[i : i + batch_size], None if st is None else st[i : i + batch_size])
+        .cpu()
+        .numpy()
+        for i in range(0, len(t), batch_size)
+    ]
     lam.train(was)
     return np.concatenate(out)
 
@@ -221,8 +231,8 @@ def latent_teacher_quality(
     )
     # for information: the same baseline with the whole ego status (acceleration and yaw rate too)
     free_full = image_free_accuracy(codes_tr, st_tr, cmd_tr, codes_va, st_va, cmd_va, k, steps=baseline_steps)
-    decoded = trajectory_ade(decode_codes(lam, teacher_free_codes(teacher, val)), fut_va, valid_va)
-    lam_decoded = trajectory_ade(decode_codes(lam, codes_va), fut_va, valid_va)
+    decoded = trajectory_ade(decode_codes(lam, teacher_free_codes(teacher, val), st_va), fut_va, valid_va)
+    lam_decoded = trajectory_ade(decode_codes(lam, codes_va, st_va), fut_va, valid_va)
     mean_traj = trajectory_ade(np.broadcast_to(fut_tr.mean(0), fut_va.shape), fut_va, valid_va)
     checks = {
         "beats_image_free": acc >= free + margin_acc,

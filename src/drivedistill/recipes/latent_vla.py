@@ -39,11 +39,15 @@ from drivedistill.recipes.base import MethodUse, Recipe, Reference, Stage, Stage
 from drivedistill.registry import register
 from drivedistill.train.loop import TrainConfig, train_section
 
-LAM_CODE_VERSION = 2  # bump when `lam_stage` computes something else with an unchanged config
+LAM_CODE_VERSION = 3  # bump when `lam_stage` computes something else with an unchanged config
 # 2: trains on the store + corpus, saves the LAM ("lam/"), records the sample counts
-TEACHER_CODE_VERSION = 2  # the same for `teacher_stage`
+# 3: codes conditioned on the current ego status (lam.state_cond); the detokenizer refit on the frozen
+#    codes (lam.detok_steps); the LAM's decoding floor in the summary
+TEACHER_CODE_VERSION = 3  # the same for `teacher_stage`
 # 2: trains on the store + corpus, computes `latent_teacher_quality`, keeps a copy of the LAM
-REFERENCE_CODE_VERSION = 1  # the same for `teacher_code_plans` (the "latent_teacher/codes" row)
+# 3: the gate decodes codes with the current ego status (a LAM with state_cond)
+REFERENCE_CODE_VERSION = 2  # the same for `teacher_code_plans` (the "latent_teacher/codes" row)
+# 2: decodes the teacher's codes with the current ego status
 METHOD_CODE_VERSION = 1  # the same for the latent_vla / latent_vla_distill methods' training
 
 
@@ -134,7 +138,9 @@ def load_lam(path: Path, device: str = "cpu") -> Any:
         raise FileNotFoundError(
             f"{cfg_file}: no saved latent action model here (re-run the latent_lam stage)"
         )
-    lam = LatentActionModel(from_dict(LatentActionConfig, json.loads(cfg_file.read_text()), str(cfg_file)))
+    raw = json.loads(cfg_file.read_text())
+    raw.setdefault("state_cond", False)  # LAMs saved before the field existed decode from the codes alone
+    lam = LatentActionModel(from_dict(LatentActionConfig, raw, str(cfg_file)))
     lam.set_stage("ego")
     lam.load_state_dict(load_file(str(path / "model.safetensors")))
     return lam.to(device).eval()
@@ -145,6 +151,39 @@ def _corpus_stores(lam_dir: Path) -> list[Any]:
     from drivedistill.data.store import SceneStore
 
     return [SceneStore(lam_dir / CORPUS_DIR)] if (lam_dir / CORPUS_DIR / "manifest.json").is_file() else []
+
+
+def _refit_detokenizer(lam: Any, corpus: Any, codes: Mapping[str, np.ndarray], seed: int) -> dict[str, Any]:
+    """`LatentActionModel.fit_detokenizer` on the frozen codes of every corpus sample (the students' train
+    split + the extra episodes; their current ego status and GT future). Returns what it did."""
+    import torch
+
+    if lam.traj_decoder is None or lam.cfg.detok_steps == 0:
+        return {"steps": 0}
+    scenes = [corpus[i] for i in range(len(corpus))]
+    lam.fit_detokenizer(
+        torch.as_tensor(np.stack([codes[s.token] for s in scenes])),
+        torch.as_tensor(np.stack([s.privileged.future_trajectory for s in scenes])),
+        torch.as_tensor(np.stack([s.privileged.future_valid for s in scenes])),
+        torch.as_tensor(np.stack([s.agent_input.ego_status for s in scenes])),
+        seed=seed,
+    )
+    lam.eval()
+    return {"steps": lam.cfg.detok_steps, "code_noise": lam.cfg.detok_code_noise, "samples": len(scenes)}
+
+
+def _decoded_ade(lam: Any, store: Any, tokens: list[str], codes: Mapping[str, np.ndarray]) -> float:
+    """ADE (`ade_8x0.5s`) [m] of the LAM's own codes of `tokens` decoded by its detokenizer: its floor."""
+    from drivedistill.methods.latent_vla_quality import decode_codes, trajectory_ade
+
+    loaded = [store.load(t) for t in tokens]
+    pred = decode_codes(
+        lam,
+        np.stack([codes[t] for t in tokens]),
+        np.stack([s.agent_input.ego_status for s in loaded]),
+    )
+    fut = np.stack([s.privileged.future_trajectory for s in loaded])
+    return trajectory_ade(pred, fut, np.stack([s.privileged.future_valid for s in loaded]))
 
 
 def lam_stage(cfg: LatentVLARecipeConfig, ctx: StageContext) -> Any:
@@ -202,7 +241,6 @@ def lam_stage(cfg: LatentVLARecipeConfig, ctx: StageContext) -> Any:
                 resume=(run_dir / "checkpoints").exists(),
             )
         lam.eval()
-        save_lam(lam, d / LAM_DIR)
         codes = encode_latent_actions(lam, every)
         env = encode_latent_actions(lam, every, which="env")
         save_extras(d / "extras.npz", {EGO_CODES_KEY: codes})  # the study store's samples only
@@ -213,6 +251,9 @@ def lam_stage(cfg: LatentVLARecipeConfig, ctx: StageContext) -> Any:
             save_extras(d / CORPUS_CODES, {EGO_CODES_KEY: corpus_codes})
         tr, va = scenes.tokens("train"), scenes.tokens("val")
         fut_tr, fut_va = _futures(scenes, tr), _futures(scenes, va)
+        detok = _refit_detokenizer(lam, train, {**codes, **corpus_codes}, train_cfg.seed)
+        detok["lam_decoded_ade_val_m"] = _decoded_ade(lam, scenes, va, codes)
+        save_lam(lam, d / LAM_DIR)
 
         def arr(c: dict[str, np.ndarray], toks: list[str]) -> np.ndarray:
             return np.stack([c[t] for t in toks])
@@ -238,6 +279,7 @@ def lam_stage(cfg: LatentVLARecipeConfig, ctx: StageContext) -> Any:
             "ego_code_position_majority_accuracy_val": position_majority_accuracy(
                 arr(codes, tr), arr(codes, va)
             ),
+            "detokenizer": detok,
             "artifacts": {"lam": LAM_DIR},
         }
 
@@ -348,10 +390,11 @@ def teacher_code_plans(
     with torch.no_grad():
         for start in range(0, len(scenes), 32):
             inputs = collate(scenes[start : start + 32]).to(device).inputs
-            plans.append(lam.decode_trajectory(teacher.features(inputs).codes).cpu().numpy())
+            codes = teacher.features(inputs).codes
+            plans.append(lam.decode_trajectory(codes, inputs.ego_status).cpu().numpy())
     extra = {
         "params_m": sum(p.numel() for p in teacher.parameters()) / 1e6,
-        "decoded_by": "LatentActionModel.decode_trajectory of the teacher's greedy codes",
+        "decoded_by": "LatentActionModel.decode_trajectory of the teacher's greedy codes (+ the ego status)",
     }
     return np.concatenate(plans).astype(np.float32), extra
 

@@ -14,6 +14,10 @@ Stage "ego":  env encoder and codebook frozen. IDM_ego(frames, env action [, GT 
               → VQ_ego (16 codes) → FDM_ego(frame k, env action, ego action) reconstructs frame k+1 without
               the GT motion, and a linear head regresses the transition's GT ego motion from its ego action
               (`motion_weight`): the ego codes are the only path by which the ego motion reaches either.
+              With `state_cond` (default) the FDM, the motion head and the trajectory decoder also read
+              the current ego status (t = 0, AgentInput): the codes then carry the action (braking,
+              steering, what changes from here), not the state the ego is in — the speed is known to
+              every reader of the codes anyway (teacher prompt, student, decoder).
 
 Reconstruction is a change-weighted MSE: pixel weight 1 + change_weight · |x_k+1 − x_k| / mean|x_k+1 − x_k|,
 so the few pixels the motion changes are not drowned by the static sky and road (plain MSE ≈ copying the
@@ -46,6 +50,8 @@ MOTION_DIM = 6  # the motion part of the conditioning: the two relative poses
 _COND_SCALE = (0.1, 0.1, 5.0, 0.1, 0.1, 5.0, 0.1, 1 / 3, 5.0)
 # scale of the decoded future poses (x, y, yaw): the 4-s future spans up to ~120 m
 _TRAJ_SCALE = (1 / 30, 1 / 10, 2.0)
+STATE_DIM = 3  # the current ego status (AgentInput): speed [m/s], acceleration [m/s²], yaw rate [rad/s]
+_STATE_SCALE = (0.1, 1 / 3, 5.0)
 
 
 @dataclass
@@ -81,6 +87,19 @@ class LatentActionConfig:
     # per-transition motion head, whose composed poses drift (docs/LOG.md, issue #16).
     traj_weight: float = field(default=1.0, metadata=check(ge=0))
     traj_hidden: int = field(default=256, metadata=check(ge=1))  # width of the trajectory decoder MLP
+    # ego stage: the FDM, the motion head and the detokenizer also read the current ego status (t = 0,
+    # AgentInput: speed, acceleration, yaw rate), so the ego codes carry the action — what the ego does
+    # from here — and not the state it is in. Off: the codes must also carry the speed, which the
+    # teacher's prompt and the image-free baseline already hold (docs/LOG.md, issue #16, h4)
+    state_cond: bool = True
+    # after the ego stage: refit the detokenizer alone on the frozen codes of the whole corpus
+    # (`fit_detokenizer`; 0 = off). Trained jointly for the stage's few hundred steps it stays far from
+    # its floor (val ADE of the LAM's own codes 2.26 m → 1.44 m after 1,500 refit steps, docs/LOG.md)
+    detok_steps: int = field(default=1500, metadata=check(ge=0))
+    # during that refit each code is replaced by a random one with this probability, so the decoder of a
+    # predicted (partly wrong) code sequence falls back on the status instead of trusting every code
+    # (the teacher's greedy codes: 4.87 m decoded at 0, 2.93 m at 0.5)
+    detok_code_noise: float = field(default=0.5, metadata=check(ge=0, lt=1))
 
     def __post_init__(self) -> None:
         if self.frame_hw[0] % self.patch or self.frame_hw[1] % self.patch:
@@ -189,17 +208,20 @@ class LatentActionModel(nn.Module):
         self.ego_enc_env_in = nn.Linear(c, d)
         self.ego_enc_motion_in = nn.Linear(COND_DIM, d) if cfg.ego_sees_motion else None
         self.ego_vq = VectorQuantizer(cfg.ego_codebook_size, c, cfg.ema_decay, cfg.restart_threshold)
+        s = STATE_DIM if cfg.state_cond else 0
         self.ego_decoder = ForwardDynamicsDecoder(
-            cfg.frame_hw, cfg.patch, d, cfg.heads, cfg.decoder_layers, 2 * k
+            cfg.frame_hw, cfg.patch, d, cfg.heads, cfg.decoder_layers, 2 * k + int(cfg.state_cond)
         )
         self.ego_env_in = nn.Linear(c, d)
         self.ego_action_in = nn.Linear(c, d)
-        # linear read-out of a transition's GT ego motion from its k ego action vectors
-        self.ego_motion_head = nn.Linear(k * c, MOTION_DIM) if cfg.motion_weight > 0 else None
-        # detokenizer: the 12 ego action vectors → the 8 future poses (x, y, yaw) in the t = 0 ego frame
+        self.ego_state_in = nn.Linear(STATE_DIM, d) if cfg.state_cond else None
+        # linear read-out of a transition's GT ego motion from its k ego action vectors (+ the status)
+        self.ego_motion_head = nn.Linear(k * c + s, MOTION_DIM) if cfg.motion_weight > 0 else None
+        # detokenizer: the 12 ego action vectors (+ the current status) → the 8 future poses (x, y, yaw)
+        # in the t = 0 ego frame
         self.traj_decoder = (
             nn.Sequential(
-                nn.Linear(cfg.sequence_length * c, cfg.traj_hidden),
+                nn.Linear(cfg.sequence_length * c + s, cfg.traj_hidden),
                 nn.GELU(),
                 nn.Linear(cfg.traj_hidden, cfg.traj_hidden),
                 nn.GELU(),
@@ -280,23 +302,99 @@ class LatentActionModel(nn.Module):
         return acts.env_codes.flatten(1), acts.ego_codes.flatten(1)
 
     # ----- decoding ----------------------------------------------------------------------------------
-    def _decode_z(self, ego_z: torch.Tensor) -> torch.Tensor:
-        """Ego action vectors (B, 3, K, C) → future poses (B, 8, 3) [m, m, rad], t = 0 ego frame."""
+    def _state(self, ego_status: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+        """Scaled current ego status (B, 3), or (B, 0) when `state_cond` is off."""
+        if not self.cfg.state_cond:
+            return like.new_zeros(like.shape[0], 0)
+        if ego_status is None:
+            raise ValueError(
+                "LatentActionModel: this LAM reads the current ego status (lam.state_cond=true); pass "
+                "ego_status (B, 3) = AgentInputBatch.ego_status (speed, acceleration, yaw rate)"
+            )
+        if ego_status.shape != (like.shape[0], STATE_DIM):
+            raise ValueError(
+                f"LatentActionModel: ego_status must be ({like.shape[0]}, {STATE_DIM}), got {tuple(ego_status.shape)}"
+            )
+        return ego_status.to(like) * like.new_tensor(_STATE_SCALE)
+
+    def _decode_z(self, ego_z: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """Ego action vectors (B, 3, K, C) + scaled status (B, S) → future poses (B, 8, 3) [m, m, rad],
+        t = 0 ego frame."""
         assert self.traj_decoder is not None
-        out = self.traj_decoder(ego_z.flatten(1)).view(-1, 8, 3)
+        out = self.traj_decoder(torch.cat([ego_z.flatten(1), state], 1)).view(-1, 8, 3)
         return out / out.new_tensor(_TRAJ_SCALE)
 
+    def fit_detokenizer(
+        self,
+        codes: torch.Tensor,
+        futures: torch.Tensor,
+        valid: torch.Tensor,
+        ego_status: torch.Tensor | None = None,
+        steps: int | None = None,
+        batch_size: int = 64,
+        lr: float = 1e-3,
+        seed: int = 0,
+    ) -> float:
+        """Refit the trajectory decoder alone (re-initialised) on frozen ego codes (N, L) long, their
+        futures (N, 8, 3) [m, m, rad] (t = 0 ego frame), valid (N, 8) bool [and the current ego status
+        (N, 3) with `state_cond`]: AdamW, `steps` (default `cfg.detok_steps`) minibatches, each code
+        replaced by a uniformly random one with probability `cfg.detok_code_noise`. Deterministic given
+        `seed`; the codebook and every other weight are untouched. Returns the last minibatch loss."""
+        if self.traj_decoder is None or self.stage != "ego":
+            raise RuntimeError(
+                "LatentActionModel.fit_detokenizer: needs traj_weight > 0 and a trained ego stage"
+            )
+        steps = self.cfg.detok_steps if steps is None else steps
+        n, k = codes.shape[0], self.cfg.ego_codebook_size
+        if futures.shape[0] != n or valid.shape[0] != n:
+            raise ValueError(
+                f"fit_detokenizer: codes {tuple(codes.shape)}, futures {tuple(futures.shape)} and valid "
+                f"{tuple(valid.shape)} must have the same length"
+            )
+        gen = torch.Generator().manual_seed(seed)
+        dev = next(self.parameters()).device
+        for layer in self.traj_decoder:
+            if isinstance(layer, nn.Linear):
+                nn.init.kaiming_uniform_(layer.weight, a=5**0.5, generator=gen)
+                bound = 1 / layer.in_features**0.5
+                nn.init.uniform_(layer.bias, -bound, bound, generator=gen)
+        opt = torch.optim.AdamW(self.traj_decoder.parameters(), lr=lr)
+        scale = torch.tensor(_TRAJ_SCALE, device=dev)
+        was = self.training
+        self.traj_decoder.train()
+        loss = torch.zeros(())
+        for _ in range(steps):
+            idx = torch.randint(0, n, (min(batch_size, n),), generator=gen)
+            c = codes[idx].long().clone()
+            noise = torch.rand(c.shape, generator=gen) < self.cfg.detok_code_noise
+            c[noise] = torch.randint(0, k, (int(noise.sum()),), generator=gen)
+            c, fut, w = c.to(dev), futures[idx].to(dev).float(), valid[idx].to(dev).float()
+            with torch.no_grad():
+                z = self.ego_vq.embed(c.view(-1, NUM_TRANSITIONS, self.cfg.tokens_per_step))
+                st = self._state(None if ego_status is None else ego_status[idx].to(dev), z)
+            err = ((self._decode_z(z, st) - fut) * scale).pow(2).mean(-1)
+            loss = (err * w).sum() / w.sum().clamp_min(1.0)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        self.train(was)
+        return float(loss.detach())
+
     @torch.no_grad()
-    def decode_trajectory(self, ego_codes: torch.Tensor) -> torch.Tensor:
-        """Ego code sequences (B, L) long → decoded 4-s futures (B, 8, 3) (x, y [m], yaw [rad]) in the
-        ego frame at t = 0, 0.5 s apart. Needs `traj_weight > 0` and a trained ego stage."""
+    def decode_trajectory(
+        self, ego_codes: torch.Tensor, ego_status: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Ego code sequences (B, L) long [+ the current ego status (B, 3): speed [m/s], acceleration
+        [m/s²], yaw rate [rad/s], AgentInput, needed when `state_cond`] → decoded 4-s futures (B, 8, 3)
+        (x, y [m], yaw [rad]) in the ego frame at t = 0, 0.5 s apart. Needs `traj_weight > 0` and a
+        trained ego stage."""
         if self.traj_decoder is None:
             raise RuntimeError(
                 "LatentActionModel.decode_trajectory: this LAM has no trajectory decoder (lam.traj_weight=0)"
             )
         k = self.cfg.tokens_per_step
         z = self.ego_vq.embed(ego_codes.long().view(-1, NUM_TRANSITIONS, k))
-        return self._decode_z(z)
+        return self._decode_z(z, self._state(ego_status, z))
 
     # ----- training ----------------------------------------------------------------------------------
     def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
@@ -316,15 +414,21 @@ class LatentActionModel(nn.Module):
                 env_z = self.env_vq.embed(self.env_vq.assign(self.env_encoder(frames)))
             z_e = self.ego_encoder(frames, self._ego_conditioning(env_z, cond))
             vq, quantizer = self.ego_vq(z_e), self.ego_vq
+            state = self._state(batch.inputs.ego_status, frames)  # (B, S): the t = 0 status, S = 0 if off
             actions = torch.cat([self.ego_env_in(env_z), self.ego_action_in(vq.z_q)], 2)
+            if self.ego_state_in is not None:  # the same current-status token for every transition
+                st_tok = self.ego_state_in(state)[:, None, None].expand(-1, NUM_TRANSITIONS, 1, -1)
+                actions = torch.cat([actions, st_tok], 2)
             decoder = self.ego_decoder
             if self.ego_motion_head is not None:
-                err = (self.ego_motion_head(vq.z_q.flatten(2)) - cond[..., :MOTION_DIM]).pow(2).mean(-1)
+                per_step = state[:, None].expand(-1, NUM_TRANSITIONS, -1)
+                head_in = torch.cat([vq.z_q.flatten(2), per_step], -1)
+                err = (self.ego_motion_head(head_in) - cond[..., :MOTION_DIM]).pow(2).mean(-1)
                 extra["motion"] = (err * w).sum() / w.sum().clamp_min(1.0)
             if self.traj_decoder is not None:
                 priv = batch.require_privileged("latent action model (trajectory decoder)")
                 scale = frames.new_tensor(_TRAJ_SCALE)
-                terr = ((self._decode_z(vq.z_q) - priv.trajectory) * scale).pow(2).mean(-1)  # (B, 8)
+                terr = ((self._decode_z(vq.z_q, state) - priv.trajectory) * scale).pow(2).mean(-1)  # (B, 8)
                 fw = priv.valid.to(frames.dtype)
                 extra["traj"] = (terr * fw).sum() / fw.sum().clamp_min(1.0)
         else:

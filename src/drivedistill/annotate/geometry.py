@@ -181,6 +181,18 @@ def junction_conflict(priv: Privileged, heading_gap: float = 0.5) -> Cause | Non
     return None
 
 
+# [m/s²] deceleration of a vehicle in our path between two 0.5-s track samples that is hard braking
+BRAKE_DECEL = 3.0
+
+
+def _max_decel(speeds: np.ndarray, ks: np.ndarray) -> float:
+    """Largest deceleration [m/s²] between consecutive valid track samples (speeds [m/s] at steps ks)."""
+    if len(ks) < 2:
+        return 0.0
+    dt = np.diff(ks).astype(np.float64) * 0.5
+    return float((-(np.diff(speeds) / dt)).max())
+
+
 def find_causes(
     priv: Privileged, v0: float, corridor: float, lookahead: float, brake_drop: float, curve_yaw: float
 ) -> list[Cause]:
@@ -227,10 +239,14 @@ def find_causes(
             settling = abs(d0) > 0.8 and float(np.abs(d[ks >= 1]).min(initial=abs(d0))) < abs(d0) - 1.0
             if speed0 < 0.5:
                 kind = "stopped_vehicle"
+            elif speed0 - speed_later > brake_drop and (
+                _max_decel(speeds, ks) >= BRAKE_DECEL or speed_later < 0.5
+            ):
+                # a lead braking hard (or to a standstill) is braking even while it drifts or we move over;
+                # a lead merely easing off (drop without hard braking) is a slow lead below
+                kind = "lead_brake"
             elif settling:
                 kind = "cut_in"  # it is still moving over into our lane
-            elif speed0 - speed_later > brake_drop:
-                kind = "lead_brake"
             elif speed0 < v0 - 2.0:
                 kind = "slow_lead"
             else:

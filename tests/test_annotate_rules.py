@@ -271,3 +271,13 @@ def test_texts_do_not_read_the_scenario_name(rules) -> None:  # type: ignore[no-
     a, b = (rules.annotate_one(s, "h").annotation for s in (scene, merge))
     assert a.lane == "change right" and a == b
     assert not hasattr(rules.cfg, "use_world_event")
+
+
+def test_car_holding_the_next_lane_is_not_a_cut_in(rules) -> None:  # type: ignore[no-untyped-def]
+    """A faster car that stays in the left lane (y = 4 m) is no cut-in even where the straight extension of
+    our slightly left-heading plan runs into its lane; the same car moving over into our lane is one."""
+    ego = _traj_from_speeds(np.full(NUM_FUTURE, 7.0), np.linspace(0.1, 0.8, NUM_FUTURE))
+    passing = _agent(5.0, 4.0, np.full(NUM_AGENT_STEPS, 20.0))
+    assert rules.annotate_one(_scene(ego, 7.0, [passing]), "h").annotation.cause != "cut-in"
+    merging = _agent(12.0, 4.0, np.full(NUM_AGENT_STEPS, 5.0), y_end=0.5)
+    assert rules.annotate_one(_scene(ego, 7.0, [merging]), "h").annotation.cause == "cut-in"

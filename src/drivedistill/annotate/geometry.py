@@ -183,6 +183,8 @@ def junction_conflict(priv: Privileged, heading_gap: float = 0.5) -> Cause | Non
 
 # [m/s²] deceleration of a vehicle in our path between two 0.5-s track samples that is hard braking
 BRAKE_DECEL = 3.0
+# [m] lateral move of a vehicle, relative to our lane, within the 4 s that makes it a cut-in
+CUT_IN_SHIFT = 1.0
 
 
 def _max_decel(speeds: np.ndarray, ks: np.ndarray) -> float:
@@ -255,9 +257,13 @@ def find_causes(
             continue
         later = ks >= 1
         enters = bool(np.any((np.abs(d) < half) & (s > s_ego[ks]) & later))
+        # a cut-in car moves across lanes itself: its offset from our lane changes by ≥ CUT_IN_SHIFT m
+        # (a car holding its lane that our plan or the straight extension of it runs into is not one)
+        shift = float(np.abs(d - d0).max())
         if lane is not None and later.any():
-            sl, dl, _ = project(lane, agents[ks[later], a, :2].astype(np.float64))
-            enters = enters or bool(np.any((np.abs(dl) < half) & (sl > 0)))
+            sl, dl, _ = project(lane, agents[ks, a, :2].astype(np.float64))
+            enters = enters or bool(np.any((np.abs(dl[1:]) < half) & (sl[1:] > 0)))
+            shift = float(np.abs(dl - dl[0]).max())
         crosses = bool(np.any(np.sign(d[later]) != np.sign(d0))) if later.any() else False
         in_junction = any(
             bool(_inside(poly.astype(np.float64), agents[ks, a, :2].astype(np.float64)).any())
@@ -270,7 +276,7 @@ def find_causes(
             and (((enters or crosses) and abs(_wrap(yaw)) < 2.5) or in_junction)
         ):
             causes.append(Cause("cross_traffic", noun, s0, speed0, speed_later, side))
-        elif enters and abs(d0) < 8.0:
+        elif enters and abs(d0) < 8.0 and shift >= CUT_IN_SHIFT:
             causes.append(Cause("cut_in", noun, s0, speed0, speed_later, side))
     if not any(c.kind == "cross_traffic" for c in causes):
         conflict = junction_conflict(priv)

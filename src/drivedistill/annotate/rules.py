@@ -70,7 +70,8 @@ class RulesConfig:
 
 
 # bump when the rules compute other answers for the same config (part of the annotator's cache key)
-# 2: hard braking of the lead (≥ 4 m/s² and > brake_drop) before cut-in; world event and scenario not read
+# 2: hard braking (a ≥ 3 m/s² step or to a standstill, > brake_drop) before cut-in; a cut-in car moves ≥ 1 m
+#    across our lane itself; the world event and scenario name are not read
 RULES_VERSION = 2
 
 

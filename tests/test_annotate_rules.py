@@ -281,3 +281,12 @@ def test_car_holding_the_next_lane_is_not_a_cut_in(rules) -> None:  # type: igno
     assert rules.annotate_one(_scene(ego, 7.0, [passing]), "h").annotation.cause != "cut-in"
     merging = _agent(12.0, 4.0, np.full(NUM_AGENT_STEPS, 5.0), y_end=0.5)
     assert rules.annotate_one(_scene(ego, 7.0, [merging]), "h").annotation.cause == "cut-in"
+
+
+def test_crawling_queue_in_the_next_lane_is_a_stopped_vehicle(rules) -> None:  # type: ignore[no-untyped-def]
+    """Driving at 18 m/s in a free lane past a queue crawling at 0.8 m/s in the next lane: the queue is
+    the cause ("stopped vehicle", on our right), not a clear road."""
+    ego = _traj_from_speeds(np.full(NUM_FUTURE, 18.0))
+    queue = [_agent(x, -4.0, np.full(NUM_AGENT_STEPS, 0.8)) for x in (15.0, 25.0)]
+    ann = rules.annotate_one(_scene(ego, 18.0, queue), "h").annotation
+    assert (ann.cause, ann.agent) == ("stopped vehicle", "ahead")

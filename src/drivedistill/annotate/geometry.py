@@ -185,6 +185,8 @@ def junction_conflict(priv: Privileged, heading_gap: float = 0.5) -> Cause | Non
 BRAKE_DECEL = 3.0
 # [m] lateral move of a vehicle, relative to our lane, within the 4 s that makes it a cut-in
 CUT_IN_SHIFT = 1.0
+# [m/s] a vehicle beside our path slower than this is a stopped vehicle (standing or crawling, ≤ 3.6 km/h)
+CRAWL = 1.0
 
 
 def _max_decel(speeds: np.ndarray, ks: np.ndarray) -> float:
@@ -230,8 +232,9 @@ def find_causes(
         speed_later = float(later_speeds.min()) if len(later_speeds) else speed0
         noun = _noun(int(cls), length)
         side = "left" if d0 > 0 else "right"
-        if speed0 < 0.5 and abs(d0) < 8.0 and not (abs(d0) < half or in_lane) and cls != AgentClass.STATIC:
-            # a stopped vehicle beside our path (the plan passes it, or it blocks the next lane)
+        if speed0 < CRAWL and abs(d0) < 8.0 and not (abs(d0) < half or in_lane) and cls != AgentClass.STATIC:
+            # a stopped (or crawling) vehicle beside our path: the plan passes it, or it blocks the next lane
+            # (a stop-and-go queue we drive past in the free lane)
             causes.append(Cause("stopped_vehicle", noun, s0, speed0, speed_later, side))
             continue
         if abs(d0) < half or in_lane:

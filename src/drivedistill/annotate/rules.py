@@ -71,7 +71,8 @@ class RulesConfig:
 
 # bump when the rules compute other answers for the same config (part of the annotator's cache key)
 # 2: hard braking (a ≥ 3 m/s² step or to a standstill, > brake_drop) before cut-in; a cut-in car moves ≥ 1 m
-#    across our lane itself; the world event and scenario name are not read
+#    across our lane itself; a vehicle beside our path below 1 m/s is stopped; the world event and
+#    scenario name are not read
 RULES_VERSION = 2
 
 

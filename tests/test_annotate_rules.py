@@ -242,3 +242,51 @@ def test_unannotated_causes_count_as_wrong_and_bad_input_is_named(scenes: list[S
         annotation_quality(anns[:3], ["lane_follow"] * 2, np.zeros((3, NUM_FUTURE, 3)), np.zeros((3, 3)))
     with pytest.raises(ValueError, match="unknown event"):
         annotation_quality([None], ["meteor"], np.zeros((1, NUM_FUTURE, 3)), np.zeros((1, 3)))
+
+
+def test_hard_braking_lead_that_drifts_is_a_braking_lead_not_a_cut_in(rules) -> None:  # type: ignore[no-untyped-def]
+    """A lead in our lane decelerating at 4 m/s² while it settles 1.2 m sideways: braking comes first
+    (the old rules called it a cut-in)."""
+    ego = _traj_from_speeds(np.linspace(12.0, 3.0, NUM_FUTURE))
+    lead = _agent(15.0, -1.2, np.maximum(12.0 - 4.0 * np.arange(NUM_AGENT_STEPS) * 0.5, 0.0), y_end=0.0)
+    ann = rules.annotate_one(_scene(ego, 12.0, [lead], acc=-2.0), "h").annotation
+    assert (ann.cause, ann.agent) == ("braking lead", "ahead")
+
+
+def test_slower_lead_easing_off_is_a_slow_lead_not_a_braking_lead(rules) -> None:  # type: ignore[no-untyped-def]
+    """A slower lead in our lane (10 → 6 m/s at 1 m/s², no hard braking), the left lane free: "slow
+    lead" (the old rules called any 2 m/s drop in 4 s braking)."""
+    ego = _traj_from_speeds(np.linspace(15.0, 9.0, NUM_FUTURE))
+    lead = _agent(20.0, 0.0, 10.0 - 1.0 * np.arange(NUM_AGENT_STEPS) * 0.5)
+    ann = rules.annotate_one(_scene(ego, 16.0, [lead]), "h").annotation
+    assert (ann.cause, ann.agent) == ("slow lead", "ahead")
+
+
+def test_texts_do_not_read_the_scenario_name(rules) -> None:  # type: ignore[no-untyped-def]
+    """The scenario name is the world's label, not scene content: a lane change reads the same in any."""
+    y = np.linspace(0.0, -4.0, NUM_FUTURE)
+    scene = _scene(_traj_from_speeds(np.full(NUM_FUTURE, 12.0), y), 12.0, [])
+    assert scene.privileged is not None
+    merge = dataclasses.replace(scene, privileged=dataclasses.replace(scene.privileged, scenario="merge"))
+    a, b = (rules.annotate_one(s, "h").annotation for s in (scene, merge))
+    assert a.lane == "change right" and a == b
+    assert not hasattr(rules.cfg, "use_world_event")
+
+
+def test_car_holding_the_next_lane_is_not_a_cut_in(rules) -> None:  # type: ignore[no-untyped-def]
+    """A faster car that stays in the left lane (y = 4 m) is no cut-in even where the straight extension of
+    our slightly left-heading plan runs into its lane; the same car moving over into our lane is one."""
+    ego = _traj_from_speeds(np.full(NUM_FUTURE, 7.0), np.linspace(0.1, 0.8, NUM_FUTURE))
+    passing = _agent(5.0, 4.0, np.full(NUM_AGENT_STEPS, 20.0))
+    assert rules.annotate_one(_scene(ego, 7.0, [passing]), "h").annotation.cause != "cut-in"
+    merging = _agent(12.0, 4.0, np.full(NUM_AGENT_STEPS, 5.0), y_end=0.5)
+    assert rules.annotate_one(_scene(ego, 7.0, [merging]), "h").annotation.cause == "cut-in"
+
+
+def test_crawling_queue_in_the_next_lane_is_a_stopped_vehicle(rules) -> None:  # type: ignore[no-untyped-def]
+    """Driving at 18 m/s in a free lane past a queue crawling at 0.8 m/s in the next lane: the queue is
+    the cause ("stopped vehicle", on our right), not a clear road."""
+    ego = _traj_from_speeds(np.full(NUM_FUTURE, 18.0))
+    queue = [_agent(x, -4.0, np.full(NUM_AGENT_STEPS, 0.8)) for x in (15.0, 25.0)]
+    ann = rules.annotate_one(_scene(ego, 18.0, queue), "h").annotation
+    assert (ann.cause, ann.agent) == ("stopped vehicle", "ahead")

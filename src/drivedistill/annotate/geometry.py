@@ -181,6 +181,22 @@ def junction_conflict(priv: Privileged, heading_gap: float = 0.5) -> Cause | Non
     return None
 
 
+# [m/s²] deceleration of a vehicle in our path between two 0.5-s track samples that is hard braking
+BRAKE_DECEL = 3.0
+# [m] lateral move of a vehicle, relative to our lane, within the 4 s that makes it a cut-in
+CUT_IN_SHIFT = 1.0
+# [m/s] a vehicle beside our path slower than this is a stopped vehicle (standing or crawling, ≤ 3.6 km/h)
+CRAWL = 1.0
+
+
+def _max_decel(speeds: np.ndarray, ks: np.ndarray) -> float:
+    """Largest deceleration [m/s²] between consecutive valid track samples (speeds [m/s] at steps ks)."""
+    if len(ks) < 2:
+        return 0.0
+    dt = np.diff(ks).astype(np.float64) * 0.5
+    return float((-(np.diff(speeds) / dt)).max())
+
+
 def find_causes(
     priv: Privileged, v0: float, corridor: float, lookahead: float, brake_drop: float, curve_yaw: float
 ) -> list[Cause]:
@@ -216,8 +232,9 @@ def find_causes(
         speed_later = float(later_speeds.min()) if len(later_speeds) else speed0
         noun = _noun(int(cls), length)
         side = "left" if d0 > 0 else "right"
-        if speed0 < 0.5 and abs(d0) < 8.0 and not (abs(d0) < half or in_lane) and cls != AgentClass.STATIC:
-            # a stopped vehicle beside our path (the plan passes it, or it blocks the next lane)
+        if speed0 < CRAWL and abs(d0) < 8.0 and not (abs(d0) < half or in_lane) and cls != AgentClass.STATIC:
+            # a stopped (or crawling) vehicle beside our path: the plan passes it, or it blocks the next lane
+            # (a stop-and-go queue we drive past in the free lane)
             causes.append(Cause("stopped_vehicle", noun, s0, speed0, speed_later, side))
             continue
         if abs(d0) < half or in_lane:
@@ -227,10 +244,14 @@ def find_causes(
             settling = abs(d0) > 0.8 and float(np.abs(d[ks >= 1]).min(initial=abs(d0))) < abs(d0) - 1.0
             if speed0 < 0.5:
                 kind = "stopped_vehicle"
+            elif speed0 - speed_later > brake_drop and (
+                _max_decel(speeds, ks) >= BRAKE_DECEL or speed_later < 0.5
+            ):
+                # a lead braking hard (or to a standstill) is braking even while it drifts or we move over;
+                # a lead merely easing off (drop without hard braking) is a slow lead below
+                kind = "lead_brake"
             elif settling:
                 kind = "cut_in"  # it is still moving over into our lane
-            elif speed0 - speed_later > brake_drop:
-                kind = "lead_brake"
             elif speed0 < v0 - 2.0:
                 kind = "slow_lead"
             else:
@@ -239,9 +260,13 @@ def find_causes(
             continue
         later = ks >= 1
         enters = bool(np.any((np.abs(d) < half) & (s > s_ego[ks]) & later))
+        # a cut-in car moves across lanes itself: its offset from our lane changes by ≥ CUT_IN_SHIFT m
+        # (a car holding its lane that our plan or the straight extension of it runs into is not one)
+        shift = float(np.abs(d - d0).max())
         if lane is not None and later.any():
-            sl, dl, _ = project(lane, agents[ks[later], a, :2].astype(np.float64))
-            enters = enters or bool(np.any((np.abs(dl) < half) & (sl > 0)))
+            sl, dl, _ = project(lane, agents[ks, a, :2].astype(np.float64))
+            enters = enters or bool(np.any((np.abs(dl[1:]) < half) & (sl[1:] > 0)))
+            shift = float(np.abs(dl - dl[0]).max())
         crosses = bool(np.any(np.sign(d[later]) != np.sign(d0))) if later.any() else False
         in_junction = any(
             bool(_inside(poly.astype(np.float64), agents[ks, a, :2].astype(np.float64)).any())
@@ -254,7 +279,7 @@ def find_causes(
             and (((enters or crosses) and abs(_wrap(yaw)) < 2.5) or in_junction)
         ):
             causes.append(Cause("cross_traffic", noun, s0, speed0, speed_later, side))
-        elif enters and abs(d0) < 8.0:
+        elif enters and abs(d0) < 8.0 and shift >= CUT_IN_SHIFT:
             causes.append(Cause("cut_in", noun, s0, speed0, speed_later, side))
     if not any(c.kind == "cross_traffic" for c in causes):
         conflict = junction_conflict(priv)

@@ -41,7 +41,7 @@ ACCEPTED_CAUSES: dict[str, frozenset[str]] = {
     "cross_traffic": frozenset({"cross traffic"}),
     "curve": frozenset({"curve"}),
     # the world's slow_vehicle family: the expert changes lane behind a slower car
-    "slow_vehicle": frozenset({"slow lead", "overtake"}),
+    "slow_vehicle": frozenset({"slow lead"}),  # ("overtake" is a rule label, never a cause)
     "lane_follow": frozenset({"clear", "following", "slow lead"}),
 }
 PROTOCOL = "cause_vs_world_event"

@@ -11,14 +11,15 @@ Besides the paper's three labels (a coarsening of the plan), it writes the three
 `cause` (the most important detected cause, `CAUSE_LABEL_PRIORITY`), `agent` (where that agent is: in our
 path "ahead", or on our left/right) and `rule` (what the plan does about it). They come from the agent
 tracks, the lanes and the route — not from the plan alone — and are checked against the world's event
-labels by `annotate.quality.annotation_quality`. The world's `scene.meta["event"]` is not read by default
-(`use_world_event`: it would make that check circular).
+labels by `annotate.quality.annotation_quality`. The annotator never reads the world's event label
+(`scene.meta["event"]`) nor the scenario name: that would make the check circular.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -57,7 +58,6 @@ class RulesConfig:
     curve_label_yaw: float = field(default=0.35, metadata=check(ge=0))
     # [m] route ahead considered for the curve label
     curve_lookahead: float = field(default=40.0, metadata=check(gt=0))
-    use_world_event: bool = False  # let scene.meta["event"] break ties between causes (circular for the gate)
 
     def __post_init__(self) -> None:
         for name in ("stop_speed", "slow_speed", "turn_yaw", "uturn_yaw", "corridor", "lookahead"):
@@ -67,6 +67,13 @@ class RulesConfig:
             raise ValueError(
                 f"RulesConfig.uturn_yaw ({self.uturn_yaw}) must exceed turn_yaw ({self.turn_yaw})"
             )
+
+
+# bump when the rules compute other answers for the same config (part of the annotator's cache key)
+# 2: hard braking (a ≥ 3 m/s² step or to a standstill, > brake_drop) before cut-in; a cut-in car moves ≥ 1 m
+#    across our lane itself; a vehicle beside our path below 1 m/s is stopped; the world event and
+#    scenario name are not read
+RULES_VERSION = 2
 
 
 def _kmh(v: float) -> int:
@@ -251,7 +258,7 @@ def current_action(scene: Scene, w: _Writer) -> str:
     )
 
 
-def next_action(m: Motion, labels: tuple[str, str, str], scenario: str, w: _Writer) -> str:
+def next_action(m: Motion, labels: tuple[str, str, str], w: _Writer) -> str:
     """The manoeuvre of the plan: lateral part (turn / lane change / bend) and longitudinal part."""
     control, turn, lane = labels
     ke, d = _kmh(m.v_end), round(m.stop_distance)
@@ -273,12 +280,9 @@ def next_action(m: Motion, labels: tuple[str, str, str], scenario: str, w: _Writ
         lat = w.pick(["turn {s}", "take the {s} turn", "steer through a {s} turn"], s=turn)
     elif lane != "keep":
         side = lane.split()[-1]
-        if scenario == "merge":
-            lat = w.pick(["merge {s} onto the main road", "join the main road on the {s}"], s=side)
-        else:
-            lat = w.pick(
-                ["change into the {s} lane", "move over to the {s} lane", "switch to the {s} lane"], s=side
-            )
+        lat = w.pick(
+            ["change into the {s} lane", "move over to the {s} lane", "switch to the {s} lane"], s=side
+        )
     elif m.max_abs_yaw > 0.12:
         side = "left" if m.yaw_end > 0 else "right"
         lat = w.pick(["follow the road as it bends {s}", "stay in lane through the {s} bend"], s=side)
@@ -363,20 +367,21 @@ class RulesAnnotator(Annotator):
         super().__init__(cfg)
         self.cfg: RulesConfig = cfg
 
+    def identity(self) -> dict[str, Any]:
+        """The base identity plus `RULES_VERSION` (the rules change the answers without a config change)."""
+        return {**super().identity(), "rules": RULES_VERSION}
+
     def annotate_one(self, scene: Scene, sample_hash: str) -> AnnotationResult:
         cfg = self.cfg
         priv = require_privileged(scene, "rules annotator")
         motion = analyse_motion(scene, cfg)
         labels = derive_labels(motion, cfg)
         causes = find_causes(priv, motion.v0, cfg.corridor, cfg.lookahead, cfg.brake_drop, cfg.curve_yaw)
-        if cfg.use_world_event:
-            event = str(scene.meta.get("event") or "")
-            causes.sort(key=lambda c: c.kind != event)  # stable: the world's event first when detected
         cause, agent, rule = cause_labels(scene, causes, labels, cfg)
         w = _Writer(sample_hash)
         ann = Annotation(
             current_action=current_action(scene, w),
-            next_action=next_action(motion, labels, priv.scenario, w),
+            next_action=next_action(motion, labels, w),
             reasoning=reasoning(causes, labels, w),
             control=labels[0],
             turn=labels[1],

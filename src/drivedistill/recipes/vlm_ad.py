@@ -23,7 +23,8 @@ from drivedistill.models.text_encoder import TextEncoderConfig
 from drivedistill.recipes.base import MethodUse, Recipe, Stage, StageContext
 from drivedistill.registry import register
 
-CODE_VERSION = 2  # bump when `annotate_stage` computes something else with an unchanged config
+CODE_VERSION = 3  # bump when `annotate_stage` computes something else with an unchanged config
+# 3: rules annotator v2 (annotate/rules.py RULES_VERSION): hard-braking leads, no world event read
 # 2: the summary holds `annotation_quality` (annotate/quality.py) over every sample of the store
 
 

@@ -104,6 +104,13 @@ def visual_features(core: VLMCore, images: torch.Tensor, visual: nn.Module | Non
     return core.visual_tokens(pv, grid, visual).reshape(images.shape[0], -1)
 
 
+def effective_rank(features: torch.Tensor) -> float:
+    """Participation-ratio rank (Σσ)² / Σσ² of the centred features (N, F): ≈ k for k equal singular
+    values, 1 for rank-one features. Shows pretraining collapsing the visual tokens onto few directions."""
+    s = torch.linalg.svdvals((features - features.mean(0)).double())
+    return float(s.sum() ** 2 / (s**2).sum().clamp_min(1e-30))
+
+
 def iou_and_accuracy(logits: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
     """Occupancy IoU (over all cells of all samples) and cell accuracy at threshold 0.5."""
     pred = logits > 0
@@ -181,6 +188,15 @@ class OccupancyPretraining(nn.Module):
         return {"loss": loss, "occupancy_bce": loss.detach()}
 
     @torch.no_grad()
+    def evaluate(self, samples: Sequence[OccupancySample]) -> dict[str, float]:
+        """The pretraining head's own occupancy IoU / accuracy on `samples` (eval mode, CPU; its logit 0
+        threshold, which the positive-cell weighting of the loss shifts towards predicting occupied)."""
+        self.eval()
+        batches = [self.collate(samples[j : j + 64]) for j in range(0, len(samples), 64)]
+        logits = torch.cat([self.logits(b.images) for b in batches])
+        return iou_and_accuracy(logits, torch.cat([b.targets for b in batches]))
+
+    @torch.no_grad()
     def mean_loss(self, samples: Sequence[OccupancySample]) -> float:
         """Mean BCE over `samples` (eval mode, CPU)."""
         self.eval()
@@ -196,12 +212,14 @@ def linear_probe(
     visual: nn.Module | None = None,
     seed: int = 0,
 ) -> dict[str, float]:
-    """Fit a logistic probe on frozen features of `train`, report IoU / accuracy on `val` (and train)."""
+    """Fit a logistic probe on frozen features of `train`, report IoU / accuracy on `val` (and train), and
+    the effective rank of the train features (`effective_rank`, before standardisation)."""
     torch.manual_seed(seed)
     with torch.no_grad():
         xs, ys = scene_batch(train, cfg)
         xv, yv = scene_batch(val, cfg)
         ft, fv = visual_features(core, xs, visual), visual_features(core, xv, visual)
+        rank = effective_rank(ft)
         mu, sd = ft.mean(0), ft.std(0).clamp_min(1e-6)
         ft, fv = (ft - mu) / sd, (fv - mu) / sd
     probe = nn.Linear(ft.shape[1], ys.shape[1])
@@ -214,6 +232,7 @@ def linear_probe(
     with torch.no_grad():
         out = iou_and_accuracy(probe(fv), yv)
         out["train_iou"] = iou_and_accuracy(probe(ft), ys)["iou"]
+    out["feature_effective_rank"] = rank
     return out
 
 

@@ -24,7 +24,7 @@ from drivedistill.recipes.base import MethodUse, Recipe, Reference, Stage, Stage
 from drivedistill.registry import register
 from drivedistill.train.loop import TrainConfig, train_section
 
-PERCEPTION_CODE_VERSION = 1  # bump when `perception_stage` computes something else, same config
+PERCEPTION_CODE_VERSION = 2  # bump when `perception_stage` computes something else, same config
 # the same for `oracle_stage`: 2 = residual plan text and the dead-reckoned "future path" in its prompt;
 # 3 = the future path through the hint channel (models/vlm/hint.py) instead of the prompt
 ORACLE_CODE_VERSION = 3
@@ -79,13 +79,20 @@ def _scenes(store: Any) -> tuple[list[Any], list[Any]]:
 
 
 def pretrain_perception(
-    core: Any, scenes: Sequence[Any], cfg: PerceptionConfig, out_dir: Path, seed: int = 0, device: str = "cpu"
+    core: Any,
+    scenes: Sequence[Any],
+    cfg: PerceptionConfig,
+    out_dir: Path,
+    seed: int = 0,
+    device: str = "cpu",
+    val: Sequence[Any] = (),
 ) -> dict[str, float]:
     """Pretrain the core's vision encoder + merger on BEV occupancy with the training loop (`cfg.steps`
     steps of `cfg.batch_size` at a constant `cfg.lr`, no weight decay or clipping; checkpoints in
     `out_dir`, so an interrupted stage resumes) → the mean training-set BCE before ("first") and after
-    ("last"). The head is discarded; save the core as the students' starting point."""
-    from drivedistill.models.perception import OccupancyPretraining
+    ("last"), and with `val` scenes the pretraining head's own occupancy IoU on them ("head_val_iou",
+    at its logit-0 threshold). The head is discarded; save the core as the students' starting point."""
+    from drivedistill.models.perception import OccupancyPretraining, scene_batch
     from drivedistill.train.loop import fit
 
     model, samples = OccupancyPretraining.build(core, scenes, cfg, seed)
@@ -108,12 +115,20 @@ def pretrain_perception(
     resume = (out_dir / "checkpoints").exists()
     fit(model, samples, train_cfg, out_dir, collate=model.collate, resume=resume)
     model.cpu()
-    return {"first": first, "last": model.mean_loss(samples)}
+    out = {"first": first, "last": model.mean_loss(samples)}
+    if val:
+        images, targets = scene_batch(val, cfg)
+        out["head_val_iou"] = model.evaluate([(x, t, s.token) for x, t, s in zip(images, targets, val)])[
+            "iou"
+        ]
+    return out
 
 
 def perception_stage(cfg: EvoDriveRecipeConfig, ctx: StageContext) -> Any:
-    """Build the tiny VLM, pretrain its vision encoder on BEV occupancy, probe it, save it."""
-    from drivedistill.models.perception import linear_probe
+    """Build the tiny VLM, pretrain its vision encoder on BEV occupancy, probe it, save it. The summary
+    holds the probe on the random-init and on the pretrained encoder (val IoU, train IoU, feature
+    effective rank), the pretraining head's own val IoU and the per-cell-prior baselines."""
+    from drivedistill.models.perception import linear_probe, probe_baselines
     from drivedistill.models.vlm import VLMCore
 
     vlm_cfg = dataclasses.replace(cfg.vlm, image_hw=cfg.image_hw or store_image_hw(ctx.store))
@@ -127,7 +142,7 @@ def perception_stage(cfg: EvoDriveRecipeConfig, ctx: StageContext) -> Any:
         core = VLMCore.build(vlm_cfg)
         fresh = linear_probe(core, train, val, cfg.perception)
         losses = pretrain_perception(
-            core, train, cfg.perception, seed=seed, out_dir=d / "pretrain", device=ctx.device
+            core, train, cfg.perception, seed=seed, out_dir=d / "pretrain", device=ctx.device, val=val
         )
         before = linear_probe(core, train, val, cfg.perception)
         core.save(d / "perception")
@@ -135,6 +150,7 @@ def perception_stage(cfg: EvoDriveRecipeConfig, ctx: StageContext) -> Any:
             "probe_random_init": fresh,
             "probe_pretrained": before,
             "pretrain_loss": losses,
+            "baselines": probe_baselines(train, val, cfg.perception),
             "artifacts": {"perception": "perception"},
             "student_paths": {"vla": {"vlm": {"pretrained_dir": "perception"}}},
         }
@@ -267,13 +283,27 @@ def student_gate(cfg: EvoDriveRecipeConfig, models: Mapping[str, Any]) -> dict[s
 
 def quality(cfg: EvoDriveRecipeConfig, stages: Mapping[str, Any]) -> dict[str, Any]:
     """Gate: perception pretraining made the vision encoder's occupancy probe better than the same
-    probe on the random-init encoder (IoU on validation scenes). Reads the stage summary."""
+    probe on the random-init encoder: the same logistic probe (same train scenes, standardised
+    flattened visual tokens, 0.5 threshold) on the same validation scenes, compared by occupancy IoU.
+    Also reported (not checked): the pretraining head's own val IoU, the per-cell-prior IoU (best train
+    threshold) and the effective rank of both encoders' features. Reads the stage summary."""
     del cfg
     perception = stages["evodrive_perception"].summary
     fresh = perception.get("probe_random_init", {}).get("iou")
     pretrained = perception.get("probe_pretrained", {}).get("iou")
     checks = {"probe_beats_random_init": None not in (fresh, pretrained) and pretrained > fresh}
-    metrics: dict[str, Any] = {"probe_iou_random_init": fresh, "probe_iou_pretrained": pretrained}
+    metrics: dict[str, Any] = {
+        "probe_iou_random_init": fresh,
+        "probe_iou_pretrained": pretrained,
+        "pretrain_head_val_iou": perception.get("pretrain_loss", {}).get("head_val_iou"),
+        "cell_prior_iou": perception.get("baselines", {}).get("cell_prior_best_threshold", {}).get("iou"),
+        "feature_effective_rank_random_init": perception.get("probe_random_init", {}).get(
+            "feature_effective_rank"
+        ),
+        "feature_effective_rank_pretrained": perception.get("probe_pretrained", {}).get(
+            "feature_effective_rank"
+        ),
+    }
     if "evodrive_oracle" in stages:
         metrics["oracle_train_losses"] = stages["evodrive_oracle"].summary.get("train_losses")
     return {"pass": all(checks.values()), "checks": checks, "metrics": metrics}

@@ -7,7 +7,6 @@ import dataclasses
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -18,8 +17,8 @@ from drivedistill.models.students.vla import VLAConfig, VLAStudent
 from drivedistill.models.teachers.oracle import ORACLE_CONFIG_FILE, OracleConfig, OracleTeacher
 from drivedistill.models.vlm import IGNORE_INDEX, VLMConfig, encode
 from drivedistill.models.vlm.hint import HINT_FILE, HintChannel, answer_input_positions
-from drivedistill.testing import random_scene
-from drivedistill.types import NUM_FUTURE, Batch, Scene
+from drivedistill.types import Batch, Scene
+from tests.test_evodrive import braking_scene
 
 torch.set_num_threads(1)
 SMALL = VLMConfig(
@@ -29,16 +28,10 @@ SMALL = VLMConfig(
 
 
 def linear_speed_scene(seed: int, accel: float, camera_hw: tuple[int, int] = (32, 64)) -> Scene:
-    """A scene whose future speed is linear in time: the dead-reckoned path is exactly the GT, so the
-    hint text equals the answer text. |accel| ≥ 15 m/s² makes a 3-digit offset (a longer answer)."""
-    s = random_scene(seed, camera_hw=camera_hw)
-    assert s.privileged is not None
-    v = float(s.agent_input.ego_status[0])
-    t = np.arange(1, NUM_FUTURE + 1, dtype=np.float32) * 0.5
-    fut = np.stack([v * t + accel * t * t / 2, 0 * t, 0 * t], -1).astype(np.float32)
-    status = np.stack([v + accel * t, accel + 0 * t, 0 * t], -1).astype(np.float32)
-    priv = dataclasses.replace(s.privileged, future_trajectory=fut, future_ego_status=status)
-    return dataclasses.replace(s, privileged=priv)
+    """A scene whose future speed is linear in time (test_evodrive's braking scene at any acceleration):
+    the dead-reckoned path is exactly the GT, so the hint text equals the answer text. |accel| ≥ 15 m/s²
+    makes a 3-digit offset (a longer answer)."""
+    return braking_scene(seed, accel, camera_hw)
 
 
 @pytest.fixture(scope="module")

@@ -160,6 +160,10 @@ def test_readme_comparisons_block(tmp_path: Path) -> None:
     old = {k: v for k, v in _results().items() if k != "comparisons"}
     with pytest.raises(ValueError, match="schema < 2"):
         comparisons_markdown(old)
+    named = tmp_path / "NAMED.md"  # a second run's block: NAME-comparisons gets the same kind of table
+    named.write_text("<!-- seeds3-comparisons:begin -->\n<!-- seeds3-comparisons:end -->\n")
+    update_readme(named, _results(), block="seeds3-comparisons", models=["transfuser/*"])
+    assert "| `transfuser/vlm_ad` | `transfuser/imitation (baseline)` | seeds |" in named.read_text()
 
 
 def test_forest_plot_renders_one_panel_per_metric(tmp_path: Path) -> None:

@@ -327,14 +327,17 @@ def update_readme(
 ) -> None:
     """Replace the text between the `<!-- {block}:begin -->` / `:end -->` markers in the README with the
     table of `results` (block "results": the latest default run; others, e.g. "study", for more runs;
-    block "comparisons": the "Does distillation help?" table of its paired comparisons)."""
+    block "comparisons": the "Does distillation help?" table of its paired comparisons; "teachers" the
+    gates, "events" the event families). A block named `NAME-comparisons` / `-teachers` / `-events` gets
+    that kind of table (a second run's tables beside the first's)."""
     begin, end = f"<!-- {block}:begin -->", f"<!-- {block}:end -->"
     text = readme.read_text()
-    if block == "comparisons":
+    kind = block.rsplit("-", 1)[-1]
+    if kind == "comparisons":
         table = comparisons_markdown(results, models)
-    elif block == "teachers":
+    elif kind == "teachers":
         table = gates_markdown(*teacher_rows(results))
-    elif block == "events":
+    elif kind == "events":
         table = gates_markdown(*event_rows(results))
     else:
         table = markdown_table(results, models, vla_columns)
@@ -358,8 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--block",
         default="results",
-        help="README markers <!-- BLOCK:begin/end -->; 'comparisons' writes the paired-comparison table, "
-        "'teachers' the teacher gates, 'events' the event-family table",
+        help="README markers <!-- BLOCK:begin/end -->; 'comparisons' (or NAME-comparisons) writes the "
+        "paired-comparison table, 'teachers' the teacher gates, 'events' the event-family table",
     )
     parser.add_argument(
         "--models", nargs="+", default=None, help="rows to keep, as patterns: 'vla/*' (comparisons: by row)"

@@ -32,16 +32,9 @@ ZONE_MARGIN = 1.35  # the junction zone: JUNCTION radius × this
 def _geometry(scenario: str) -> tuple[Any, list[np.ndarray]]:
     import shapely
 
-    from drivedistill.world.scenarios import JUNCTION, network
+    from drivedistill.world.scenarios import JUNCTION
 
-    roadmap = network(scenario)[1]
-    strips = []
-    for li in range(len(roadmap.keys)):
-        lo, hi = np.searchsorted(roadmap.lane_of, [li, li + 1])
-        ring = np.concatenate([roadmap.left[lo:hi], roadmap.right[lo:hi][::-1]])
-        if len(ring) >= 3:
-            strips.append(shapely.Polygon(ring).buffer(0.05))  # 5 cm overlap: adjacent lanes fuse
-    lanes = shapely.union_all(strips)
+    lanes = _lane_union(scenario, 0.05)  # 5 cm overlap: adjacent lanes fuse
     pieces: list[np.ndarray] = []
     if scenario in JUNCTION:
         centre, radius = JUNCTION[scenario]
@@ -67,13 +60,7 @@ def surface(scenario: str) -> Any:
 
 def fillet_pieces(scenario: str, pose: np.ndarray, radius: float) -> list[np.ndarray]:
     """Fillets with a vertex within `radius` [m] of `pose` (x, y, yaw), in its ego frame, float32."""
-    from drivedistill.world.roadmap import world_to_ego
-
-    out = []
-    for p in fillets(scenario):
-        if np.hypot(p[:, 0] - pose[0], p[:, 1] - pose[1]).min() < radius:
-            out.append(world_to_ego(p, pose).astype(np.float32))
-    return out
+    return _near(fillets(scenario), pose, radius)
 
 
 @functools.cache
@@ -85,16 +72,7 @@ def seams(scenario: str) -> list[np.ndarray]:
     slivers are the 5 cm closing of the lane union minus the union; the outer edges do not move."""
     import shapely
 
-    from drivedistill.world.scenarios import network
-
-    roadmap = network(scenario)[1]
-    strips = []
-    for li in range(len(roadmap.keys)):
-        lo, hi = np.searchsorted(roadmap.lane_of, [li, li + 1])
-        ring = np.concatenate([roadmap.left[lo:hi], roadmap.right[lo:hi][::-1]])
-        if len(ring) >= 3:
-            strips.append(shapely.Polygon(ring).buffer(0))
-    lanes = shapely.union_all(strips)
+    lanes = _lane_union(scenario, 0.0)
     closed = lanes.buffer(SEAM_CLOSING, quad_segs=2).buffer(-SEAM_CLOSING, quad_segs=2)
     extra = shapely.difference(closed, lanes)
     return [
@@ -106,10 +84,33 @@ def seams(scenario: str) -> list[np.ndarray]:
 
 def seam_pieces(scenario: str, pose: np.ndarray, radius: float) -> list[np.ndarray]:
     """`seams` with a vertex within `radius` [m] of `pose` (x, y, yaw), in its ego frame, float32."""
+    return _near(seams(scenario), pose, radius)
+
+
+def _lane_union(scenario: str, buffer: float) -> Any:
+    """shapely union of the scenario's lane strips (left edge, then right edge reversed), each buffered
+    by `buffer` [m] (0: only repaired)."""
+    import shapely
+
+    from drivedistill.world.scenarios import network
+
+    roadmap = network(scenario)[1]
+    strips = []
+    for li in range(len(roadmap.keys)):
+        lo, hi = np.searchsorted(roadmap.lane_of, [li, li + 1])
+        ring = np.concatenate([roadmap.left[lo:hi], roadmap.right[lo:hi][::-1]])
+        if len(ring) >= 3:
+            strips.append(shapely.Polygon(ring).buffer(buffer))
+    return shapely.union_all(strips)
+
+
+def _near(polygons: list[np.ndarray], pose: np.ndarray, radius: float) -> list[np.ndarray]:
+    """World-frame polygons with a vertex within `radius` [m] of `pose` (x, y, yaw), in its ego frame,
+    float32."""
     from drivedistill.world.roadmap import world_to_ego
 
     return [
         world_to_ego(p, pose).astype(np.float32)
-        for p in seams(scenario)
+        for p in polygons
         if np.hypot(p[:, 0] - pose[0], p[:, 1] - pose[1]).min() < radius
     ]

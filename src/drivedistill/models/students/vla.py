@@ -21,6 +21,7 @@ heading of each segment (atan2 of the step from the previous pose).
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -121,15 +122,19 @@ def answer_token_budget(num_poses: int, tokenizer: Any = None) -> int:
     (e.g. a pretrained Qwen2.5-VL's, which merges punctuation differently) the bound is at least the
     longest of a few extreme answers as that tokenizer encodes them, + 4."""
     budget = 14 * num_poses + 4
-    if tokenizer is None:
-        return budget
+    return budget if tokenizer is None else max(budget, _longest_plan_tokens(num_poses, tokenizer) + 4)
+
+
+@functools.lru_cache(maxsize=16)
+def _longest_plan_tokens(num_poses: int, tokenizer: Any) -> int:
+    """Tokens of the longest of a few extreme plan answers (+ `<|im_end|>`) under `tokenizer`, cached per
+    tokenizer object: the budget is asked for on every decode and every distillation step."""
     extremes = [np.full((num_poses, 2), v) for v in (-99.99, 99.99, 0.0, -100.0)]
     extremes.append(np.tile([[-99.99, 99.99]], (num_poses, 1)))
-    longest = max(
+    return max(
         len(tokenizer(format_plan(xy) + "<|im_end|>", add_special_tokens=False)["input_ids"])
         for xy in extremes
     )
-    return max(budget, longest + 4)
 
 
 def plan_answers(trajectory: torch.Tensor, num_poses: int, prior: torch.Tensor | None = None) -> list[str]:

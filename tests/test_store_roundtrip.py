@@ -145,3 +145,25 @@ def test_dataset_collate_and_extras(tmp_path: Path) -> None:
         collate([ds[0], ds[1]], {"x": {tokens[0]: np.zeros(2)}})
     mixed = collate([ds[0], ds[1].without_privileged()])
     assert mixed.privileged is None
+
+
+def test_explicit_episode_split_overrides_the_hash(tmp_path: Path) -> None:
+    scenes = [random_scene(i, episode=f"e{i // 2}") for i in range(20)]
+    hashed = {s.episode: split_for_episode(s.episode, 0.25) for s in scenes}
+    flipped = {e: {"split": "train" if sp == "val" else "val"} for e, sp in hashed.items()}
+    writer = SceneStoreWriter(tmp_path, {"world": {"seed": 0}}, num_shards=1, val_fraction=0.25)
+    writer.add_shard(
+        write_shard(tmp_path, 0, scenes, val_fraction=0.25, config_hash=writer.config_hash, episodes=flipped)
+    )
+    writer.finish()
+    store = SceneStore(tmp_path)
+    assert all(store.split_of(s.token) == flipped[s.episode]["split"] for s in scenes)
+    with pytest.raises(StoreError, match="split 'test'"):
+        write_shard(
+            tmp_path / "bad",
+            0,
+            scenes[:2],
+            val_fraction=0.25,
+            config_hash="x",
+            episodes={scenes[0].episode: {"split": "test"}},
+        )

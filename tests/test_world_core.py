@@ -87,3 +87,22 @@ def test_expert_is_safe_across_scenarios() -> None:
     results = [run_episode(cfg, i) for i in range(5)]
     assert sum(r.collided for r in results) == 0
     assert {r.scenario for r in results} == {"highway", "merge", "roundabout", "intersection", "racetrack"}
+
+
+def test_dedicated_val_episodes_are_the_val_split_and_balanced(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from drivedistill.data.store import SceneStore
+    from drivedistill.world.collect import collect
+    from drivedistill.world.config import VAL_EPISODE_BASE
+
+    cfg = WorldConfig(scenarios=["highway", "merge"], num_episodes=2, val_episodes=2, **SMALL)  # type: ignore[arg-type]
+    assert cfg.episode_indices() == [0, 1, VAL_EPISODE_BASE, VAL_EPISODE_BASE + 1]
+    assert WorldConfig(**SMALL).split_of(0) is None  # type: ignore[arg-type]  # 0: the hash split
+    manifest = collect(cfg, tmp_path, val_fraction=0.2, show_progress=False)
+    eps = {e: v for sh in manifest["shards"] for e, v in sh["episodes"].items()}
+    val = sorted((v["scenario"], v["index"]) for v in eps.values() if v["split"] == "val")
+    train = sorted(v["index"] for v in eps.values() if v["split"] == "train")
+    assert val == [("highway", VAL_EPISODE_BASE), ("merge", VAL_EPISODE_BASE + 1)] and train == [0, 1]
+    store = SceneStore(tmp_path)
+    assert store.tokens("val") and all(store.split_of(t) == "val" for t in store.tokens("val"))
+    with pytest.raises(ValueError, match="val_episodes"):
+        WorldConfig(val_episodes=-1)

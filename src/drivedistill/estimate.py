@@ -191,7 +191,8 @@ def small_model_estimate(stage: str, model: Any, batch_size: int) -> StageEstima
 
 def train_samples(cfg: Any) -> int:
     """Training samples of the study's data: nuScenes / NAVSIM train split sizes for those sources; for
-    the world, episodes × samples per episode (every 0.5 s from 2 s to the end minus 4 s) × (1 − val)."""
+    the world, episodes × samples per episode (every 0.5 s from 2 s to the end minus 4 s), × (1 − val_fraction)
+    unless the world has dedicated val episodes."""
     name = str(cfg.source.get("name", "")) if cfg.source else ""
     if name == "nuscenes":
         return NUSCENES_TRAIN_SAMPLES
@@ -201,6 +202,8 @@ def train_samples(cfg: Any) -> int:
     episodes = int(world.get("num_episodes", 50))
     seconds = float(world.get("episode_seconds", 14.0))
     per_episode = max(1, int((seconds - 6.0) / 0.5) + 1)
+    if int(world.get("val_episodes", 0)) > 0:  # dedicated val episodes: every num_episodes trains
+        return episodes * per_episode
     return int(episodes * per_episode * (1 - cfg.val_fraction))
 
 

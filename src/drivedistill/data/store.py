@@ -74,21 +74,34 @@ def write_shard(
     """Encode `scenes` into root/shard-<index>.parquet (atomically) and return its manifest entry.
 
     `episodes`: per-episode info (JSON values, e.g. scenario, collided, stats) keyed by episode id; it may
-    list episodes without samples. Each episode gets "split" and "num_samples" added.
+    list episodes without samples. An episode whose info has "split" ("train" / "val", e.g. the world's
+    dedicated validation episodes) keeps it; the others get the hash split of `val_fraction`. Each episode
+    gets "split" and "num_samples" added.
     """
     root = Path(root)
     eps: dict[str, dict[str, Any]] = {e: dict(v) for e, v in (episodes or {}).items()}
+
+    def split_of(episode: str) -> str:
+        given = eps.get(episode, {}).get("split")
+        if given is None:
+            return split_for_episode(episode, val_fraction)
+        if given not in SPLITS:
+            raise StoreError(
+                f"shard {shard_name(index)}: episode {episode!r} has split {given!r}; use {SPLITS}"
+            )
+        return str(given)
+
     rows, samples, seen = [], {}, set()
     for scene in scenes:
         if scene.token in seen:
             raise StoreError(f"shard {shard_name(index)}: duplicate token {scene.token!r}")
         seen.add(scene.token)
-        split = split_for_episode(scene.episode, val_fraction)
+        split = split_of(scene.episode)
         rows.append(scene_to_row(scene, split))
         samples[scene.token] = {"row": len(rows) - 1, "episode": scene.episode, "hash": scene_hash(scene)}
         eps.setdefault(scene.episode, {})
     for ep, info in eps.items():
-        info["split"] = split_for_episode(ep, val_fraction)
+        info["split"] = split_of(ep)
         info["num_samples"] = sum(1 for s in scenes if s.episode == ep)
     entry: dict[str, Any] = {
         "index": index,

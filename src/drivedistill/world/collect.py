@@ -77,13 +77,15 @@ def _collect_shard(
     scenes, episodes = [], {}
     for i in episode_indices:
         result = run_episode(cfg, i)
-        info = {
+        info: dict[str, Any] = {
             "index": i,
             "scenario": result.scenario,
             "collided": bool(result.collided),
             "offroad": bool(result.offroad),
             "stats": to_dict(result.stats),
         }
+        if cfg.split_of(i) is not None:
+            info["split"] = cfg.split_of(i)
         episodes[result.episode] = json.loads(json.dumps(info, default=float))
         scenes.extend(result.scenes)
         if progress is not None:
@@ -119,7 +121,8 @@ def collect(
     show_progress: bool = True,
     executor: Any = None,
 ) -> dict[str, Any]:
-    """Collect `world.num_episodes` expert episodes into a SceneStore at `out`; returns the manifest.
+    """Collect `world.num_episodes` (+ `world.val_episodes`) expert episodes into a SceneStore at `out`;
+    returns the manifest.
 
     `executor` (a `drivedistill.executor.Executor`, e.g. Ray) runs one task per shard instead of the
     local pool; workers write their shards into `out`, which must therefore be on a file system every
@@ -131,8 +134,9 @@ def collect(
         raise ConfigError(
             f"collect: --workers and --episodes-per-shard must be >= 1, got {workers}, {episodes_per_shard}"
         )
-    n = world.num_episodes
-    shards = [list(range(s, min(s + episodes_per_shard, n))) for s in range(0, n, episodes_per_shard)]
+    indices = world.episode_indices()
+    n = len(indices)
+    shards = [indices[s : s + episodes_per_shard] for s in range(0, n, episodes_per_shard)]
     resolved = {
         "world": to_dict(world),
         "collect": {"episodes_per_shard": episodes_per_shard, "val_fraction": val_fraction},

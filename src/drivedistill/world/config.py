@@ -21,6 +21,9 @@ SCENARIOS = ("highway", "merge", "roundabout", "intersection", "racetrack")
 SCRIPTED_EVENTS = ("lead_brake", "stop_and_go", "cut_in", "stopped_vehicle", "cross_traffic")
 SIM_HZ = 10  # simulation and expert control rate [Hz]
 HISTORY_S, FUTURE_S = 2.0, 4.0  # [s] needed before / after every sample
+# Index of the first dedicated validation episode (`WorldConfig.val_episodes`): far from any training
+# index, and a multiple of 60 so val episode k plays scenarios[k % len(scenarios)] for up to 6 scenarios.
+VAL_EPISODE_BASE = 1_000_020
 
 
 def _default_density() -> dict[str, float]:
@@ -42,7 +45,11 @@ class WorldConfig:
     """The default world.
 
     scenarios        families used round robin over episodes (episode i → scenarios[i % len])
-    num_episodes     episodes a collection runs
+    num_episodes     episodes a collection runs (the training split when val_episodes > 0)
+    val_episodes     > 0: that many more episodes (indices VAL_EPISODE_BASE + k, round robin over the
+                     scenarios, so every scenario gets its share) are the validation split and all
+                     num_episodes are training; 0: the store's hash split (a `val_fraction` of the
+                     num_episodes, at random — 5 of 50 in one seed, unbalanced over scenarios and events)
     episode_seconds  simulated time per episode [s]; samples every 0.5 s from 2 s to the end minus 4 s
     density          traffic density multiplier per scenario (1 = default, 0 = only scripted vehicles)
     event_probs      per-episode probability of each scripted event, among those the scenario supports
@@ -56,6 +63,7 @@ class WorldConfig:
 
     scenarios: list[str] = field(default_factory=lambda: list(SCENARIOS))
     num_episodes: int = field(default=20, metadata=check(ge=1))
+    val_episodes: int = field(default=0, metadata=check(ge=0))
     episode_seconds: float = field(default=14.0, metadata=check(gt=0))
     density: dict[str, float] = field(default_factory=_default_density, metadata=check(ge=0))
     event_probs: dict[str, float] = field(default_factory=_default_events, metadata=check(ge=0, le=1))
@@ -74,6 +82,12 @@ class WorldConfig:
                 )
         if self.num_episodes < 1:
             raise ValueError(f"WorldConfig.num_episodes: must be ≥ 1, got {self.num_episodes}")
+        if self.num_episodes > VAL_EPISODE_BASE:
+            raise ValueError(f"WorldConfig.num_episodes: at most {VAL_EPISODE_BASE}, got {self.num_episodes}")
+        if self.val_episodes < 0:
+            raise ValueError(
+                f"WorldConfig.val_episodes: must be ≥ 0 (0 = hash split), got {self.val_episodes}"
+            )
         min_len = HISTORY_S + FUTURE_S
         if self.episode_seconds < min_len or self.episode_seconds > 120:
             raise ValueError(
@@ -98,6 +112,16 @@ class WorldConfig:
                 )
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"WorldConfig.event_probs.{name}: must be a probability in [0, 1], got {p}")
+
+    def episode_indices(self) -> list[int]:
+        """Every episode a collection runs: 0 .. num_episodes − 1, then the dedicated val episodes."""
+        return list(range(self.num_episodes)) + [VAL_EPISODE_BASE + k for k in range(self.val_episodes)]
+
+    def split_of(self, index: int) -> str | None:
+        """ "val" / "train" for episode `index` when val_episodes > 0; None: the store's hash split."""
+        if self.val_episodes == 0:
+            return None
+        return "val" if index >= VAL_EPISODE_BASE else "train"
 
     def density_of(self, scenario: str) -> float:
         return float(self.density.get(scenario, 1.0))

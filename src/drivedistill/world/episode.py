@@ -67,6 +67,7 @@ class EpisodeResult:
     # (N, 3) ray-cast LiDAR returns x, y, z of each scene's keyframe (ego frame, z above the ground; what
     # `AgentInput.bev` splats), aligned with `scenes`; the nuScenes export writes them as LIDAR_TOP sweeps
     lidar_points: list[np.ndarray] = field(default_factory=list)
+    index: int = -1  # the episode index run_episode was given
 
 
 def episode_id(scenario: str, seed: int, index: int) -> str:
@@ -246,7 +247,7 @@ def run_episode(cfg: WorldConfig, episode_index: int) -> EpisodeResult:
         "distance_m": float(np.hypot(*np.diff(np.array(log.pose)[:, :2], axis=0).T).sum()),
     }
     points = [log.points[s.frame_index] for s in scenes]
-    return EpisodeResult(scenes, scenario, eid, collided, offroad_steps > 0, stats, points)
+    return EpisodeResult(scenes, scenario, eid, collided, offroad_steps > 0, stats, points, episode_index)
 
 
 def _ego_status(log: _Log, j: int) -> np.ndarray:

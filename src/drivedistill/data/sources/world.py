@@ -17,7 +17,8 @@ from drivedistill.world.episode import EpisodeResult, run_episode
 
 @dataclass
 class WorldSource(Source[EpisodeResult]):
-    """Episodes 0 .. cfg.num_episodes - 1 of the default world, simulated lazily on `load`.
+    """Episodes 0 .. cfg.num_episodes - 1 (+ the dedicated val episodes, `WorldConfig.val_episodes`) of
+    the default world, simulated lazily on `load`.
 
     Records = one simulated `EpisodeResult`; its scenes are the training samples and each metric scene is
     `metric_scene_from_scene` of a sample (box-centre frame → rear-axle frame, world/ego.py's geometry).
@@ -31,14 +32,17 @@ class WorldSource(Source[EpisodeResult]):
     privileged = ("labelled_bev",)
 
     def __len__(self) -> int:
-        return self.cfg.num_episodes
+        return self.cfg.num_episodes + self.cfg.val_episodes
 
     def episodes(self) -> list[str]:
-        return [str(i) for i in range(self.cfg.num_episodes)]
+        return [str(i) for i in self.cfg.episode_indices()]
 
     def episode(self, index: int) -> EpisodeResult:
-        if not 0 <= index < self.cfg.num_episodes:
-            raise IndexError(f"WorldSource.episode: index {index} outside 0..{self.cfg.num_episodes - 1}")
+        if index not in self.cfg.episode_indices():
+            raise IndexError(
+                f"WorldSource.episode: index {index} is not an episode of this world "
+                f"(0..{self.cfg.num_episodes - 1}, then {self.cfg.val_episodes} val episodes)"
+            )
         return run_episode(self.cfg, index)
 
     def load(self, episode: str) -> EpisodeResult:
@@ -58,15 +62,19 @@ class WorldSource(Source[EpisodeResult]):
         return {"world": to_dict(self.cfg)}
 
     def episode_info(self, records: EpisodeResult) -> dict[str, Any]:
-        return {
+        info: dict[str, Any] = {
             "source": self.name,
             "scenario": records.scenario,
             "collided": bool(records.collided),
             "offroad": bool(records.offroad),
         }
+        split = self.cfg.split_of(records.index)
+        if split is not None:
+            info["split"] = split
+        return info
 
     def __iter__(self) -> Iterator[EpisodeResult]:
-        for i in range(self.cfg.num_episodes):
+        for i in self.cfg.episode_indices():
             yield run_episode(self.cfg, i)
 
 

@@ -34,8 +34,9 @@ class CorpusConfig:
     """Extra unlabelled episodes for the LAM and the latent teacher."""
 
     extra_episodes: int = field(default=0, metadata=check(ge=0))  # on top of the study's store (0 = none)
-    # the corpus world's seed = study world seed + seed_offset (disjoint episodes)
-    seed_offset: int = field(default=1000, metadata=check(ge=1))
+    # the corpus world's seed = study world seed + seed_offset (disjoint episodes). Not 1000: the closed-loop
+    # evaluation plays episodes (seed 1000, i) (metrics/closedloop.py), which a corpus at 0 + 1000 contained.
+    seed_offset: int = field(default=2000, metadata=check(ge=1))
 
     def __post_init__(self) -> None:
         if self.extra_episodes < 0:
@@ -54,7 +55,7 @@ def collect_corpus(world: Any, out: str | Path, cfg: CorpusConfig, workers: int 
     from drivedistill.world.collect import collect
 
     corpus_world = dataclasses.replace(
-        world, num_episodes=cfg.extra_episodes, seed=int(world.seed) + cfg.seed_offset
+        world, num_episodes=cfg.extra_episodes, val_episodes=0, seed=int(world.seed) + cfg.seed_offset
     )
     collect(corpus_world, out, workers=workers, val_fraction=0.0, show_progress=False)
     return Path(out)

@@ -17,6 +17,7 @@ from drivedistill.world.event_report import (
     expert_departure,
     family_of,
     sample_l2,
+    visible_at_t0,
 )
 
 
@@ -97,3 +98,31 @@ def test_scripted_lead_brake_is_labelled_and_the_expert_reacts() -> None:
     braking = [s for s, f in zip(result.scenes, labels) if f == "lead_brake"]
     assert braking, labels
     assert np.mean([departs_from_cv(s) for s in braking]) >= 0.5
+    # the onset: samples whose window opens before the brake have onset > 0, then 0 once it brakes;
+    # onsets fall by 0.5 s per sample until the event is active
+    onsets = [s.meta["event_onset_s"] for s in braking]
+    assert onsets[0] > 0 and onsets[-1] == 0.0 and onsets == sorted(onsets, reverse=True)
+    early = [o for o in onsets if o > 0]
+    assert np.allclose(np.diff(early), -0.5) and all(0 < o <= 4.0 for o in early)
+    assert [visible_at_t0(s) for s in braking] == [o == 0.0 for o in onsets]
+    assert all(s.meta["event_onset_s"] is None for s, f in zip(result.scenes, labels) if f == "lane_follow")
+
+
+def test_events_visible_at_t0_are_an_aggregate_family() -> None:
+    scenes = [_scene(i, "lead_brake", True) for i in range(4)] + [_scene(9, "curve", False)]
+    scenes += [_scene(10 + i, "lane_follow", False) for i in range(3)]
+    for s, onset in zip(scenes, [0.0, 0.0, 1.5, 3.0, None, None, None, None]):
+        s.meta = {"event": family_of(s), "event_onset_s": onset}
+    plans = np.stack([s.privileged.future_trajectory for s in scenes])  # type: ignore[union-attr]
+    plans[:2, :, 1] += 2.0  # wrong only on the two samples whose braking has begun
+    out = event_metrics(scenes, plans)
+    fam = out["families"]
+    assert fam["lead_brake"]["at_t0"] == 0.5 and fam["curve"]["at_t0"] == 1.0
+    assert fam["events_at_t0"]["num_samples"] == 3 and out["event_at_t0_fraction"] == pytest.approx(3 / 8)
+    assert fam["events_at_t0"]["l2_m"] == pytest.approx(4 / 3) and fam["events"]["l2_m"] == pytest.approx(0.8)
+    assert "at_t0" not in fam["lane_follow"]
+    # a store without onsets (older world code): no at_t0 fields, no events_at_t0 family
+    for s in scenes:
+        s.meta = {"event": family_of(s)}
+    old = event_metrics(scenes, plans)
+    assert "events_at_t0" not in old["families"] and "event_at_t0_fraction" not in old

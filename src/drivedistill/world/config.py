@@ -15,7 +15,8 @@ from drivedistill.world.lidar import LidarConfig
 # 2: the expert slows for bends and respects a grip bound; drivable polygons include lane seams.
 # 3: traffic never reverses; the expert keeps 4 m to crossing cars, passes stopped cars slowly in bends and
 #    accelerates / brakes within nuPlan's comfort bounds unless in an emergency.
-WORLD_CODE_VERSION = 3
+# 4: samples record `meta["event_onset_s"]` (when their event starts relative to t0).
+WORLD_CODE_VERSION = 4
 
 SCENARIOS = ("highway", "merge", "roundabout", "intersection", "racetrack")
 SCRIPTED_EVENTS = ("lead_brake", "stop_and_go", "cut_in", "stopped_vehicle", "cross_traffic")

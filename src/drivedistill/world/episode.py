@@ -288,6 +288,18 @@ def _agents(log: _Log, k: int, pose: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return out, valid
 
 
+def _onset_s(log: _Log, j: int, event: str | None) -> float | None:
+    """Seconds from the sample's t0 (10 Hz step j) until `event` is first active: 0.0 if it is active at
+    t0 (what the sensors can show), > 0 if it starts later in the 4 s window (nothing at t0 reveals it);
+    None for no event. `log.events[i]` holds the events active after step i, i.e. at time (i + 1) / 10."""
+    if event is None:
+        return None
+    if j > 0 and event in log.events[j - 1]:
+        return 0.0
+    first = next(i for i in range(j, j + NUM_FUTURE * KEY) if event in log.events[i])
+    return (first + 1 - j) / SIM_HZ
+
+
 def _scene(cfg: WorldConfig, world: World, log: _Log, eid: str, k: int) -> Scene:
     j = k * KEY
     pose = log.pose[j]
@@ -308,6 +320,7 @@ def _scene(cfg: WorldConfig, world: World, log: _Log, eid: str, k: int) -> Scene
     command = route_command(world.scenario, roadmap, world.route_edges, log.lane[k], log.s_on_lane[k])
     window = set().union(*log.events[j : j + NUM_FUTURE * KEY])
     event = next((e for e in EVENT_PRIORITY if e in window), None)
+    onset = _onset_s(log, j, event)
     if event is None:
         yaw_rate = float(_ego_status(log, j)[2])
         ahead = np.abs(fut[:, 2] - yaw_rate * 0.5 * np.arange(1, NUM_FUTURE + 1)).max()
@@ -343,5 +356,11 @@ def _scene(cfg: WorldConfig, world: World, log: _Log, eid: str, k: int) -> Scene
         ego_status=_ego_status(log, j),
         command=int(command),
     )
-    meta = {"scenario": world.scenario, "event": event, "time_s": k * 0.5, "seed": cfg.seed}
+    meta = {
+        "scenario": world.scenario,
+        "event": event,
+        "event_onset_s": onset,
+        "time_s": k * 0.5,
+        "seed": cfg.seed,
+    }
     return Scene(f"{eid}-f{k:03d}", eid, k, inputs, priv, meta)

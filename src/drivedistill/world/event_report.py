@@ -8,7 +8,13 @@ Every world sample carries an event family (`Privileged.event`, store column `ev
     curve          the expert's 4 s future turns by more than `CURVE_YAW` rad
     lane_follow    none of the above (ego status predicts the plan well)
 
-The first seven are *events*: something the camera or the LiDAR shows and the ego status does not.
+The first seven are *events*: something the camera or the LiDAR shows and the ego status does not —
+*once it has begun*. A sample's window can open before its event starts (the lead brakes 2 s after t0):
+then nothing at t0 reveals it. `meta["event_onset_s"]` (world/episode.py, WORLD_CODE_VERSION 4) says
+when the event starts; `visible_at_t0(scene)` is True for an event already active at t0 and for a curve
+(the bend is in view). Every family reports `at_t0` (the fraction visible at t0), and the aggregate
+family "events_at_t0" holds the event samples visible at t0 — the ones where a camera/LiDAR student
+can beat an ego-status one at all. Stores without the onset (older world code) leave both out.
 
 - `departs_from_cv(scene)`: does the expert's plan differ from constant velocity and yaw rate (the
   `constant_velocity` row's arc) by more than `DEPART_M` metres at some step of the 4 s horizon?
@@ -81,6 +87,18 @@ def sample_l2(plans: np.ndarray, scenes: Sequence[Scene]) -> np.ndarray:
     return err[:, list(L2_STEPS)].mean(1)
 
 
+def visible_at_t0(scene: Scene) -> bool | None:
+    """Is the sample's event visible at t0 (active then, or a curve in view)? None when unknown (no
+    `event_onset_s` in meta: a store of older world code, or another source) or for lane_follow."""
+    fam = family_of(scene)
+    if fam in ("", NON_EVENT) or "event_onset_s" not in scene.meta:
+        return None
+    if fam == "curve":
+        return True
+    onset = scene.meta["event_onset_s"]
+    return onset is not None and float(onset) <= 0.0
+
+
 def _groups(scenes: Sequence[Scene]) -> dict[str, list[int]]:
     groups: dict[str, list[int]] = {}
     for i, s in enumerate(scenes):
@@ -99,14 +117,19 @@ def event_metrics(
     plans        (N, 8, 3) the model's plans (box-centre poses, current ego frame), row i for scenes[i]
     pdms_scenes  token → PDMS sub-scores (`PDMSReport.to_json()["scenes"]`); scenes without one (not
                  scored, or beyond the PDMS scene cap) are left out of that family's PDMS mean
-    Returns {"protocol", "event_fraction", "families": {family: {"num_samples", "fraction", "l2_m",
-    "pdms", "nc", "dac", "num_pdms"}}}; "events" aggregates every family but lane_follow.
+    Returns {"protocol", "event_fraction"[, "event_at_t0_fraction"], "families": {family: {"num_samples",
+    "fraction", "l2_m", "pdms", "nc", "dac", "num_pdms"[, "at_t0"]}}}; "events" aggregates every family
+    but lane_follow, "events_at_t0" the event samples visible at t0 (`visible_at_t0`; when known).
     """
     l2 = sample_l2(plans, scenes)
     groups = _groups(scenes)
     events = [i for f, idx in groups.items() if f != NON_EVENT for i in idx]
+    visible = [visible_at_t0(s) for s in scenes]
+    known = any(v is not None for v in visible)
+    at_t0 = [i for i in events if visible[i]]
+    aggregates = [("events", sorted(events))] + ([("events_at_t0", at_t0)] if known else [])
     out: dict[str, Any] = {}
-    for fam, idx in [*sorted(groups.items()), ("events", sorted(events))]:
+    for fam, idx in [*sorted(groups.items()), *aggregates]:
         if not idx:
             continue
         block: dict[str, Any] = {
@@ -114,13 +137,18 @@ def event_metrics(
             "fraction": len(idx) / len(scenes),
             "l2_m": float(l2[idx].mean()),
         }
+        if known and fam != NON_EVENT:
+            block["at_t0"] = float(np.mean([bool(visible[i]) for i in idx]))
         scored = [pdms_scenes[scenes[i].token] for i in idx if pdms_scenes and scenes[i].token in pdms_scenes]
         if scored:
             block["num_pdms"] = len(scored)
             for key in ("pdms", "nc", "dac"):
                 block[key] = float(np.mean([s[key] for s in scored]))
         out[fam] = block
-    return {"protocol": PROTOCOL, "event_fraction": len(events) / len(scenes), "families": out}
+    result: dict[str, Any] = {"protocol": PROTOCOL, "event_fraction": len(events) / len(scenes)}
+    if known:
+        result["event_at_t0_fraction"] = len(at_t0) / len(scenes)
+    return {**result, "families": out}
 
 
 def expert_departure(scenes: Sequence[Scene], threshold: float = DEPART_M) -> dict[str, Any]:
@@ -158,4 +186,7 @@ def format_table(rows: Mapping[str, Mapping[str, Any]], departure: Mapping[str, 
 
 
 def _order(fam: str) -> int:
-    return EVENT_FAMILIES.index(fam) if fam in EVENT_FAMILIES else len(EVENT_FAMILIES) + (fam == "events")
+    aggregates = ("events", "events_at_t0")
+    if fam in EVENT_FAMILIES:
+        return EVENT_FAMILIES.index(fam)
+    return len(EVENT_FAMILIES) + 1 + aggregates.index(fam) if fam in aggregates else len(EVENT_FAMILIES)

@@ -141,21 +141,24 @@ def _overlaps(
     radius: float,
     frames: _AgentFrames,
     steps: np.ndarray,
+    ego_steps: np.ndarray | None = None,
 ) -> tuple[np.ndarray, ...]:
-    """Indices (b, t, a) where the ego boxes (centres (B, T, 2), half-edge vectors u, v (B, T, 2)) overlap
-    agents at grid steps `steps` (T,).
+    """Indices (b, s, a) where the ego boxes (centres (B, S, 2); half-edge vectors u, v (B, T, 2) taken at
+    step `ego_steps[s]`, default s) overlap agents at grid steps `steps` (S,).
 
     (step, agent) pairs are first reduced to those whose agent circle meets the bounding box of all
-    proposals' ego circles at that step (one (T, A) test), so the (B, P) circle prefilter runs over the
+    proposals' ego circles at that step (one (S, A) test), so the (B, P) circle prefilter runs over the
     few nearby pairs only — on city logs most of the hundreds of tracks are far from every proposal —
-    and the exact box test over the pairs that pass it."""
+    and the exact box test over the pairs that pass it. The candidates' boxes are gathered by flat
+    indices into contiguous (N, 2) rows (one `np.take` each)."""
     agents = frames.agents
+    n_b, n_s = centers.shape[:2]
     in_range = steps < agents.num_steps
     st = np.minimum(steps, agents.num_steps - 1)
-    a_centers = agents.centers[st]  # (T, A, 2)
+    a_centers = agents.centers[st]  # (S, A, 2)
     valid = agents.valid[st] & in_range[:, None]
     pad = (radius + agents.radius)[None, :, None]
-    lo, hi = centers.min(0)[:, None], centers.max(0)[:, None]  # (T, 1, 2) over proposals
+    lo, hi = centers.min(0)[:, None], centers.max(0)[:, None]  # (S, 1, 2) over proposals
     with np.errstate(invalid="ignore"):
         near = valid & ((a_centers >= lo - pad) & (a_centers <= hi + pad)).all(-1)
     tn, an = np.nonzero(near)  # the (step, agent) pairs near some proposal
@@ -172,9 +175,16 @@ def _overlaps(
     reach = ((radius + agents.radius[an] + 0.01) ** 2).astype(np.float32)
     b, k = np.nonzero(dx * dx + dy * dy <= reach[None])
     t, a = tn[k], an[k]
-    ta = st[t]
+    n_a = agents.centers.shape[1]
+    ego = b * n_s + t if ego_steps is None else b * u.shape[1] + ego_steps[t]
+    other = st[t] * n_a + a
     hit = _boxes_intersect(
-        centers[b, t], u[b, t], v[b, t], agents.centers[ta, a], frames.u[ta, a], frames.v[ta, a]
+        np.take(centers.reshape(-1, 2), b * n_s + t, axis=0),
+        np.take(u.reshape(-1, 2), ego, axis=0),
+        np.take(v.reshape(-1, 2), ego, axis=0),
+        np.take(agents.centers.reshape(-1, 2), other, axis=0),
+        np.take(frames.u.reshape(-1, 2), other, axis=0),
+        np.take(frames.v.reshape(-1, 2), other, axis=0),
     )
     return b[hit], t[hit], a[hit]
 
@@ -301,9 +311,7 @@ def time_to_collision(
     shift = (speed * dt)[..., None] * direction  # (B, T, 2) per 0.1 s of look-ahead
     centers = np.concatenate([center + k * shift for k in TTC_STEPS], axis=1)  # (B, J·T, 2)
     steps = (np.arange(n_t)[None] + lookahead[:, None]).reshape(-1)
-    bb, tj, a = _overlaps(
-        centers, np.tile(u, (1, n_j, 1)), np.tile(v, (1, n_j, 1)), ego_radius, frames, steps
-    )
+    bb, tj, a = _overlaps(centers, u, v, ego_radius, frames, steps, np.tile(np.arange(n_t), n_j))
     ttc = np.ones(n_b)
     if len(bb) == 0:
         return ttc

@@ -278,7 +278,11 @@ def no_at_fault_collision(
     behind = _relative_angle(st, agents.centers[t, a]) > BEHIND_DEG
     bumper = boxes[b, t][:, [FRONT_LEFT, FRONT_RIGHT]]
     front = convex_intersects(bumper, agents.corners[t, a])
-    lateral_fault = _multiple_lanes(areas, b, t) | areas["non_drivable"][b, t]
+    lateral_fault = areas["non_drivable"][b, t]
+    # the costly multiple-lanes test only where it decides: moving, object not stopped, not behind,
+    # no frontal contact and still on the drivable area (elsewhere at_fault is known without it)
+    ask = (speed > STOPPED_EGO_SPEED) & ~agents.stopped[a] & ~behind & ~front & ~lateral_fault
+    lateral_fault[ask] = _multiple_lanes(areas, b[ask], t[ask])
     at_fault = (speed > STOPPED_EGO_SPEED) & (agents.stopped[a] | (~behind & (front | lateral_fault)))
     ignored_from = _first_time(n_b, agents.centers.shape[1], b[~at_fault], a[~at_fault], t[~at_fault])
     fault = at_fault & (t < ignored_from[b, a])
@@ -319,7 +323,10 @@ def time_to_collision(
     b = bb
     moving = speed[b, t] >= TTC_STOPPED_SPEED
     angle = _relative_angle(states[b, t], agents.centers[t + lookahead[j], a])
-    risky = _multiple_lanes(areas, b, t) | areas["non_drivable"][b, t] | areas["intersection"][b, t]
+    risky = areas["non_drivable"][b, t] | areas["intersection"][b, t]
+    # multiple lanes only where it decides: neither ahead (a violation anyway) nor behind (none)
+    ask = ~risky & (angle >= AHEAD_DEG) & ~(angle > BEHIND_DEG)
+    risky[ask] = _multiple_lanes(areas, b[ask], t[ask])
     violation = (angle < AHEAD_DEG) | (risky & ~(angle > BEHIND_DEG))
     group = t * n_j + j  # nuPlan's order: time, then look-ahead
     ok = moving & ~violation

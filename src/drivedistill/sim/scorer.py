@@ -30,7 +30,7 @@ from drivedistill.sim.region import scene_regions
 
 STOPPED_EGO_SPEED = 5e-2  # [m/s] collision classification (ego stopped → not at fault)
 TTC_STOPPED_SPEED = 5e-3  # [m/s] TTC skipped below this ego speed
-TTC_STEPS = (0, 3, 6, 9)  # look-ahead in 0.1 s steps: δ = 0, 0.3, 0.6, 0.9 s
+TTC_STEPS = (0, 3, 6, 9)  # look-ahead in 0.1 s steps: δ = 0, 0.3, 0.6, 0.9 s (δ = 0 first: the contacts)
 AHEAD_DEG, BEHIND_DEG = 20.0, 150.0
 
 
@@ -260,16 +260,17 @@ def no_at_fault_collision(
     agents: AgentBoxes,
     ego_radius: float,
     frames: _AgentFrames | None = None,
+    contacts: tuple[np.ndarray, ...] | None = None,
 ) -> np.ndarray:
     """NC (B,) ∈ {0, ½, 1} with nuPlan's collision classes and the per-proposal ignore list.
 
     nuPlan walks the steps in order: a contact that is not at fault puts the object on the proposal's
     ignore list for all later steps. Equivalently (one pass, no loop over steps): an at-fault contact
-    counts when it happens before the first not-at-fault contact with the same object."""
+    counts when it happens before the first not-at-fault contact with the same object. `contacts`: the
+    (b, t, a) of `ego_contacts` when the caller has them (they are TTC's δ = 0 contacts too)."""
     frames = frames or _AgentFrames.of(agents)
     n_b, n_t = states.shape[:2]
-    u, v = _half_edges(boxes[..., :4, :])
-    b, t, a = _overlaps(boxes[..., CENTER, :], u, v, ego_radius, frames, np.arange(n_t))
+    b, t, a = contacts if contacts is not None else ego_contacts(boxes, ego_radius, frames)
     nc = np.ones(n_b)
     if len(b) == 0:
         return nc
@@ -290,6 +291,12 @@ def no_at_fault_collision(
     return nc
 
 
+def ego_contacts(boxes: np.ndarray, ego_radius: float, frames: _AgentFrames) -> tuple[np.ndarray, ...]:
+    """(b, t, a) where the ego boxes (B, T, 5, 2) touch agent a at step t (shared by NC and TTC's δ = 0)."""
+    u, v = _half_edges(boxes[..., :4, :])
+    return _overlaps(boxes[..., CENTER, :], u, v, ego_radius, frames, np.arange(boxes.shape[1]))
+
+
 def time_to_collision(
     states: np.ndarray,
     boxes: np.ndarray,
@@ -298,12 +305,15 @@ def time_to_collision(
     ego_radius: float,
     dt: float,
     frames: _AgentFrames | None = None,
+    contacts: tuple[np.ndarray, ...] | None = None,
 ) -> np.ndarray:
     """TTC (B,) ∈ {0, 1}: the ego box projected δ ∈ {0, .3, .6, .9} s ahead at its speed meets an agent at t + δ.
 
-    The four look-aheads are searched in one call (stacked along the time axis). nuPlan walks (t, δ) in
-    order and ignores an object after a contact that is not a violation; as in `no_at_fault_collision`,
-    a violation counts when it comes before the first such contact with the same object."""
+    The look-aheads δ > 0 are searched in one call (stacked along the time axis); δ = 0 are the plain
+    contacts, `contacts` ((b, t, a) of `ego_contacts` over at least the first T steps) when given. nuPlan
+    walks (t, δ) in order and ignores an object after a contact that is not a violation; as in
+    `no_at_fault_collision`, a violation counts when it comes before the first such contact with the
+    same object."""
     frames = frames or _AgentFrames.of(agents)
     n_b, n_t = states.shape[:2]
     n_j = len(TTC_STEPS)
@@ -313,14 +323,21 @@ def time_to_collision(
     u, v = _half_edges(boxes[..., :4, :])
     lookahead = np.asarray(TTC_STEPS)
     shift = (speed * dt)[..., None] * direction  # (B, T, 2) per 0.1 s of look-ahead
-    centers = np.concatenate([center + k * shift for k in TTC_STEPS], axis=1)  # (B, J·T, 2)
-    steps = (np.arange(n_t)[None] + lookahead[:, None]).reshape(-1)
-    bb, tj, a = _overlaps(centers, u, v, ego_radius, frames, steps, np.tile(np.arange(n_t), n_j))
+    centers = np.concatenate([center + k * shift for k in TTC_STEPS[1:]], axis=1)  # (B, (J-1)·T, 2)
+    steps = (np.arange(n_t)[None] + lookahead[1:, None]).reshape(-1)
+    bb, tj, aj = _overlaps(centers, u, v, ego_radius, frames, steps, np.tile(np.arange(n_t), n_j - 1))
+    if contacts is None:
+        b0, t0, a0 = _overlaps(center, u, v, ego_radius, frames, np.arange(n_t))
+    else:
+        keep = contacts[1] < n_t
+        b0, t0, a0 = (c[keep] for c in contacts)
     ttc = np.ones(n_b)
-    if len(bb) == 0:
+    if len(bb) + len(b0) == 0:
         return ttc
-    j, t = np.divmod(tj, n_t)
-    b = bb
+    b = np.concatenate([b0, bb])
+    a = np.concatenate([a0, aj])
+    j = np.concatenate([np.zeros(len(b0), np.int64), tj // n_t + 1])
+    t = np.concatenate([t0, tj % n_t])
     moving = speed[b, t] >= TTC_STOPPED_SPEED
     angle = _relative_angle(states[b, t], agents.centers[t + lookahead[j], a])
     risky = areas["non_drivable"][b, t] | areas["intersection"][b, t]
@@ -376,10 +393,11 @@ def score_states(
     areas = ego_areas(boxes, states, map_index)
     ego_radius = 0.5 * float(np.hypot(scene.front_length + scene.rear_length, scene.width))
     frames = _AgentFrames.of(agents)
-    nc = no_at_fault_collision(states, boxes, areas, agents, ego_radius, frames)
+    contacts = ego_contacts(boxes, ego_radius, frames)
+    nc = no_at_fault_collision(states, boxes, areas, agents, ego_radius, frames, contacts)
     dac = np.where(areas["non_drivable"].any(-1), 0.0, 1.0)
     ddc = driving_direction(boxes, areas, w)
-    ttc = time_to_collision(states, boxes, areas, agents, ego_radius, dt, frames)
+    ttc = time_to_collision(states, boxes, areas, agents, ego_radius, dt, frames, contacts)
     c = np.asarray(comfort_checks(states, dt).all(-1), dtype=np.float64)
     progress = route_progress(centerline, boxes)
     multi = nc * dac
@@ -556,14 +574,22 @@ def score_states_v2(
     center_inter = scene_regions(map_index).intersection.contains(boxes[..., CENTER, :])
     ego_radius = 0.5 * float(np.hypot(scene.front_length + scene.rear_length, scene.width))
     frames = _AgentFrames.of(agents)
-    nc = no_at_fault_collision(states, boxes, areas, agents, ego_radius, frames)
+    contacts = ego_contacts(boxes, ego_radius, frames)
+    nc = no_at_fault_collision(states, boxes, areas, agents, ego_radius, frames, contacts)
     dac = np.where(areas["non_drivable"].any(-1), 0.0, 1.0)
     ddc_areas = {"oncoming": areas["oncoming"] & ~center_inter}
     ddc = driving_direction(boxes, ddc_areas, w)  # type: ignore[arg-type]
     tlc = traffic_light_compliance(boxes, scene, dt)
     last = n_t - 1 - max(TTC_STEPS)
     ttc = time_to_collision(
-        states[:, : last + 1], boxes[:, : last + 1], areas.head(last + 1), agents, ego_radius, dt, frames
+        states[:, : last + 1],
+        boxes[:, : last + 1],
+        areas.head(last + 1),
+        agents,
+        ego_radius,
+        dt,
+        frames,
+        contacts,
     )
     lk = lane_keeping(boxes[..., CENTER, :], center_inter, centerline, w)
     hc = history_comfort(states, scene, dt) if with_history else np.ones(n_b)

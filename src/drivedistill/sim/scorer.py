@@ -500,24 +500,57 @@ def traffic_light_compliance(boxes: np.ndarray, scene: MetricScene, dt: float) -
     return tlc
 
 
-def _distance_to_polyline(line: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Euclidean distance (...) of points (..., 2) to the polyline (P, 2), via the nearest vertex of a
-    0.5 m resampling and an exact segment distance to its two neighbouring segments."""
+def _beyond_polyline(line: np.ndarray, points: np.ndarray, limit: float) -> np.ndarray:
+    """(...) bool: the Euclidean distance of points (..., 2) to the polyline (P, 2) exceeds `limit` [m] —
+    the distance taken via the nearest vertex of a 0.5 m resampling and an exact segment distance to its
+    two neighbouring segments.
+
+    That distance is at least the distance to the whole resampled polyline, which is at least (distance
+    to the nearest vertex) − h, h the longest half segment. Points are binned on a grid of cells of
+    c = limit + h + 1 m: a point with no vertex in its cell or the eight around it is ≥ c from every
+    vertex, so beyond the limit (by ≥ 1 m) without a query; the others take the nearest-vertex query,
+    and the segment distances only when the vertex distance alone does not decide."""
     from scipy.spatial import cKDTree
 
     from drivedistill.geometry.planar import resample_polyline
 
     dense = resample_polyline(line, 0.5)
     flat = points.reshape(-1, 2)
-    _, idx = cKDTree(dense).query(flat)
-    best = np.full(len(flat), np.inf)
+    out = np.ones(len(flat), bool)
+    half = 0.5 * float(np.sqrt((np.diff(dense, axis=0) ** 2).sum(-1)).max())
+    cell = limit + half + 1.0
+    origin = dense.min(0) - 2 * cell
+    vert = np.floor((dense - origin) / cell).astype(np.int64)
+    shape = vert.max(0) + 3
+    occupied = np.zeros(shape, bool)  # cells with a vertex in them or in one of their eight neighbours
+    for di in (-1, 0, 1):
+        for dj in (-1, 0, 1):
+            occupied[vert[:, 0] + di, vert[:, 1] + dj] = True
+    with np.errstate(invalid="ignore"):
+        cells = np.floor((flat - origin) / cell)
+    finite = np.isfinite(cells).all(-1)
+    on_grid = finite & (cells >= 0).all(-1) & (cells < shape).all(-1)
+    ci = np.where(on_grid[:, None], cells, 0).astype(np.int64)
+    near = np.flatnonzero(~finite | (on_grid & occupied[ci[:, 0], ci[:, 1]]))  # NaN: the plain path
+    if len(near) == 0:
+        return out.reshape(points.shape[:-1])
+    vdist, idx = cKDTree(dense).query(flat[near])
+    # the nearest vertex ends both segments: within the limit when it is (1e-9 m covers rounding), and
+    # beyond it when it is farther than limit + h; the band between takes the segment distances
+    out[near] = vdist > limit
+    band = (vdist >= limit - 1e-9) & (vdist <= limit + half + 1e-9)
+    near, idx = near[band], idx[band]
+    px, py = flat[near, 0], flat[near, 1]
+    best = np.full(len(near), np.inf)
     for lo in (idx - 1, idx):
         lo = np.clip(lo, 0, len(dense) - 2)
-        a, b = dense[lo], dense[lo + 1]
-        d = b - a
-        t = np.clip(((flat - a) * d).sum(-1) / np.maximum((d**2).sum(-1), 1e-12), 0.0, 1.0)
-        best = np.minimum(best, np.linalg.norm(flat - (a + t[:, None] * d), axis=-1))
-    return best.reshape(points.shape[:-1])
+        ax, ay = dense[lo, 0], dense[lo, 1]
+        dx, dy = dense[lo + 1, 0] - ax, dense[lo + 1, 1] - ay
+        t = np.clip(((px - ax) * dx + (py - ay) * dy) / np.maximum(dx * dx + dy * dy, 1e-12), 0.0, 1.0)
+        ex, ey = px - (ax + t * dx), py - (ay + t * dy)
+        best = np.minimum(best, np.sqrt(ex * ex + ey * ey))
+    out[near] = best > limit
+    return out.reshape(points.shape[:-1])
 
 
 def lane_keeping(
@@ -525,7 +558,7 @@ def lane_keeping(
 ) -> np.ndarray:
     """LK (B,) ∈ {0, 1}: 0 when the box centre is > 0.5 m from the centerline for 20 consecutive steps
     (2 s); steps inside an intersection are skipped (they neither count nor reset the run)."""
-    exceed = _distance_to_polyline(centerline, centers) > w.lane_keeping_limit
+    exceed = _beyond_polyline(centerline, centers, w.lane_keeping_limit)
     run = np.zeros(len(centers), np.int64)
     fail = np.zeros(len(centers), bool)
     for t in range(centers.shape[1]):

@@ -80,11 +80,20 @@ def ego_boxes(states: np.ndarray, scene: MetricScene) -> np.ndarray:
 
 def _relative_angle(states_bt: np.ndarray, target_xy: np.ndarray) -> np.ndarray:
     """Angle [deg] between the ego heading and rear axle → target, for rows of states (N, NUM_STATES)."""
-    vec = target_xy - states_bt[:, [S.X, S.Y]]
-    norm = np.linalg.norm(vec, axis=-1)
-    heading = np.stack([np.cos(states_bt[:, S.HEADING]), np.sin(states_bt[:, S.HEADING])], -1)
+    heading = states_bt[:, S.HEADING]
+    return _angle_to(
+        states_bt[:, S.X], states_bt[:, S.Y], np.cos(heading), np.sin(heading), target_xy[:, 0], target_xy[:, 1]
+    )
+
+
+def _angle_to(
+    x: np.ndarray, y: np.ndarray, cos_h: np.ndarray, sin_h: np.ndarray, tx: np.ndarray, ty: np.ndarray
+) -> np.ndarray:
+    """`_relative_angle` from components (N,): rear axle x, y, cos / sin of the heading, target tx, ty."""
+    vx, vy = tx - x, ty - y
+    norm = np.sqrt(vx * vx + vy * vy)
     with np.errstate(invalid="ignore", divide="ignore"):
-        cos = (heading * vec).sum(-1) / norm
+        cos = (cos_h * vx + sin_h * vy) / norm
     return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
 
 
@@ -167,9 +176,9 @@ def _overlaps(
         return empty, empty, empty
     # circle prefilter in float32 relative to the batch's mean position, with a 1 cm margin: a superset
     # of the float64 test (rounding ≪ 1 cm at scene scale), the exact box test below decides
-    mid = centers.reshape(-1, 2).mean(0)
+    mid = 0.5 * (lo.min(0) + hi.max(0))  # (1, 2) the middle of the batch's bounding box
     ec = (centers - mid).astype(np.float32)
-    ac = (a_centers[tn, an] - mid).astype(np.float32)  # (P, 2)
+    ac = (a_centers[tn, an] - mid[0]).astype(np.float32)  # (P, 2)
     dx = ec[:, tn, 0] - ac[None, :, 0]  # (B, P)
     dy = ec[:, tn, 1] - ac[None, :, 1]
     reach = ((radius + agents.radius[an] + 0.01) ** 2).astype(np.float32)
@@ -338,8 +347,12 @@ def time_to_collision(
     a = np.concatenate([a0, aj])
     j = np.concatenate([np.zeros(len(b0), np.int64), tj // n_t + 1])
     t = np.concatenate([t0, tj % n_t])
-    moving = speed[b, t] >= TTC_STOPPED_SPEED
-    angle = _relative_angle(states[b, t], agents.centers[t + lookahead[j], a])
+    flat = b * n_t + t
+    moving = np.take(speed.reshape(-1), flat) >= TTC_STOPPED_SPEED
+    rows = np.take(states.reshape(-1, states.shape[-1]), flat, axis=0)
+    cos_sin = np.take(direction.reshape(-1, 2), flat, axis=0)
+    target = np.take(agents.centers.reshape(-1, 2), (t + lookahead[j]) * agents.centers.shape[1] + a, axis=0)
+    angle = _angle_to(rows[:, S.X], rows[:, S.Y], cos_sin[:, 0], cos_sin[:, 1], target[:, 0], target[:, 1])
     risky = areas["non_drivable"][b, t] | areas["intersection"][b, t]
     # multiple lanes only where it decides: neither ahead (a violation anyway) nor behind (none)
     ask = ~risky & (angle >= AHEAD_DEG) & ~(angle > BEHIND_DEG)

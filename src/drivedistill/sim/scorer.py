@@ -19,9 +19,9 @@ from drivedistill.geometry.planar import (
     FRONT_LEFT,
     FRONT_RIGHT,
     REAR_LEFT,
-    box_corners,
+    REAR_RIGHT,
     convex_intersects,
-    project_to_polyline,
+    polyline_arclength,
 )
 from drivedistill.geometry.scene_index import AgentBoxes, MapIndex
 from drivedistill.sim.bicycle import S
@@ -70,12 +70,22 @@ class SubScores:
 
 
 def ego_boxes(states: np.ndarray, scene: MetricScene) -> np.ndarray:
-    """(B, T, 5, 2): corners FL, RL, RR, FR and the box centre of the ego at the simulated states."""
+    """(B, T, 5, 2): corners FL, RL, RR, FR and the box centre of the ego at the simulated states
+    (`geometry.planar.box_corners`' arithmetic, written into one array; the heading's cos / sin once)."""
     heading = states[..., S.HEADING]
     d = scene.rear_axle_to_center
-    center = states[..., [S.X, S.Y]] + d * np.stack([np.cos(heading), np.sin(heading)], -1)
-    corners = box_corners(center, heading, scene.front_length + scene.rear_length, scene.width)
-    return np.concatenate([corners, center[..., None, :]], axis=-2)
+    c, s = np.cos(heading), np.sin(heading)
+    out = np.empty((*heading.shape, 5, 2))
+    cx = out[..., CENTER, 0] = states[..., S.X] + d * c
+    cy = out[..., CENTER, 1] = states[..., S.Y] + d * s
+    hl, hw = 0.5 * np.asarray(scene.front_length + scene.rear_length), 0.5 * np.asarray(scene.width)
+    fx, fy = c * hl, s * hl  # half-length along the heading
+    lx, ly = -s * hw, c * hw  # half-width to the left
+    out[..., FRONT_LEFT, 0], out[..., FRONT_LEFT, 1] = cx + fx + lx, cy + fy + ly
+    out[..., REAR_LEFT, 0], out[..., REAR_LEFT, 1] = cx - fx + lx, cy - fy + ly
+    out[..., REAR_RIGHT, 0], out[..., REAR_RIGHT, 1] = cx - fx - lx, cy - fy - ly
+    out[..., FRONT_RIGHT, 0], out[..., FRONT_RIGHT, 1] = cx + fx - lx, cy + fy - ly
+    return out
 
 
 def _relative_angle(states_bt: np.ndarray, target_xy: np.ndarray) -> np.ndarray:
@@ -378,13 +388,27 @@ def driving_direction(boxes: np.ndarray, areas: dict[str, np.ndarray], w: _Share
     return np.where(worst < w.ddc_compliance, 1.0, np.where(worst < w.ddc_violation, 0.5, 0.0))
 
 
+def _arc_length(line: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Arc length (N,) of the nearest point on `line` (P, 2) for points (N, 2): the first output of
+    `geometry.planar.project_to_polyline`, with the same arithmetic on separate x / y arrays."""
+    ax, ay = line[:-1, 0], line[:-1, 1]
+    dx, dy = line[1:, 0] - ax, line[1:, 1] - ay
+    seg_len2 = np.maximum(dx * dx + dy * dy, 1e-12)
+    px, py = points[:, :1], points[:, 1:]  # (N, 1)
+    t = np.clip(((px - ax) * dx + (py - ay) * dy) / seg_len2, 0.0, 1.0)  # (N, S)
+    ex, ey = px - (ax + t * dx), py - (ay + t * dy)
+    best = (ex * ex + ey * ey).argmin(-1)
+    t_best = np.take_along_axis(t, best[:, None], -1)[:, 0]
+    return polyline_arclength(line)[best] + t_best * np.sqrt(seg_len2[best])
+
+
 def route_progress(centerline: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """(B,) progress [m] of the box centre along the centerline from the first to the last step, ≥ 0.
     The start is projected once when every proposal starts from the same box (the simulated batches)."""
     start = boxes[:, 0, CENTER]
     same = bool((start == start[:1]).all())
-    s_start, _ = project_to_polyline(centerline, start[:1] if same else start)
-    s_end, _ = project_to_polyline(centerline, boxes[:, -1, CENTER])
+    s_start = _arc_length(centerline, start[:1] if same else start)
+    s_end = _arc_length(centerline, boxes[:, -1, CENTER])
     return np.clip(s_end - s_start, 0.0, None)
 
 

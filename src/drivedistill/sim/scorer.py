@@ -364,8 +364,9 @@ def time_to_collision(
     target = np.take(agents.centers.reshape(-1, 2), (t + lookahead[j]) * agents.centers.shape[1] + a, axis=0)
     angle = _angle_to(rows[:, S.X], rows[:, S.Y], cos_sin[:, 0], cos_sin[:, 1], target[:, 0], target[:, 1])
     risky = areas["non_drivable"][b, t] | areas["intersection"][b, t]
-    # multiple lanes only where it decides: neither ahead (a violation anyway) nor behind (none)
-    ask = ~risky & (angle >= AHEAD_DEG) & ~(angle > BEHIND_DEG)
+    # multiple lanes only where it decides: a moving ego (a stopped one is never at risk), neither ahead
+    # (a violation anyway) nor behind (none)
+    ask = moving & ~risky & (angle >= AHEAD_DEG) & ~(angle > BEHIND_DEG)
     risky[ask] = _multiple_lanes(areas, b[ask], t[ask])
     violation = (angle < AHEAD_DEG) | (risky & ~(angle > BEHIND_DEG))
     group = t * n_j + j  # nuPlan's order: time, then look-ahead

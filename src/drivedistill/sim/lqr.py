@@ -187,8 +187,7 @@ def _lateral_command_closed_form(
     of `_horizon_sums` and the curvature moments (B, 5) of the horizon window (`moments`, from the
     weights of `_horizon_sums`). Equal to `_lateral_command` up to float rounding (≈1e-15 relative);
     O(B) work per step instead of O(B·H)."""
-    k0, k1, kg0, kg1, kg2 = (moments[:, n] for n in range(5))
-    return _steering_rate(lat_state[:, 0], lat_state[:, 1], lat_state[:, 2], v0, accel, k0, k1, kg0, kg1, kg2, p)
+    return _steering_rate(lat_state[:, 0], lat_state[:, 1], lat_state[:, 2], v0, accel, moments.T, p)
 
 
 def _steering_rate(
@@ -197,15 +196,12 @@ def _steering_rate(
     l2: np.ndarray,
     v0: np.ndarray,
     accel: np.ndarray,
-    k0: np.ndarray,
-    k1: np.ndarray,
-    kg0: np.ndarray,
-    kg1: np.ndarray,
-    kg2: np.ndarray,
+    moments: np.ndarray,
     p: LQRParams,
 ) -> np.ndarray:
     """`_lateral_command_closed_form` on separate (B,) arrays: lateral state l0, l1, l2 (lateral error,
-    heading error, steering angle), speed v0, acceleration, the five curvature moments."""
+    heading error, steering angle), speed v0, acceleration; the curvature moments as rows (5, B)."""
+    k0, k1, kg0, kg1, kg2 = moments
     c, wheelbase, h = p.dt, p.bicycle.wheelbase, p.horizon
     (s1, s2, n0, n1, n2, m0, m1, m2), _ = _horizon_sums(h)
     ca = c * accel
@@ -261,7 +257,7 @@ def track(reference: np.ndarray, start: np.ndarray, p: LQRParams) -> np.ndarray:
             accel_cmd = (
                 -gain * p.q_longitudinal * (v0 - v_ref) / (gain * p.q_longitudinal * gain + p.r_longitudinal)
             )
-            steer_cmd = _steering_rate(lat_err, head_err, cur[S.STEERING_ANGLE], v0, accel_cmd, *moments[i], p)
+            steer_cmd = _steering_rate(lat_err, head_err, cur[S.STEERING_ANGLE], v0, accel_cmd, moments[i], p)
         else:
             accel_cmd = np.zeros(b)
             steer_cmd = np.zeros(b)
@@ -276,7 +272,7 @@ def track(reference: np.ndarray, start: np.ndarray, p: LQRParams) -> np.ndarray:
                 )
                 accel_cmd[go] = accel
                 steer_cmd[go] = _steering_rate(
-                    lat_err[go], head_err[go], cur[S.STEERING_ANGLE, go], v0[go], accel, *moments[i][:, go], p
+                    lat_err[go], head_err[go], cur[S.STEERING_ANGLE, go], v0[go], accel, moments[i][:, go], p
                 )
         states[i + 1] = propagate_rows(cur, accel_cmd, steer_cmd, p.dt, p.bicycle)
     return np.ascontiguousarray(states.transpose(2, 0, 1))

@@ -92,7 +92,12 @@ def _relative_angle(states_bt: np.ndarray, target_xy: np.ndarray) -> np.ndarray:
     """Angle [deg] between the ego heading and rear axle → target, for rows of states (N, NUM_STATES)."""
     heading = states_bt[:, S.HEADING]
     return _angle_to(
-        states_bt[:, S.X], states_bt[:, S.Y], np.cos(heading), np.sin(heading), target_xy[:, 0], target_xy[:, 1]
+        states_bt[:, S.X],
+        states_bt[:, S.Y],
+        np.cos(heading),
+        np.sin(heading),
+        target_xy[:, 0],
+        target_xy[:, 1],
     )
 
 
@@ -171,7 +176,7 @@ def _overlaps(
     and the exact box test over the pairs that pass it. The candidates' boxes are gathered by flat
     indices into contiguous (N, 2) rows (one `np.take` each)."""
     agents = frames.agents
-    n_b, n_s = centers.shape[:2]
+    n_s = centers.shape[1]
     in_range = steps < agents.num_steps
     st = np.minimum(steps, agents.num_steps - 1)
     a_centers = agents.centers[st]  # (S, A, 2)
@@ -288,7 +293,7 @@ def no_at_fault_collision(
     counts when it happens before the first not-at-fault contact with the same object. `contacts`: the
     (b, t, a) of `ego_contacts` when the caller has them (they are TTC's δ = 0 contacts too)."""
     frames = frames or _AgentFrames.of(agents)
-    n_b, n_t = states.shape[:2]
+    n_b = states.shape[0]
     b, t, a = contacts if contacts is not None else ego_contacts(boxes, ego_radius, frames)
     nc = np.ones(n_b)
     if len(b) == 0:

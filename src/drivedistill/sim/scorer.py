@@ -551,8 +551,9 @@ def _beyond_polyline(line: np.ndarray, points: np.ndarray, limit: float) -> np.n
     That distance is at least the distance to the whole resampled polyline, which is at least (distance
     to the nearest vertex) − h, h the longest half segment. Points are binned on a grid of cells of
     c = limit + h + 1 m: a point with no vertex in its cell or the eight around it is ≥ c from every
-    vertex, so beyond the limit (by ≥ 1 m) without a query; the others take the nearest-vertex query,
-    and the segment distances only when the vertex distance alone does not decide."""
+    vertex, so beyond the limit (by ≥ 1 m) without a query; the others take the nearest-vertex query
+    (bounded at limit + h: a point with no vertex that close is beyond the limit), and the segment
+    distances only when the vertex distance alone does not decide."""
     from scipy.spatial import cKDTree
 
     from drivedistill.geometry.planar import resample_polyline
@@ -577,9 +578,10 @@ def _beyond_polyline(line: np.ndarray, points: np.ndarray, limit: float) -> np.n
     near = np.flatnonzero(~finite | (on_grid & occupied[ci[:, 0], ci[:, 1]]))  # NaN: the plain path
     if len(near) == 0:
         return out.reshape(points.shape[:-1])
-    vdist, idx = cKDTree(dense).query(flat[near])
     # the nearest vertex ends both segments: within the limit when it is (1e-9 m covers rounding), and
-    # beyond it when it is farther than limit + h; the band between takes the segment distances
+    # beyond it when it is farther than limit + h (the query stops looking there: distance inf); the
+    # band between takes the segment distances
+    vdist, idx = cKDTree(dense).query(flat[near], distance_upper_bound=limit + half + 1e-6)
     out[near] = vdist > limit
     band = (vdist >= limit - 1e-9) & (vdist <= limit + half + 1e-9)
     near, idx = near[band], idx[band]

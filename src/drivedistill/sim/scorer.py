@@ -548,45 +548,24 @@ def _beyond_polyline(line: np.ndarray, points: np.ndarray, limit: float) -> np.n
     the distance taken via the nearest vertex of a 0.5 m resampling and an exact segment distance to its
     two neighbouring segments.
 
-    That distance is at least the distance to the whole resampled polyline, which is at least (distance
-    to the nearest vertex) − h, h the longest half segment. Points are binned on a grid of cells of
-    c = limit + h + 1 m: a point with no vertex in its cell or the eight around it is ≥ c from every
-    vertex, so beyond the limit (by ≥ 1 m) without a query; the others take the nearest-vertex query
-    (bounded at limit + h: a point with no vertex that close is beyond the limit), and the segment
-    distances only when the vertex distance alone does not decide."""
+    That distance is at most the nearest vertex's distance (the vertex ends both segments) and at least
+    the distance to the whole resampled polyline, itself at least (nearest vertex's distance) − h, h the
+    longest half segment. So the vertex distance decides alone outside the band [limit, limit + h] (with
+    1e-9 m for rounding), and the nearest-vertex query stops looking at limit + h (no vertex that close:
+    beyond); only the points in the band take the segment distances."""
     from scipy.spatial import cKDTree
 
     from drivedistill.geometry.planar import resample_polyline
 
     dense = resample_polyline(line, 0.5)
     flat = points.reshape(-1, 2)
-    out = np.ones(len(flat), bool)
     half = 0.5 * float(np.sqrt((np.diff(dense, axis=0) ** 2).sum(-1)).max())
-    cell = limit + half + 1.0
-    origin = dense.min(0) - 2 * cell
-    vert = np.floor((dense - origin) / cell).astype(np.int64)
-    shape = vert.max(0) + 3
-    occupied = np.zeros(shape, bool)  # cells with a vertex in them or in one of their eight neighbours
-    for di in (-1, 0, 1):
-        for dj in (-1, 0, 1):
-            occupied[vert[:, 0] + di, vert[:, 1] + dj] = True
-    with np.errstate(invalid="ignore"):
-        cells = np.floor((flat - origin) / cell)
-    finite = np.isfinite(cells).all(-1)
-    on_grid = finite & (cells >= 0).all(-1) & (cells < shape).all(-1)
-    ci = np.where(on_grid[:, None], cells, 0).astype(np.int64)
-    near = np.flatnonzero(~finite | (on_grid & occupied[ci[:, 0], ci[:, 1]]))  # NaN: the plain path
-    if len(near) == 0:
-        return out.reshape(points.shape[:-1])
-    # the nearest vertex ends both segments: within the limit when it is (1e-9 m covers rounding), and
-    # beyond it when it is farther than limit + h (the query stops looking there: distance inf); the
-    # band between takes the segment distances
-    vdist, idx = cKDTree(dense).query(flat[near], distance_upper_bound=limit + half + 1e-6)
-    out[near] = vdist > limit
-    band = (vdist >= limit - 1e-9) & (vdist <= limit + half + 1e-9)
-    near, idx = near[band], idx[band]
-    px, py = flat[near, 0], flat[near, 1]
-    best = np.full(len(near), np.inf)
+    vdist, idx = cKDTree(dense).query(flat, distance_upper_bound=limit + half + 1e-6)
+    out = vdist > limit
+    band = np.flatnonzero((vdist >= limit - 1e-9) & (vdist <= limit + half + 1e-9))
+    idx = idx[band]
+    px, py = flat[band, 0], flat[band, 1]
+    best = np.full(len(band), np.inf)
     for lo in (idx - 1, idx):
         lo = np.clip(lo, 0, len(dense) - 2)
         ax, ay = dense[lo, 0], dense[lo, 1]
@@ -594,7 +573,7 @@ def _beyond_polyline(line: np.ndarray, points: np.ndarray, limit: float) -> np.n
         t = np.clip(((px - ax) * dx + (py - ay) * dy) / np.maximum(dx * dx + dy * dy, 1e-12), 0.0, 1.0)
         ex, ey = px - (ax + t * dx), py - (ay + t * dy)
         best = np.minimum(best, np.sqrt(ex * ex + ey * ey))
-    out[near] = best > limit
+    out[band] = best > limit
     return out.reshape(points.shape[:-1])
 
 

@@ -10,6 +10,7 @@ from scipy.spatial import cKDTree
 
 from drivedistill.geometry.planar import (
     box_corners,
+    convex_intersects,
     normalize_angle,
     project_to_polyline,
     resample_polyline,
@@ -22,6 +23,7 @@ from drivedistill.sim.scorer import (
     _AgentFrames,
     _arc_length,
     _beyond_polyline,
+    _segment_meets_box,
     ego_areas,
     ego_boxes,
     ego_contacts,
@@ -130,3 +132,15 @@ def test_lazy_multiple_lanes_and_shared_contacts_equal_the_full_masks() -> None:
         time_to_collision(states[:, :n], boxes[:, :n], short_full, agents, radius, 0.1),
         time_to_collision(states[:, :n], boxes[:, :n], head, agents, radius, 0.1, frames, contacts),
     )
+
+
+def test_segment_meets_box_equals_convex_intersects() -> None:
+    rng = np.random.default_rng(4)
+    n = 5000
+    seg = rng.uniform(-4, 4, (n, 2, 2))
+    box = box_corners(rng.uniform(-2, 2, (n, 2)), rng.uniform(-3.2, 3.2, n), rng.uniform(1, 6, n), 2.0)
+    # exactly touching: integer segments against axis-aligned 2 m boxes at integer centres
+    seg[:500] = np.round(seg[:500])
+    box[:500] = box_corners(np.round(rng.uniform(-2, 2, (500, 2))), np.zeros(500), 2.0, 2.0)
+    got, expected = _segment_meets_box(seg, box), convex_intersects(seg, box)
+    assert np.array_equal(got, expected) and 0.1 < expected.mean() < 0.9

@@ -20,7 +20,6 @@ from drivedistill.geometry.planar import (
     FRONT_RIGHT,
     REAR_LEFT,
     REAR_RIGHT,
-    convex_intersects,
     polyline_arclength,
 )
 from drivedistill.geometry.scene_index import AgentBoxes, MapIndex
@@ -143,6 +142,24 @@ def _boxes_intersect(
     ok &= np.abs(dx * ubx + dy * uby) <= ubx * ubx + uby * uby + ub_vb + ua_ub + va_ub
     ok &= np.abs(dx * vbx + dy * vby) <= vbx * vbx + vby * vby + ub_vb + ua_vb + va_vb
     return ok
+
+
+def _segment_meets_box(seg: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """(N,) bool: segments (N, 2, 2) touch or overlap boxes (N, 4, 2) — `geometry.planar.convex_intersects`
+    with the same arithmetic (edge normals (−e_y, e_x), projections n_x·x + n_y·y, exact min / max) on
+    separate (N,) arrays instead of stacked (N, 5, 4) ones."""
+    sx, sy = (seg[:, 0, 0], seg[:, 1, 0]), (seg[:, 0, 1], seg[:, 1, 1])
+    cx, cy = [box[:, j, 0] for j in range(4)], [box[:, j, 1] for j in range(4)]
+    axes = [(-(sy[1] - sy[0]), sx[1] - sx[0])]
+    axes += [(-(cy[(j + 1) % 4] - cy[j]), cx[(j + 1) % 4] - cx[j]) for j in range(4)]
+    separated = np.zeros(len(seg), bool)
+    for nx, ny in axes:
+        p0, p1 = nx * sx[0] + ny * sy[0], nx * sx[1] + ny * sy[1]
+        q = [nx * cx[j] + ny * cy[j] for j in range(4)]
+        q_min = np.minimum(np.minimum(q[0], q[1]), np.minimum(q[2], q[3]))
+        q_max = np.maximum(np.maximum(q[0], q[1]), np.maximum(q[2], q[3]))
+        separated |= (np.maximum(p0, p1) < q_min) | (q_max < np.minimum(p0, p1))
+    return ~separated
 
 
 @dataclass
@@ -301,12 +318,15 @@ def no_at_fault_collision(
     st = states[b, t]
     speed = np.hypot(st[:, S.VELOCITY_X], st[:, S.VELOCITY_Y])
     behind = _relative_angle(st, agents.centers[t, a]) > BEHIND_DEG
-    bumper = boxes[b, t][:, [FRONT_LEFT, FRONT_RIGHT]]
-    front = convex_intersects(bumper, agents.corners[t, a])
+    # the bumper and lane tests only where they decide: a moving ego, an object not stopped, not behind
+    # (elsewhere at_fault is known without them); multiple lanes also only without a frontal contact and
+    # on the drivable area
+    open_ = np.flatnonzero((speed > STOPPED_EGO_SPEED) & ~agents.stopped[a] & ~behind)
+    front = np.zeros(len(b), bool)
+    bumper = boxes[b[open_], t[open_]][:, [FRONT_LEFT, FRONT_RIGHT]]
+    front[open_] = _segment_meets_box(bumper, agents.corners[t[open_], a[open_]])
     lateral_fault = areas["non_drivable"][b, t]
-    # the costly multiple-lanes test only where it decides: moving, object not stopped, not behind,
-    # no frontal contact and still on the drivable area (elsewhere at_fault is known without it)
-    ask = (speed > STOPPED_EGO_SPEED) & ~agents.stopped[a] & ~behind & ~front & ~lateral_fault
+    ask = open_[~front[open_] & ~lateral_fault[open_]]
     lateral_fault[ask] = _multiple_lanes(areas, b[ask], t[ask])
     at_fault = (speed > STOPPED_EGO_SPEED) & (agents.stopped[a] | (~behind & (front | lateral_fault)))
     ignored_from = _first_time(n_b, agents.centers.shape[1], b[~at_fault], a[~at_fault], t[~at_fault])

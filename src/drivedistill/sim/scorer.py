@@ -232,8 +232,8 @@ def _overlaps(
 
 class EgoAreas(dict):  # type: ignore[type-arg]
     """(B, T) bool masks "non_drivable", "oncoming", "intersection" (rear axle in a junction); the costly
-    "multiple_lanes" is evaluated only where it is read — at the (b, t) of collision / TTC candidates —
-    with `multiple_lanes_at(b, t)` (per box, so identical to the full mask)."""
+    "multiple_lanes" is evaluated only where it is read — at the (b, t) of the collision / TTC contacts
+    whose outcome it decides — with `multiple_lanes_at(b, t)` (per box, so identical to the full mask)."""
 
     def __init__(self, boxes: np.ndarray, states: np.ndarray, map_index: MapIndex) -> None:
         corners = boxes[..., :4, :]

@@ -10,8 +10,8 @@ per-proposal figure, the index's build time is printed beside it). Scenes: the h
 scenes spread over the logs (--av2), default-world validation scenes of a SceneStore (--store, converted
 with the world's ego as `metrics.plans` does). Per scene the median CPU time (`time.process_time`) over
 `--repeats` runs is divided by the number of proposals; the summary is the median and the max over the
-scenes. Single-threaded BLAS (OMP/MKL/OpenBLAS threads = 1). The reference implementation needs ~70 ms
-per trajectory-core.
+scenes, followed by the per-scene figures (in scene order). Single-threaded BLAS (OMP/MKL/OpenBLAS
+threads = 1). The reference implementation needs ~70 ms per trajectory-core.
 """
 
 from __future__ import annotations
@@ -128,6 +128,8 @@ def main() -> None:
                 f"mean score {np.mean([p[1] for p in per]):.3f}",
                 flush=True,
             )
+            if len(scenes) > 1:
+                print(f"{'':12s} {name:9s} per scene: " + " ".join(f"{m:.3f}" for m in ms), flush=True)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,17 @@ class S(enum.IntEnum):
 
 
 NUM_STATES = len(S)
+_TWO_PI = 2.0 * np.pi
+
+
+def wrap_angle(angle: np.ndarray) -> np.ndarray:
+    """`geometry.planar.normalize_angle` (wrap to [-π, π)), bit for bit, for (...) arrays: when every
+    angle + π already lies in [0, 2π) the remainder is that value itself (fmod is exact there), so only
+    the subtraction is left; otherwise the remainder is taken as normalize_angle takes it."""
+    shifted = angle + np.pi
+    if shifted.size and shifted.min() >= 0.0 and shifted.max() < _TWO_PI:
+        return shifted - np.pi
+    return normalize_angle(angle)
 
 
 @dataclass(frozen=True)
@@ -84,7 +95,7 @@ def propagate_rows(
     out = np.empty_like(states)
     out[S.X] = states[S.X] + v * np.cos(heading) * dt
     out[S.Y] = states[S.Y] + v * np.sin(heading) * dt
-    out[S.HEADING] = normalize_angle(heading + v * np.tan(steer) / params.wheelbase * dt)
+    out[S.HEADING] = wrap_angle(heading + v * np.tan(steer) / params.wheelbase * dt)
     out[S.VELOCITY_X] = v + new_accel * dt
     out[S.VELOCITY_Y] = 0.0
     out[S.STEERING_ANGLE] = np.clip(

@@ -21,7 +21,7 @@ import numpy as np
 
 from drivedistill.geometry.metric_scene import MetricScene
 from drivedistill.geometry.planar import normalize_angle, relative_to_absolute
-from drivedistill.sim.bicycle import NUM_STATES, BicycleParams, S, initial_state, propagate_rows
+from drivedistill.sim.bicycle import NUM_STATES, BicycleParams, S, initial_state, propagate_rows, wrap_angle
 
 
 @dataclass(frozen=True)
@@ -187,11 +187,25 @@ def _lateral_command_closed_form(
     of `_horizon_sums` and the curvature moments (B, 5) of the horizon window (`moments`, from the
     weights of `_horizon_sums`). Equal to `_lateral_command` up to float rounding (≈1e-15 relative);
     O(B) work per step instead of O(B·H)."""
+    return _steering_rate(lat_state[:, 0], lat_state[:, 1], lat_state[:, 2], v0, accel, moments.T, p)
+
+
+def _steering_rate(
+    l0: np.ndarray,
+    l1: np.ndarray,
+    l2: np.ndarray,
+    v0: np.ndarray,
+    accel: np.ndarray,
+    moments: np.ndarray,
+    p: LQRParams,
+) -> np.ndarray:
+    """`_lateral_command_closed_form` on separate (B,) arrays: lateral state l0, l1, l2 (lateral error,
+    heading error, steering angle), speed v0, acceleration; the curvature moments as rows (5, B)."""
+    k0, k1, kg0, kg1, kg2 = moments
     c, wheelbase, h = p.dt, p.bicycle.wheelbase, p.horizon
     (s1, s2, n0, n1, n2, m0, m1, m2), _ = _horizon_sums(h)
     ca = c * accel
     vv, va, aa = v0 * v0, v0 * ca, ca * ca
-    k0, k1, kg0, kg1, kg2 = (moments[:, n] for n in range(5))
     total = h * v0 + ca * s1  # Σ v_k
     a01 = c * total
     a12 = c / wheelbase * total
@@ -201,10 +215,9 @@ def _lateral_command_closed_form(
     b2 = h * c
     g1 = -c * (v0 * k0 + ca * k1)
     g0 = -c * c * (vv * kg0 + va * kg1 + aa * kg2)
-    l0, l1, l2 = lat_state[:, 0], lat_state[:, 1], lat_state[:, 2]
     e0 = l0 + a01 * l1 + a02 * l2 + g0
-    e1 = normalize_angle(l1 + a12 * l2 + g1)
-    e2 = normalize_angle(l2)
+    e1 = wrap_angle(l1 + a12 * l2 + g1)
+    e2 = wrap_angle(l2)
     q0, q1, q2 = p.q_lateral
     num = q0 * b0 * e0 + q1 * b1 * e1 + q2 * b2 * e2
     den = q0 * b0 * b0 + q1 * b1 * b1 + q2 * b2 * b2 + p.r_lateral
@@ -223,37 +236,44 @@ def track(reference: np.ndarray, start: np.ndarray, p: LQRParams) -> np.ndarray:
     ref_idx = np.minimum(steps + p.horizon, num_prof - 1)  # (N-1,) the speed target 1 s ahead
     # curvature over the horizon: the profile from step i, held at its value at ref_idx
     window = np.minimum(steps[:, None] + np.arange(p.horizon)[None], ref_idx[:, None])  # (N-1, H)
-    v_refs = speed_prof[:, ref_idx]  # (B, N-1)
-    moments = curv_prof[:, window] @ _horizon_sums(p.horizon)[1]  # (B, N-1, 5) curvature moments
-    sin_ref, cos_ref = np.sin(reference[..., 2]), np.cos(reference[..., 2])
+    # step-major copies: each step reads contiguous (B,) rows
+    v_refs = np.ascontiguousarray(speed_prof[:, ref_idx].T)  # (N-1, B)
+    # (N-1, 5, B) curvature moments of each step's horizon window
+    moments = np.ascontiguousarray((curv_prof[:, window] @ _horizon_sums(p.horizon)[1]).transpose(1, 2, 0))
+    ref_x, ref_y, ref_h = (np.ascontiguousarray(reference[..., k].T) for k in range(3))  # (N, B)
+    sin_ref, cos_ref = np.sin(ref_h), np.cos(ref_h)
     gain = p.horizon * p.dt  # v_N = v_0 + N·dt·a
     states = np.zeros((n, NUM_STATES, b))  # step-major, each state a contiguous row of the batch
     states[0] = start.T
     for i in range(n - 1):
         cur = states[i]
-        v_ref = v_refs[:, i]
-        dx, dy = cur[S.X] - reference[:, i, 0], cur[S.Y] - reference[:, i, 1]
-        lat_err = -dx * sin_ref[:, i] + dy * cos_ref[:, i]
-        head_err = normalize_angle(cur[S.HEADING] - reference[:, i, 2])
+        v_ref = v_refs[i]
+        dx, dy = cur[S.X] - ref_x[i], cur[S.Y] - ref_y[i]
+        lat_err = -dx * sin_ref[i] + dy * cos_ref[i]
+        head_err = wrap_angle(cur[S.HEADING] - ref_h[i])
         v0 = cur[S.VELOCITY_X]
-
-        accel_cmd = np.zeros(b)
-        steer_cmd = np.zeros(b)
         stop = (v_ref <= p.stopping_velocity) & (v0 <= p.stopping_velocity)
-        go: slice | np.ndarray = slice(None)
-        if stop.any():
+        if not stop.any():  # the common case: every plan tracked by the LQR
+            accel_cmd = (
+                -gain * p.q_longitudinal * (v0 - v_ref) / (gain * p.q_longitudinal * gain + p.r_longitudinal)
+            )
+            steer_cmd = _steering_rate(lat_err, head_err, cur[S.STEERING_ANGLE], v0, accel_cmd, moments[i], p)
+        else:
+            accel_cmd = np.zeros(b)
+            steer_cmd = np.zeros(b)
             accel_cmd[stop] = -p.stopping_gain * (v0[stop] - v_ref[stop])
             go = ~stop
-        if not stop.all():
-            accel = (
-                -gain
-                * p.q_longitudinal
-                * (v0[go] - v_ref[go])
-                / (gain * p.q_longitudinal * gain + p.r_longitudinal)
-            )
-            accel_cmd[go] = accel
-            lat_state = np.stack([lat_err[go], head_err[go], cur[S.STEERING_ANGLE, go]], axis=-1)
-            steer_cmd[go] = _lateral_command_closed_form(lat_state, v0[go], accel, moments[go, i], p)
+            if go.any():
+                accel = (
+                    -gain
+                    * p.q_longitudinal
+                    * (v0[go] - v_ref[go])
+                    / (gain * p.q_longitudinal * gain + p.r_longitudinal)
+                )
+                accel_cmd[go] = accel
+                steer_cmd[go] = _steering_rate(
+                    lat_err[go], head_err[go], cur[S.STEERING_ANGLE, go], v0[go], accel, moments[i][:, go], p
+                )
         states[i + 1] = propagate_rows(cur, accel_cmd, steer_cmd, p.dt, p.bicycle)
     return np.ascontiguousarray(states.transpose(2, 0, 1))
 

@@ -26,20 +26,23 @@ from drivedistill.geometry.scene_index import MapIndex
 EPS = 1e-6  # [m] margin of the boundary marking (≫ float rounding of scene coordinates)
 OUTSIDE, INSIDE, BOUNDARY = 0, 1, 2
 MAX_CELLS = 4_000_000
+# scene grids: 0.5 m cells while a region's grid stays within this many cells (the default world's
+# scenes), else 1 m (city-scale AV2 maps, where the finer grid costs index time and saves no query time)
+SCENE_CELL, SCENE_MAX_CELLS = 0.5, 250_000
 
 
 class GridRegion:
     """Exact `contains_xy` of a (prepared) shapely geometry with a grid of certain cells.
 
-    cell: grid spacing [m] (grown when the region's bounding box would need more than MAX_CELLS)."""
+    cell: grid spacing [m] (doubled while the region's bounding box would need more than `max_cells`)."""
 
-    def __init__(self, geometry: shapely.Geometry, cell: float = 1.0) -> None:
+    def __init__(self, geometry: shapely.Geometry, cell: float = 1.0, max_cells: int = MAX_CELLS) -> None:
         self.geometry = geometry
         self.empty = bool(shapely.is_empty(geometry))
         if self.empty:
             return
         x0, y0, x1, y1 = shapely.bounds(geometry)
-        while (x1 - x0) / cell * (y1 - y0) / cell > MAX_CELLS:
+        while (x1 - x0) / cell * (y1 - y0) / cell > max_cells:
             cell *= 2.0
         self.cell = cell
         # two cells of margin: the outer ring of cells is certainly outside, and far points clip onto it
@@ -118,7 +121,10 @@ def scene_regions(map_index: MapIndex) -> SceneRegions:
     regions = _CACHE.get(map_index)
     if regions is None:
         regions = SceneRegions(
-            GridRegion(map_index.drivable), GridRegion(map_index.on_route), GridRegion(map_index.intersection)
+            *(
+                GridRegion(geom, SCENE_CELL, SCENE_MAX_CELLS)
+                for geom in (map_index.drivable, map_index.on_route, map_index.intersection)
+            )
         )
         _CACHE[map_index] = regions
     return regions

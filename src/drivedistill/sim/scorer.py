@@ -19,9 +19,8 @@ from drivedistill.geometry.planar import (
     FRONT_LEFT,
     FRONT_RIGHT,
     REAR_LEFT,
-    box_corners,
-    convex_intersects,
-    project_to_polyline,
+    REAR_RIGHT,
+    polyline_arclength,
 )
 from drivedistill.geometry.scene_index import AgentBoxes, MapIndex
 from drivedistill.sim.bicycle import S
@@ -30,7 +29,7 @@ from drivedistill.sim.region import scene_regions
 
 STOPPED_EGO_SPEED = 5e-2  # [m/s] collision classification (ego stopped → not at fault)
 TTC_STOPPED_SPEED = 5e-3  # [m/s] TTC skipped below this ego speed
-TTC_STEPS = (0, 3, 6, 9)  # look-ahead in 0.1 s steps: δ = 0, 0.3, 0.6, 0.9 s
+TTC_STEPS = (0, 3, 6, 9)  # look-ahead in 0.1 s steps: δ = 0, 0.3, 0.6, 0.9 s (δ = 0 first: the contacts)
 AHEAD_DEG, BEHIND_DEG = 20.0, 150.0
 
 
@@ -70,21 +69,45 @@ class SubScores:
 
 
 def ego_boxes(states: np.ndarray, scene: MetricScene) -> np.ndarray:
-    """(B, T, 5, 2): corners FL, RL, RR, FR and the box centre of the ego at the simulated states."""
+    """(B, T, 5, 2): corners FL, RL, RR, FR and the box centre of the ego at the simulated states
+    (`geometry.planar.box_corners`' arithmetic, written into one array; the heading's cos / sin once)."""
     heading = states[..., S.HEADING]
     d = scene.rear_axle_to_center
-    center = states[..., [S.X, S.Y]] + d * np.stack([np.cos(heading), np.sin(heading)], -1)
-    corners = box_corners(center, heading, scene.front_length + scene.rear_length, scene.width)
-    return np.concatenate([corners, center[..., None, :]], axis=-2)
+    c, s = np.cos(heading), np.sin(heading)
+    out = np.empty((*heading.shape, 5, 2))
+    cx = out[..., CENTER, 0] = states[..., S.X] + d * c
+    cy = out[..., CENTER, 1] = states[..., S.Y] + d * s
+    hl, hw = 0.5 * np.asarray(scene.front_length + scene.rear_length), 0.5 * np.asarray(scene.width)
+    fx, fy = c * hl, s * hl  # half-length along the heading
+    lx, ly = -s * hw, c * hw  # half-width to the left
+    out[..., FRONT_LEFT, 0], out[..., FRONT_LEFT, 1] = cx + fx + lx, cy + fy + ly
+    out[..., REAR_LEFT, 0], out[..., REAR_LEFT, 1] = cx - fx + lx, cy - fy + ly
+    out[..., REAR_RIGHT, 0], out[..., REAR_RIGHT, 1] = cx - fx - lx, cy - fy - ly
+    out[..., FRONT_RIGHT, 0], out[..., FRONT_RIGHT, 1] = cx + fx - lx, cy + fy - ly
+    return out
 
 
 def _relative_angle(states_bt: np.ndarray, target_xy: np.ndarray) -> np.ndarray:
     """Angle [deg] between the ego heading and rear axle → target, for rows of states (N, NUM_STATES)."""
-    vec = target_xy - states_bt[:, [S.X, S.Y]]
-    norm = np.linalg.norm(vec, axis=-1)
-    heading = np.stack([np.cos(states_bt[:, S.HEADING]), np.sin(states_bt[:, S.HEADING])], -1)
+    heading = states_bt[:, S.HEADING]
+    return _angle_to(
+        states_bt[:, S.X],
+        states_bt[:, S.Y],
+        np.cos(heading),
+        np.sin(heading),
+        target_xy[:, 0],
+        target_xy[:, 1],
+    )
+
+
+def _angle_to(
+    x: np.ndarray, y: np.ndarray, cos_h: np.ndarray, sin_h: np.ndarray, tx: np.ndarray, ty: np.ndarray
+) -> np.ndarray:
+    """`_relative_angle` from components (N,): rear axle x, y, cos / sin of the heading, target tx, ty."""
+    vx, vy = tx - x, ty - y
+    norm = np.sqrt(vx * vx + vy * vy)
     with np.errstate(invalid="ignore", divide="ignore"):
-        cos = (heading * vec).sum(-1) / norm
+        cos = (cos_h * vx + sin_h * vy) / norm
     return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
 
 
@@ -121,6 +144,24 @@ def _boxes_intersect(
     return ok
 
 
+def _segment_meets_box(seg: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """(N,) bool: segments (N, 2, 2) touch or overlap boxes (N, 4, 2) — `geometry.planar.convex_intersects`
+    with the same arithmetic (edge normals (−e_y, e_x), projections n_x·x + n_y·y, exact min / max) on
+    separate (N,) arrays instead of stacked (N, 5, 4) ones."""
+    sx, sy = (seg[:, 0, 0], seg[:, 1, 0]), (seg[:, 0, 1], seg[:, 1, 1])
+    cx, cy = [box[:, j, 0] for j in range(4)], [box[:, j, 1] for j in range(4)]
+    axes = [(-(sy[1] - sy[0]), sx[1] - sx[0])]
+    axes += [(-(cy[(j + 1) % 4] - cy[j]), cx[(j + 1) % 4] - cx[j]) for j in range(4)]
+    separated = np.zeros(len(seg), bool)
+    for nx, ny in axes:
+        p0, p1 = nx * sx[0] + ny * sy[0], nx * sx[1] + ny * sy[1]
+        q = [nx * cx[j] + ny * cy[j] for j in range(4)]
+        q_min = np.minimum(np.minimum(q[0], q[1]), np.minimum(q[2], q[3]))
+        q_max = np.maximum(np.maximum(q[0], q[1]), np.maximum(q[2], q[3]))
+        separated |= (np.maximum(p0, p1) < q_min) | (q_max < np.minimum(p0, p1))
+    return ~separated
+
+
 @dataclass
 class _AgentFrames:
     """Agent boxes in centre / half-edge form on the 0.1 s grid: u, v (T, A, 2) (see `_half_edges`)."""
@@ -141,21 +182,24 @@ def _overlaps(
     radius: float,
     frames: _AgentFrames,
     steps: np.ndarray,
+    ego_steps: np.ndarray | None = None,
 ) -> tuple[np.ndarray, ...]:
-    """Indices (b, t, a) where the ego boxes (centres (B, T, 2), half-edge vectors u, v (B, T, 2)) overlap
-    agents at grid steps `steps` (T,).
+    """Indices (b, s, a) where the ego boxes (centres (B, S, 2); half-edge vectors u, v (B, T, 2) taken at
+    step `ego_steps[s]`, default s) overlap agents at grid steps `steps` (S,).
 
     (step, agent) pairs are first reduced to those whose agent circle meets the bounding box of all
-    proposals' ego circles at that step (one (T, A) test), so the (B, P) circle prefilter runs over the
+    proposals' ego circles at that step (one (S, A) test), so the (B, P) circle prefilter runs over the
     few nearby pairs only — on city logs most of the hundreds of tracks are far from every proposal —
-    and the exact box test over the pairs that pass it."""
+    and the exact box test over the pairs that pass it. The candidates' boxes are gathered by flat
+    indices into contiguous (N, 2) rows (one `np.take` each)."""
     agents = frames.agents
+    n_s = centers.shape[1]
     in_range = steps < agents.num_steps
     st = np.minimum(steps, agents.num_steps - 1)
-    a_centers = agents.centers[st]  # (T, A, 2)
+    a_centers = agents.centers[st]  # (S, A, 2)
     valid = agents.valid[st] & in_range[:, None]
     pad = (radius + agents.radius)[None, :, None]
-    lo, hi = centers.min(0)[:, None], centers.max(0)[:, None]  # (T, 1, 2) over proposals
+    lo, hi = centers.min(0)[:, None], centers.max(0)[:, None]  # (S, 1, 2) over proposals
     with np.errstate(invalid="ignore"):
         near = valid & ((a_centers >= lo - pad) & (a_centers <= hi + pad)).all(-1)
     tn, an = np.nonzero(near)  # the (step, agent) pairs near some proposal
@@ -164,25 +208,32 @@ def _overlaps(
         return empty, empty, empty
     # circle prefilter in float32 relative to the batch's mean position, with a 1 cm margin: a superset
     # of the float64 test (rounding ≪ 1 cm at scene scale), the exact box test below decides
-    mid = centers.reshape(-1, 2).mean(0)
+    mid = 0.5 * (lo.min(0) + hi.max(0))  # (1, 2) the middle of the batch's bounding box
     ec = (centers - mid).astype(np.float32)
-    ac = (a_centers[tn, an] - mid).astype(np.float32)  # (P, 2)
+    ac = (a_centers[tn, an] - mid[0]).astype(np.float32)  # (P, 2)
     dx = ec[:, tn, 0] - ac[None, :, 0]  # (B, P)
     dy = ec[:, tn, 1] - ac[None, :, 1]
     reach = ((radius + agents.radius[an] + 0.01) ** 2).astype(np.float32)
     b, k = np.nonzero(dx * dx + dy * dy <= reach[None])
     t, a = tn[k], an[k]
-    ta = st[t]
+    n_a = agents.centers.shape[1]
+    ego = b * n_s + t if ego_steps is None else b * u.shape[1] + ego_steps[t]
+    other = st[t] * n_a + a
     hit = _boxes_intersect(
-        centers[b, t], u[b, t], v[b, t], agents.centers[ta, a], frames.u[ta, a], frames.v[ta, a]
+        np.take(centers.reshape(-1, 2), b * n_s + t, axis=0),
+        np.take(u.reshape(-1, 2), ego, axis=0),
+        np.take(v.reshape(-1, 2), ego, axis=0),
+        np.take(agents.centers.reshape(-1, 2), other, axis=0),
+        np.take(frames.u.reshape(-1, 2), other, axis=0),
+        np.take(frames.v.reshape(-1, 2), other, axis=0),
     )
     return b[hit], t[hit], a[hit]
 
 
 class EgoAreas(dict):  # type: ignore[type-arg]
     """(B, T) bool masks "non_drivable", "oncoming", "intersection" (rear axle in a junction); the costly
-    "multiple_lanes" is evaluated only where it is read — at the (b, t) of collision / TTC candidates —
-    with `multiple_lanes_at(b, t)` (per box, so identical to the full mask)."""
+    "multiple_lanes" is evaluated only where it is read — at the (b, t) of the collision / TTC contacts
+    whose outcome it decides — with `multiple_lanes_at(b, t)` (per box, so identical to the full mask)."""
 
     def __init__(self, boxes: np.ndarray, states: np.ndarray, map_index: MapIndex) -> None:
         corners = boxes[..., :4, :]
@@ -250,30 +301,44 @@ def no_at_fault_collision(
     agents: AgentBoxes,
     ego_radius: float,
     frames: _AgentFrames | None = None,
+    contacts: tuple[np.ndarray, ...] | None = None,
 ) -> np.ndarray:
     """NC (B,) ∈ {0, ½, 1} with nuPlan's collision classes and the per-proposal ignore list.
 
     nuPlan walks the steps in order: a contact that is not at fault puts the object on the proposal's
     ignore list for all later steps. Equivalently (one pass, no loop over steps): an at-fault contact
-    counts when it happens before the first not-at-fault contact with the same object."""
+    counts when it happens before the first not-at-fault contact with the same object. `contacts`: the
+    (b, t, a) of `ego_contacts` when the caller has them (they are TTC's δ = 0 contacts too)."""
     frames = frames or _AgentFrames.of(agents)
-    n_b, n_t = states.shape[:2]
-    u, v = _half_edges(boxes[..., :4, :])
-    b, t, a = _overlaps(boxes[..., CENTER, :], u, v, ego_radius, frames, np.arange(n_t))
+    n_b = states.shape[0]
+    b, t, a = contacts if contacts is not None else ego_contacts(boxes, ego_radius, frames)
     nc = np.ones(n_b)
     if len(b) == 0:
         return nc
     st = states[b, t]
     speed = np.hypot(st[:, S.VELOCITY_X], st[:, S.VELOCITY_Y])
     behind = _relative_angle(st, agents.centers[t, a]) > BEHIND_DEG
-    bumper = boxes[b, t][:, [FRONT_LEFT, FRONT_RIGHT]]
-    front = convex_intersects(bumper, agents.corners[t, a])
-    lateral_fault = _multiple_lanes(areas, b, t) | areas["non_drivable"][b, t]
+    # the bumper and lane tests only where they decide: a moving ego, an object not stopped, not behind
+    # (elsewhere at_fault is known without them); multiple lanes also only without a frontal contact and
+    # on the drivable area
+    open_ = np.flatnonzero((speed > STOPPED_EGO_SPEED) & ~agents.stopped[a] & ~behind)
+    front = np.zeros(len(b), bool)
+    bumper = boxes[b[open_], t[open_]][:, [FRONT_LEFT, FRONT_RIGHT]]
+    front[open_] = _segment_meets_box(bumper, agents.corners[t[open_], a[open_]])
+    lateral_fault = areas["non_drivable"][b, t]
+    ask = open_[~front[open_] & ~lateral_fault[open_]]
+    lateral_fault[ask] = _multiple_lanes(areas, b[ask], t[ask])
     at_fault = (speed > STOPPED_EGO_SPEED) & (agents.stopped[a] | (~behind & (front | lateral_fault)))
     ignored_from = _first_time(n_b, agents.centers.shape[1], b[~at_fault], a[~at_fault], t[~at_fault])
     fault = at_fault & (t < ignored_from[b, a])
     np.minimum.at(nc, b[fault], agents.fault_score[a[fault]])
     return nc
+
+
+def ego_contacts(boxes: np.ndarray, ego_radius: float, frames: _AgentFrames) -> tuple[np.ndarray, ...]:
+    """(b, t, a) where the ego boxes (B, T, 5, 2) touch agent a at step t (shared by NC and TTC's δ = 0)."""
+    u, v = _half_edges(boxes[..., :4, :])
+    return _overlaps(boxes[..., CENTER, :], u, v, ego_radius, frames, np.arange(boxes.shape[1]))
 
 
 def time_to_collision(
@@ -284,12 +349,15 @@ def time_to_collision(
     ego_radius: float,
     dt: float,
     frames: _AgentFrames | None = None,
+    contacts: tuple[np.ndarray, ...] | None = None,
 ) -> np.ndarray:
     """TTC (B,) ∈ {0, 1}: the ego box projected δ ∈ {0, .3, .6, .9} s ahead at its speed meets an agent at t + δ.
 
-    The four look-aheads are searched in one call (stacked along the time axis). nuPlan walks (t, δ) in
-    order and ignores an object after a contact that is not a violation; as in `no_at_fault_collision`,
-    a violation counts when it comes before the first such contact with the same object."""
+    The look-aheads δ > 0 are searched in one call (stacked along the time axis); δ = 0 are the plain
+    contacts, `contacts` ((b, t, a) of `ego_contacts` over at least the first T steps) when given. nuPlan
+    walks (t, δ) in order and ignores an object after a contact that is not a violation; as in
+    `no_at_fault_collision`, a violation counts when it comes before the first such contact with the
+    same object."""
     frames = frames or _AgentFrames.of(agents)
     n_b, n_t = states.shape[:2]
     n_j = len(TTC_STEPS)
@@ -299,19 +367,32 @@ def time_to_collision(
     u, v = _half_edges(boxes[..., :4, :])
     lookahead = np.asarray(TTC_STEPS)
     shift = (speed * dt)[..., None] * direction  # (B, T, 2) per 0.1 s of look-ahead
-    centers = np.concatenate([center + k * shift for k in TTC_STEPS], axis=1)  # (B, J·T, 2)
-    steps = (np.arange(n_t)[None] + lookahead[:, None]).reshape(-1)
-    bb, tj, a = _overlaps(
-        centers, np.tile(u, (1, n_j, 1)), np.tile(v, (1, n_j, 1)), ego_radius, frames, steps
-    )
+    centers = np.concatenate([center + k * shift for k in TTC_STEPS[1:]], axis=1)  # (B, (J-1)·T, 2)
+    steps = (np.arange(n_t)[None] + lookahead[1:, None]).reshape(-1)
+    bb, tj, aj = _overlaps(centers, u, v, ego_radius, frames, steps, np.tile(np.arange(n_t), n_j - 1))
+    if contacts is None:
+        b0, t0, a0 = _overlaps(center, u, v, ego_radius, frames, np.arange(n_t))
+    else:
+        keep = contacts[1] < n_t
+        b0, t0, a0 = (c[keep] for c in contacts)
     ttc = np.ones(n_b)
-    if len(bb) == 0:
+    if len(bb) + len(b0) == 0:
         return ttc
-    j, t = np.divmod(tj, n_t)
-    b = bb
-    moving = speed[b, t] >= TTC_STOPPED_SPEED
-    angle = _relative_angle(states[b, t], agents.centers[t + lookahead[j], a])
-    risky = _multiple_lanes(areas, b, t) | areas["non_drivable"][b, t] | areas["intersection"][b, t]
+    b = np.concatenate([b0, bb])
+    a = np.concatenate([a0, aj])
+    j = np.concatenate([np.zeros(len(b0), np.int64), tj // n_t + 1])
+    t = np.concatenate([t0, tj % n_t])
+    flat = b * n_t + t
+    moving = np.take(speed.reshape(-1), flat) >= TTC_STOPPED_SPEED
+    rows = np.take(states.reshape(-1, states.shape[-1]), flat, axis=0)
+    cos_sin = np.take(direction.reshape(-1, 2), flat, axis=0)
+    target = np.take(agents.centers.reshape(-1, 2), (t + lookahead[j]) * agents.centers.shape[1] + a, axis=0)
+    angle = _angle_to(rows[:, S.X], rows[:, S.Y], cos_sin[:, 0], cos_sin[:, 1], target[:, 0], target[:, 1])
+    risky = areas["non_drivable"][b, t] | areas["intersection"][b, t]
+    # multiple lanes only where it decides: a moving ego (a stopped one is never at risk), neither ahead
+    # (a violation anyway) nor behind (none)
+    ask = moving & ~risky & (angle >= AHEAD_DEG) & ~(angle > BEHIND_DEG)
+    risky[ask] = _multiple_lanes(areas, b[ask], t[ask])
     violation = (angle < AHEAD_DEG) | (risky & ~(angle > BEHIND_DEG))
     group = t * n_j + j  # nuPlan's order: time, then look-ahead
     ok = moving & ~violation
@@ -333,13 +414,27 @@ def driving_direction(boxes: np.ndarray, areas: dict[str, np.ndarray], w: _Share
     return np.where(worst < w.ddc_compliance, 1.0, np.where(worst < w.ddc_violation, 0.5, 0.0))
 
 
+def _arc_length(line: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Arc length (N,) of the nearest point on `line` (P, 2) for points (N, 2): the first output of
+    `geometry.planar.project_to_polyline`, with the same arithmetic on separate x / y arrays."""
+    ax, ay = line[:-1, 0], line[:-1, 1]
+    dx, dy = line[1:, 0] - ax, line[1:, 1] - ay
+    seg_len2 = np.maximum(dx * dx + dy * dy, 1e-12)
+    px, py = points[:, :1], points[:, 1:]  # (N, 1)
+    t = np.clip(((px - ax) * dx + (py - ay) * dy) / seg_len2, 0.0, 1.0)  # (N, S)
+    ex, ey = px - (ax + t * dx), py - (ay + t * dy)
+    best = (ex * ex + ey * ey).argmin(-1)
+    t_best = np.take_along_axis(t, best[:, None], -1)[:, 0]
+    return polyline_arclength(line)[best] + t_best * np.sqrt(seg_len2[best])
+
+
 def route_progress(centerline: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     """(B,) progress [m] of the box centre along the centerline from the first to the last step, ≥ 0.
     The start is projected once when every proposal starts from the same box (the simulated batches)."""
     start = boxes[:, 0, CENTER]
     same = bool((start == start[:1]).all())
-    s_start, _ = project_to_polyline(centerline, start[:1] if same else start)
-    s_end, _ = project_to_polyline(centerline, boxes[:, -1, CENTER])
+    s_start = _arc_length(centerline, start[:1] if same else start)
+    s_end = _arc_length(centerline, boxes[:, -1, CENTER])
     return np.clip(s_end - s_start, 0.0, None)
 
 
@@ -361,10 +456,11 @@ def score_states(
     areas = ego_areas(boxes, states, map_index)
     ego_radius = 0.5 * float(np.hypot(scene.front_length + scene.rear_length, scene.width))
     frames = _AgentFrames.of(agents)
-    nc = no_at_fault_collision(states, boxes, areas, agents, ego_radius, frames)
+    contacts = ego_contacts(boxes, ego_radius, frames)
+    nc = no_at_fault_collision(states, boxes, areas, agents, ego_radius, frames, contacts)
     dac = np.where(areas["non_drivable"].any(-1), 0.0, 1.0)
     ddc = driving_direction(boxes, areas, w)
-    ttc = time_to_collision(states, boxes, areas, agents, ego_radius, dt, frames)
+    ttc = time_to_collision(states, boxes, areas, agents, ego_radius, dt, frames, contacts)
     c = np.asarray(comfort_checks(states, dt).all(-1), dtype=np.float64)
     progress = route_progress(centerline, boxes)
     multi = nc * dac
@@ -467,24 +563,38 @@ def traffic_light_compliance(boxes: np.ndarray, scene: MetricScene, dt: float) -
     return tlc
 
 
-def _distance_to_polyline(line: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Euclidean distance (...) of points (..., 2) to the polyline (P, 2), via the nearest vertex of a
-    0.5 m resampling and an exact segment distance to its two neighbouring segments."""
+def _beyond_polyline(line: np.ndarray, points: np.ndarray, limit: float) -> np.ndarray:
+    """(...) bool: the Euclidean distance of points (..., 2) to the polyline (P, 2) exceeds `limit` [m] —
+    the distance taken via the nearest vertex of a 0.5 m resampling and an exact segment distance to its
+    two neighbouring segments.
+
+    That distance is at most the nearest vertex's distance (the vertex ends both segments) and at least
+    the distance to the whole resampled polyline, itself at least (nearest vertex's distance) − h, h the
+    longest half segment. So the vertex distance decides alone outside the band [limit, limit + h] (with
+    1e-9 m for rounding), and the nearest-vertex query stops looking at limit + h (no vertex that close:
+    beyond); only the points in the band take the segment distances."""
     from scipy.spatial import cKDTree
 
     from drivedistill.geometry.planar import resample_polyline
 
     dense = resample_polyline(line, 0.5)
     flat = points.reshape(-1, 2)
-    _, idx = cKDTree(dense).query(flat)
-    best = np.full(len(flat), np.inf)
+    half = 0.5 * float(np.sqrt((np.diff(dense, axis=0) ** 2).sum(-1)).max())
+    vdist, idx = cKDTree(dense).query(flat, distance_upper_bound=limit + half + 1e-6)
+    out = vdist > limit
+    band = np.flatnonzero((vdist >= limit - 1e-9) & (vdist <= limit + half + 1e-9))
+    idx = idx[band]
+    px, py = flat[band, 0], flat[band, 1]
+    best = np.full(len(band), np.inf)
     for lo in (idx - 1, idx):
         lo = np.clip(lo, 0, len(dense) - 2)
-        a, b = dense[lo], dense[lo + 1]
-        d = b - a
-        t = np.clip(((flat - a) * d).sum(-1) / np.maximum((d**2).sum(-1), 1e-12), 0.0, 1.0)
-        best = np.minimum(best, np.linalg.norm(flat - (a + t[:, None] * d), axis=-1))
-    return best.reshape(points.shape[:-1])
+        ax, ay = dense[lo, 0], dense[lo, 1]
+        dx, dy = dense[lo + 1, 0] - ax, dense[lo + 1, 1] - ay
+        t = np.clip(((px - ax) * dx + (py - ay) * dy) / np.maximum(dx * dx + dy * dy, 1e-12), 0.0, 1.0)
+        ex, ey = px - (ax + t * dx), py - (ay + t * dy)
+        best = np.minimum(best, np.sqrt(ex * ex + ey * ey))
+    out[band] = best > limit
+    return out.reshape(points.shape[:-1])
 
 
 def lane_keeping(
@@ -492,7 +602,7 @@ def lane_keeping(
 ) -> np.ndarray:
     """LK (B,) ∈ {0, 1}: 0 when the box centre is > 0.5 m from the centerline for 20 consecutive steps
     (2 s); steps inside an intersection are skipped (they neither count nor reset the run)."""
-    exceed = _distance_to_polyline(centerline, centers) > w.lane_keeping_limit
+    exceed = _beyond_polyline(centerline, centers, w.lane_keeping_limit)
     run = np.zeros(len(centers), np.int64)
     fail = np.zeros(len(centers), bool)
     for t in range(centers.shape[1]):
@@ -541,14 +651,22 @@ def score_states_v2(
     center_inter = scene_regions(map_index).intersection.contains(boxes[..., CENTER, :])
     ego_radius = 0.5 * float(np.hypot(scene.front_length + scene.rear_length, scene.width))
     frames = _AgentFrames.of(agents)
-    nc = no_at_fault_collision(states, boxes, areas, agents, ego_radius, frames)
+    contacts = ego_contacts(boxes, ego_radius, frames)
+    nc = no_at_fault_collision(states, boxes, areas, agents, ego_radius, frames, contacts)
     dac = np.where(areas["non_drivable"].any(-1), 0.0, 1.0)
     ddc_areas = {"oncoming": areas["oncoming"] & ~center_inter}
     ddc = driving_direction(boxes, ddc_areas, w)  # type: ignore[arg-type]
     tlc = traffic_light_compliance(boxes, scene, dt)
     last = n_t - 1 - max(TTC_STEPS)
     ttc = time_to_collision(
-        states[:, : last + 1], boxes[:, : last + 1], areas.head(last + 1), agents, ego_radius, dt, frames
+        states[:, : last + 1],
+        boxes[:, : last + 1],
+        areas.head(last + 1),
+        agents,
+        ego_radius,
+        dt,
+        frames,
+        contacts,
     )
     lk = lane_keeping(boxes[..., CENTER, :], center_inter, centerline, w)
     hc = history_comfort(states, scene, dt) if with_history else np.ones(n_b)

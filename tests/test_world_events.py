@@ -121,6 +121,7 @@ def test_events_visible_at_t0_are_an_aggregate_family() -> None:
     assert fam["events_at_t0"]["num_samples"] == 3 and out["event_at_t0_fraction"] == pytest.approx(3 / 8)
     assert fam["events_at_t0"]["l2_m"] == pytest.approx(4 / 3) and fam["events"]["l2_m"] == pytest.approx(0.8)
     assert "at_t0" not in fam["lane_follow"]
+    assert expert_departure(scenes)["rates"]["events_at_t0"] == pytest.approx(2 / 3)  # 2 brakes + 1 curve
     # a store without onsets (older world code): no at_t0 fields, no events_at_t0 family
     for s in scenes:
         s.meta = {"event": family_of(s)}

@@ -159,6 +159,9 @@ def expert_departure(scenes: Sequence[Scene], threshold: float = DEPART_M) -> di
     rates = {f: float(dep[idx].mean()) for f, idx in sorted(groups.items())}
     if events:
         rates["events"] = float(dep[events].mean())
+    at_t0 = [i for i in events if visible_at_t0(scenes[i])]
+    if at_t0:
+        rates["events_at_t0"] = float(dep[at_t0].mean())
     return {"threshold_m": threshold, "cv": "constant speed and yaw rate (ego status)", "rates": rates}
 
 

@@ -97,6 +97,23 @@ def test_expert_accelerates_and_brakes_within_comfort_unless_in_an_emergency() -
     assert ego.SERVICE_BRAKE <= ego.action["acceleration"] < 0.0 and ego.SERVICE_BRAKE >= -4.05
 
 
+def test_expert_service_brake_is_softer_at_speed() -> None:
+    """Above FAST_SPEED the IDM command brakes at most at FAST_SERVICE_BRAKE (NAVSIM's tracker overshoots
+    a −3.8 m/s² step beyond −4.05 at highway speed); at junction speeds SERVICE_BRAKE still applies."""
+    world = build_world("highway", np.random.default_rng(0), 0.0, None)
+    ego = world.ego
+    assert isinstance(ego, ExpertVehicle) and ego.SERVICE_BRAKE < ego.FAST_SERVICE_BRAKE
+    world.road.vehicles[:] = [ego]
+    ego.target_speed = 5.0
+    ego.speed = 20.0  # far above its target speed: IDM brakes at ~−6 m/s²
+    ego.act()
+    assert ego.action["acceleration"] == pytest.approx(ego.FAST_SERVICE_BRAKE)
+    ego.target_speed = 1.0
+    ego.speed = 0.5 * ego.FAST_SPEED
+    ego.act()
+    assert ego.action["acceleration"] == pytest.approx(ego.SERVICE_BRAKE)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("index", [8, 19, 30])  # intersection-s0-e00008, racetrack-s0-e00019, highway-…30
 def test_expert_is_safe_on_its_failing_validation_episodes(index: int) -> None:

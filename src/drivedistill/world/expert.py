@@ -46,6 +46,13 @@ class ExpertVehicle(FastIDMVehicle):
     # SERVICE_BRAKE only when its safety check finds no gentler safe candidate (an emergency).
     COMFORT_ACC_MAX = 2.0
     SERVICE_BRAKE = -3.8  # [m/s^2]
+    # Above FAST_SPEED the IDM command brakes at most at FAST_SERVICE_BRAKE: NAVSIM's LQR tracker follows a
+    # step to −3.8 m/s² at 15–25 m/s with an overshoot below −4.05 m/s² (comfort C 0 on every cut-in
+    # and stopped-car sample that braked at −3.8 on the validation split). At junction speeds a softer IDM
+    # brake changed who yields to whom at the roundabout and cost NC and DAC there (docs/world.md), so
+    # below FAST_SPEED the IDM brakes at SERVICE_BRAKE as before.
+    FAST_SPEED = 12.0  # [m/s]
+    FAST_SERVICE_BRAKE = -3.0  # [m/s^2]
     # Lane changes of a human driver rather than highway-env's (0.6 s lateral time constant, up to 45°
     # towards the target lane): at 25 m/s those gains change lane in ~1.5 s with 0.3 rad of heading, a
     # manoeuvre a PDMS tracker (LQR at 10 Hz) cannot follow without overshooting the road edge. Within
@@ -81,7 +88,8 @@ class ExpertVehicle(FastIDMVehicle):
             super().act()
         finally:
             self.target_speed = cruise
-        a_idm = max(float(self.action["acceleration"]), self.SERVICE_BRAKE)
+        service = self.FAST_SERVICE_BRAKE if self.speed > self.FAST_SPEED else self.SERVICE_BRAKE
+        a_idm = max(float(self.action["acceleration"]), service)
         # never brake through zero speed: highway-env integrates into reverse, and a reversing car steers
         # the wrong way
         self.action["acceleration"] = max(self.safe_acceleration(a_idm), -max(float(self.speed), 0.0) / DT)
@@ -154,9 +162,15 @@ class ExpertVehicle(FastIDMVehicle):
             steer = float(v.action.get("steering", 0.0)) if isinstance(v.action, dict) else 0.0
             beta = math.atan(0.5 * math.tan(steer))
             yaw_rate = v.speed * math.sin(beta) / (v.LENGTH / 2)
-            rows.append((v.position[0], v.position[1], v.heading, v.speed, yaw_rate, v.LENGTH, v.WIDTH))
             target = getattr(v, "target_lane_index", None)
-            if target is not None and target != v.lane_index and target[:2] == v.lane_index[:2]:
+            changing = target is not None and target != v.lane_index and target[:2] == v.lane_index[:2]
+            if changing:
+                # its turn rate only swings it into the next lane: held for 3 s it would turn a cut-in car
+                # across the ego's lane and "stop" it along the ego heading — an emergency stop for a car
+                # that is merely slower (8 m/s² on every scripted cut-in); hold its heading instead
+                yaw_rate = 0.0
+            rows.append((v.position[0], v.position[1], v.heading, v.speed, yaw_rate, v.LENGTH, v.WIDTH))
+            if changing and target is not None:
                 # a lane change under way (privileged: its target lane): also predict it as if it were
                 # already in that lane, so the ego yields before the other car's turn rate shows it
                 lane = self.road.network.get_lane(target)

@@ -127,3 +127,61 @@ def test_events_visible_at_t0_are_an_aggregate_family() -> None:
         s.meta = {"event": family_of(s)}
     old = event_metrics(scenes, plans)
     assert "events_at_t0" not in old["families"] and "event_at_t0_fraction" not in old
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_scripted_cut_in_leaves_room_to_brake_within_comfort(seed: int) -> None:
+    """The cut-in car steers in only with a gap the ego can close braking at YIELD_DECEL (at 10 m/s of
+    closing speed the old 0.6 s rule left 7 m/s²), and the expert absorbs it without an emergency stop:
+    it braked at 8 m/s² on all six seeds when it predicted the cut-in car at its constant turn rate (which
+    turns it across the ego lane and stops it along the ego heading), at most at 4.5 m/s² now."""
+    from drivedistill.world.events import YIELD_DECEL, CutIn
+    from drivedistill.world.scenarios import build_world
+
+    world = build_world("highway", np.random.default_rng([7, seed]), 0.0, "cut_in")
+    event = next(e for e in world.events if isinstance(e, CutIn))
+    ego, car = world.ego, event.v
+    gap_at_trigger = closing_at_trigger = None
+    accels = []
+    for _ in range(120):
+        world.step()
+        accels.append(float(ego.action["acceleration"]))
+        if event.t0 is not None and gap_at_trigger is None:
+            centre_gap = float(ego.direction.dot(car.position - ego.position))
+            gap_at_trigger = centre_gap - (ego.LENGTH + car.LENGTH) / 2
+            closing_at_trigger = float(ego.speed - car.speed)
+        assert not ego.crashed
+    assert gap_at_trigger is not None and closing_at_trigger is not None, "the cut-in never happened"
+    # the trigger is checked before the step: one step of closing (≤ 0.1 s) is the tolerance
+    needed = CutIn.MIN_GAP + max(0.0, closing_at_trigger) ** 2 / (2 * YIELD_DECEL)
+    assert gap_at_trigger >= needed - 0.1 * max(0.0, closing_at_trigger) - 0.05
+    assert min(accels) >= -4.5, min(accels)
+
+
+def test_a_merging_car_without_a_gap_stops_before_the_end_of_its_lane() -> None:
+    """An on-ramp car that finds no gap stops before the end of the acceleration lane instead of being
+    handed to the main-road lane into the side of the car alongside (training episode 261)."""
+    from drivedistill.world.events import Merge
+    from drivedistill.world.expert import ScriptedVehicle
+    from drivedistill.world.scenarios import World, build_world
+
+    class NoGap(Merge):
+        def _gap_free(self, world: World) -> bool:
+            return False  # traffic alongside all the way
+
+    world = build_world("merge", np.random.default_rng(0), 0.0, None)
+    road, ramp = world.road, world.road.network.get_lane(("b", "c", 2))
+    car = ScriptedVehicle.make_on_lane(road, ("b", "c", 2), longitudinal=30.0, speed=18.0)
+    car.route = [("b", "c", 2)]
+    car.target_speed = 24.0
+    ego, start = world.ego, world.road.network.get_lane(("b", "c", 0))
+    ego.position, ego.heading = start.position(0.0, 0.0), start.heading_at(0.0)  # parked two lanes over
+    ego.speed, ego.target_speed, ego.lane_index = 0.0, 0.0, ("b", "c", 0)
+    ego.target_lane_index = ego.lane_index
+    road.vehicles[:] = [ego, car]
+    world.events[:] = [NoGap(car)]
+    for _ in range(100):
+        world.step()
+        assert car.lane_index == ("b", "c", 2) and not car.crashed, car.lane_index
+    assert car.speed < 0.5
+    assert ramp.length - car.LENGTH / 2 - 2.0 < ramp.local_coordinates(car.position)[0] < ramp.length

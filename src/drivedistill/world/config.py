@@ -16,7 +16,9 @@ from drivedistill.world.lidar import LidarConfig
 # 3: traffic never reverses; the expert keeps 4 m to crossing cars, passes stopped cars slowly in bends and
 #    accelerates / brakes within nuPlan's comfort bounds unless in an emergency.
 # 4: samples record `meta["event_onset_s"]` (when their event starts relative to t0).
-WORLD_CODE_VERSION = 4
+# 5: cut-in gaps a driver closes within comfort; a merging car without a gap stops before its lane ends;
+#    the expert predicts lane-changing cars with their heading held and brakes ≤ 3 m/s² above 12 m/s.
+WORLD_CODE_VERSION = 5
 
 SCENARIOS = ("highway", "merge", "roundabout", "intersection", "racetrack")
 SCRIPTED_EVENTS = ("lead_brake", "stop_and_go", "cut_in", "stopped_vehicle", "cross_traffic")

@@ -102,7 +102,7 @@ def test_latent_vla_stages_train_on_the_corpus_and_compute_the_gate(
     runner = _Runner(tmp_path / "stages")
     lam = latent_vla.lam_stage(TINY, _ctx(runner, store, "latent_lam", {}, latent_vla.LAM_CODE_VERSION))
     assert collected and collected[0][0].seed == 0 and collected[0][1].extra_episodes == 3
-    assert runner.keys["latent_lam"]["cfg"]["corpus"] == {"extra_episodes": 3, "seed_offset": 1000}
+    assert runner.keys["latent_lam"]["cfg"]["corpus"] == {"extra_episodes": 3, "seed_offset": 2000}
     scenes = SceneStore(store.store_dir())
     n_train = len(scenes.tokens("train"))
     assert lam.summary["samples"] == {"student_train": n_train, "lam_teacher_train": n_train + 6}

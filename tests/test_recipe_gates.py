@@ -155,6 +155,34 @@ def test_latent_vla_declares_the_reference_row_and_the_student_gate() -> None:
     assert not latent_vla.student_gate(cfg, students)["pass"]  # the row is missing: the check fails
 
 
+def test_a_teacher_of_one_seed_is_checked_against_that_seed_s_students() -> None:
+    """teachers: per_seed — teacher k meets seed k's rows, not the means over seeds (which would give
+    every seed's gate the same verdict)."""
+    from drivedistill.pipeline.config import StudyConfig
+    from drivedistill.pipeline.study import students_gates
+
+    def run(seed: int, l2: float) -> dict[str, Any]:
+        return {"seed": seed, "openloop": {"stp3": {"l2": {"avg": l2}}}, "pdms": {"pdms": 0.5}}
+
+    # seed 0: the teacher's codes (1.0 m) beat the student (2.0 m); seed 1: they do not (3.0 vs 2.0 m);
+    # the means (2.0 vs 2.0 m) would fail both
+    per_seed = {
+        "transfuser/imitation": [run(0, 2.0), run(1, 2.0)],
+        "latent_teacher/codes": [run(0, 1.0), run(1, 3.0)],
+    }
+    models = {
+        "transfuser/imitation": {"method": "imitation", **run(0, 2.0)},
+        "latent_teacher/codes": {"method": "privileged", **run(0, 2.0)},
+    }
+    quality = {"latent_vla-s0": {"pass": True}, "latent_vla-s1": {"pass": True}, "latent_vla": {"pass": True}}
+    gates = students_gates(StudyConfig(), quality, models, per_seed)
+    assert gates["latent_vla-s0"]["pass"] and gates["latent_vla-s0"]["vs_students"]["seed"] == 0
+    assert not gates["latent_vla-s1"]["pass"] and gates["latent_vla-s1"]["vs_students"]["seed"] == 1
+    assert gates["latent_vla-s1"]["vs_students"]["metrics"]["teacher_codes_l2_stp3_m"] == 3.0
+    # a teacher per run (no seed in its label) meets the means
+    assert not gates["latent_vla"]["pass"] and gates["latent_vla"]["vs_students"]["seed"] == "mean over seeds"
+
+
 def test_corpus_needs_a_world_store(tmp_path: Path) -> None:
     root = tmp_path / "collect" / "store"
     writer = SceneStoreWriter(root, {"source": {"name": "nuscenes"}}, num_shards=1, val_fraction=0.0)

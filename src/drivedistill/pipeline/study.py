@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -226,11 +227,28 @@ METRIC_BLOCKS = (
 )
 
 
+def seed_rows(models: dict[str, Any], per_seed: dict[str, list[dict[str, Any]]], seed: int) -> dict[str, Any]:
+    """The rows of `models` as seed `seed` measured them (each row's metrics of that seed over its
+    description); rows without that seed are left out."""
+    out: dict[str, Any] = {}
+    for name, runs in per_seed.items():
+        run = next((r for r in runs if r.get("seed") == seed), None)
+        if run is not None and name in models:
+            out[name] = {**models[name], **run}
+    return out
+
+
 def students_gates(
-    cfg: StudyConfig, quality: dict[str, dict[str, Any]], models: dict[str, Any]
+    cfg: StudyConfig,
+    quality: dict[str, dict[str, Any]],
+    models: dict[str, Any],
+    per_seed: dict[str, list[dict[str, Any]]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Each teacher gate completed with its recipe's `student_gate` (the teacher against this run's
-    students): `vs_students` holds its checks, and `pass` requires both parts."""
+    students): `vs_students` holds its checks, and `pass` requires both parts. A teacher of one seed
+    (`teachers: per_seed`, label `NAME-sK`) is checked against seed K's rows, its own reference row
+    and students, given `per_seed`; a teacher per run against the means over seeds (`vs_students.seed`
+    says which)."""
     from drivedistill.recipes.base import all_recipes
 
     out: dict[str, dict[str, Any]] = {}
@@ -239,7 +257,12 @@ def students_gates(
         recipe = all_recipes().get(name)
         gate = dict(gate)
         if recipe is not None and recipe.student_gate is not None:
-            vs = recipe.student_gate(cfg.recipe(name, {}), models)
+            seed = re.fullmatch(r".*-s(\d+)", label)
+            rows = models
+            if seed is not None and per_seed is not None:
+                rows = seed_rows(models, per_seed, int(seed.group(1)))
+            vs = dict(recipe.student_gate(cfg.recipe(name, {}), rows))
+            vs["seed"] = int(seed.group(1)) if rows is not models else "mean over seeds"
             gate["vs_students"] = vs
             gate["pass"] = bool(gate.get("pass")) and bool(vs.get("pass"))
         out[label] = gate
@@ -375,6 +398,7 @@ def run_study(
     if part:
         return {"stage_seconds": runner.timings}
     references: dict[str, list[Artifact]] = {}  # row name → its eval stages (one per teacher)
+    reference_seeds: dict[str, list[int | None]] = {}  # row name → the teacher seed of each (None: once)
     if cfg.eval.expert_reference:
         from drivedistill.pipeline.evaluation import evaluate_expert
 
@@ -403,6 +427,7 @@ def run_study(
                     functools.partial(evaluate_reference, cfg, store.store_dir(), plan),
                 )
                 references.setdefault(reference.row, []).append(ev)
+                reference_seeds.setdefault(reference.row, []).append(tseed)
     if dry_run:
         return {
             "planned": runner.planned,
@@ -414,8 +439,12 @@ def run_study(
     per_seed: dict[str, list[dict[str, Any]]] = {}
     for (name, _), ev in evaluated.items():  # models in order, seeds in order
         per_seed.setdefault(name, []).append(_metrics(ev))
-    for name, evs in references.items():
-        per_seed[name] = [{**_metrics(ev), "seed": i} for i, ev in enumerate(evs)]
+    for name, evs in references.items():  # a teacher's seed where it has one, else its position
+        tseeds = reference_seeds.get(name, [])
+        per_seed[name] = [
+            {**_metrics(ev), "seed": tseeds[i] if i < len(tseeds) and tseeds[i] is not None else i}
+            for i, ev in enumerate(evs)
+        ]
     results = aggregate(cfg, per_seed)
     from drivedistill.stats import compare_rows
 
@@ -427,7 +456,7 @@ def run_study(
         baselines={n: models[n]["baseline"] for n in compared if models.get(n, {}).get("baseline")},
         controls=controls_by_row(cfg),
     )
-    results["teacher_quality"] = students_gates(cfg, quality, results["models"])
+    results["teacher_quality"] = students_gates(cfg, quality, results["models"], per_seed)
     results["stage_seconds"] = {**(timings or {}), **runner.timings, "total": time.perf_counter() - t0}
     results["compute_seconds"] = {**runner.recorded, "total": sum(runner.recorded.values())}
     results["stage_hardware"] = dict(runner.hardware)

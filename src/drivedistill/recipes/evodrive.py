@@ -244,7 +244,8 @@ ORACLE_ROW, SFT_ROW = "oracle/privileged", "vla/vla_sft"
 def student_gate(cfg: EvoDriveRecipeConfig, models: Mapping[str, Any]) -> dict[str, Any]:
     """The oracle against this run's students (issue #16's gate): its free-running ST-P3 L2 at most
     `cfg.gate_l2_ratio` × the best imitation student's, and its teacher-forced CE below the VLA SFT
-    student's (both on the validation scenes; means over seeds). A missing row fails its check."""
+    student's (both on the validation scenes; the rows of the oracle's seed, means over seeds for one
+    oracle per run). A missing row fails its check."""
 
     def value(row: str, *path: str) -> float | None:
         node: Any = models.get(row, {})

@@ -457,8 +457,9 @@ L2_PATH = ("openloop", "stp3", "l2", "avg")  # ST-P3 L2 [m], the pipeline's open
 def student_gate(cfg: LatentVLARecipeConfig, models: Mapping[str, Any]) -> dict[str, Any]:
     """The latent teacher against this run's students: its decoded free-running codes (row
     "latent_teacher/codes") must plan with a lower ST-P3 L2 than the best imitation student, on the
-    same validation scenes under the same protocol (means over seeds). A missing row fails the check.
-    Next to it, for information: the PDMS of both."""
+    same validation scenes under the same protocol (the rows of the teacher's seed; means over seeds
+    for a teacher per run). A missing row fails the check. Next to it, for information: the PDMS of
+    both."""
     del cfg
 
     def value(row: str | None, *path: str) -> float | None:

@@ -192,7 +192,11 @@ def test_teacher_gates_and_event_families_render_for_the_readme_and_report() -> 
                     "metrics": {"oracle_l2_m": 1.5},
                 },
             },
-            "vlm_ad": {"pass": True, "checks": {"few_failed": True}, "metrics": {"annotated": 90}},
+            "vlm_ad": {
+                "pass": True,
+                "checks": {"few_failed": True},
+                "metrics": {"annotated": 90, "annotation_quality": {"label_accuracy": 0.7, "per": {"a": 1}}},
+            },
         },
         "models": {
             "expert/privileged": {
@@ -209,6 +213,8 @@ def test_teacher_gates_and_event_families_render_for_the_readme_and_report() -> 
     assert [r[:2] for r in rows] == [["evodrive", "FAIL"], ["vlm_ad", "pass"]]
     assert rows[0][3] == "vs students: oracle_l2" and "oracle_l2_m 1.500" in rows[0][4]
     assert "annotated 90" in rows[1][4]
+    # a nested block's scalars are shown one level down (the annotations' accuracy), deeper ones are not
+    assert "annotation_quality.label_accuracy 0.700" in rows[1][4] and "per" not in rows[1][4]
     headers, rows = event_rows(results)
     assert headers == ["row", "cut_in: L2 [m] / PDMS"]
     assert rows[0][1] == "0.75 · 4" and rows[2] == ["`transfuser/imitation`", "2.50 / 0.400"]

@@ -40,6 +40,10 @@ def teacher_rows(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         if isinstance(vs, dict):
             checks |= {f"vs students: {k}": v for k, v in vs.get("checks", {}).items()}
             metrics |= {k: v for k, v in vs.get("metrics", {}).items()}
+        # scalars, and the scalars of a nested block one level down (e.g. the annotations' accuracy)
+        for block, sub in list(metrics.items()):
+            if isinstance(sub, dict):
+                metrics |= {f"{block}.{k}": v for k, v in sub.items()}
         shown = {k: v for k, v in metrics.items() if isinstance(v, int | float | str) or v is None}
         rows.append(
             [

@@ -257,12 +257,11 @@ def students_gates(
         recipe = all_recipes().get(name)
         gate = dict(gate)
         if recipe is not None and recipe.student_gate is not None:
-            seed = re.fullmatch(r".*-s(\d+)", label)
-            rows = models
-            if seed is not None and per_seed is not None:
-                rows = seed_rows(models, per_seed, int(seed.group(1)))
+            match = re.fullmatch(r".*-s(\d+)", label)
+            seed = int(match.group(1)) if match is not None and per_seed is not None else None
+            rows = models if seed is None else seed_rows(models, per_seed or {}, seed)
             vs = dict(recipe.student_gate(cfg.recipe(name, {}), rows))
-            vs["seed"] = int(seed.group(1)) if rows is not models else "mean over seeds"
+            vs["seed"] = "mean over seeds" if seed is None else seed
             gate["vs_students"] = vs
             gate["pass"] = bool(gate.get("pass")) and bool(vs.get("pass"))
         out[label] = gate

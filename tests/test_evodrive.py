@@ -364,6 +364,30 @@ def test_residual_answers_round_trip(student: VLAStudent, batch: Batch) -> None:
     assert absolute.prior(batch.inputs) is None
 
 
+def test_residual_arc_answers_are_offsets_from_the_constant_velocity_baseline(
+    student: VLAStudent, batch: Batch
+) -> None:
+    """plan_text "residual_arc": the prior is the constant speed and yaw rate arc (the
+    `constant_velocity` row's plan), answers round-trip to the GT, and a plan on that arc is all zeros."""
+    from drivedistill.models.students.constant_velocity import arc_trajectory
+
+    assert batch.privileged is not None
+    arc = VLAStudent(dataclasses.replace(student.cfg, plan_text="residual_arc"))
+    inputs = dataclasses.replace(batch.inputs, ego_status=torch.tensor([[8.0, 0.0, 0.3], [5.0, 0.0, -0.2]]))
+    prior = arc.prior(inputs)
+    assert prior is not None
+    expected = arc_trajectory(inputs.ego_status[:, 0], inputs.ego_status[:, 2], 6)[..., :2]
+    torch.testing.assert_close(prior, expected)
+    assert prior[0, -1, 1] > 1.0 and prior[1, -1, 1] < -0.5  # it turns (left, right), unlike "residual"
+    texts = arc.answers(inputs, batch.privileged.trajectory)
+    xy, failed = parse_plans(texts, torch.zeros(2, 6, 2), 6, "test", prior)
+    assert not failed.any()
+    torch.testing.assert_close(xy, batch.privileged.trajectory[:, :6, :2], atol=0.006, rtol=0)
+    on_arc = torch.cat([expected, torch.zeros(2, 6, 1)], -1)
+    assert all(set(t) <= set("[(+-0.,)]") for t in arc.answers(inputs, on_arc))
+    assert "offsets from constant speed and yaw rate" in arc.user_texts(inputs)[0]
+
+
 def test_dead_reckon_integrates_speed_and_yaw_rate() -> None:
     t = torch.arange(1, 7, dtype=torch.float32) * 0.5
     speed = torch.tensor([10.0, 4.0])

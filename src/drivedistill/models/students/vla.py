@@ -10,7 +10,9 @@ nuScenes 3 s horizon, EvoDriveVLA's format; 8 = 4 s). Trained with next-token CE
 ego status** (x = v·t, y = 0, the fallback below), so the model writes small offsets (mostly "+00.xx")
 instead of turning the speed into metres itself; the decoded plan is offsets + constant-speed plan.
 Without ego status the constant-speed plan is standing still, i.e. the residual is the absolute plan.
-`plan_text="absolute"` writes the waypoints themselves (the earlier format).
+`plan_text="residual_arc"`: offsets from the constant speed **and yaw rate** arc of the ego status (the
+`constant_velocity` baseline's plan) instead of the straight line, so a curve the ego is already in
+costs no lateral offset. `plan_text="absolute"` writes the waypoints themselves (the earlier format).
 
 Decoding is parsed strictly. An unparsable answer is counted in `decode_stats`, its raw text is kept in
 `last_failures` (and logged), and it is replaced by the **fallback plan** — constant speed straight ahead
@@ -57,7 +59,8 @@ class VLAConfig(StudentConfig):
     num_poses: int = field(default=6, metadata=check(ge=1))
     # decoding budget; 0 = answer_token_budget(num_poses)
     max_new_tokens: int = field(default=0, metadata=check(ge=0))
-    plan_text: Literal["residual", "absolute"] = "residual"  # offsets from constant speed, or waypoints
+    # offsets from constant speed straight ahead / from the constant speed and yaw rate arc, or waypoints
+    plan_text: Literal["residual", "residual_arc", "absolute"] = "residual"
 
     def __post_init__(self) -> None:
         if self.plan_text not in PLAN_TEXTS:
@@ -68,7 +71,7 @@ class VLAConfig(StudentConfig):
             raise ValueError(f"VLAConfig.max_new_tokens={self.max_new_tokens} must be >= 0 (0 = automatic)")
 
 
-PLAN_TEXTS = ("residual", "absolute")
+PLAN_TEXTS = ("residual", "residual_arc", "absolute")
 
 
 def poses_from_xy(xy: torch.Tensor) -> torch.Tensor:
@@ -85,8 +88,16 @@ def poses_from_xy(xy: torch.Tensor) -> torch.Tensor:
     return torch.cat([xy[:, :NUM_FUTURE], yaw[:, :NUM_FUTURE, None]], dim=-1)
 
 
-def fallback_xy(inputs: AgentInputBatch, num_poses: int, use_ego_status: bool) -> torch.Tensor:
-    """(B, num_poses, 2) constant speed straight ahead from ego status [m]; zeros without ego status."""
+def fallback_xy(
+    inputs: AgentInputBatch, num_poses: int, use_ego_status: bool, turn: bool = False
+) -> torch.Tensor:
+    """(B, num_poses, 2) constant speed straight ahead from ego status [m] (`turn`: along the constant
+    yaw rate arc, `constant_velocity.arc_trajectory`); zeros without ego status."""
+    if turn and use_ego_status:
+        from drivedistill.models.students.constant_velocity import arc_trajectory
+
+        status = inputs.ego_status.float()
+        return arc_trajectory(status[:, 0], status[:, 2], num_poses)[..., :2]
     t = torch.arange(1, num_poses + 1, dtype=torch.float32, device=inputs.camera.device) * DT
     speed = (
         inputs.ego_status[:, 0:1].float()
@@ -149,8 +160,11 @@ def plan_answers(trajectory: torch.Tensor, num_poses: int, prior: torch.Tensor |
 def plan_prior(
     inputs: AgentInputBatch, num_poses: int, use_ego_status: bool, plan_text: str
 ) -> torch.Tensor | None:
-    """The plan the answer is written relative to: the fallback plan for "residual", None for "absolute"."""
-    return fallback_xy(inputs, num_poses, use_ego_status) if plan_text == "residual" else None
+    """The plan the answer is written relative to: the fallback plan for "residual" (straight) and
+    "residual_arc" (the constant yaw rate arc), None for "absolute"."""
+    if plan_text == "absolute":
+        return None
+    return fallback_xy(inputs, num_poses, use_ego_status, turn=plan_text == "residual_arc")
 
 
 class VLAStudent(Student):
@@ -206,7 +220,8 @@ class VLAStudent(Student):
         enc = encode(self.core.tokenizer, prompts, padding_side="left")
         prompt_out = self.core(enc, inputs.camera)
         texts = self.core.generate(enc, inputs.camera, self.max_new_tokens)
-        fallback = fallback_xy(inputs, self.cfg.num_poses, self.cfg.use_ego_status)
+        turn = self.cfg.plan_text == "residual_arc"
+        fallback = fallback_xy(inputs, self.cfg.num_poses, self.cfg.use_ego_status, turn)
         xy, failed = parse_plans(texts, fallback, self.cfg.num_poses, "vla", self.prior(inputs))
         self.decode_stats["decoded"] += len(texts)
         self.decode_stats["parse_failures"] += int(failed.sum())

@@ -77,7 +77,9 @@ class OracleConfig:
     future_path: bool = False
     # the same path through the hint channel: token t added to the input that predicts answer token t
     hint: bool = True
-    plan_text: Literal["residual", "absolute"] = "residual"  # must equal the student's (answers must match)
+    plan_text: Literal["residual", "residual_arc", "absolute"] = (
+        "residual"  # = the student's (answers must match)
+    )
 
     def __post_init__(self) -> None:
         if self.plan_text not in PLAN_TEXTS:
@@ -304,7 +306,8 @@ class OracleTeacher(nn.Module):
         if refine:
             enc = encode(self.core.tokenizer, self.prompts(batch, texts), padding_side="left")
             texts = self.core.generate(enc, images, budget, steps)
-        fallback = fallback_xy(batch.inputs, self.cfg.num_poses, use_ego_status=True)
+        turn = self.cfg.plan_text == "residual_arc"
+        fallback = fallback_xy(batch.inputs, self.cfg.num_poses, use_ego_status=True, turn=turn)
         xy, failed = parse_plans(texts, fallback, self.cfg.num_poses, "oracle", self.prior(batch))
         return xy, texts, failed
 

@@ -88,7 +88,8 @@ def user_text(
     (N, 2) [m] is the oracle's dead-reckoned future path, written in the answer's own format at the
     very end of the turn, so that every digit of it is a fixed number of tokens before the same digit of
     the answer (a copy is one relative-position attention pattern). `plan_text` = "residual": the task asks for offsets from the
-    constant-speed plan (x = v·t, y = 0) instead of absolute waypoints.
+    constant-speed plan (x = v·t, y = 0) instead of absolute waypoints; "residual_arc" from the constant
+    speed and yaw rate arc.
     """
     parts = ["Front camera: " + image_block(1, tokens_per_image) + "."]
     if num_future_frames:
@@ -112,6 +113,11 @@ def user_text(
     if plan_text == "residual":
         parts.append(
             f" Plan the next {num_poses} waypoints as offsets from constant speed straight ahead"
+            " (x forward, y left, metres, every 0.5 s)."
+        )
+    elif plan_text == "residual_arc":
+        parts.append(
+            f" Plan the next {num_poses} waypoints as offsets from constant speed and yaw rate"
             " (x forward, y left, metres, every 0.5 s)."
         )
     else:

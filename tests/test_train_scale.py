@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -152,9 +153,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def two_procs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("two_procs")
+def _run_two_procs(out: Path) -> None:
     ctx = torch.multiprocessing.start_processes(
         _worker, args=(str(out), _free_port()), nprocs=WORLD, join=False, start_method="spawn"
     )
@@ -167,6 +166,24 @@ def two_procs(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for p in ctx.processes:
             if p.is_alive():
                 p.kill()
+
+
+@pytest.fixture(scope="module")
+def two_procs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Both ranks run every scenario into one directory. A rank killed by a signal (seen once in CI under
+    heavy parallel load: gloo's "terminate called without an active exception", SIGABRT; not reproduced
+    in 6 runs since) gets one fresh attempt on a new port; a Python error in a rank, or a second
+    signal, fails the tests."""
+    out = tmp_path_factory.mktemp("two_procs")
+    try:
+        _run_two_procs(out)
+        return out
+    except torch.multiprocessing.ProcessExitedException as e:
+        if e.signal_name is None:
+            raise
+        warnings.warn(f"2-process scenarios: {e}; retrying once", stacklevel=1)
+    out = tmp_path_factory.mktemp("two_procs")
+    _run_two_procs(out)
     return out
 
 

@@ -258,8 +258,10 @@ def students_gates(
         gate = dict(gate)
         if recipe is not None and recipe.student_gate is not None:
             match = re.fullmatch(r".*-s(\d+)", label)
-            seed = int(match.group(1)) if match is not None and per_seed is not None else None
-            rows = models if seed is None else seed_rows(models, per_seed or {}, seed)
+            seed, rows = None, models
+            if match is not None and per_seed is not None:
+                seed = int(match.group(1))
+                rows = seed_rows(models, per_seed, seed)
             vs = dict(recipe.student_gate(cfg.recipe(name, {}), rows))
             vs["seed"] = "mean over seeds" if seed is None else seed
             gate["vs_students"] = vs
@@ -396,8 +398,8 @@ def run_study(
                 print(f"latency of {model.name} seed {seed} measured alone (its job ran beside another)")
     if part:
         return {"stage_seconds": runner.timings}
-    references: dict[str, list[Artifact]] = {}  # row name → its eval stages (one per teacher)
-    reference_seeds: dict[str, list[int | None]] = {}  # row name → the teacher seed of each (None: once)
+    # row name → (teacher seed or None for a teacher per run, its eval stage), one per teacher
+    references: dict[str, list[tuple[int | None, Artifact]]] = {}
     if cfg.eval.expert_reference:
         from drivedistill.pipeline.evaluation import evaluate_expert
 
@@ -407,7 +409,7 @@ def run_study(
             [store],
             lambda d: evaluate_expert(cfg, store.store_dir(), d),
         )
-        references[EXPERT_ROW] = [ref]
+        references[EXPERT_ROW] = [(None, ref)]
     if cfg.eval.recipe_references:
         from drivedistill.pipeline.evaluation import evaluate_reference
 
@@ -425,8 +427,7 @@ def run_study(
                     [store, art],
                     functools.partial(evaluate_reference, cfg, store.store_dir(), plan),
                 )
-                references.setdefault(reference.row, []).append(ev)
-                reference_seeds.setdefault(reference.row, []).append(tseed)
+                references.setdefault(reference.row, []).append((tseed, ev))
     if dry_run:
         return {
             "planned": runner.planned,
@@ -439,10 +440,8 @@ def run_study(
     for (name, _), ev in evaluated.items():  # models in order, seeds in order
         per_seed.setdefault(name, []).append(_metrics(ev))
     for name, evs in references.items():  # a teacher's seed where it has one, else its position
-        tseeds = reference_seeds.get(name, [])
         per_seed[name] = [
-            {**_metrics(ev), "seed": tseeds[i] if i < len(tseeds) and tseeds[i] is not None else i}
-            for i, ev in enumerate(evs)
+            {**_metrics(ev), "seed": i if tseed is None else tseed} for i, (tseed, ev) in enumerate(evs)
         ]
     results = aggregate(cfg, per_seed)
     from drivedistill.stats import compare_rows

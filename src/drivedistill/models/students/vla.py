@@ -157,6 +157,13 @@ def plan_answers(trajectory: torch.Tensor, num_poses: int, prior: torch.Tensor |
     return [format_plan(p) for p in xy.detach().cpu().numpy()]
 
 
+def fallback_plan(
+    inputs: AgentInputBatch, num_poses: int, use_ego_status: bool, plan_text: str
+) -> torch.Tensor:
+    """The plan that replaces an unparsable answer: along the arc for "residual_arc", straight otherwise."""
+    return fallback_xy(inputs, num_poses, use_ego_status, turn=plan_text == "residual_arc")
+
+
 def plan_prior(
     inputs: AgentInputBatch, num_poses: int, use_ego_status: bool, plan_text: str
 ) -> torch.Tensor | None:
@@ -164,7 +171,7 @@ def plan_prior(
     "residual_arc" (the constant yaw rate arc), None for "absolute"."""
     if plan_text == "absolute":
         return None
-    return fallback_xy(inputs, num_poses, use_ego_status, turn=plan_text == "residual_arc")
+    return fallback_plan(inputs, num_poses, use_ego_status, plan_text)
 
 
 class VLAStudent(Student):
@@ -220,8 +227,7 @@ class VLAStudent(Student):
         enc = encode(self.core.tokenizer, prompts, padding_side="left")
         prompt_out = self.core(enc, inputs.camera)
         texts = self.core.generate(enc, inputs.camera, self.max_new_tokens)
-        turn = self.cfg.plan_text == "residual_arc"
-        fallback = fallback_xy(inputs, self.cfg.num_poses, self.cfg.use_ego_status, turn)
+        fallback = fallback_plan(inputs, self.cfg.num_poses, self.cfg.use_ego_status, self.cfg.plan_text)
         xy, failed = parse_plans(texts, fallback, self.cfg.num_poses, "vla", self.prior(inputs))
         self.decode_stats["decoded"] += len(texts)
         self.decode_stats["parse_failures"] += int(failed.sum())

@@ -40,7 +40,7 @@ from drivedistill.config import check
 from drivedistill.models.students.vla import (
     PLAN_TEXTS,
     answer_token_budget,
-    fallback_xy,
+    fallback_plan,
     parse_plans,
     plan_answers,
     plan_prior,
@@ -306,8 +306,7 @@ class OracleTeacher(nn.Module):
         if refine:
             enc = encode(self.core.tokenizer, self.prompts(batch, texts), padding_side="left")
             texts = self.core.generate(enc, images, budget, steps)
-        turn = self.cfg.plan_text == "residual_arc"
-        fallback = fallback_xy(batch.inputs, self.cfg.num_poses, use_ego_status=True, turn=turn)
+        fallback = fallback_plan(batch.inputs, self.cfg.num_poses, True, self.cfg.plan_text)
         xy, failed = parse_plans(texts, fallback, self.cfg.num_poses, "oracle", self.prior(batch))
         return xy, texts, failed
 

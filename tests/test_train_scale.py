@@ -370,6 +370,12 @@ def test_compile_flag_compiles_the_loss_computation(tmp_path: Path, monkeypatch:
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    os.environ.get("ATEN_CPU_CAPABILITY") == "default",
+    reason="torch 2.14.1's inductor picks no vector ISA at ATEN_CPU_CAPABILITY=default but still emits "
+    "at::vec::Vectorized code, which then fails to compile ('at::vec' has not been declared); "
+    "a torch bug, not this project's compile wiring (test_compile_flag_compiles_the_loss_computation covers that)",
+)
 def test_compile_trains_like_eager(tmp_path: Path) -> None:
     """`--train.compile=true` on a CPU with the default inductor backend (C++ codegen with the system
     gcc; ~110 s on the loaded 2-core VM): the same losses and weights as eager within float reordering."""

@@ -5,7 +5,9 @@
 drivedistill eval pdms --scenes DIR --plans PLANS.npz --json OUT.json
     PLANS.npz: `tokens` (N,) str and `poses` (N, 8, 3) rear-axle frame at 0.5 s
 drivedistill eval pdms --source av2 --root ../shared/data/argoverse2 --planner human [--json OUT.json]
-    planners: registered kind "planner" (human, constant_velocity, pdm_closed)
+drivedistill eval pdms --store STORE [--split val] --planner pdm_closed --protocol navsim-v2
+    planners: registered kind "planner" (human = the logged future, i.e. the world's expert;
+    constant_velocity; pdm_closed); --store builds the metric scenes of a SceneStore split
 """
 
 from __future__ import annotations
@@ -55,6 +57,26 @@ def _scenes_from_source(source: str, root: str | None) -> list[MetricScene]:
     return scenes
 
 
+def _scenes_from_store(store_dir: Path, split: str | None) -> tuple[list[MetricScene], list[tuple[str, str]]]:
+    """Metric scenes of a SceneStore split (`metrics.plans.metric_scene_of`: by the scene's source); a
+    scene that cannot be read or converted is a counted failure (token, reason), not an abort."""
+    from drivedistill.data.store import SceneStore, StoreError
+    from drivedistill.metrics.plans import metric_scene_of
+
+    store = SceneStore(store_dir)
+    tokens = store.tokens(split)
+    if not tokens:
+        raise StoreError(f"{store_dir}: no samples in split {split!r}; give --split train, val or all")
+    scenes: list[MetricScene] = []
+    failures: list[tuple[str, str]] = []
+    for t in tokens:
+        try:
+            scenes.append(metric_scene_of(store.load(t)))
+        except (StoreError, ValueError, KeyError, OSError) as e:  # ValidationError is a ValueError
+            failures.append((t, f"{store_dir}: sample {t}: {type(e).__name__}: {e}"))
+    return scenes, failures
+
+
 def print_report(report: PDMSReport, title: str) -> None:
     from rich.console import Console
     from rich.markup import escape
@@ -97,7 +119,18 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--plans", type=Path, help="PLANS.npz with tokens (N,) and poses (N, 8, 3)")
     parser.add_argument("--source", help="a registered source providing metric scenes (e.g. av2)")
     parser.add_argument("--root", help="the source's data root")
+    parser.add_argument("--store", type=Path, help="a SceneStore: score its --split's samples")
+    parser.add_argument(
+        "--split", default="val", help="with --store: the split (default val; 'all' = every sample)"
+    )
     parser.add_argument("--planner", help="a registered planner (human, constant_velocity, pdm_closed)")
+    parser.add_argument(
+        "--planner-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a field of the planner's config, repeatable (e.g. pdm_closed: forecast=log_replay, accel_lag=1.0)",
+    )
     parser.add_argument("--json", type=Path, help="write the report here")
     parser.add_argument(
         "--protocol",
@@ -109,13 +142,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--chunk-size", type=int, default=64, help="scenes per scoring task (--executor)")
     add_executor_args(parser)
     args = parser.parse_args(argv)
-    if (args.scenes is None) == (args.source is None):
-        parser.error("give exactly one of --scenes DIR or --source NAME")
+    if sum(x is not None for x in (args.scenes, args.source, args.store)) != 1:
+        parser.error("give exactly one of --scenes DIR, --source NAME or --store STORE")
 
     t0 = time.perf_counter()
     unreadable: list[tuple[str, str]] = []
     if args.scenes is not None:
         scenes, unreadable = read_scenes(args.scenes)  # a broken file is a counted failure, not an abort
+    elif args.store is not None:
+        scenes, unreadable = _scenes_from_store(args.store, None if args.split == "all" else args.split)
     else:
         scenes = _scenes_from_source(args.source, args.root)
     if args.write_scenes is not None:
@@ -126,16 +161,19 @@ def main(argv: list[str]) -> int:
         title = str(args.plans)
     elif args.planner is not None:
         from drivedistill import registry
+        from drivedistill.config import from_dict, parse_overrides, to_dict
 
         entry = registry.get("planner", args.planner)
         pcfg = entry.default_config()
         if hasattr(pcfg, "selection"):  # PDM-Closed picks its proposal with the protocol's scorer
             pcfg = dataclasses.replace(pcfg, selection=args.protocol)
+        if args.planner_option:
+            pcfg = from_dict(type(pcfg), {**to_dict(pcfg), **parse_overrides(args.planner_option)}, "planner")
         planner = entry.builder(pcfg)
         plans = [planner.plan(s) for s in scenes]
         if args.planner == "pdm_closed":  # the plan is its own EP reference
             references = {s.token: p for s, p in zip(scenes, plans)}
-        title = f"planner {args.planner}"
+        title = f"planner {args.planner}" + "".join(f" {o}" for o in args.planner_option)
     else:
         parser.error("give --plans PLANS.npz or --planner NAME")
     cfg = PDMSConfig(protocol=args.protocol)

@@ -54,14 +54,26 @@ def score_scene_plans(plans: np.ndarray, scenes: list[Scene], cfg: PlanMetricsCo
     return out
 
 
-def _metric_scene(scene: Scene, plan: np.ndarray) -> tuple[Any, np.ndarray]:
-    """(MetricScene, (8, 3) rear-axle plan) of one scene, by the scene's source."""
-    if scene.meta.get("source") == "nuscenes":  # rear-axle referenced already; raises without the map
+def metric_scene_of(scene: Scene) -> Any:
+    """The MetricScene of one stored scene, by its source: nuScenes scenes are rear-axle referenced
+    already (`stored_metric_scene`, needs the map expansion in the store); default-world scenes go from
+    the box-centre frame to the rear-axle frame with world/ego.py's geometry."""
+    if scene.meta.get("source") == "nuscenes":
         from drivedistill.data.sources.nuscenes import stored_metric_scene
 
-        return stored_metric_scene(scene), plan
-    from drivedistill.geometry.metric_scene import centre_plan_to_rear_axle, metric_scene_from_scene
+        return stored_metric_scene(scene)
+    from drivedistill.geometry.metric_scene import metric_scene_from_scene
     from drivedistill.world.ego import REAR_AXLE_BEHIND_CENTRE as D
     from drivedistill.world.ego import pdms_ego_geometry
 
-    return metric_scene_from_scene(scene, D, pdms_ego_geometry()), centre_plan_to_rear_axle(plan, D)
+    return metric_scene_from_scene(scene, D, pdms_ego_geometry())
+
+
+def _metric_scene(scene: Scene, plan: np.ndarray) -> tuple[Any, np.ndarray]:
+    """(MetricScene, (8, 3) rear-axle plan) of one scene, by the scene's source (`metric_scene_of`)."""
+    if scene.meta.get("source") == "nuscenes":
+        return metric_scene_of(scene), plan
+    from drivedistill.geometry.metric_scene import centre_plan_to_rear_axle
+    from drivedistill.world.ego import REAR_AXLE_BEHIND_CENTRE as D
+
+    return metric_scene_of(scene), centre_plan_to_rear_axle(plan, D)

@@ -26,7 +26,7 @@ from drivedistill.geometry.planar import (
     project_to_polyline,
     resample_polyline,
 )
-from drivedistill.geometry.scene_index import AgentBoxes, MapIndex, constant_velocity_agents
+from drivedistill.geometry.scene_index import AgentBoxes, MapIndex, constant_velocity_agents, replay_agents
 from drivedistill.sim.lqr import simulate_plans
 from drivedistill.sim.scorer import TTC_STEPS, score_states, score_states_v2
 
@@ -56,6 +56,10 @@ class PDMClosedParams:
     # first-order lag, so consecutive frames' plans agree better (v2 EC) — an opt-in planner variant, not
     # the EP reference of reported scores (docs/metrics-pdms.md, "PDM-Closed vs the human").
     accel_lag: float = field(default=0.0, metadata=check(ge=0))
+    # how agents are forecast for the IDM leader and the proposal scoring: "constant_velocity" (NAVSIM's
+    # PDM-Closed, the EP reference) or "log_replay" — the scene's logged agent motion, privileged: an
+    # upper-bound variant that shows what the constant-velocity forecast costs (docs/metrics-pdms.md)
+    forecast: str = "constant_velocity"
 
 
 def offset_paths(centerline: np.ndarray, offsets: tuple[float, ...], resolution: float) -> list[np.ndarray]:
@@ -156,7 +160,12 @@ def pdm_closed_plan(
     """The best PDM-Closed proposal (8, 3), rear-axle frame of `scene.ego_pose`."""
     p = p or PDMClosedParams()
     map_index = map_index or MapIndex(scene)
-    forecast = constant_velocity_agents(scene, p.horizon_steps + 1 + max(TTC_STEPS))
+    if p.forecast == "constant_velocity":
+        forecast = constant_velocity_agents(scene, p.horizon_steps + 1 + max(TTC_STEPS))
+    elif p.forecast == "log_replay":
+        forecast = replay_agents(scene)
+    else:
+        raise ValueError(f"PDMClosedParams.forecast {p.forecast!r}: choose constant_velocity or log_replay")
     proposals = pdm_closed_proposals(scene, forecast, p)
     states = simulate_plans(scene, proposals)
     if p.selection == "navsim-v2":

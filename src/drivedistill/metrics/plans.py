@@ -13,11 +13,14 @@ are already rear-axle poses, no shift).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from drivedistill.types import Scene
+
+if TYPE_CHECKING:
+    from drivedistill.geometry.metric_scene import MetricScene
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,7 @@ def score_scene_plans(plans: np.ndarray, scenes: list[Scene], cfg: PlanMetricsCo
     return out
 
 
-def metric_scene_of(scene: Scene) -> Any:
+def metric_scene_of(scene: Scene) -> MetricScene:
     """The MetricScene of one stored scene, by its source: nuScenes scenes are rear-axle referenced
     already (`stored_metric_scene`, needs the map expansion in the store); default-world scenes go from
     the box-centre frame to the rear-axle frame with world/ego.py's geometry."""
@@ -69,7 +72,7 @@ def metric_scene_of(scene: Scene) -> Any:
     return metric_scene_from_scene(scene, D, pdms_ego_geometry())
 
 
-def _metric_scene(scene: Scene, plan: np.ndarray) -> tuple[Any, np.ndarray]:
+def _metric_scene(scene: Scene, plan: np.ndarray) -> tuple[MetricScene, np.ndarray]:
     """(MetricScene, (8, 3) rear-axle plan) of one scene, by the scene's source (`metric_scene_of`)."""
     if scene.meta.get("source") == "nuscenes":
         return metric_scene_of(scene), plan

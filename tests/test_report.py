@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from PIL import Image
 
 from drivedistill.report import ReportAssets, markdown_table, table_rows, update_readme, write_report
 from drivedistill.report_comparisons import comparisons_markdown, comparisons_table, forest_plot
+from drivedistill.report_curves import curve_groups, curves_markdown, learning_curves_chart
 from drivedistill.stats import compare_rows
 
 from .browser import render
@@ -223,3 +225,66 @@ def test_teacher_gates_and_event_families_render_for_the_readme_and_report() -> 
     html_parts = gates_html(results)
     assert len(html_parts) == 2 and "FAIL" in html_parts[0] and "cut_in" in html_parts[1]
     assert event_rows({"models": {}}) == ([], [])
+
+
+def _curve_results() -> dict:
+    """Two curves over 250 / 850 / 3,400 labels, three seeds: imitation improving with labels, VLM-AD
+    1.0 m better than its baseline at 250 labels and equal at 3,400 (real paired comparisons)."""
+    sizes, seeds = (250, 850, 3400), range(3)
+
+    def run(seed: int, l2: float) -> dict:
+        block = {"l2": {"avg": l2}, "collision": {"avg": 0.1}}
+        return {"seed": seed, "openloop": {"stp3": block, "uniad": block}, "pdms": {"pdms": 1.0 - l2 / 4}}
+
+    per_seed, rows, baselines, models = {}, {}, {}, {}
+    for n in sizes:
+        base = 2.0 / np.log10(n)
+        gain = {250: 1.0, 850: 0.3, 3400: 0.0}[n]
+        for method, l2 in (("imitation", base), ("vlm_ad", base - gain)):
+            name = f"transfuser/{method}-n{n}"
+            per_seed[name] = [run(s, l2 + 0.01 * s) for s in seeds]
+            rows[name] = ("transfuser", method)
+            models[name] = {
+                "student": "transfuser",
+                "method": method,
+                "max_samples": n,
+                "openloop": {"stp3": {"l2": {"avg": l2 + 0.01}}},
+                "pdms": {"pdms": 1.0 - (l2 + 0.01) / 4},
+                "std": {"openloop": {"stp3": {"l2": {"avg": 0.01}}}},
+            }
+        baselines[f"transfuser/vlm_ad-n{n}"] = f"transfuser/imitation-n{n}"
+    models["transfuser/imitation"] = {"student": "transfuser", "method": "imitation"}  # no max_samples
+    models["ego_mlp/imitation-n850"] = {**models["transfuser/imitation-n850"], "student": "ego_mlp"}
+    return {"models": models, "comparisons": compare_rows(per_seed, rows, baselines=baselines)}
+
+
+def test_learning_curves_group_by_name_and_plot_the_paired_differences(tmp_path: Path) -> None:
+    results = _curve_results()
+    groups = curve_groups(results)  # a one-size "curve" and rows without max_samples are left out
+    assert groups == {
+        "transfuser/imitation": [
+            (250, "transfuser/imitation-n250"),
+            (850, "transfuser/imitation-n850"),
+            (3400, "transfuser/imitation-n3400"),
+        ],
+        "transfuser/vlm_ad": [
+            (250, "transfuser/vlm_ad-n250"),
+            (850, "transfuser/vlm_ad-n850"),
+            (3400, "transfuser/vlm_ad-n3400"),
+        ],
+    }
+    table = curves_markdown(results)
+    vlm = next(line for line in table.splitlines() if line.startswith("| `transfuser/vlm_ad`"))
+    imitation = next(line for line in table.splitlines() if line.startswith("| `transfuser/imitation`"))
+    assert "Δ -1.000" in vlm and "Δ +0.000" in vlm and "Δ" not in imitation
+    assert "L2 avg (ST-P3) @ 250 labels" in table.splitlines()[0]
+    png = learning_curves_chart(results)
+    assert png is not None
+    img = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    assert img.shape[0] > 500 and img.shape[1] > 1000 and img.std() > 10
+    assert learning_curves_chart(_results()) is None  # no curve rows, no section
+    page = write_report(
+        tmp_path, {**_results(), "models": {**_results()["models"], **results["models"]}}, ReportAssets()
+    )
+    assert "Learning curves" in page.read_text()
+    assert "Learning curves" not in write_report(tmp_path / "plain", _results(), ReportAssets()).read_text()

@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from drivedistill.report_comparisons import comparisons_html, comparisons_markdown, hardware_line
+from drivedistill.report_curves import curves_markdown, learning_curves_chart
 from drivedistill.report_gates import event_rows, gates_html, teacher_rows
 from drivedistill.report_gates import markdown as gates_markdown
 from drivedistill.utils.io import atomic_write_text
@@ -223,6 +224,16 @@ def render_html(results: dict[str, Any], assets: ReportAssets) -> str:
         parts.append(f"<h2>{html.escape(title)}</h2>{_html_table(headers, rows)}")
     parts += gates_html(results)
     parts += comparisons_html(results)
+    learning = learning_curves_chart(results)
+    if learning is not None:
+        parts.append(
+            "<h2>Learning curves: metric vs. labelled training samples</h2>"
+            + _img_tag(
+                learning,
+                "image/png",
+                "left: mean ± std over seeds; right: row − baseline, paired over seeds, 95 % interval",
+            )
+        )
     parts.append("<h2>Comparison (bars: mean over seeds, error bars: standard deviation)</h2>")
     charts = [
         (("openloop", "stp3", "l2", "avg"), "avg L2 — ST-P3 protocol", "m"),
@@ -328,8 +339,8 @@ def update_readme(
     """Replace the text between the `<!-- {block}:begin -->` / `:end -->` markers in the README with the
     table of `results` (block "results": the latest default run; others, e.g. "study", for more runs;
     block "comparisons": the "Does distillation help?" table of its paired comparisons; "teachers" the
-    gates, "events" the event families). A block named `NAME-comparisons` / `-teachers` / `-events` gets
-    that kind of table (a second run's tables beside the first's)."""
+    gates, "events" the event families, "curves" the learning curves). A block named `NAME-comparisons` /
+    `-teachers` / `-events` / `-curves` gets that kind of table (a second run's tables beside the first's)."""
     begin, end = f"<!-- {block}:begin -->", f"<!-- {block}:end -->"
     text = readme.read_text()
     kind = block.rsplit("-", 1)[-1]
@@ -339,6 +350,8 @@ def update_readme(
         table = gates_markdown(*teacher_rows(results))
     elif kind == "events":
         table = gates_markdown(*event_rows(results))
+    elif kind == "curves":
+        table = curves_markdown(results)
     else:
         table = markdown_table(results, models, vla_columns)
     if begin not in text or end not in text:
@@ -362,7 +375,8 @@ def main(argv: list[str] | None = None) -> int:
         "--block",
         default="results",
         help="README markers <!-- BLOCK:begin/end -->; 'comparisons' (or NAME-comparisons) writes the "
-        "paired-comparison table, 'teachers' the teacher gates, 'events' the event-family table",
+        "paired-comparison table, 'teachers' the teacher gates, 'events' the event-family table, "
+        "'curves' the learning curves",
     )
     parser.add_argument(
         "--models", nargs="+", default=None, help="rows to keep, as patterns: 'vla/*' (comparisons: by row)"

@@ -13,7 +13,6 @@ import argparse
 import base64
 import fnmatch
 import html
-import io
 import json
 import re
 from collections.abc import Sequence
@@ -25,6 +24,7 @@ import yaml
 
 from drivedistill.report_comparisons import comparisons_html, comparisons_markdown, hardware_line
 from drivedistill.report_curves import curves_markdown, learning_curves_chart
+from drivedistill.report_figures import png_bytes, pyplot
 from drivedistill.report_gates import event_rows, gates_html, teacher_rows
 from drivedistill.report_gates import markdown as gates_markdown
 from drivedistill.utils.io import atomic_write_text
@@ -138,10 +138,7 @@ def _img_tag(data: bytes, mime: str, alt: str) -> str:
 
 
 def _bar_chart(results: dict[str, Any], path: Sequence[str], title: str, ylabel: str) -> bytes | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     names, means, stds = [], [], []
     for name, m in results.get("models", {}).items():
@@ -159,18 +156,11 @@ def _bar_chart(results: dict[str, Any], path: Sequence[str], title: str, ylabel:
     ax.set_title(title, fontsize=10)
     ax.set_ylabel(ylabel)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig)
 
 
 def _curves_chart(curves: dict[str, list[tuple[int, float]]]) -> bytes | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     if not curves:
         return None
@@ -184,11 +174,7 @@ def _curves_chart(curves: dict[str, list[tuple[int, float]]]) -> bytes | None:
     ax.set_yscale("log")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig)
 
 
 CSS = """

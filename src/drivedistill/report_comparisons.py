@@ -10,9 +10,10 @@ from __future__ import annotations
 import base64
 import fnmatch
 import html
-import io
 from collections.abc import Sequence
 from typing import Any
+
+from drivedistill.report_figures import png_bytes, pyplot
 
 VERDICT_COLOURS = {"helps": "#2a9d3c", "hurts": "#c0392b", "no evidence": "#7f7f7f"}
 
@@ -88,10 +89,7 @@ def comparisons_table(results: dict[str, Any]) -> tuple[list[str], list[list[str
 def forest_plot(results: dict[str, Any]) -> bytes | None:
     """PNG: one panel per metric, one line per pair — the mean difference and its interval, coloured
     by verdict, with the zero line; each panel's title says which side is better."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 
     pairs, meta = _pairs(results), _metric_meta(results)
@@ -124,11 +122,7 @@ def forest_plot(results: dict[str, Any]) -> bytes | None:
     axes[0].set_ylim(len(pairs) - 0.5, -0.5)
     handles = [plt.Line2D([], [], color=c, lw=2.2, marker="o", label=v) for v, c in VERDICT_COLOURS.items()]
     fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig, (0, 0.08, 1, 1))
 
 
 def comparisons_html(results: dict[str, Any]) -> list[str]:

@@ -12,10 +12,10 @@ a recipe's effect grows or vanishes as labels become scarce.
 
 from __future__ import annotations
 
-import io
 import re
 from typing import Any
 
+from drivedistill.report_figures import png_bytes, pyplot
 from drivedistill.stats import METRICS
 
 # the plotted metrics (drivedistill.stats.METRICS: results.json path, comparisons key, label, direction)
@@ -57,10 +57,7 @@ def learning_curves_chart(results: dict[str, Any]) -> bytes | None:
     groups = curve_groups(results)
     if not groups:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     models = results.get("models", {})
     fig, axes = plt.subplots(len(CURVE_METRICS), 2, figsize=(11, 3.3 * len(CURVE_METRICS)), dpi=100)
@@ -97,11 +94,7 @@ def learning_curves_chart(results: dict[str, Any]) -> bytes | None:
         ax.legend(fontsize=7)
         if dax.get_legend_handles_labels()[0]:  # recipe rows with a paired baseline
             dax.legend(fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig)
 
 
 def curves_markdown(results: dict[str, Any]) -> str:

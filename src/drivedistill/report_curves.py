@@ -89,8 +89,11 @@ def learning_curves_chart(results: dict[str, Any]) -> bytes | None:
         dax.axhline(0.0, color="#555", lw=0.8)
         dax.set(xscale="log", xlabel="labelled training samples", ylabel=f"Δ {label}")
         dax.set_title("row − baseline, paired over seeds, 95 % interval (uncorrected)", fontsize=9)
+        sizes = sorted({n for pts in groups.values() for n, _ in pts})
         for a in (ax, dax):
             a.grid(alpha=0.3)
+            a.set_xticks(sizes, [f"{n:,}" for n in sizes])  # the sizes themselves, no 10^k minor labels
+            a.minorticks_off()
         ax.legend(fontsize=7)
         if dax.get_legend_handles_labels()[0]:  # recipe rows with a paired baseline
             dax.legend(fontsize=7)

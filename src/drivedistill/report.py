@@ -27,6 +27,7 @@ from drivedistill.report_curves import curves_markdown, learning_curves_chart
 from drivedistill.report_figures import png_bytes, pyplot
 from drivedistill.report_gates import event_rows, gates_html, teacher_rows
 from drivedistill.report_gates import markdown as gates_markdown
+from drivedistill.stats import metric_value
 from drivedistill.utils.io import atomic_write_text
 
 # (block, key path, header, unit, lower is better)
@@ -57,12 +58,7 @@ class ReportAssets:
 
 
 def _get(d: dict[str, Any] | None, *path: str) -> float | None:
-    node: Any = d
-    for p in path:
-        if not isinstance(node, dict) or p not in node:
-            return None
-        node = node[p]
-    return float(node) if isinstance(node, int | float) else None
+    return metric_value(d, path)
 
 
 def _fmt(mean: float | None, std: float | None, digits: int = 2) -> str:

@@ -16,19 +16,11 @@ import re
 from typing import Any
 
 from drivedistill.report_figures import png_bytes, pyplot
-from drivedistill.stats import METRICS
+from drivedistill.stats import METRICS, metric_value
 
 # the plotted metrics (drivedistill.stats.METRICS: results.json path, comparisons key, label, direction)
 CURVE_METRICS = [m for m in METRICS if m.key in ("openloop/stp3/l2_avg_m", "pdms/navsim-v1.1")]
 _SUFFIX = re.compile(r"-n\d+$")
-
-
-def _value(node: Any, path: tuple[str, ...]) -> float | None:
-    for p in path:
-        if not isinstance(node, dict) or p not in node:
-            return None
-        node = node[p]
-    return float(node) if isinstance(node, int | float) else None
 
 
 def curve_groups(results: dict[str, Any]) -> dict[str, list[tuple[int, str]]]:
@@ -62,6 +54,7 @@ def learning_curves_chart(results: dict[str, Any]) -> bytes | None:
     models = results.get("models", {})
     fig, axes = plt.subplots(len(CURVE_METRICS), 2, figsize=(11, 3.3 * len(CURVE_METRICS)), dpi=100)
     colours = {g: f"C{i}" for i, g in enumerate(groups)}
+    sizes = sorted({n for pts in groups.values() for n, _ in pts})
     for r, metric in enumerate(CURVE_METRICS):
         path, key, lower = metric.path, metric.key, metric.lower_is_better
         label = f"{metric.label} [{metric.unit}]" if metric.unit else metric.label
@@ -69,11 +62,11 @@ def learning_curves_chart(results: dict[str, Any]) -> bytes | None:
         for g, points in groups.items():
             xs, ys, es = [], [], []
             for n, name in points:
-                v = _value(models[name], path)
+                v = metric_value(models[name], path)
                 if v is not None:
                     xs.append(n)
                     ys.append(v)
-                    es.append(_value(models[name].get("std", {}), path) or 0.0)
+                    es.append(metric_value(models[name].get("std", {}), path) or 0.0)
             if xs:
                 ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, lw=1.2, color=colours[g], label=g)
             ds = [(n, m) for n, name in points if (m := _paired(results, name, key)) is not None]
@@ -89,7 +82,6 @@ def learning_curves_chart(results: dict[str, Any]) -> bytes | None:
         dax.axhline(0.0, color="#555", lw=0.8)
         dax.set(xscale="log", xlabel="labelled training samples", ylabel=f"Δ {label}")
         dax.set_title("row − baseline, paired over seeds, 95 % interval (uncorrected)", fontsize=9)
-        sizes = sorted({n for pts in groups.values() for n, _ in pts})
         for a in (ax, dax):
             a.grid(alpha=0.3)
             a.set_xticks(sizes, [f"{n:,}" for n in sizes])  # the sizes themselves, no 10^k minor labels
@@ -116,11 +108,11 @@ def curves_markdown(results: dict[str, Any]) -> str:
             digits = 2 if path[0] == "openloop" else 3
             for n in sizes:
                 name = by_n.get(n)
-                v = None if name is None else _value(models[name], path)
+                v = None if name is None else metric_value(models[name], path)
                 if v is None:
                     cells.append("–")
                     continue
-                sd = _value(models[name].get("std", {}), path)
+                sd = metric_value(models[name].get("std", {}), path)
                 text = f"{v:.{digits}f}" + (f" ± {sd:.{digits}f}" if sd else "")
                 m = _paired(results, name, key) if name else None
                 if m is not None:

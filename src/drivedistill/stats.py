@@ -128,7 +128,8 @@ def comparison_pairs(
     return pairs
 
 
-def _value(metrics: Mapping[str, Any], path: Sequence[str]) -> float | None:
+def metric_value(metrics: Mapping[str, Any] | None, path: Sequence[str]) -> float | None:
+    """The number at `path` in a results.json / metrics.json row (None when absent or not a number)."""
     node: Any = metrics
     for p in path:
         if not isinstance(node, Mapping) or p not in node:
@@ -223,7 +224,7 @@ def compare_metric(
     base = {"label": metric.label, "unit": metric.unit, "lower_is_better": metric.lower_is_better}
     rows, refs = _by_seed(row_runs), _by_seed(ref_runs)
     common = [s for s in rows if s in refs]
-    values = [(s, _value(rows[s], metric.path), _value(refs[s], metric.path)) for s in common]
+    values = [(s, metric_value(rows[s], metric.path), metric_value(refs[s], metric.path)) for s in common]
     measured = [(s, a, b) for s, a, b in values if a is not None and b is not None]
     if len(measured) >= 2:
         seeds = [s for s, _, _ in measured]

@@ -54,6 +54,8 @@ def learning_curves_chart(results: dict[str, Any]) -> bytes | None:
     models = results.get("models", {})
     fig, axes = plt.subplots(len(CURVE_METRICS), 2, figsize=(11, 3.3 * len(CURVE_METRICS)), dpi=100)
     colours = {g: f"C{i}" for i, g in enumerate(groups)}
+    # curves side by side at each size (a few per cent apart on the log axis) so intervals do not overlap
+    dodge = {g: 10 ** (0.012 * (i - (len(groups) - 1) / 2)) for i, g in enumerate(groups)}
     sizes = sorted({n for pts in groups.values() for n, _ in pts})
     for r, metric in enumerate(CURVE_METRICS):
         path, key, lower = metric.path, metric.key, metric.lower_is_better
@@ -64,14 +66,14 @@ def learning_curves_chart(results: dict[str, Any]) -> bytes | None:
             for n, name in points:
                 v = metric_value(models[name], path)
                 if v is not None:
-                    xs.append(n)
+                    xs.append(n * dodge[g])
                     ys.append(v)
                     es.append(metric_value(models[name].get("std", {}), path) or 0.0)
             if xs:
                 ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, lw=1.2, color=colours[g], label=g)
             ds = [(n, m) for n, name in points if (m := _paired(results, name, key)) is not None]
             if ds:
-                x = [n for n, _ in ds]
+                x = [n * dodge[g] for n, _ in ds]
                 mean = [m["mean_difference"] for _, m in ds]
                 lo = [m["mean_difference"] - m["ci95"][0] for _, m in ds]
                 hi = [m["ci95"][1] - m["mean_difference"] for _, m in ds]

@@ -46,7 +46,7 @@ def collect_stage(runner: StageRunner, cfg: StudyConfig) -> Artifact:
 
     world = from_dict(WorldConfig, cfg.world, "world")
     stage_cfg = {
-        "world": to_dict(world),
+        "world": world.data_key(),
         "world_code_version": WORLD_CODE_VERSION,
         "val_fraction": cfg.val_fraction,
         "episodes_per_shard": cfg.episodes_per_shard,

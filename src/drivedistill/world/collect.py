@@ -138,7 +138,7 @@ def collect(
     n = len(indices)
     shards = [indices[s : s + episodes_per_shard] for s in range(0, n, episodes_per_shard)]
     resolved = {
-        "world": to_dict(world),
+        "world": world.data_key(),
         "collect": {"episodes_per_shard": episodes_per_shard, "val_fraction": val_fraction},
     }
     writer = SceneStoreWriter(Path(out), resolved, num_shards=len(shards), val_fraction=val_fraction)

@@ -4,8 +4,9 @@ sensors, episode length, seed). Validated on construction; every message names t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-from drivedistill.config import check
+from drivedistill.config import check, to_dict
 from drivedistill.world.bev import BevConfig
 from drivedistill.world.camera import CameraConfig
 from drivedistill.world.lidar import LidarConfig
@@ -44,6 +45,21 @@ def _default_events() -> dict[str, float]:
 
 
 @dataclass
+class PerturbConfig:
+    """Recovery data (DART, Laskey et al. 2017; ChauffeurNet, Bansal et al. 2018): with probability `prob`
+    a *training* episode's expert is pushed off its path once — a yaw-rate offset that would carry it
+    `offset_m` sideways (random side, × U(0.5, 1)) within `seconds`, added to its steering from a random
+    time after the 2 s history — and then steers back by itself. Samples whose 4 s future overlaps the push
+    are dropped (their label would teach the push); samples after it show an ego off its lane in their
+    sensors and history and the expert's recovery as their label (`meta["recovery_s"]`: seconds since the
+    push ended). Validation episodes are never perturbed. prob 0 (the default) leaves the data as it was."""
+
+    prob: float = field(default=0.0, metadata=check(ge=0, le=1))
+    offset_m: float = field(default=1.5, metadata=check(gt=0, le=4))  # [m] sideways within `seconds`
+    seconds: float = field(default=1.0, metadata=check(gt=0, le=3))  # [s] duration of the push
+
+
+@dataclass
 class WorldConfig:
     """The default world.
 
@@ -62,6 +78,8 @@ class WorldConfig:
                      BEV grid is shared by the students' LiDAR histogram and the privileged labelled BEV
     lidar            beam pattern and noise of the LiDAR (world/lidar.py)
     seed             base seed; episode i is seeded from (seed, i) and is reproducible on its own
+    perturb          recovery data: training episodes whose expert is pushed off its path once
+                     (`PerturbConfig`; off by default)
     """
 
     scenarios: list[str] = field(default_factory=lambda: list(SCENARIOS))
@@ -74,6 +92,7 @@ class WorldConfig:
     bev: BevConfig = field(default_factory=BevConfig)
     lidar: LidarConfig = field(default_factory=LidarConfig)
     seed: int = field(default=0, metadata=check(ge=0))
+    perturb: PerturbConfig = field(default_factory=PerturbConfig)
 
     def __post_init__(self) -> None:
         if not self.scenarios:
@@ -115,6 +134,14 @@ class WorldConfig:
                 )
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"WorldConfig.event_probs.{name}: must be a probability in [0, 1], got {p}")
+
+    def data_key(self) -> dict[str, Any]:
+        """The config as a collection's cache key: `to_dict` without the fields that leave the data as
+        it was (`perturb` while its prob is 0), so that adding an option does not re-collect old runs."""
+        out: dict[str, Any] = to_dict(self)
+        if self.perturb.prob == 0:
+            out.pop("perturb")
+        return out
 
     def episode_indices(self) -> list[int]:
         """Every episode a collection runs: 0 .. num_episodes − 1, then the dedicated val episodes."""

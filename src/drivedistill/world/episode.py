@@ -33,7 +33,7 @@ from drivedistill.types import (
 )
 from drivedistill.world.bev import render_bev
 from drivedistill.world.camera import CameraScene, render_camera
-from drivedistill.world.config import SIM_HZ, WorldConfig
+from drivedistill.world.config import SIM_HZ, VAL_EPISODE_BASE, WorldConfig
 from drivedistill.world.lidar import box_walls, ray_cast, roadside, splat
 from drivedistill.world.roadmap import poses_to_ego, to_world, world_to_ego
 from drivedistill.world.route import route_centerline, route_command
@@ -205,6 +205,26 @@ class _Log:
     s_on_lane: list[float] = field(default_factory=list)
 
 
+def push_schedule(cfg: WorldConfig, episode_index: int) -> tuple[int, int, float] | None:
+    """(first step, end step, yaw-rate offset [rad/s] per m/s of speed at the push's start) of the
+    episode's recovery push (`WorldConfig.perturb`), or None: prob 0, a validation episode, or the draw.
+    Its own generator, so a push never changes the traffic, the event or the sensor noise."""
+    p = cfg.perturb
+    if p.prob <= 0 or episode_index >= VAL_EPISODE_BASE:
+        return None
+    rng = np.random.default_rng([cfg.seed, episode_index, 11])
+    if rng.uniform() >= p.prob:
+        return None
+    n = max(1, round(p.seconds * SIM_HZ))
+    first, last = NUM_PAST * KEY, cfg.num_steps - NUM_FUTURE * KEY - n  # leave samples after the push
+    if last < first:
+        return None
+    start = int(rng.integers(first, last + 1))
+    # lateral offset ≈ v·ω·T²/2 → ω = 2·offset / (v·T²), with a random side and size
+    gain = float(rng.choice([-1.0, 1.0]) * rng.uniform(0.5, 1.0) * 2 * p.offset_m / p.seconds**2)
+    return start, start + n, gain
+
+
 def run_episode(cfg: WorldConfig, episode_index: int) -> EpisodeResult:
     """Simulate episode `episode_index` of `cfg` with the expert and return its samples."""
     if episode_index < 0:
@@ -215,6 +235,7 @@ def run_episode(cfg: WorldConfig, episode_index: int) -> EpisodeResult:
     world = build_world(scenario, rng, cfg.density_of(scenario), event)
     tracks, log, noise = Tracks(), _Log(), sensor_rng(cfg.seed, episode_index)
     collided, offroad_steps, n_vehicles = False, 0, 0
+    push = push_schedule(cfg, episode_index)
     for step in range(cfg.num_steps + 1):
         log.pose.append(ego_pose(world.ego))
         log.speed.append(float(world.ego.speed))
@@ -230,6 +251,9 @@ def run_episode(cfg: WorldConfig, episode_index: int) -> EpisodeResult:
             n_vehicles += len(snap)
         if step == cfg.num_steps or collided:
             break
+        if push is not None and step in (push[0], push[1]):  # the push: on at its start, off at its end
+            speed = max(float(world.ego.speed), 3.0)
+            world.ego.yaw_rate_offset = push[2] / speed if step == push[0] else 0.0  # type: ignore[attr-defined]
         world.step()
         natural = {"cross_traffic"} if junction_busy(world) else set()
         if overtaking_slow(world):
@@ -238,7 +262,14 @@ def run_episode(cfg: WorldConfig, episode_index: int) -> EpisodeResult:
         offroad_steps += int(not world.ego.on_road)
         collided = bool(world.ego.crashed)
     eid = episode_id(scenario, cfg.seed, episode_index)
-    scenes = [_scene(cfg, world, log, eid, k) for k in range(NUM_PAST, len(log.camera) - NUM_FUTURE)]
+    keyframes = list(range(NUM_PAST, len(log.camera) - NUM_FUTURE))
+    if push is not None:  # drop the samples whose 4 s future overlaps the push (their label is the push)
+        keyframes = [k for k in keyframes if k * KEY >= push[1] or (k + NUM_FUTURE) * KEY <= push[0]]
+    scenes = [_scene(cfg, world, log, eid, k) for k in keyframes]
+    if push is not None:
+        for scene in scenes:
+            if scene.frame_index * KEY >= push[1]:
+                scene.meta["recovery_s"] = (scene.frame_index * KEY - push[1]) / SIM_HZ
     stats = {
         "event": event or "none",
         "num_keyframes": len(log.camera),
@@ -246,6 +277,8 @@ def run_episode(cfg: WorldConfig, episode_index: int) -> EpisodeResult:
         "offroad_steps": offroad_steps,
         "distance_m": float(np.hypot(*np.diff(np.array(log.pose)[:, :2], axis=0).T).sum()),
     }
+    if push is not None:
+        stats["push_s"] = [push[0] / SIM_HZ, push[1] / SIM_HZ]
     points = [log.points[s.frame_index] for s in scenes]
     return EpisodeResult(scenes, scenario, eid, collided, offroad_steps > 0, stats, points, episode_index)
 

@@ -78,6 +78,11 @@ class ExpertVehicle(FastIDMVehicle):
     PASS_RANGE = 40.0  # [m] ahead of the ego
     STOPPED_SPEED = 2.0  # [m/s]
     target_lane_index: tuple[str, str, int]
+    # A recovery push (WorldConfig.perturb, world/episode.py): while `yaw_rate_offset` [rad/s] is not 0 the
+    # expert's lateral control is suspended — it holds the steering it had when the push began (so it keeps
+    # following a bend it was in) plus this yaw rate — and steers back by itself once it is 0 again.
+    yaw_rate_offset: float = 0.0
+    _push_steering: float | None = None
 
     def act(self, action: dict | str | None = None) -> None:
         if self.crashed:
@@ -93,7 +98,22 @@ class ExpertVehicle(FastIDMVehicle):
         # never brake through zero speed: highway-env integrates into reverse, and a reversing car steers
         # the wrong way
         self.action["acceleration"] = max(self.safe_acceleration(a_idm), -max(float(self.speed), 0.0) / DT)
-        self.action["steering"] = self._physical_steering(float(self.action["steering"]))
+        steering = float(self.action["steering"])
+        if self.yaw_rate_offset:
+            if self._push_steering is None:
+                self._push_steering = steering
+            steering = self._with_yaw_rate(self._push_steering, self.yaw_rate_offset)
+        else:
+            self._push_steering = None
+        self.action["steering"] = self._physical_steering(steering)
+
+    def _with_yaw_rate(self, steering: float, offset: float) -> float:
+        """The steering [rad] whose yaw rate is that of `steering` plus `offset` [rad/s] (highway-env's
+        centre-referenced bicycle: yaw rate = v·sin β / (L/2), tan β = tan δ / 2)."""
+        v = max(float(self.speed), 1.0)
+        beta = math.atan(math.tan(steering) / 2)
+        sin_beta = min(max(math.sin(beta) + offset * (self.LENGTH / 2) / v, -0.99), 0.99)
+        return math.atan(2 * math.tan(math.asin(sin_beta)))
 
     def _curve_speed(self) -> float:
         """[m/s] the speed at which the sharpest bend of the route within CURVE_PREVIEW seconds (at the

@@ -155,6 +155,37 @@ def test_latent_vla_declares_the_reference_row_and_the_student_gate() -> None:
     assert not latent_vla.student_gate(cfg, students)["pass"]  # the row is missing: the check fails
 
 
+def test_the_oracle_meets_the_strongest_sft_row_of_a_learning_curve() -> None:
+    """A curves run names its rows `vla/vla_sft-n<samples>`: the oracle's CE check takes the lowest CE
+    among the vla_sft rows (it failed as 'missing' when it looked for `vla/vla_sft` only)."""
+    from drivedistill.recipes import evodrive
+
+    def row(method: str, l2: float, ce: float | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "method": method,
+            "openloop": {"stp3": {"l2": {"avg": l2}}},
+            "pdms": {"pdms": 0.5},
+        }
+        return out if ce is None else {**out, "ce_teacher_forced": ce}
+
+    cfg = evodrive.EvoDriveRecipeConfig()
+    models = {
+        "transfuser/imitation-n250": row("imitation", 1.0),
+        "transfuser/imitation-n3400": row("imitation", 0.5),
+        "vla/vla_sft-n250": row("vla_sft", 1.0, ce=0.9),
+        "vla/vla_sft-n3400": row("vla_sft", 0.7, ce=0.6),
+    }
+    good = evodrive.student_gate(cfg, {**models, "oracle/privileged": row("privileged", 0.2, ce=0.5)})
+    assert good["pass"] and good["metrics"]["sft_student"] == "vla/vla_sft-n3400"
+    assert good["metrics"]["best_imitation_student"] == "transfuser/imitation-n3400"
+    bad = evodrive.student_gate(cfg, {**models, "oracle/privileged": row("privileged", 0.2, ce=0.7)})
+    assert not bad["pass"] and not bad["checks"]["oracle_ce_below_sft_student"]  # 0.7 is not below 0.6
+    del models["vla/vla_sft-n250"], models["vla/vla_sft-n3400"]
+    assert not evodrive.student_gate(cfg, {**models, "oracle/privileged": row("privileged", 0.2, ce=0.1)})[
+        "pass"
+    ]
+
+
 def test_a_teacher_of_one_seed_is_checked_against_that_seed_s_students() -> None:
     """teachers: per_seed — teacher k meets seed k's rows, not the means over seeds (which would give
     every seed's gate the same verdict)."""

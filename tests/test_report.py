@@ -92,6 +92,33 @@ def test_tables_name_protocols() -> None:
     assert "0.90 ± 0.05" in markdown_table(_results())
 
 
+def test_closed_loop_episodes_are_counted_per_scenario_and_tabled() -> None:
+    from drivedistill.metrics.closedloop import episodes_by_scenario
+
+    records = [  # two seeds of two episodes: the roundabout leaves the road once, the highway crashes twice
+        {"scenario": "roundabout", "offroad": True, "collided": False},
+        {"scenario": "highway", "offroad": False, "collided": True},
+        {"scenario": "roundabout", "offroad": False, "collided": False},
+        {"scenario": "highway", "offroad": False, "collided": True},
+    ]
+    counts = episodes_by_scenario(records)
+    assert counts == {
+        "highway": {"episodes": 2, "offroad": 0, "collided": 2},
+        "roundabout": {"episodes": 2, "offroad": 1, "collided": 0},
+    }
+    results = _results()
+    results["models"]["transfuser/vlm_ad"]["closedloop_by_scenario"] = counts
+    headers, rows = table_rows(results)[
+        "Closed loop per scenario — episodes off the road / collided (all seeds)"
+    ]
+    assert headers[1:] == [
+        "highway: off-road / collided of episodes",
+        "roundabout: off-road / collided of episodes",
+    ]
+    assert rows == [["transfuser/imitation", "–", "–"], ["transfuser/vlm_ad", "0 / 2 of 2", "1 / 0 of 2"]]
+    assert not any("per scenario" in t for t in table_rows(_results()))  # no episode records: no table
+
+
 def test_readme_update_requires_markers(tmp_path: Path) -> None:
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- results:begin -->\nold\n<!-- results:end -->\nend\n")

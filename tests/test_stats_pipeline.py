@@ -38,6 +38,8 @@ def test_two_seed_smoke_run_fills_every_statistics_field(tmp_path: Path) -> None
     run_study(cfg, out)
     saved = json.loads((out / "results.json").read_text())
     assert saved["schema"] == 2
+    by_scenario = saved["models"]["transfuser/vlm_ad"]["closedloop_by_scenario"]  # 2 seeds × 2 episodes
+    assert sum(c["episodes"] for c in by_scenario.values()) == 4
     hw = saved["hardware"]
     assert hw["cpu_model"] and hw["torch_threads"] >= 1 and hw["torch"] and hw["device"] == "cpu"
 

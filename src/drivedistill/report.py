@@ -106,6 +106,18 @@ def table_rows(results: dict[str, Any]) -> dict[str, tuple[list[str], list[list[
         for name, m in models.items()
     ]
     tables["Closed loop — the default world"] = (headers, rows)
+    scenarios = sorted({sc for m in models.values() for sc in m.get("closedloop_by_scenario", {})})
+    if scenarios:  # where the planners leave the road or crash: episodes summed over seeds
+        headers = ["model"] + [f"{sc}: off-road / collided of episodes" for sc in scenarios]
+        rows = []
+        for name, m in models.items():
+            counts = m.get("closedloop_by_scenario", {})
+            cells = [
+                f"{c['offroad']} / {c['collided']} of {c['episodes']}" if (c := counts.get(sc)) else "–"
+                for sc in scenarios
+            ]
+            rows.append([name, *cells])
+        tables["Closed loop per scenario — episodes off the road / collided (all seeds)"] = (headers, rows)
     headers = ["model", "student", "method", "params [M]", "latency p50 [ms] (batch 1)", "latency p90 [ms]"]
     rows = [
         [

@@ -28,7 +28,7 @@ import argparse
 import dataclasses
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,6 +155,18 @@ def comfort_violation(poses: np.ndarray, speeds: np.ndarray) -> float:
     bad = (lon < lo) | (lon > hi) | (np.abs(lat) > COMFORT["lat_acc"]) | (np.abs(jerk) > COMFORT["jerk"])
     bad |= np.abs(yaw_rate) > COMFORT["yaw_rate"]
     return float(bad.mean())
+
+
+def episodes_by_scenario(records: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, int]]:
+    """Per-episode records (`ClosedLoopResult.episodes`, of any number of seeds) counted per scenario:
+    {scenario: {"episodes", "offroad", "collided"}} — where a planner leaves the road or crashes."""
+    out: dict[str, dict[str, int]] = {}
+    for rec in records:
+        c = out.setdefault(str(rec["scenario"]), {"episodes": 0, "offroad": 0, "collided": 0})
+        c["episodes"] += 1
+        c["offroad"] += int(bool(rec["offroad"]))
+        c["collided"] += int(bool(rec["collided"]))
+    return dict(sorted(out.items()))
 
 
 def _record(env: Any, scenario: str, index: int) -> dict[str, Any]:

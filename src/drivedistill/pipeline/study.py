@@ -312,6 +312,12 @@ def aggregate(cfg: StudyConfig, per_seed: dict[str, list[dict[str, Any]]]) -> di
                 entry[block], s = _mean_std(vals)
                 if s is not None:
                     std[block] = s
+        if any("closedloop_episodes" in r for r in runs):  # where it leaves the road, summed over seeds
+            from drivedistill.metrics.closedloop import episodes_by_scenario
+
+            entry["closedloop_by_scenario"] = episodes_by_scenario(
+                e for r in runs for e in r.get("closedloop_episodes", [])
+            )
         entry["protocols"] = runs[0].get("protocols", {})
         entry["std"] = std
         models[spec.name] = entry

@@ -34,8 +34,8 @@ def _lateral(cfg: WorldConfig, index: int, pushed: bool) -> np.ndarray:
     assert push is not None
     out = []
     for step in range(cfg.num_steps):
-        if pushed and step in push[:2]:
-            world.ego.yaw_rate_offset = push[2] / max(float(world.ego.speed), 3.0) if step == push[0] else 0.0  # type: ignore[attr-defined]
+        if pushed:
+            push.apply(world.ego, step)
         world.step()
         out.append(float(world.ego.lane.local_coordinates(world.ego.position)[1]))
     return np.array(out)
@@ -47,10 +47,10 @@ def test_the_push_moves_the_expert_off_its_path_and_it_steers_back() -> None:
     push = push_schedule(PUSHED, 0)
     assert push is not None
     shift = _lateral(PUSHED, 0, True) - _lateral(PUSHED, 0, False)
-    assert np.abs(shift[: push[0]]).max() == 0.0  # nothing differs before the push
-    at_end = abs(shift[push[1] - 1])
+    assert np.abs(shift[: push.start]).max() == 0.0  # nothing differs before the push
+    at_end = abs(shift[push.end - 1])
     assert at_end >= 0.5
-    assert abs(shift[push[1] + 30]) <= 0.5 * at_end
+    assert abs(shift[push.end + 30]) <= 0.5 * at_end
 
 
 def test_samples_holding_the_push_in_their_future_are_dropped() -> None:
@@ -59,11 +59,11 @@ def test_samples_holding_the_push_in_their_future_are_dropped() -> None:
         assert push is not None
         result = run_episode(PUSHED, index)
         assert not result.collided and not result.offroad
-        assert result.stats["push_s"] == [push[0] / 10, push[1] / 10]
+        assert result.stats["push_s"] == [push.start / 10, push.end / 10]
         assert result.scenes, "samples after the push remain"
         for scene in result.scenes:
             t0, t_end = scene.frame_index * KEY, (scene.frame_index + 8) * KEY
-            assert t0 >= push[1] or t_end <= push[0]  # the label never holds the push
-            assert ("recovery_s" in scene.meta) == (t0 >= push[1])
+            assert t0 >= push.end or t_end <= push.start  # the label never holds the push
+            assert ("recovery_s" in scene.meta) == (t0 >= push.end)
         recovery = sorted(s.meta["recovery_s"] for s in result.scenes if "recovery_s" in s.meta)
         assert recovery and recovery[0] < 0.5  # the first sample after the push starts within 0.5 s

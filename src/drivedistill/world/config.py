@@ -47,9 +47,9 @@ def _default_events() -> dict[str, float]:
 @dataclass
 class PerturbConfig:
     """Recovery data (DART, Laskey et al. 2017; ChauffeurNet, Bansal et al. 2018): with probability `prob`
-    a *training* episode's expert is pushed off its path once — a yaw-rate offset that would carry it
-    `offset_m` sideways (random side, × U(0.5, 1)) within `seconds`, added to its steering from a random
-    time after the 2 s history — and then steers back by itself. Samples whose 4 s future overlaps the push
+    a *training* episode's expert is pushed off its path once — from a random time after the 2 s history
+    it holds its steering for `seconds` plus a yaw-rate offset that would carry it `offset_m` sideways
+    (random side, × U(0.5, 1)) — and then steers back by itself. Samples whose 4 s future overlaps the push
     are dropped (their label would teach the push); samples after it show an ego off its lane in their
     sensors and history and the expert's recovery as their label (`meta["recovery_s"]`: seconds since the
     push ended). Validation episodes are never perturbed. prob 0 (the default) leaves the data as it was."""

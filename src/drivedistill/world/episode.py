@@ -15,7 +15,7 @@ Same (cfg, episode_index) → byte-identical scenes (everything is drawn from on
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from highway_env.vehicle.kinematics import Vehicle
@@ -205,10 +205,25 @@ class _Log:
     s_on_lane: list[float] = field(default_factory=list)
 
 
-def push_schedule(cfg: WorldConfig, episode_index: int) -> tuple[int, int, float] | None:
-    """(first step, end step, yaw-rate offset [rad/s] per m/s of speed at the push's start) of the
-    episode's recovery push (`WorldConfig.perturb`), or None: prob 0, a validation episode, or the draw.
-    Its own generator, so a push never changes the traffic, the event or the sensor noise."""
+class Push(NamedTuple):
+    """An episode's recovery push (`WorldConfig.perturb`): simulation steps [start, end) and the yaw-rate
+    offset [rad/s] per m/s of the ego's speed at `start`."""
+
+    start: int
+    end: int
+    gain: float
+
+    def apply(self, ego: Any, step: int) -> None:
+        """Before simulation step `step`: switch the expert's push on at `start`, off at `end`."""
+        if step == self.start:
+            ego.yaw_rate_offset = self.gain / max(float(ego.speed), 3.0)
+        elif step == self.end:
+            ego.yaw_rate_offset = 0.0
+
+
+def push_schedule(cfg: WorldConfig, episode_index: int) -> Push | None:
+    """The episode's recovery push (`WorldConfig.perturb`), or None: prob 0, a validation episode, or the
+    draw. Its own generator, so a push never changes the traffic, the event or the sensor noise."""
     p = cfg.perturb
     if p.prob <= 0 or episode_index >= VAL_EPISODE_BASE:
         return None
@@ -222,7 +237,7 @@ def push_schedule(cfg: WorldConfig, episode_index: int) -> tuple[int, int, float
     start = int(rng.integers(first, last + 1))
     # lateral offset ≈ v·ω·T²/2 → ω = 2·offset / (v·T²), with a random side and size
     gain = float(rng.choice([-1.0, 1.0]) * rng.uniform(0.5, 1.0) * 2 * p.offset_m / p.seconds**2)
-    return start, start + n, gain
+    return Push(start, start + n, gain)
 
 
 def run_episode(cfg: WorldConfig, episode_index: int) -> EpisodeResult:
@@ -251,9 +266,8 @@ def run_episode(cfg: WorldConfig, episode_index: int) -> EpisodeResult:
             n_vehicles += len(snap)
         if step == cfg.num_steps or collided:
             break
-        if push is not None and step in (push[0], push[1]):  # the push: on at its start, off at its end
-            speed = max(float(world.ego.speed), 3.0)
-            world.ego.yaw_rate_offset = push[2] / speed if step == push[0] else 0.0  # type: ignore[attr-defined]
+        if push is not None:
+            push.apply(world.ego, step)
         world.step()
         natural = {"cross_traffic"} if junction_busy(world) else set()
         if overtaking_slow(world):
@@ -264,12 +278,12 @@ def run_episode(cfg: WorldConfig, episode_index: int) -> EpisodeResult:
     eid = episode_id(scenario, cfg.seed, episode_index)
     keyframes = list(range(NUM_PAST, len(log.camera) - NUM_FUTURE))
     if push is not None:  # drop the samples whose 4 s future overlaps the push (their label is the push)
-        keyframes = [k for k in keyframes if k * KEY >= push[1] or (k + NUM_FUTURE) * KEY <= push[0]]
+        keyframes = [k for k in keyframes if k * KEY >= push.end or (k + NUM_FUTURE) * KEY <= push.start]
     scenes = [_scene(cfg, world, log, eid, k) for k in keyframes]
     if push is not None:
         for scene in scenes:
-            if scene.frame_index * KEY >= push[1]:
-                scene.meta["recovery_s"] = (scene.frame_index * KEY - push[1]) / SIM_HZ
+            if scene.frame_index * KEY >= push.end:
+                scene.meta["recovery_s"] = (scene.frame_index * KEY - push.end) / SIM_HZ
     stats = {
         "event": event or "none",
         "num_keyframes": len(log.camera),
@@ -278,7 +292,7 @@ def run_episode(cfg: WorldConfig, episode_index: int) -> EpisodeResult:
         "distance_m": float(np.hypot(*np.diff(np.array(log.pose)[:, :2], axis=0).T).sum()),
     }
     if push is not None:
-        stats["push_s"] = [push[0] / SIM_HZ, push[1] / SIM_HZ]
+        stats["push_s"] = [push.start / SIM_HZ, push.end / SIM_HZ]
     points = [log.points[s.frame_index] for s in scenes]
     return EpisodeResult(scenes, scenario, eid, collided, offroad_steps > 0, stats, points, episode_index)
 

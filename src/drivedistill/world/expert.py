@@ -32,6 +32,12 @@ SCAN_RADIUS = 70.0  # [m]
 DT = 1.0 / SIM_HZ  # [s] control period
 
 
+def _steering_of(sin_beta: float) -> float:
+    """highway-env's steering angle δ [rad] for a slip angle β (its centre-referenced bicycle:
+    tan β = tan δ / 2, yaw rate = v·sin β / (L/2))."""
+    return math.atan(2 * math.tan(math.asin(sin_beta)))
+
+
 class ExpertVehicle(FastIDMVehicle):
     """IDM + MOBIL with a privileged constant-turn-rate conflict check (highway-env frame internally)."""
 
@@ -112,8 +118,7 @@ class ExpertVehicle(FastIDMVehicle):
         centre-referenced bicycle: yaw rate = v·sin β / (L/2), tan β = tan δ / 2)."""
         v = max(float(self.speed), 1.0)
         beta = math.atan(math.tan(steering) / 2)
-        sin_beta = min(max(math.sin(beta) + offset * (self.LENGTH / 2) / v, -0.99), 0.99)
-        return math.atan(2 * math.tan(math.asin(sin_beta)))
+        return _steering_of(min(max(math.sin(beta) + offset * (self.LENGTH / 2) / v, -0.99), 0.99))
 
     def _curve_speed(self) -> float:
         """[m/s] the speed at which the sharpest bend of the route within CURVE_PREVIEW seconds (at the
@@ -150,7 +155,7 @@ class ExpertVehicle(FastIDMVehicle):
         v = max(float(self.speed), 1e-3)
         sin_beta = self.MAX_LATERAL_ACCEL * (self.LENGTH / 2) / (v * v)
         if sin_beta < 1.0:
-            limit = math.atan(2 * math.tan(math.asin(sin_beta)))
+            limit = _steering_of(sin_beta)
             steering = min(max(steering, -limit), limit)
         return steering
 

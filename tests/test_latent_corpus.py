@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from drivedistill.data.corpus import CorpusConfig, corpus_dataset, corpus_sizes
 from drivedistill.data.store import SceneStore, SceneStoreWriter, write_shard
-from drivedistill.models.latent_action.corpus import CorpusConfig, corpus_dataset, corpus_sizes
 from drivedistill.testing import random_scene
 
 

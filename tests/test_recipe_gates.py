@@ -13,13 +13,14 @@ from typing import Any
 import numpy as np
 import pytest
 
+from drivedistill.data.corpus import CorpusConfig
 from drivedistill.data.store import SceneStore, SceneStoreWriter, write_shard
 from drivedistill.models.latent_action import LatentActionConfig
-from drivedistill.models.latent_action.corpus import CorpusConfig
 from drivedistill.models.latent_action.encode import EGO_CODES_KEY
+from drivedistill.models.perception import PerceptionConfig
 from drivedistill.models.teachers.vlm import TEACHER_LOGITS_KEY, VLMTeacherConfig
 from drivedistill.models.vlm import VLMConfig
-from drivedistill.recipes import latent_vla, vlm_ad
+from drivedistill.recipes import evodrive, latent_vla, vlm_ad
 from drivedistill.recipes.base import StageContext, all_recipes
 from drivedistill.recipes.extras import load_extras
 from drivedistill.testing import random_scene
@@ -98,7 +99,7 @@ def test_latent_vla_stages_train_on_the_corpus_and_compute_the_gate(
         _write_store(Path(out), "c", 2 * cfg.extra_episodes, 0.0)
         return Path(out)
 
-    monkeypatch.setattr("drivedistill.models.latent_action.corpus.collect_corpus", fake_collect)
+    monkeypatch.setattr("drivedistill.data.corpus.collect_corpus", fake_collect)
     runner = _Runner(tmp_path / "stages")
     lam = latent_vla.lam_stage(TINY, _ctx(runner, store, "latent_lam", {}, latent_vla.LAM_CODE_VERSION))
     assert collected and collected[0][0].seed == 0 and collected[0][1].extra_episodes == 3
@@ -221,8 +222,45 @@ def test_corpus_needs_a_world_store(tmp_path: Path) -> None:
     writer.add_shard(write_shard(root, 0, scenes, val_fraction=0.0, config_hash=writer.config_hash))
     writer.finish()
     runner = _Runner(tmp_path / "stages")
-    with pytest.raises(Exception, match="corpus.extra_episodes=0"):
+    with pytest.raises(Exception, match="recipes.latent_vla.corpus.extra_episodes=0"):
         latent_vla.lam_stage(TINY, _ctx(runner, _Art(tmp_path / "collect"), "latent_lam", {}, 2))
+    with pytest.raises(Exception, match="recipes.evodrive.corpus.extra_episodes=0"):
+        evodrive.perception_stage(
+            TINY_EVO, _ctx(runner, _Art(tmp_path / "collect"), "evodrive_perception", {}, 2)
+        )
+
+
+TINY_EVO = evodrive.EvoDriveRecipeConfig(
+    vlm=VLMConfig(hidden_size=64, intermediate_size=128, vision_hidden_size=32, vision_intermediate_size=64),
+    perception=PerceptionConfig(steps=3, batch_size=4, probe_steps=3),
+    corpus=CorpusConfig(extra_episodes=3),
+)
+
+
+def test_evodrive_perception_pretrains_on_the_corpus_and_probes_on_the_students_split(
+    tmp_path: Path, store: _Art, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    collected: list[Any] = []
+
+    def fake_collect(world: Any, out: Path, cfg: CorpusConfig, workers: int = 1) -> Path:
+        collected.append(world.seed)
+        _write_store(Path(out), "c", 2 * cfg.extra_episodes, 0.0)
+        return Path(out)
+
+    monkeypatch.setattr("drivedistill.data.corpus.collect_corpus", fake_collect)
+    runner = _Runner(tmp_path / "stages")
+    out = evodrive.perception_stage(TINY_EVO, _ctx(runner, store, "evodrive_perception", {}, 2))
+    n_train = len(SceneStore(store.store_dir()).tokens("train"))
+    assert collected == [0]  # from the world of the study's store
+    assert out.summary["samples"] == {"probe_train": n_train, "pretrain": n_train + 6}
+    assert runner.keys["evodrive_perception"]["cfg"]["corpus"] == {"extra_episodes": 3, "seed_offset": 2000}
+    assert (out.path / "corpus" / "manifest.json").is_file() and (out.path / "perception").is_dir()
+    # without a corpus the stage's key is what it was before the corpus existed
+    runner = _Runner(tmp_path / "stages-plain")
+    plain = dataclasses.replace(TINY_EVO, corpus=CorpusConfig())
+    out = evodrive.perception_stage(plain, _ctx(runner, store, "evodrive_perception", {}, 2))
+    assert "corpus" not in runner.keys["evodrive_perception"]["cfg"] and len(collected) == 1
+    assert out.summary["samples"] == {"probe_train": n_train, "pretrain": n_train}
 
 
 def test_vlm_ad_quality_reports_the_annotation_quality(tmp_path: Path, store: _Art) -> None:

@@ -17,7 +17,7 @@ a cell is occupied when any of an agent's box corners or its centre falls in it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,19 +83,21 @@ def occupancy_grid(agents: np.ndarray, valid: np.ndarray, cfg: PerceptionConfig)
     return grid.reshape(-1)
 
 
+def scene_arrays(scene: Scene, cfg: PerceptionConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """One scene → (its front camera (3, H, W) uint8, its occupancy target (G,)) from agents at t = 0."""
+    if scene.privileged is None:
+        raise ValueError(
+            f"perception targets need Privileged.agents; scene {scene.token} has no privileged part"
+        )
+    image = torch.from_numpy(np.array(scene.agent_input.camera)).permute(2, 0, 1).contiguous()
+    target = occupancy_grid(scene.privileged.agents[0], scene.privileged.agents_valid[0], cfg)
+    return image, torch.from_numpy(target)
+
+
 def scene_batch(scenes: Sequence[Scene], cfg: PerceptionConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Scenes → (images (N, 3, H, W) in [0, 1], occupancy targets (N, G)) from agents at t = 0."""
-    images, targets = [], []
-    for s in scenes:
-        if s.privileged is None:
-            raise ValueError(
-                f"perception targets need Privileged.agents; scene {s.token} has no privileged part"
-            )
-        images.append(torch.from_numpy(np.array(s.agent_input.camera)).permute(2, 0, 1).float() / 255.0)
-        targets.append(
-            torch.from_numpy(occupancy_grid(s.privileged.agents[0], s.privileged.agents_valid[0], cfg))
-        )
-    return torch.stack(images), torch.stack(targets)
+    images, targets = zip(*(scene_arrays(s, cfg) for s in scenes), strict=True)
+    return torch.stack(images).float() / 255.0, torch.stack(targets)
 
 
 def visual_features(core: VLMCore, images: torch.Tensor, visual: nn.Module | None = None) -> torch.Tensor:
@@ -136,7 +138,7 @@ class OccupancyBatch:
         return OccupancyBatch(self.images.to(device), self.targets.to(device), self.tokens)
 
 
-OccupancySample = tuple[torch.Tensor, torch.Tensor, str]  # image (3, H, W), target (G,), token
+OccupancySample = tuple[torch.Tensor, torch.Tensor, str]  # image (3, H, W) uint8, target (G,), token
 
 
 class OccupancyPretraining(nn.Module):
@@ -159,21 +161,25 @@ class OccupancyPretraining(nn.Module):
 
     @classmethod
     def build(
-        cls, core: VLMCore, scenes: Sequence[Scene], cfg: PerceptionConfig, seed: int = 0
+        cls, core: VLMCore, scenes: Iterable[Scene], cfg: PerceptionConfig, seed: int = 0
     ) -> tuple[OccupancyPretraining, list[OccupancySample]]:
-        """The model (head seeded by `seed`) and its training samples (targets from Privileged.agents)."""
-        images, targets = scene_batch(scenes, cfg)
+        """The model (head seeded by `seed`) and its training samples (targets from Privileged.agents);
+        `scenes` are read once (e.g. straight from a store), the samples keep uint8 images."""
+        samples = [(*scene_arrays(s, cfg), s.token) for s in scenes]
+        if not samples:
+            raise ValueError("OccupancyPretraining.build: no scenes to pretrain on")
+        targets = torch.stack([t for _, t, _ in samples])
         with torch.no_grad():
-            dim = visual_features(core, images[:1]).shape[1]
+            dim = visual_features(core, samples[0][0][None].float() / 255.0).shape[1]
         pos_weight = ((1 - targets.mean(0)) / targets.mean(0).clamp_min(1e-3)).clamp(1.0, 20.0)
         torch.manual_seed(seed)
         model = cls(core, dim, targets.shape[1], pos_weight)
-        return model, [(images[i], targets[i], s.token) for i, s in enumerate(scenes)]
+        return model, samples
 
     @staticmethod
     def collate(items: Sequence[OccupancySample]) -> OccupancyBatch:
         return OccupancyBatch(
-            torch.stack([i for i, _, _ in items]),
+            torch.stack([i for i, _, _ in items]).float() / 255.0,
             torch.stack([t for _, t, _ in items]),
             [k for *_, k in items],
         )

@@ -11,12 +11,13 @@ alone from privileged future frames. Every VLA row gets a perception probe of it
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from drivedistill.config import ConfigError, check, to_dict
+from drivedistill.data.corpus import CorpusConfig
 from drivedistill.models.perception import PerceptionConfig
 from drivedistill.models.teachers.oracle import OracleConfig
 from drivedistill.models.vlm import VLMConfig
@@ -54,6 +55,8 @@ class EvoDriveRecipeConfig:
     # (H, W) [px] the VLM reads; None: the store's camera
     image_hw: tuple[int, int] | None = field(default=None, metadata=check(ge=1))
     perception: PerceptionConfig = field(default_factory=PerceptionConfig)
+    # extra unlabelled episodes the perception pretraining reads on top of the students' train split
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
     # perception pretraining seed (the study seed under `teachers: per_seed`)
     seed: int = field(default=0, metadata=check(ge=0))
     oracle: OracleConfig = field(default_factory=OracleConfig)
@@ -80,7 +83,7 @@ def _scenes(store: Any) -> tuple[list[Any], list[Any]]:
 
 def pretrain_perception(
     core: Any,
-    scenes: Sequence[Any],
+    scenes: Iterable[Any],
     cfg: PerceptionConfig,
     out_dir: Path,
     seed: int = 0,
@@ -90,9 +93,9 @@ def pretrain_perception(
     """Pretrain the core's vision encoder + merger on BEV occupancy with the training loop (`cfg.steps`
     steps of `cfg.batch_size` at a constant `cfg.lr`, no weight decay or clipping; checkpoints in
     `out_dir`, so an interrupted stage resumes) → the mean training-set BCE before ("first") and after
-    ("last"), and with `val` scenes the pretraining head's own occupancy IoU on them ("head_val_iou",
-    at its logit-0 threshold). The head is discarded; save the core as the students' starting point."""
-    from drivedistill.models.perception import OccupancyPretraining, scene_batch
+    ("last"), and with `val` scenes the pretraining head's own occupancy IoU on them ("head_val_iou", at
+    its logit-0 threshold). The head is discarded; save the core as the students' starting point."""
+    from drivedistill.models.perception import OccupancyPretraining, scene_arrays
     from drivedistill.train.loop import fit
 
     model, samples = OccupancyPretraining.build(core, scenes, cfg, seed)
@@ -117,17 +120,19 @@ def pretrain_perception(
     model.cpu()
     out = {"first": first, "last": model.mean_loss(samples)}
     if val:
-        images, targets = scene_batch(val, cfg)
-        out["head_val_iou"] = model.evaluate([(x, t, s.token) for x, t, s in zip(images, targets, val)])[
-            "iou"
-        ]
+        out["head_val_iou"] = model.evaluate([(*scene_arrays(s, cfg), s.token) for s in val])["iou"]
     return out
 
 
 def perception_stage(cfg: EvoDriveRecipeConfig, ctx: StageContext) -> Any:
-    """Build the tiny VLM, pretrain its vision encoder on BEV occupancy, probe it, save it. The summary
-    holds the probe on the random-init and on the pretrained encoder (val IoU, train IoU, feature
-    effective rank), the pretraining head's own val IoU and the per-cell-prior baselines."""
+    """Build the tiny VLM, pretrain its vision encoder on BEV occupancy over the students' train split +
+    the recipe's corpus (`cfg.corpus`: extra episodes the students never see, collected into the stage
+    directory), probe it, save it. The summary holds the probe on the random-init and on the pretrained
+    encoder (the probe reads the students' train split, is scored on val: val IoU, train IoU, feature
+    effective rank), the pretraining head's own val IoU, the per-cell-prior baselines and the sample
+    counts."""
+    from drivedistill.data.corpus import study_corpus
+    from drivedistill.data.store import SceneStore
     from drivedistill.models.perception import linear_probe, probe_baselines
     from drivedistill.models.vlm import VLMCore
 
@@ -135,14 +140,20 @@ def perception_stage(cfg: EvoDriveRecipeConfig, ctx: StageContext) -> Any:
     seed = cfg.seed if ctx.seed is None else ctx.seed
 
     def run(d: Path) -> dict[str, Any]:
+        import itertools
+
         import torch
 
-        torch.manual_seed(seed)
         train, val = _scenes(ctx.store)
+        extra = study_corpus(
+            SceneStore(ctx.store.store_dir()), cfg.corpus, d / "corpus", "recipes.evodrive.corpus"
+        )
+        torch.manual_seed(seed)
         core = VLMCore.build(vlm_cfg)
         fresh = linear_probe(core, train, val, cfg.perception)
+        pretrain = itertools.chain(train, *(e.scenes(None) for e in extra))
         losses = pretrain_perception(
-            core, train, cfg.perception, seed=seed, out_dir=d / "pretrain", device=ctx.device, val=val
+            core, pretrain, cfg.perception, seed=seed, out_dir=d / "pretrain", device=ctx.device, val=val
         )
         before = linear_probe(core, train, val, cfg.perception)
         core.save(d / "perception")
@@ -151,11 +162,17 @@ def perception_stage(cfg: EvoDriveRecipeConfig, ctx: StageContext) -> Any:
             "probe_pretrained": before,
             "pretrain_loss": losses,
             "baselines": probe_baselines(train, val, cfg.perception),
+            "samples": {
+                "probe_train": len(train),
+                "pretrain": len(train) + sum(len(e.tokens(None)) for e in extra),
+            },
             "artifacts": {"perception": "perception"},
             "student_paths": {"vla": {"vlm": {"pretrained_dir": "perception"}}},
         }
 
     stage_cfg = {"vlm": to_dict(vlm_cfg), "perception": to_dict(cfg.perception), "seed": seed}
+    if cfg.corpus.extra_episodes:  # 0: the key of the stages before the corpus existed
+        stage_cfg["corpus"] = to_dict(cfg.corpus)
     return ctx.run(stage_cfg, [ctx.store], run)
 
 
@@ -324,7 +341,7 @@ def build(cfg: EvoDriveRecipeConfig) -> Recipe:
     return Recipe(
         name="evodrive",
         stages=(
-            Stage("evodrive_perception", perception_stage, code_version=PERCEPTION_CODE_VERSION, cost=0.35),
+            Stage("evodrive_perception", perception_stage, code_version=PERCEPTION_CODE_VERSION, cost=0.9),
             Stage(
                 "evodrive_oracle",
                 oracle_stage,

@@ -6,7 +6,7 @@ its teacher-forced logits as extras, so distillation never runs the VLM, and sav
 artifact "teacher/vlm" that `latent_vla` runs in the loop).
 
 Corpus (`corpus.extra_episodes`, LatentVLA's "more video than labels"): the LAM stage collects that many
-extra episodes of the study's world under another seed (models/latent_action/corpus.py) into its own
+extra episodes of the study's world under another seed (data/corpus.py) into its own
 directory; the LAM and the teacher train on the students' train split + those episodes. The students
 never see them: the extras (codes, logits) the methods read cover the study store's samples only.
 
@@ -31,8 +31,8 @@ from typing import Any, Literal
 import numpy as np
 
 from drivedistill.config import ConfigError, check, to_dict
+from drivedistill.data.corpus import CorpusConfig
 from drivedistill.models.latent_action import LatentActionConfig
-from drivedistill.models.latent_action.corpus import CorpusConfig
 from drivedistill.models.teachers.vlm import VLMTeacherConfig
 from drivedistill.models.vlm import VLMConfig
 from drivedistill.recipes.base import MethodUse, Recipe, Reference, Stage, StageContext, store_image_hw
@@ -190,10 +190,10 @@ def lam_stage(cfg: LatentVLARecipeConfig, ctx: StageContext) -> Any:
     """Collect the corpus (if any), train the two-stage latent action model on the store's train split +
     the corpus; encode the 12 ego codes of every sample (store: extras.npz, read by the methods; corpus:
     corpus_codes.npz, read by the teacher stage only); probe them on the store's splits."""
+    from drivedistill.data.corpus import corpus_dataset, corpus_sizes, study_corpus
     from drivedistill.data.dataset import SceneDataset
     from drivedistill.data.store import SceneStore
     from drivedistill.models.latent_action import LatentActionModel, perplexity
-    from drivedistill.models.latent_action.corpus import collect_corpus, corpus_dataset, corpus_sizes
     from drivedistill.models.latent_action.encode import (
         EGO_CODES_KEY,
         encode_latent_actions,
@@ -211,20 +211,7 @@ def lam_stage(cfg: LatentVLARecipeConfig, ctx: StageContext) -> Any:
         import torch
 
         scenes = SceneStore(store.store_dir())
-        extra_stores: list[Any] = []
-        if cfg.corpus.extra_episodes > 0:
-            from drivedistill.config import from_dict
-            from drivedistill.world.config import WorldConfig
-
-            world = scenes.config.get("world")
-            if not isinstance(world, dict):
-                raise ConfigError(
-                    f"recipes.latent_vla.corpus.extra_episodes={cfg.corpus.extra_episodes}: the store "
-                    f"{store.store_dir()} was not collected from the embedded world, so there is no world "
-                    "to collect the corpus from; set recipes.latent_vla.corpus.extra_episodes=0"
-                )
-            collect_corpus(from_dict(WorldConfig, world, "world"), d / CORPUS_DIR, cfg.corpus)
-            extra_stores = _corpus_stores(d)
+        extra_stores = study_corpus(scenes, cfg.corpus, d / CORPUS_DIR, "recipes.latent_vla.corpus")
         train = corpus_dataset(scenes, extra_stores)
         every = SceneDataset(scenes, None, cache_decoded=True)
         seed_everything(train_cfg.seed)
@@ -297,10 +284,10 @@ def teacher_stage(cfg: LatentVLARecipeConfig, ctx: StageContext) -> Any:
     import shutil
 
     from drivedistill import registry
+    from drivedistill.data.corpus import corpus_dataset, corpus_sizes
     from drivedistill.data.dataset import SceneDataset
     from drivedistill.data.store import SceneStore
     from drivedistill.methods.latent_vla_quality import latent_teacher_quality
-    from drivedistill.models.latent_action.corpus import corpus_dataset, corpus_sizes
     from drivedistill.models.latent_action.encode import EGO_CODES_KEY
     from drivedistill.models.teachers.vlm import TEACHER_LOGITS_KEY, cache_teacher_logits
     from drivedistill.recipes.extras import load_extras, save_extras

@@ -1,16 +1,18 @@
-"""The unlabelled corpus of the latent action model and the LatentVLA teacher.
+"""The unlabelled corpus teachers learn from: more episodes of the study's world than the students have labels.
 
 LatentVLA's premise (reference/methods.md §2) is that the LAM and the teacher learn from far more video
-than the planner has labels. In the embedded world collection is cheap, so the LAM/teacher corpus is the
-students' training split plus `extra_episodes` more episodes of the same world under another seed (so no
-episode is shared with the students' train or val split). The students never see the extra episodes.
+than the planner has labels; EvoDrive's perception VLM, too, comes from far more data than the planner's
+(its occupancy targets are the simulator's, as a real one's come from auto-labelled perception data). In
+the embedded world collection is cheap, so a teacher's corpus is the students' training split plus
+`extra_episodes` more episodes of the same world under another seed (so no episode is shared with the
+students' train or val split). The students never see the extra episodes.
 
-    extra = collect_corpus(world_cfg, run_dir / "corpus", CorpusConfig(extra_episodes=100), workers=2)
-    data = corpus_dataset(study_store, [extra], extras={EGO_CODES_KEY: codes})   # ConcatDataset + collate
-    samples_seen = corpus_sizes(study_store, [extra])   # {"student_train": …, "lam_teacher_train": …}
+    extra = study_corpus(scenes, CorpusConfig(extra_episodes=100), run_dir / "corpus", "recipes.latent_vla.corpus")
+    data = corpus_dataset(study_store, extra, extras={EGO_CODES_KEY: codes})   # ConcatDataset + collate
+    samples_seen = corpus_sizes(study_store, extra)   # {"student_train": …, "lam_teacher_train": …}
 
-Recipe keys the pipeline reads (proposed, wired by the integrator): `latent.corpus.extra_episodes`
-(0 = the students' train split only, as before), `latent.corpus.seed_offset`.
+Two recipes with the same `CorpusConfig` collect the same episodes (collection is deterministic): each keeps
+its own copy in its stage directory, so neither depends on the other.
 """
 
 from __future__ import annotations
@@ -59,6 +61,27 @@ def collect_corpus(world: Any, out: str | Path, cfg: CorpusConfig, workers: int 
     )
     collect(corpus_world, out, workers=workers, val_fraction=0.0, show_progress=False)
     return Path(out)
+
+
+def study_corpus(scenes: Any, cfg: CorpusConfig, out: str | Path, config_key: str) -> list[Any]:
+    """The extra stores of a teacher's corpus: `cfg.extra_episodes` episodes of the world the study store
+    `scenes` (a SceneStore) was collected from, collected into `out` (resumed if there) → [SceneStore],
+    or [] for extra_episodes 0. `config_key` names the setting in the error for a store with no world."""
+    if cfg.extra_episodes == 0:
+        return []
+    from drivedistill.config import ConfigError, from_dict
+    from drivedistill.data.store import SceneStore
+    from drivedistill.world.config import WorldConfig
+
+    world = scenes.config.get("world")
+    if not isinstance(world, dict):
+        raise ConfigError(
+            f"{config_key}.extra_episodes={cfg.extra_episodes}: the store {scenes.root} was not collected "
+            f"from the embedded world, so there is no world to collect the corpus from; set "
+            f"{config_key}.extra_episodes=0"
+        )
+    collect_corpus(from_dict(WorldConfig, world, "world"), out, cfg)
+    return [SceneStore(out)]
 
 
 class CorpusDataset(ConcatDataset[Scene]):

@@ -41,7 +41,14 @@ def _agent(
     return out
 
 
-def _scene(traj: np.ndarray, v0: float, agents: list[np.ndarray], acc: float = 0.0, event: str = "") -> Scene:
+def _scene(
+    traj: np.ndarray,
+    v0: float,
+    agents: list[np.ndarray],
+    acc: float = 0.0,
+    event: str = "",
+    junctions: list[np.ndarray] | None = None,
+) -> Scene:
     base = random_scene(0)
     assert base.privileged is not None
     arr = np.stack(agents, 1) if agents else np.zeros((NUM_AGENT_STEPS, 0, 8), np.float32)
@@ -52,7 +59,7 @@ def _scene(traj: np.ndarray, v0: float, agents: list[np.ndarray], acc: float = 0
         future_trajectory=traj,
         agents=arr,
         agents_valid=np.ones(arr.shape[:2], bool),
-        map=MapGeometry(LANES, lane_polys, np.array([True, False]), [road], [], LANES[0].copy()),
+        map=MapGeometry(LANES, lane_polys, np.array([True, False]), [road], junctions or [], LANES[0].copy()),
     )
     ai = dataclasses.replace(base.agent_input, ego_status=np.array([v0, acc, 0.0], np.float32))
     return Scene("tok", "ep", 0, ai, priv, {"event": event})
@@ -107,6 +114,17 @@ def test_cut_in_from_the_left(rules) -> None:  # type: ignore[no-untyped-def]
     ann = rules.annotate_one(_scene(ego, 15.0, [cutter], acc=-1.5), "h").annotation
     assert "left" in ann.reasoning and "14 m" in ann.reasoning
     assert ann.control == "move slowly"
+
+
+def test_a_car_moving_into_our_path_where_it_crosses_a_junction_is_cross_traffic(rules) -> None:  # type: ignore[no-untyped-def]
+    ego = _traj_from_speeds(np.linspace(15.0, 9.0, NUM_FUTURE))
+    cutter = _agent(14.0, 3.8, np.full(NUM_AGENT_STEPS, 13.0), y_end=0.0)  # test_cut_in_from_the_left's
+    settling = _agent(14.0, 1.5, np.full(NUM_AGENT_STEPS, 13.0), y_end=0.0)  # already half in our lane
+    junction = np.array([[25, -15], [55, -15], [55, 15], [25, 15]], np.float32)  # our path crosses it
+    for car in (cutter, settling):
+        assert rules.annotate_one(_scene(ego, 15.0, [car], acc=-1.5), "h").annotation.cause == "cut-in"
+        at_junction = _scene(ego, 15.0, [car], acc=-1.5, junctions=[junction])
+        assert rules.annotate_one(at_junction, "h").annotation.cause == "cross traffic"
 
 
 def test_cross_traffic_is_named(rules) -> None:  # type: ignore[no-untyped-def]

@@ -210,6 +210,9 @@ def find_causes(
     reach = lookahead + float(s_ego[-1])  # a stopped vehicle matters as far as we get in 4 s plus lookahead
     causes: list[Cause] = []
     lead_found = False
+    path_in_junction = any(
+        bool(_inside(poly.astype(np.float64), path).any()) for poly in priv.map.intersection_polygons
+    )
     agents, valid = priv.agents, priv.agents_valid
     order = np.argsort(agents[0, :, 0])  # nearest first along x
     for a in order:
@@ -250,8 +253,10 @@ def find_causes(
                 # a lead braking hard (or to a standstill) is braking even while it drifts or we move over;
                 # a lead merely easing off (drop without hard braking) is a slow lead below
                 kind = "lead_brake"
-            elif settling:
-                kind = "cut_in"  # it is still moving over into our lane
+            elif (
+                settling
+            ):  # it is still moving over into our lane: from another arm where we cross a junction
+                kind = "cross_traffic" if path_in_junction else "cut_in"
             elif speed0 < v0 - 2.0:
                 kind = "slow_lead"
             else:
@@ -280,7 +285,10 @@ def find_causes(
         ):
             causes.append(Cause("cross_traffic", noun, s0, speed0, speed_later, side))
         elif enters and abs(d0) < 8.0 and shift >= CUT_IN_SHIFT:
-            causes.append(Cause("cut_in", noun, s0, speed0, speed_later, side))
+            # a car moving into our path in a junction, or where our path crosses one, comes from another arm
+            # (or the ring of a roundabout): cross traffic
+            kind = "cross_traffic" if in_junction or path_in_junction else "cut_in"
+            causes.append(Cause(kind, noun, s0, speed0, speed_later, side))
     if not any(c.kind == "cross_traffic" for c in causes):
         conflict = junction_conflict(priv)
         if conflict is not None:

@@ -73,7 +73,8 @@ class RulesConfig:
 # 2: hard braking (a ≥ 3 m/s² step or to a standstill, > brake_drop) before cut-in; a cut-in car moves ≥ 1 m
 #    across our lane itself; a vehicle beside our path below 1 m/s is stopped; the world event and
 #    scenario name are not read
-RULES_VERSION = 2
+# 3: a car moving into our path in a junction, or where our path crosses one, is cross traffic (was a cut-in)
+RULES_VERSION = 3
 
 
 def _kmh(v: float) -> int:

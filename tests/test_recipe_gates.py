@@ -269,6 +269,10 @@ def test_vlm_ad_quality_reports_the_annotation_quality(tmp_path: Path, store: _A
     art = vlm_ad.annotate_stage(cfg, _ctx(runner, store, "annotate", {}, vlm_ad.CODE_VERSION))
     aq = art.summary["annotation_quality"]
     assert aq["samples"] == 12 and aq["protocol"] == "cause_vs_world_event"
+    # the rules' version is part of the stage key: new rules re-annotate instead of reading the old cache
+    from drivedistill.annotate.rules import RULES_VERSION
+
+    assert runner.keys["annotate"]["cfg"]["rules_version"] == RULES_VERSION
     q = vlm_ad.quality(cfg, {"annotate": art})
     assert {"few_failed_annotations", "annotations_accurate", "annotations_beyond_trajectory"} <= set(
         q["checks"]

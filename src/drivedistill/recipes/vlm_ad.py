@@ -24,7 +24,8 @@ from drivedistill.recipes.base import MethodUse, Recipe, Stage, StageContext
 from drivedistill.registry import register
 
 CODE_VERSION = 3  # bump when `annotate_stage` computes something else with an unchanged config
-# 3: rules annotator v2 (annotate/rules.py RULES_VERSION): hard-braking leads, no world event read
+# 3: rules annotator v2 (annotate/rules.py RULES_VERSION): hard-braking leads, no world event read; since
+#    rules v3 the stage key holds RULES_VERSION itself
 # 2: the summary holds `annotation_quality` (annotate/quality.py) over every sample of the store
 
 
@@ -47,11 +48,15 @@ def annotate_stage(cfg: VLMADRecipeConfig, ctx: StageContext) -> Any:
     from drivedistill.models.text_encoder import TextEncoder
     from drivedistill.recipes.extras import save_extras
 
-    stage_cfg = {
+    stage_cfg: dict[str, Any] = {
         "annotator": cfg.annotator,
         "options": cfg.options,
         "text_encoder": to_dict(cfg.text_encoder),
     }
+    if cfg.annotator == "rules":  # new rules answer differently under the same config: re-annotate
+        from drivedistill.annotate.rules import RULES_VERSION
+
+        stage_cfg["rules_version"] = RULES_VERSION
     store = ctx.store
 
     def run(d: Path) -> dict[str, Any]:

@@ -43,8 +43,19 @@ def _per_sample_l1(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor
     return err / (w.sum(dim=(-1, -2)) * pred.shape[-1]).clamp_min(1.0)
 
 
-def imitation_losses(out: PlanOutput, batch: Batch, cfg: ImitationConfig) -> dict[str, torch.Tensor]:
-    """{"loss": weighted total, "imitation": plan L1 (detached), ["proposal", "score"]} (parts detached)."""
+def imitation_losses(
+    out: PlanOutput, batch: Batch, cfg: ImitationConfig, student: Student | None = None
+) -> dict[str, torch.Tensor]:
+    """{"loss": weighted total, "imitation": plan L1 (detached), ["proposal", "score"]} (parts detached),
+    plus the `student`'s own auxiliary losses (`Student.auxiliary_losses`, e.g. "bev_semantic") when given."""
+    out_losses = _plan_losses(out, batch, cfg)
+    aux = student.auxiliary_losses(out, batch) if student is not None else {}
+    if aux:
+        out_losses = {**out_losses, **aux, "loss": out_losses["loss"] + aux["loss"]}
+    return out_losses
+
+
+def _plan_losses(out: PlanOutput, batch: Batch, cfg: ImitationConfig) -> dict[str, torch.Tensor]:
     priv = batch.require_privileged("imitation loss")
     target, valid = priv.trajectory, priv.valid
     plan_l1 = planning_loss(out.trajectory, target, valid)
@@ -68,7 +79,7 @@ class Imitation(Method):
         self.cfg = cfg
 
     def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
-        return imitation_losses(self.student(batch.inputs), batch, self.cfg)
+        return imitation_losses(self.student(batch.inputs), batch, self.cfg, self.student)
 
 
 @register("method", "imitation", ImitationConfig)

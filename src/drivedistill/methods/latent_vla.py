@@ -150,10 +150,16 @@ class LatentVLA(Method):
         out = self.planner(batch.inputs)
         refined = planning_loss(out.trajectory, priv.trajectory, priv.valid)
         student = imitation_losses(
-            PlanOutput(out.features["student_trajectory"], out.features), batch, self.imitation
+            PlanOutput(out.features["student_trajectory"], out.features), batch, self.imitation, self.student
         )
         total = self.cfg.plan_weight * refined + self.cfg.student_weight * student["loss"]
-        return {"loss": total, "imitation": refined.detach(), "student_imitation": student["imitation"]}
+        parts = {k: v for k, v in student.items() if k not in ("loss", "imitation")}  # e.g. bev_semantic
+        return {
+            "loss": total,
+            "imitation": refined.detach(),
+            "student_imitation": student["imitation"],
+            **parts,
+        }
 
     def extra_state(self) -> dict[str, Any]:
         return {"teacher_params": sum(p.numel() for p in self.planner.teacher.parameters())}

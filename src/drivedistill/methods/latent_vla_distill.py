@@ -119,7 +119,7 @@ class LatentVLADistill(Method):
                 "set method.num_codes / method.sequence_length to the teacher's"
             )
         out = self.student(batch.inputs)
-        plan = imitation_losses(out, batch, self.imitation)
+        plan = imitation_losses(out, batch, self.imitation, self.student)
         logits = self.action_logits(self.distilled_query(out.features))
         kd = kd_kl(teacher, logits, self.cfg.temperature)
         total = self.cfg.plan_weight * plan["loss"] + self.cfg.kd_weight * kd

@@ -169,7 +169,7 @@ class VlmAd(Method):
 
     def losses(self, batch: Batch) -> dict[str, torch.Tensor]:
         out = self.student(batch.inputs)
-        result = imitation_losses(out, batch, self.cfg.imitation)
+        result = imitation_losses(out, batch, self.cfg.imitation, self.student)
         total = result["loss"]
         ctx = self._context(dict(out.features))
         mask = self._extra(batch, MASK).to(ctx.dtype)

@@ -18,7 +18,7 @@ from torch import nn
 
 from drivedistill.config import ConfigError, check
 from drivedistill.models.students.base import StudentConfig
-from drivedistill.types import NUM_FUTURE, NUM_PAST, AgentInputBatch, Command
+from drivedistill.types import NUM_FUTURE, NUM_PAST, AgentInputBatch, Batch, Command, PlanOutput
 
 # Fixed input scales (not learnt, not data-dependent, so a checkpoint means the same on any data set).
 POSITION_SCALE = 10.0  # [m] past poses are divided by this
@@ -62,6 +62,12 @@ class PerceptionConfig(StudentConfig):
     # with use_ego_status: also the past poses (False: speed, acceleration, yaw rate only, as NAVSIM's
     # TransFuser reads them — a planner that sees its own past can copy it instead of the road)
     use_ego_history: bool = True
+    # TransFuser's auxiliary BEV semantic loss (NAVSIM's TransFuser trains with one): weight of the BCE
+    # between a `bev_semantic_grid`² map decoded from the scene tokens and the privileged labelled BEV
+    # (drivable area, lane markings, vehicle boxes) pooled to that grid — a training target only, the
+    # inputs stay the sensors; 0 = off (no head). Every method's imitation term adds it (docs/LOG.md)
+    bev_semantic_weight: float = field(default=0.0, metadata=check(ge=0))
+    bev_semantic_grid: int = field(default=8, metadata=check(ge=1))
 
     def __post_init__(self) -> None:
         if self.hidden_dim % self.num_heads:
@@ -136,6 +142,44 @@ class ImageTokenizer(nn.Module):
         return self.pool(self.proj(feats)).flatten(2).transpose(1, 2) + self.pos
 
 
+class BEVSemanticHead(nn.Module):
+    """Scene tokens (B, N, D) → BEV semantic logits (B, 3, G, G): G² learnt queries cross-attend to the
+    tokens, a linear layer gives each query's 3 channels (TransFuser's auxiliary BEV decoder, compact)."""
+
+    def __init__(self, dim: int, heads: int, grid: int) -> None:
+        super().__init__()
+        self.grid = grid
+        self.queries = nn.Parameter(torch.zeros(grid * grid, dim))
+        nn.init.trunc_normal_(self.queries, std=0.02)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.out = nn.Linear(dim, 3)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        q = self.queries.unsqueeze(0).expand(tokens.shape[0], -1, -1)
+        h, _ = self.attn(q, tokens, tokens, need_weights=False)
+        return self.out(h).transpose(1, 2).unflatten(-1, (self.grid, self.grid))
+
+
+def bev_semantic_losses(out: PlanOutput, batch: Batch, weight: float) -> dict[str, torch.Tensor]:
+    """{"loss": weight × BCE, "bev_semantic": BCE (detached)} of the auxiliary BEV semantic logits in
+    `out.features` against the batch's privileged labelled BEV average-pooled to their grid (soft
+    targets in [0, 1]); {} when the student made none (eval mode, weight 0)."""
+    logits = out.features.get("bev_semantic_logits")
+    if logits is None or weight <= 0:
+        return {}
+    labelled = batch.require_privileged("auxiliary BEV semantic loss").labelled_bev
+    if labelled is None:
+        raise ValueError(
+            "student.bev_semantic_weight > 0 needs the labelled BEV (Privileged.labelled_bev) in the training "
+            "data; this store has none (e.g. a source without one): set student.bev_semantic_weight=0"
+        )
+    target = nn.functional.adaptive_avg_pool2d(
+        labelled.to(logits.dtype), (logits.shape[-2], logits.shape[-1])
+    )
+    bce = nn.functional.binary_cross_entropy_with_logits(logits, target)
+    return {"loss": weight * bce, "bev_semantic": bce.detach()}
+
+
 class SceneEncoder(nn.Module):
     """Camera and BEV tokens (+ an ego/command token) fused by transformer encoder layers.
 
@@ -168,6 +212,16 @@ class SceneEncoder(nn.Module):
             transformer_layer(d, cfg.num_heads, cfg.dropout) for _ in range(cfg.num_fusion_layers)
         )
         self.norm = nn.LayerNorm(d)
+        self.bev_semantic = (
+            BEVSemanticHead(d, cfg.num_heads, cfg.bev_semantic_grid) if cfg.bev_semantic_weight > 0 else None
+        )
+
+    def training_features(self, scene: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Features only training reads (the auxiliary BEV semantic logits), {} in eval mode or without
+        the head — planning at inference costs nothing extra."""
+        if self.bev_semantic is None or not self.training:
+            return {}
+        return {"bev_semantic_logits": self.bev_semantic(scene)}
 
     def forward(self, inputs: AgentInputBatch) -> tuple[torch.Tensor, torch.Tensor]:
         cam = self.camera(inputs.camera) + self.type_embed[0]

@@ -288,7 +288,13 @@ def load_weights(path: str | Path, model: nn.Module, prefix: str = "") -> None:
 # Student config fields added after checkpoints were first written → the value that reproduces how a
 # checkpoint saved before the field existed behaves (checkpoints store the fully resolved config, so a
 # missing field means an older writer; the dataclass default may differ).
-LEGACY_STUDENT_FIELDS: dict[str, Any] = {"cv_prior": False, "cv_prior_turns": True, "use_ego_history": True}
+LEGACY_STUDENT_FIELDS: dict[str, Any] = {
+    "cv_prior": False,
+    "cv_prior_turns": True,
+    "use_ego_history": True,
+    "bev_semantic_weight": 0.0,  # off: the student has no auxiliary head (its default)
+    "bev_semantic_grid": 8,
+}
 
 
 def with_legacy_fields(student: str, section: Mapping[str, Any]) -> dict[str, Any]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from drivedistill.types import AgentInputBatch, PlanOutput
+from drivedistill.types import AgentInputBatch, Batch, PlanOutput
 
 
 @dataclass
@@ -24,7 +24,9 @@ class Student(nn.Module):
     - forward(inputs: AgentInputBatch) -> PlanOutput with trajectory (B, 8, 3) and features
       "plan_query" (B, D) and "scene_tokens" (B, N, D);
     - never reads privileged information (it is not in AgentInputBatch);
-    - heads for auxiliary losses live in methods, not here.
+    - heads for a recipe's auxiliary losses live in methods, not here; the student's own auxiliary
+      training target (TransFuser's BEV semantics, the same under every method) is `auxiliary_losses`,
+      which each method's imitation term adds (`methods.imitation.imitation_losses`).
     """
 
     feature_dim: int = 0
@@ -33,6 +35,12 @@ class Student(nn.Module):
 
     def forward(self, inputs: AgentInputBatch) -> PlanOutput:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def auxiliary_losses(self, out: PlanOutput, batch: Batch) -> dict[str, torch.Tensor]:
+        """The student's own auxiliary losses on its training forward `out`: {"loss": weighted sum,
+        <part>: detached value, ...}, or {} (the default: none)."""
+        del out, batch
+        return {}
 
     @torch.no_grad()
     def plan(self, inputs: AgentInputBatch) -> torch.Tensor:

@@ -30,12 +30,13 @@ from drivedistill.models.backbones import (
     PerceptionConfig,
     PoseHead,
     SceneEncoder,
+    bev_semantic_losses,
     transformer_layer,
 )
 from drivedistill.models.students.base import Student
 from drivedistill.models.students.constant_velocity import constant_velocity_prior
 from drivedistill.registry import register
-from drivedistill.types import NUM_FUTURE, AgentInputBatch, PlanOutput
+from drivedistill.types import NUM_FUTURE, AgentInputBatch, Batch, PlanOutput
 
 
 @dataclass
@@ -115,8 +116,12 @@ class Ipad(Student):
                 "proposals": proposals,
                 "proposal_scores": scores,
                 "proposals_per_iteration": torch.stack(per_iteration, dim=1),
+                **self.encoder.training_features(scene),
             },
         )
+
+    def auxiliary_losses(self, out: PlanOutput, batch: Batch) -> dict[str, torch.Tensor]:
+        return bev_semantic_losses(out, batch, self.cfg.bev_semantic_weight)
 
 
 @register("student", "ipad", IpadConfig)

@@ -21,11 +21,17 @@ import torch
 from torch import nn
 
 from drivedistill.config import check
-from drivedistill.models.backbones import PerceptionConfig, PoseHead, SceneEncoder, transformer_layer
+from drivedistill.models.backbones import (
+    PerceptionConfig,
+    PoseHead,
+    SceneEncoder,
+    bev_semantic_losses,
+    transformer_layer,
+)
 from drivedistill.models.students.base import Student
 from drivedistill.models.students.constant_velocity import constant_velocity_prior
 from drivedistill.registry import register
-from drivedistill.types import AgentInputBatch, PlanOutput
+from drivedistill.types import AgentInputBatch, Batch, PlanOutput
 
 
 @dataclass
@@ -70,7 +76,11 @@ class Transfuser(Student):
         plan = self.head(plan_query)
         if self.prior:
             plan = plan + constant_velocity_prior(inputs, self.cfg.cv_prior_turns)
-        return PlanOutput(plan, {"plan_query": plan_query, "scene_tokens": scene, "ego_token": ego})
+        features = {"plan_query": plan_query, "scene_tokens": scene, "ego_token": ego}
+        return PlanOutput(plan, {**features, **self.encoder.training_features(scene)})
+
+    def auxiliary_losses(self, out: PlanOutput, batch: Batch) -> dict[str, torch.Tensor]:
+        return bev_semantic_losses(out, batch, self.cfg.bev_semantic_weight)
 
 
 @register("student", "transfuser", TransfuserConfig)

@@ -253,9 +253,9 @@ def find_causes(
                 # a lead braking hard (or to a standstill) is braking even while it drifts or we move over;
                 # a lead merely easing off (drop without hard braking) is a slow lead below
                 kind = "lead_brake"
-            elif (
-                settling
-            ):  # it is still moving over into our lane: from another arm where we cross a junction
+            elif settling:
+                # still moving over into our lane: a cut-in, or cross traffic from another arm where our
+                # path crosses a junction
                 kind = "cross_traffic" if path_in_junction else "cut_in"
             elif speed0 < v0 - 2.0:
                 kind = "slow_lead"

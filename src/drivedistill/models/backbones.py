@@ -160,26 +160,6 @@ class BEVSemanticHead(nn.Module):
         return self.out(h).transpose(1, 2).unflatten(-1, (self.grid, self.grid))
 
 
-def bev_semantic_losses(out: PlanOutput, batch: Batch, weight: float) -> dict[str, torch.Tensor]:
-    """{"loss": weight × BCE, "bev_semantic": BCE (detached)} of the auxiliary BEV semantic logits in
-    `out.features` against the batch's privileged labelled BEV average-pooled to their grid (soft
-    targets in [0, 1]); {} when the student made none (eval mode, weight 0)."""
-    logits = out.features.get("bev_semantic_logits")
-    if logits is None or weight <= 0:
-        return {}
-    labelled = batch.require_privileged("auxiliary BEV semantic loss").labelled_bev
-    if labelled is None:
-        raise ValueError(
-            "student.bev_semantic_weight > 0 needs the labelled BEV (Privileged.labelled_bev) in the training "
-            "data; this store has none (e.g. a source without one): set student.bev_semantic_weight=0"
-        )
-    target = nn.functional.adaptive_avg_pool2d(
-        labelled.to(logits.dtype), (logits.shape[-2], logits.shape[-1])
-    )
-    bce = nn.functional.binary_cross_entropy_with_logits(logits, target)
-    return {"loss": weight * bce, "bev_semantic": bce.detach()}
-
-
 class SceneEncoder(nn.Module):
     """Camera and BEV tokens (+ an ego/command token) fused by transformer encoder layers.
 
@@ -212,6 +192,7 @@ class SceneEncoder(nn.Module):
             transformer_layer(d, cfg.num_heads, cfg.dropout) for _ in range(cfg.num_fusion_layers)
         )
         self.norm = nn.LayerNorm(d)
+        self.bev_semantic_weight = cfg.bev_semantic_weight
         self.bev_semantic = (
             BEVSemanticHead(d, cfg.num_heads, cfg.bev_semantic_grid) if cfg.bev_semantic_weight > 0 else None
         )
@@ -222,6 +203,25 @@ class SceneEncoder(nn.Module):
         if self.bev_semantic is None or not self.training:
             return {}
         return {"bev_semantic_logits": self.bev_semantic(scene)}
+
+    def auxiliary_losses(self, out: PlanOutput, batch: Batch) -> dict[str, torch.Tensor]:
+        """{"loss": weight × BCE, "bev_semantic": BCE (detached)} of the BEV semantic logits of a training
+        forward (`training_features`) against the batch's privileged labelled BEV average-pooled to
+        their grid (soft targets in [0, 1]); {} when `out` holds none (no head, eval mode)."""
+        logits = out.features.get("bev_semantic_logits")
+        if logits is None:
+            return {}
+        labelled = batch.require_privileged("auxiliary BEV semantic loss").labelled_bev
+        if labelled is None:
+            raise ValueError(
+                "student.bev_semantic_weight > 0 needs the labelled BEV (Privileged.labelled_bev) in the "
+                "training data; this store has none (e.g. a source without one): set student.bev_semantic_weight=0"
+            )
+        target = nn.functional.adaptive_avg_pool2d(
+            labelled.to(logits.dtype), (logits.shape[-2], logits.shape[-1])
+        )
+        bce = nn.functional.binary_cross_entropy_with_logits(logits, target)
+        return {"loss": self.bev_semantic_weight * bce, "bev_semantic": bce.detach()}
 
     def forward(self, inputs: AgentInputBatch) -> tuple[torch.Tensor, torch.Tensor]:
         cam = self.camera(inputs.camera) + self.type_embed[0]

@@ -74,13 +74,6 @@ class EvoDriveRecipeConfig:
             )
 
 
-def _scenes(store: Any) -> tuple[list[Any], list[Any]]:
-    from drivedistill.data.store import SceneStore
-
-    scenes = SceneStore(store.store_dir())
-    return list(scenes.scenes("train")), list(scenes.scenes("val"))
-
-
 def pretrain_perception(
     core: Any,
     scenes: Iterable[Any],
@@ -144,10 +137,9 @@ def perception_stage(cfg: EvoDriveRecipeConfig, ctx: StageContext) -> Any:
 
         import torch
 
-        train, val = _scenes(ctx.store)
-        extra = study_corpus(
-            SceneStore(ctx.store.store_dir()), cfg.corpus, d / "corpus", "recipes.evodrive.corpus"
-        )
+        scenes = SceneStore(ctx.store.store_dir())
+        train, val = list(scenes.scenes("train")), list(scenes.scenes("val"))
+        extra = study_corpus(scenes, cfg.corpus, d / "corpus", "recipes.evodrive.corpus")
         torch.manual_seed(seed)
         core = VLMCore.build(vlm_cfg)
         fresh = linear_probe(core, train, val, cfg.perception)

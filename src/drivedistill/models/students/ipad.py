@@ -30,7 +30,6 @@ from drivedistill.models.backbones import (
     PerceptionConfig,
     PoseHead,
     SceneEncoder,
-    bev_semantic_losses,
     transformer_layer,
 )
 from drivedistill.models.students.base import Student
@@ -121,7 +120,7 @@ class Ipad(Student):
         )
 
     def auxiliary_losses(self, out: PlanOutput, batch: Batch) -> dict[str, torch.Tensor]:
-        return bev_semantic_losses(out, batch, self.cfg.bev_semantic_weight)
+        return self.encoder.auxiliary_losses(out, batch)
 
 
 @register("student", "ipad", IpadConfig)

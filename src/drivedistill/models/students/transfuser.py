@@ -25,7 +25,6 @@ from drivedistill.models.backbones import (
     PerceptionConfig,
     PoseHead,
     SceneEncoder,
-    bev_semantic_losses,
     transformer_layer,
 )
 from drivedistill.models.students.base import Student
@@ -80,7 +79,7 @@ class Transfuser(Student):
         return PlanOutput(plan, {**features, **self.encoder.training_features(scene)})
 
     def auxiliary_losses(self, out: PlanOutput, batch: Batch) -> dict[str, torch.Tensor]:
-        return bev_semantic_losses(out, batch, self.cfg.bev_semantic_weight)
+        return self.encoder.auxiliary_losses(out, batch)
 
 
 @register("student", "transfuser", TransfuserConfig)

@@ -290,6 +290,7 @@ def metric_scene_from_scene(
     scene: Scene,
     center_to_rear_axle: float = 0.5 * (PACIFICA[1] - PACIFICA[2]),
     ego_geometry: tuple[float, float, float, float] = PACIFICA,
+    speed_limit: float = float("nan"),
 ) -> MetricScene:
     """Convert a project `Scene` (poses of the ego **box centre**, current ego frame, agents at 0 … 4 s)
     to a MetricScene in the rear-axle frame at t = 0 — the one place this conversion happens.
@@ -297,7 +298,8 @@ def metric_scene_from_scene(
     `center_to_rear_axle` [m]: how far the rear axle lies behind the Scene's ego reference point (the box
     centre for `world/episode.py`; 1.461 m for the Pacifica). `ego_geometry`: width, front and rear
     length from the rear axle, wheelbase [m] (e.g. for the default world: EGO_WIDTH, EGO_LENGTH/2 + d,
-    EGO_LENGTH/2 - d, wheelbase).
+    EGO_LENGTH/2 - d, wheelbase). `speed_limit` [m/s]: the map's limit at the ego (NaN: none, PDM-Closed
+    then targets its own fallback speed).
     """
     priv = scene.privileged
     if priv is None:
@@ -340,4 +342,5 @@ def metric_scene_from_scene(
         human_future=human,
         human_valid=np.asarray(priv.future_valid, bool),
         ego_geometry=np.asarray(ego_geometry, np.float64),
+        speed_limit=float(speed_limit),
     )

@@ -60,7 +60,8 @@ def score_scene_plans(plans: np.ndarray, scenes: list[Scene], cfg: PlanMetricsCo
 def metric_scene_of(scene: Scene) -> MetricScene:
     """The MetricScene of one stored scene, by its source: nuScenes scenes are rear-axle referenced
     already (`stored_metric_scene`, needs the map expansion in the store); default-world scenes go from
-    the box-centre frame to the rear-axle frame with world/ego.py's geometry."""
+    the box-centre frame to the rear-axle frame with world/ego.py's geometry and the scenario's speed limit
+    (`world.scenarios.speed_limit`: PDM-Closed, the EP reference, drives at the map's limit as in NAVSIM)."""
     if scene.meta.get("source") == "nuscenes":
         from drivedistill.data.sources.nuscenes import stored_metric_scene
 
@@ -68,8 +69,9 @@ def metric_scene_of(scene: Scene) -> MetricScene:
     from drivedistill.geometry.metric_scene import metric_scene_from_scene
     from drivedistill.world.ego import REAR_AXLE_BEHIND_CENTRE as D
     from drivedistill.world.ego import pdms_ego_geometry
+    from drivedistill.world.scenarios import speed_limit
 
-    return metric_scene_from_scene(scene, D, pdms_ego_geometry())
+    return metric_scene_from_scene(scene, D, pdms_ego_geometry(), speed_limit(scene.meta["scenario"]))
 
 
 def _metric_scene(scene: Scene, plan: np.ndarray) -> tuple[MetricScene, np.ndarray]:

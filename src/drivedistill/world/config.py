@@ -19,7 +19,9 @@ from drivedistill.world.lidar import LidarConfig
 # 4: samples record `meta["event_onset_s"]` (when their event starts relative to t0).
 # 5: cut-in gaps a driver closes within comfort; a merging car without a gap stops before its lane ends;
 #    the expert predicts lane-changing cars with their heading held and brakes ≤ 3 m/s² above 12 m/s.
-WORLD_CODE_VERSION = 5
+# 6: junction fillets meet the lane strips (they stopped 5 cm short); the edges the ego drove along are on
+#    its route.
+WORLD_CODE_VERSION = 6
 
 SCENARIOS = ("highway", "merge", "roundabout", "intersection", "racetrack")
 SCRIPTED_EVENTS = ("lead_brake", "stop_and_go", "cut_in", "stopped_vehicle", "cross_traffic")

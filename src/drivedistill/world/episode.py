@@ -14,6 +14,7 @@ Same (cfg, episode_index) → byte-identical scenes (everything is drawn from on
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -44,6 +45,9 @@ EGO_LENGTH = float(Vehicle.LENGTH)  # [m]
 EGO_WIDTH = float(Vehicle.WIDTH)  # [m]
 KEY = SIM_HZ // 2  # simulation steps per 0.5 s keyframe
 AGENT_RADIUS = 60.0  # [m] agents within this distance at any of the 9 steps are recorded
+DRIVEN_HEADING = math.radians(
+    30.0
+)  # [rad] the ego drives along a lane whose heading is this close to its own
 MAP_RADIUS = 150.0  # [m] covers the 4 s plan at highway speed (≤ 35 m/s · 4 s) for PDMS drivable-area checks
 EVENT_PRIORITY = ("stopped_vehicle", "lead_brake", "cut_in", "stop_and_go", "cross_traffic", "slow_vehicle")
 CURVE_YAW = 0.35  # [rad] |yaw at 4 s − yaw rate · 4 s| above which a sample is labelled "curve" (a bend
@@ -203,6 +207,8 @@ class _Log:
     agents: list[np.ndarray] = field(default_factory=list)
     lane: list[tuple[str, str, int]] = field(default_factory=list)
     s_on_lane: list[float] = field(default_factory=list)
+    # edges the ego drove along (its closest lane, heading within DRIVEN_HEADING of the lane's), every step
+    driven: set[tuple[str, str]] = field(default_factory=set)
 
 
 class Push(NamedTuple):
@@ -275,6 +281,7 @@ def run_episode(cfg: WorldConfig, episode_index: int) -> EpisodeResult:
         log.events.append(set(world.active) | natural)
         offroad_steps += int(not world.ego.on_road)
         collided = bool(world.ego.crashed)
+        _record_driven(world, log)
     eid = episode_id(scenario, cfg.seed, episode_index)
     keyframes = list(range(NUM_PAST, len(log.camera) - NUM_FUTURE))
     if push is not None:  # drop the samples whose 4 s future overlaps the push (their label is the push)
@@ -347,6 +354,14 @@ def _onset_s(log: _Log, j: int, event: str | None) -> float | None:
     return (first + 1 - j) / SIM_HZ
 
 
+def _record_driven(world: World, log: _Log) -> None:
+    """Add the ego's lane edge to `log.driven` when the ego drives along it (not across it)."""
+    lane = world.ego.lane
+    s_lane = lane.local_coordinates(world.ego.position)[0]
+    if math.cos(lane.heading_at(s_lane) - world.ego.heading) > math.cos(DRIVEN_HEADING):
+        log.driven.add(tuple(world.ego.lane_index[:2]))
+
+
 def _scene(cfg: WorldConfig, world: World, log: _Log, eid: str, k: int) -> Scene:
     j = k * KEY
     pose = log.pose[j]
@@ -355,7 +370,10 @@ def _scene(cfg: WorldConfig, world: World, log: _Log, eid: str, k: int) -> Scene
     fut = poses_to_ego(np.array([log.pose[(k + n) * KEY] for n in range(1, NUM_FUTURE + 1)]), pose)
     agents, agents_valid = _agents(log, k, pose)
     lanes_i, centers, polys, _ = roadmap.crop(pose, MAP_RADIUS)
-    route_set = set(world.route_edges)
+    # on route: the route's edges and every edge the ego drove along — NAVSIM's route holds the roadblocks
+    # the logged ego passes, while a roundabout entry here ends beside the ring edge before the route's
+    # (the ego's centre on it was "oncoming traffic" for DDC)
+    route_set = set(world.route_edges) | log.driven
     junctions = []
     if world.scenario in JUNCTION:
         centre, radius = JUNCTION[world.scenario]

@@ -78,6 +78,16 @@ def network(scenario: str) -> tuple[RoadNetwork, RoadMap, bool]:
     return net, RoadMap.from_network(net), scenario == "intersection"
 
 
+def speed_limit(scenario: str) -> float:
+    """[m/s] the speed limit of the scenario's lanes (highway-env's: one per scenario — highway and merge
+    30, intersection and racetrack 10, roundabout 20 = its default for lanes built without one)."""
+    net, roadmap, _ = network(scenario)
+    limits = {float(net.get_lane(key).speed_limit) for key in roadmap.keys}
+    if len(limits) != 1:
+        raise ValueError(f"scenario {scenario!r}: lanes with different speed limits {sorted(limits)}")
+    return limits.pop()
+
+
 @contextlib.contextmanager
 def _vehicle_params_kept() -> Iterator[None]:
     """Undo class-level driver-parameter changes made by highway-env env constructors.

@@ -40,7 +40,9 @@ def _geometry(scenario: str) -> tuple[Any, list[np.ndarray]]:
         centre, radius = JUNCTION[scenario]
         zone = shapely.Point(*centre).buffer(radius * ZONE_MARGIN)
         closed = lanes.buffer(FILLET_RADIUS, quad_segs=8).buffer(-FILLET_RADIUS, quad_segs=8)
-        extra = shapely.difference(shapely.intersection(closed, zone), lanes)
+        # minus the lane strips as the metric scenes carry them (unbuffered): a fillet cut from the
+        # buffered union stopped 5 cm short of every lane edge, and a box corner in that gap was off-road
+        extra = shapely.difference(shapely.intersection(closed, zone), _lane_union(scenario, 0.0))
         for g in getattr(extra, "geoms", [extra]):
             if g.geom_type == "Polygon" and g.area > 0.05:
                 pieces.append(np.asarray(g.exterior.coords, np.float64)[:-1])

@@ -8,7 +8,7 @@ from typing import Any
 
 from drivedistill.config import to_dict
 from drivedistill.data.sources.base import Source
-from drivedistill.geometry.metric_scene import MetricScene, metric_scene_from_scene
+from drivedistill.geometry.metric_scene import MetricScene
 from drivedistill.registry import register
 from drivedistill.types import Scene
 from drivedistill.world.config import WorldConfig
@@ -21,7 +21,7 @@ class WorldSource(Source[EpisodeResult]):
     the default world, simulated lazily on `load`.
 
     Records = one simulated `EpisodeResult`; its scenes are the training samples and each metric scene is
-    `metric_scene_from_scene` of a sample (box-centre frame → rear-axle frame, world/ego.py's geometry).
+    `metrics.plans.metric_scene_of` of a sample (box-centre frame → rear-axle frame, world/ego.py's geometry, the scenario's speed limit).
     Sensors: the camera and the ray-cast LiDAR histogram the world renders (world/camera.py,
     world/lidar.py); privileged: the labelled BEV (world/bev.py).
     """
@@ -52,11 +52,9 @@ class WorldSource(Source[EpisodeResult]):
         return list(records.scenes)
 
     def metric_scenes_of(self, records: EpisodeResult) -> list[MetricScene]:
-        from drivedistill.world.ego import REAR_AXLE_BEHIND_CENTRE, pdms_ego_geometry
+        from drivedistill.metrics.plans import metric_scene_of
 
-        return [
-            metric_scene_from_scene(s, REAR_AXLE_BEHIND_CENTRE, pdms_ego_geometry()) for s in records.scenes
-        ]
+        return [metric_scene_of(s) for s in records.scenes]
 
     def store_config(self) -> dict[str, Any]:
         return {"world": to_dict(self.cfg)}

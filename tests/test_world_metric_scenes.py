@@ -1,0 +1,65 @@
+"""The default world's metric scenes where the expert was scored against its own road (#16 pt 3, #19 pt 3):
+kerb fillets that meet the lane strips, on-route lanes that hold the path the ego drove, and the map's
+speed limit (docs/LOG.md, "The expert's ceiling: a 5 cm gap, the roundabout's on-route lanes")."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from drivedistill.world import surface
+from drivedistill.world.scenarios import speed_limit
+
+
+@pytest.mark.parametrize("scenario", ["roundabout", "intersection"])
+def test_junction_fillets_meet_the_lane_strips(scenario: str) -> None:
+    """The drivable area a metric scene carries (lane strips ∪ fillets ∪ seams) has no sliver gaps: a
+    10 cm closing adds (almost) nothing. Fillets cut from the 5 cm-buffered lane union left a 5 cm gap
+    along every lane edge they touch (12.5 m² / 5.0 m² of slivers; a box corner in one was off-road)."""
+    import shapely
+
+    pieces = [shapely.Polygon(p) for p in surface.fillets(scenario) + surface.seams(scenario)]
+    assert pieces, "a junction scenario has fillets"
+    road = shapely.union_all([surface._lane_union(scenario, 0.0), *pieces])
+    slivers = shapely.difference(road.buffer(0.1, quad_segs=2).buffer(-0.1, quad_segs=2), road)
+    assert slivers.area < 0.5, slivers.area
+
+
+def test_metric_scenes_carry_the_lanes_speed_limit() -> None:
+    assert {s: speed_limit(s) for s in ("highway", "merge", "roundabout", "intersection", "racetrack")} == {
+        "highway": 30.0,
+        "merge": 30.0,
+        "roundabout": 20.0,
+        "intersection": 10.0,
+        "racetrack": 10.0,
+    }
+
+
+def test_roundabout_expert_drives_on_route_and_on_the_road() -> None:
+    """Validation episode 1000022 (roundabout): its entry lane ends beside the ring edge before the route's,
+    so the expert's centre crossed a lane that was not on the route — DDC ½ ("oncoming") — and a box corner
+    sat in the fillet gap (DAC 0 on f017, f018). Every expert plan now scores DDC 1 and f017/f018 DAC 1."""
+    from drivedistill.geometry.metric_scene import centre_plan_to_rear_axle
+    from drivedistill.metrics.pdms import PDMSConfig, score_plans
+    from drivedistill.metrics.plans import metric_scene_of
+    from drivedistill.world.bev import BevConfig
+    from drivedistill.world.camera import CameraConfig
+    from drivedistill.world.config import WorldConfig
+    from drivedistill.world.ego import REAR_AXLE_BEHIND_CENTRE as D
+    from drivedistill.world.episode import run_episode
+
+    cfg = WorldConfig(
+        num_episodes=50,
+        val_episodes=25,
+        camera=CameraConfig(height=16, width=32),
+        bev=BevConfig(height=16, width=16, resolution=4.0),
+    )
+    episode = run_episode(cfg, 1_000_022)
+    assert episode.scenes[0].meta["scenario"] == "roundabout"
+    metric = [metric_scene_of(s) for s in episode.scenes]
+    assert all(m.speed_limit == 20.0 for m in metric)
+    plans = np.stack([centre_plan_to_rear_axle(s.privileged.future_trajectory, D) for s in episode.scenes])  # type: ignore[union-attr]
+    report = score_plans(metric, plans, PDMSConfig(protocol="navsim-v2"))
+    scores = {r.token.rsplit("-", 1)[1]: r.scores for r in report.scenes}
+    assert all(s["ddc"] == 1.0 for s in scores.values()), {k: s["ddc"] for k, s in scores.items()}
+    assert scores["f017"]["dac"] == 1.0 and scores["f018"]["dac"] == 1.0

@@ -21,7 +21,9 @@ from drivedistill.world.lidar import LidarConfig
 #    the expert predicts lane-changing cars with their heading held and brakes ≤ 3 m/s² above 12 m/s.
 # 6: junction fillets meet the lane strips (they stopped 5 cm short); the edges the ego drove along are on
 #    its route.
-WORLD_CODE_VERSION = 6
+# 7: after a hand-over to a lane that does not line up (roundabout entries), the expert pursues the new
+#    lane's centre instead of turning onto it at full lock.
+WORLD_CODE_VERSION = 7
 
 SCENARIOS = ("highway", "merge", "roundabout", "intersection", "racetrack")
 SCRIPTED_EVENTS = ("lead_brake", "stop_and_go", "cut_in", "stopped_vehicle", "cross_traffic")

@@ -18,7 +18,7 @@ import math
 import numpy as np
 
 from drivedistill.world.config import SIM_HZ
-from drivedistill.world.fastsim import FastIDMVehicle
+from drivedistill.world.fastsim import FastIDMVehicle, _wrap
 
 HORIZON = 3.0  # [s] safety look-ahead
 PRED_TIMES = np.arange(0.25, HORIZON + 1e-6, 0.25)  # [s]
@@ -83,6 +83,14 @@ class ExpertVehicle(FastIDMVehicle):
     PASS_LATERAL_ACCEL = 2.0  # [m/s^2]
     PASS_RANGE = 40.0  # [m] ahead of the ego
     STOPPED_SPEED = 2.0  # [m/s]
+    # A hand-over to a lane of another edge that leaves the ego more than HAND_OVER_OFFSET off its centre
+    # (`_hand_over_pursuit`): pure pursuit of the lane centre HAND_OVER_PREVIEW seconds of driving ahead
+    # (≥ PURSUIT_MIN_LOOK) until the ego is on it
+    HAND_OVER_OFFSET = 0.5  # [m]
+    HAND_OVER_PREVIEW = 1.5  # [s]
+    PURSUIT_MIN_LOOK = 6.0  # [m]
+    _handing_over: tuple[str, str] | None = None
+    _previous_target: tuple[str, str, int] | None = None
     target_lane_index: tuple[str, str, int]
     # A recovery push (WorldConfig.perturb, world/episode.py): while `yaw_rate_offset` [rad/s] is not 0 the
     # expert's lateral control is suspended — it holds the steering it had when the push began (so it keeps
@@ -160,6 +168,9 @@ class ExpertVehicle(FastIDMVehicle):
         return steering
 
     def steering_control(self, target_lane_index: tuple[str, str, int]) -> float:
+        pursuit = self._hand_over_pursuit(target_lane_index)
+        if pursuit is not None:
+            return pursuit
         same_edge = target_lane_index[:2] == self.lane_index[:2]
         straight = type(self.road.network.get_lane(target_lane_index)).__name__ == "FastStraightLane"
         if not (same_edge and straight):
@@ -170,6 +181,34 @@ class ExpertVehicle(FastIDMVehicle):
             return super().steering_control(target_lane_index)
         finally:
             self.KP_LATERAL, self.MAX_HEADING_OFFSET = kp, limit
+
+    def _hand_over_pursuit(self, target: tuple[str, str, int]) -> float | None:
+        """Pure-pursuit steering [rad] after a hand-over to a lane that does not line up with the one the
+        ego leaves (a roundabout entry ends 2 m outside the ring lane, ~6 m before its start, at ~60° to
+        it), until the ego is on the new lane's centre; None elsewhere.
+
+        highway-env's controller turns onto the new lane's centre at once (0.5 m look-ahead, stiff gains):
+        near full lock at the roundabout entry, a corner NAVSIM's tracker overshoots onto the ring's outer
+        kerb. Pursuit of the lane centre `look` metres ahead spreads the turn. It starts at the hand-over,
+        not before: a turn begun on the entry lane left a yielding expert standing with its nose in the
+        ring, where its safety check (which predicts it along its lanes) did not put it (train e87)."""
+        net = self.road.network
+        lane = net.get_lane(target)
+        s, r = lane.local_coordinates(self.position)
+        previous, self._previous_target = self._previous_target, target
+        if previous is not None and previous[:2] != target[:2] and abs(r) > self.HAND_OVER_OFFSET:
+            self._handing_over = target[:2]
+        if self._handing_over != target[:2]:
+            self._handing_over = None
+            return None
+        if abs(r) < 0.3 and abs(_wrap(float(self.heading) - lane.heading_at(s))) < 0.1:
+            self._handing_over = None  # on the lane's centre: highway-env's lane keeping again
+            return None
+        look = max(self.PURSUIT_MIN_LOOK, self.HAND_OVER_PREVIEW * max(float(self.speed), 1.0))
+        d = lane.position(s + look, 0.0) - self.position
+        alpha = _wrap(math.atan2(d[1], d[0]) - float(self.heading))
+        kappa = 2.0 * math.sin(alpha) / max(float(np.hypot(*d)), 1e-3)
+        return _steering_of(min(max(kappa * self.LENGTH / 2, -0.99), 0.99))
 
     def _others(self) -> np.ndarray:
         """(M, 7) x, y, heading, speed, yaw rate, length, width of the vehicles that matter."""

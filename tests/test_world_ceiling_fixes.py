@@ -149,7 +149,7 @@ def test_roundabout_entry_turn_is_spread_over_the_hand_over() -> None:
     """The roundabout entry ends ~60° to the ring, 2 m outside it: highway-env's 0.5 m look-ahead turned
     onto the ring at the hand-over at full lock (peak yaw rate 1.18–1.22 rad/s over these six routes) — a
     corner NAVSIM's tracker overshoots onto the ring's outer kerb. Pure pursuit of the ring lane after the
-    hand-over spreads the turn (0.50–0.54 rad/s)."""
+    hand-over spreads the turn (0.47–0.72 rad/s)."""
     peaks = []
     for seed in range(6):
         world = build_world("roundabout", np.random.default_rng(seed), 0.0, None)
@@ -159,4 +159,4 @@ def test_roundabout_entry_turn_is_spread_over_the_hand_over() -> None:
             world.step()
             heading.append(world.ego.heading)
         peaks.append(float(np.abs(np.diff(np.unwrap(heading))).max() * 10))
-    assert max(peaks) < 0.85, peaks
+    assert max(peaks) < 0.95, peaks

@@ -4,6 +4,8 @@ speed limit (docs/LOG.md, "The expert's ceiling: a 5 cm gap, the roundabout's on
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -25,7 +27,7 @@ def test_junction_fillets_meet_the_lane_strips(scenario: str) -> None:
     assert slivers.area < 0.5, slivers.area
 
 
-def test_metric_scenes_carry_the_lanes_speed_limit() -> None:
+def test_scenario_speed_limits_are_the_lanes() -> None:
     assert {s: speed_limit(s) for s in ("highway", "merge", "roundabout", "intersection", "racetrack")} == {
         "highway": 30.0,
         "merge": 30.0,
@@ -63,3 +65,46 @@ def test_roundabout_expert_drives_on_route_and_on_the_road() -> None:
     scores = {r.token.rsplit("-", 1)[1]: r.scores for r in report.scenes}
     assert all(s["ddc"] == 1.0 for s in scores.values()), {k: s["ddc"] for k, s in scores.items()}
     assert scores["f017"]["dac"] == 1.0 and scores["f018"]["dac"] == 1.0
+    # a stored sample of another source is refused by name, not scored with the world's conventions
+    other = dataclasses.replace(episode.scenes[0], meta={"source": "av2", "log": "x"})
+    with pytest.raises(ValueError, match="source 'av2'"):
+        metric_scene_of(other)
+
+
+def test_the_roundabout_island_is_not_road() -> None:
+    """The fillets close notches, they do not fill the island: a 5 cm band round it once became one
+    ring-shaped "fillet" whose exterior enclosed the whole island (1,028 m² of road)."""
+    import shapely
+
+    assert not surface.surface("roundabout").contains(shapely.Point(0.0, 0.0))
+    assert max(shapely.Polygon(p).area for p in surface.fillets("roundabout")) < 100.0
+
+
+def _ego_on(world: object, lane_index: tuple[str, str, int], s: float) -> None:
+    ego = world.ego  # type: ignore[attr-defined]
+    lane = world.road.network.get_lane(lane_index)  # type: ignore[attr-defined]
+    ego.position = lane.position(s, 0.0)
+    ego.heading = lane.heading_at(s)
+    ego.lane_index, ego.lane = lane_index, lane
+
+
+def test_an_edge_is_on_route_where_no_route_lane_held_the_ego() -> None:
+    """The ring edge a roundabout entry ends beside is added to the route; the straight-on edge that starts
+    beside a left turn's at an intersection's stop line is not (the ego is inside its route's lanes)."""
+    from drivedistill.world.episode import _Log, _record_driven
+    from drivedistill.world.scenarios import build_world
+
+    world = build_world("roundabout", np.random.default_rng(0), 0.0, None)
+    assert ("sx", "se") not in world.route_edges and ("se", "ex") in world.route_edges
+    ring = world.road.network.get_lane(("sx", "se", 1))
+    _ego_on(world, ("sx", "se", 1), ring.length - 3.0)
+    log = _Log()
+    _record_driven(world, log)
+    assert log.driven == {("sx", "se")}
+
+    world = build_world("intersection", np.random.default_rng(0), 0.0, None)
+    world.route_edges = [("o0", "ir0"), ("ir0", "il3"), ("il3", "o3")]  # a left turn
+    _ego_on(world, ("ir0", "il2", 0), 0.3)  # nearest to the straight-on edge, at the stop line
+    log = _Log()
+    _record_driven(world, log)
+    assert log.driven == set()

@@ -62,10 +62,17 @@ def metric_scene_of(scene: Scene) -> MetricScene:
     already (`stored_metric_scene`, needs the map expansion in the store); default-world scenes go from
     the box-centre frame to the rear-axle frame with world/ego.py's geometry and the scenario's speed limit
     (`world.scenarios.speed_limit`: PDM-Closed, the EP reference, drives at the map's limit as in NAVSIM)."""
-    if scene.meta.get("source") == "nuscenes":
+    source = scene.meta.get("source", "world")
+    if source == "nuscenes":
         from drivedistill.data.sources.nuscenes import stored_metric_scene
 
         return stored_metric_scene(scene)
+    if source != "world" or "scenario" not in scene.meta:
+        raise ValueError(
+            f"scene {scene.token}: no metric scene from a stored sample of source {source!r} (meta "
+            f"{sorted(scene.meta)}); stored samples score for the default world and nuScenes — score other "
+            "sources from their logs (`drivedistill eval pdms --source NAME --root DIR`)"
+        )
     from drivedistill.geometry.metric_scene import metric_scene_from_scene
     from drivedistill.world.ego import REAR_AXLE_BEHIND_CENTRE as D
     from drivedistill.world.ego import pdms_ego_geometry

@@ -23,7 +23,10 @@ from drivedistill.world.lidar import LidarConfig
 #    its route.
 # 7: after a hand-over to a lane that does not line up (roundabout entries), the expert pursues the new
 #    lane's centre instead of turning onto it at full lock.
-WORLD_CODE_VERSION = 7
+# 8: the fillets no longer fill the roundabout's island (a 5 cm band round it had); the hand-over pursuit steers
+#    and releases on the direction of travel; an edge the ego drove along is on route only where no route
+#    lane held the ego.
+WORLD_CODE_VERSION = 8
 
 SCENARIOS = ("highway", "merge", "roundabout", "intersection", "racetrack")
 SCRIPTED_EVENTS = ("lead_brake", "stop_and_go", "cut_in", "stopped_vehicle", "cross_traffic")

@@ -45,9 +45,7 @@ EGO_LENGTH = float(Vehicle.LENGTH)  # [m]
 EGO_WIDTH = float(Vehicle.WIDTH)  # [m]
 KEY = SIM_HZ // 2  # simulation steps per 0.5 s keyframe
 AGENT_RADIUS = 60.0  # [m] agents within this distance at any of the 9 steps are recorded
-DRIVEN_HEADING = math.radians(
-    30.0
-)  # [rad] the ego drives along a lane whose heading is this close to its own
+DRIVEN_HEADING = math.radians(30.0)  # [rad] the ego drives along a lane within this of its heading
 MAP_RADIUS = 150.0  # [m] covers the 4 s plan at highway speed (≤ 35 m/s · 4 s) for PDMS drivable-area checks
 EVENT_PRIORITY = ("stopped_vehicle", "lead_brake", "cut_in", "stop_and_go", "cross_traffic", "slow_vehicle")
 CURVE_YAW = 0.35  # [rad] |yaw at 4 s − yaw rate · 4 s| above which a sample is labelled "curve" (a bend
@@ -207,7 +205,7 @@ class _Log:
     agents: list[np.ndarray] = field(default_factory=list)
     lane: list[tuple[str, str, int]] = field(default_factory=list)
     s_on_lane: list[float] = field(default_factory=list)
-    # edges the ego drove along (its closest lane, heading within DRIVEN_HEADING of the lane's), every step
+    # edges the ego drove along where no lane of its route held it (`_record_driven`)
     driven: set[tuple[str, str]] = field(default_factory=set)
 
 
@@ -355,11 +353,27 @@ def _onset_s(log: _Log, j: int, event: str | None) -> float | None:
 
 
 def _record_driven(world: World, log: _Log) -> None:
-    """Add the ego's lane edge to `log.driven` when the ego drives along it (not across it)."""
-    lane = world.ego.lane
-    s_lane = lane.local_coordinates(world.ego.position)[0]
-    if math.cos(lane.heading_at(s_lane) - world.ego.heading) > math.cos(DRIVEN_HEADING):
-        log.driven.add(tuple(world.ego.lane_index[:2]))
+    """Add the ego's lane edge to `log.driven` when the ego drives along it (its closest lane, heading
+    within DRIVEN_HEADING of the lane's) while no lane of its route holds it — a roundabout entry ends
+    beside the ring edge before the route's. Not an edge it is merely nearest to while on its route (at
+    an intersection's stop line the straight-on edge starts beside the left turn's)."""
+    ego = world.ego
+    edge = (str(ego.lane_index[0]), str(ego.lane_index[1]))
+    if edge in log.driven or edge in world.route_edges:
+        return
+    lane = ego.lane
+    s_lane = float(lane.local_coordinates(ego.position)[0])
+    if math.cos(lane.heading_at(s_lane) - ego.heading) <= math.cos(DRIVEN_HEADING):
+        return
+    net = world.road.network
+    for a, b in world.route_edges:
+        for i in range(len(net.graph[a][b])):
+            route_lane = net.get_lane((a, b, i))
+            s_route, r_route = route_lane.local_coordinates(ego.position)
+            # inside its strip, as the metric scene's lane polygon (highway-env's `on_lane` adds half a car)
+            if 0.0 <= s_route <= route_lane.length and abs(r_route) <= route_lane.width_at(s_route) / 2:
+                return
+    log.driven.add(edge)
 
 
 def _scene(cfg: WorldConfig, world: World, log: _Log, eid: str, k: int) -> Scene:

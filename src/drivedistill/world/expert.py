@@ -201,12 +201,17 @@ class ExpertVehicle(FastIDMVehicle):
         if self._handing_over != target[:2]:
             self._handing_over = None
             return None
-        if abs(r) < 0.3 and abs(_wrap(float(self.heading) - lane.heading_at(s))) < 0.1:
+        # highway-env's centre-referenced car moves along heading + slip angle β (tan β = tan δ / 2, δ the
+        # steering it holds): on a ring β ≈ 0.1 rad, and measured from the heading the pursuit settled
+        # ~1 m inside the lane centre, never released, and restarted at every ring edge
+        steering = float(self.action.get("steering", 0.0)) if isinstance(self.action, dict) else 0.0
+        travel = float(self.heading) + math.atan(math.tan(steering) / 2)
+        if abs(r) < 0.3 and abs(_wrap(travel - lane.heading_at(s))) < 0.1:
             self._handing_over = None  # on the lane's centre: highway-env's lane keeping again
             return None
         look = max(self.PURSUIT_MIN_LOOK, self.HAND_OVER_PREVIEW * max(float(self.speed), 1.0))
         d = lane.position(s + look, 0.0) - self.position
-        alpha = _wrap(math.atan2(d[1], d[0]) - float(self.heading))
+        alpha = _wrap(math.atan2(d[1], d[0]) - travel)
         kappa = 2.0 * math.sin(alpha) / max(float(np.hypot(*d)), 1e-3)
         return _steering_of(min(max(kappa * self.LENGTH / 2, -0.99), 0.99))
 

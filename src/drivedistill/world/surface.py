@@ -39,12 +39,18 @@ def _geometry(scenario: str) -> tuple[Any, list[np.ndarray]]:
     if scenario in JUNCTION:
         centre, radius = JUNCTION[scenario]
         zone = shapely.Point(*centre).buffer(radius * ZONE_MARGIN)
-        closed = lanes.buffer(FILLET_RADIUS, quad_segs=8).buffer(-FILLET_RADIUS, quad_segs=8)
+        # the closing of the lane union itself: eroded 5 cm further than dilated, so the 5 cm overlap
+        # that fuses adjacent strips does not move any kerb outwards
+        closed = lanes.buffer(FILLET_RADIUS, quad_segs=8).buffer(-FILLET_RADIUS - 0.05, quad_segs=8)
         # minus the lane strips as the metric scenes carry them (unbuffered): a fillet cut from the
         # buffered union stopped 5 cm short of every lane edge, and a box corner in that gap was off-road
         extra = shapely.difference(shapely.intersection(closed, zone), _lane_union(scenario, 0.0))
         for g in getattr(extra, "geoms", [extra]):
             if g.geom_type == "Polygon" and g.area > 0.05:
+                if g.interiors:  # a piece that encloses something (the roundabout's island) is no fillet
+                    raise ValueError(
+                        f"surface({scenario!r}): a fillet with a hole at {g.representative_point()}"
+                    )
                 pieces.append(np.asarray(g.exterior.coords, np.float64)[:-1])
     full = shapely.union_all([lanes, *[shapely.Polygon(p) for p in pieces]])
     return full, pieces

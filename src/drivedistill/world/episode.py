@@ -384,9 +384,9 @@ def _scene(cfg: WorldConfig, world: World, log: _Log, eid: str, k: int) -> Scene
     fut = poses_to_ego(np.array([log.pose[(k + n) * KEY] for n in range(1, NUM_FUTURE + 1)]), pose)
     agents, agents_valid = _agents(log, k, pose)
     lanes_i, centers, polys, _ = roadmap.crop(pose, MAP_RADIUS)
-    # on route: the route's edges and every edge the ego drove along — NAVSIM's route holds the roadblocks
-    # the logged ego passes, while a roundabout entry here ends beside the ring edge before the route's
-    # (the ego's centre on it was "oncoming traffic" for DDC)
+    # on route: the route's edges and the edges the ego drove along where no route lane held it
+    # (`_record_driven`) — NAVSIM's route holds the roadblocks the logged ego passes, while a roundabout
+    # entry here ends beside the ring edge before the route's (the ego's centre on it was "oncoming" for DDC)
     route_set = set(world.route_edges) | log.driven
     junctions = []
     if world.scenario in JUNCTION:

@@ -26,6 +26,7 @@ FILLET_RADIUS = 10.0  # [m] kerb radius at junctions
 SEAM_CLOSING = 0.05  # [m] closes the slivers between adjacent lane strips (`seams`)
 SEAM_MIN_AREA = 1e-3  # [m²]
 ZONE_MARGIN = 1.35  # the junction zone: JUNCTION radius × this
+LANE_FUSE = 0.05  # [m] lane strips' buffer in the union the fillets close: adjacent strips fuse
 
 
 @functools.cache
@@ -34,14 +35,14 @@ def _geometry(scenario: str) -> tuple[Any, list[np.ndarray]]:
 
     from drivedistill.world.scenarios import JUNCTION
 
-    lanes = _lane_union(scenario, 0.05)  # 5 cm overlap: adjacent lanes fuse
+    lanes = _lane_union(scenario, LANE_FUSE)
     pieces: list[np.ndarray] = []
     if scenario in JUNCTION:
         centre, radius = JUNCTION[scenario]
         zone = shapely.Point(*centre).buffer(radius * ZONE_MARGIN)
-        # the closing of the lane union itself: eroded 5 cm further than dilated, so the 5 cm overlap
-        # that fuses adjacent strips does not move any kerb outwards
-        closed = lanes.buffer(FILLET_RADIUS, quad_segs=8).buffer(-FILLET_RADIUS - 0.05, quad_segs=8)
+        # the closing of the lane union itself: eroded LANE_FUSE further than dilated, so the overlap that
+        # fuses adjacent strips does not move any kerb outwards
+        closed = lanes.buffer(FILLET_RADIUS, quad_segs=8).buffer(-FILLET_RADIUS - LANE_FUSE, quad_segs=8)
         # minus the lane strips as the metric scenes carry them (unbuffered): a fillet cut from the
         # buffered union stopped 5 cm short of every lane edge, and a box corner in that gap was off-road
         extra = shapely.difference(shapely.intersection(closed, zone), _lane_union(scenario, 0.0))

@@ -5,6 +5,7 @@ speed limit (docs/LOG.md, "The expert's ceiling: a 5 cm gap, the roundabout's on
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import numpy as np
 import pytest
@@ -108,3 +109,38 @@ def test_an_edge_is_on_route_where_no_route_lane_held_the_ego() -> None:
     log = _Log()
     _record_driven(world, log)
     assert log.driven == set()
+
+
+@pytest.mark.parametrize("destination", ["exr", "nxr", "wxr"])
+def test_roundabout_route_runs_through_on_route_lanes(destination: str) -> None:
+    """The route centreline joins connected lanes (the entry continues on the ring's outer lane, not the
+    inner one 7.7 m away) and no point of it lies in a lane off the route — the ring edge an entry merges
+    into and the one an exit leaves from are on route (`route_lanes` reports them crossed). Before version
+    9 it jumped across ring lanes that were off route, so PDM-Closed following it scored DDC ½."""
+    import shapely
+
+    from drivedistill.geometry.planar import resample_polyline
+    from drivedistill.world.route import route_centerline, route_lanes
+    from drivedistill.world.scenarios import network
+
+    net, roadmap, _ = network("roundabout")
+    path = net.shortest_path("ser", destination)
+    route = list(itertools.pairwise(path))
+    pose = np.zeros(3)
+    for edge in route:
+        for lane_id in range(len(net.graph[edge[0]][edge[1]])):
+            lanes, crossed = route_lanes(roadmap, route, (*edge, lane_id), cyclic=False)
+            if edge == ("ses", "se"):
+                assert lanes[lanes.index(("ses", "se", 0)) + 1] == ("se", "ex", 1)
+            on_route = set(route) | crossed
+            off_route = shapely.union_all(
+                [
+                    shapely.Polygon(np.concatenate([roadmap.left[sl], roadmap.right[sl][::-1]]))
+                    for key in roadmap.keys
+                    if key[:2] not in on_route
+                    for sl in [roadmap.lane_slice(key)]
+                ]
+            ).buffer(-0.01)
+            line = resample_polyline(route_centerline(roadmap, lanes, pose).astype(np.float64), 0.25)
+            oncoming = [p for p in line if off_route.contains(shapely.Point(p))]
+            assert not oncoming, (edge, lane_id, oncoming[:3])

@@ -26,7 +26,9 @@ from drivedistill.world.lidar import LidarConfig
 # 8: the fillets no longer fill the roundabout's island (a 5 cm band round it had); the hand-over pursuit steers
 #    and releases on the direction of travel; an edge the ego drove along is on route only where no route
 #    lane held the ego.
-WORLD_CODE_VERSION = 8
+# 9: the route centreline follows connected lanes (a roundabout entry continues on the ring's outer lane, not
+#    the inner one 7.7 m away); the ring edges its straight joins cross at entries and exits are on route.
+WORLD_CODE_VERSION = 9
 
 SCENARIOS = ("highway", "merge", "roundabout", "intersection", "racetrack")
 SCRIPTED_EVENTS = ("lead_brake", "stop_and_go", "cut_in", "stopped_vehicle", "cross_traffic")

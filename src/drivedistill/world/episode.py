@@ -37,7 +37,7 @@ from drivedistill.world.camera import CameraScene, render_camera
 from drivedistill.world.config import SIM_HZ, VAL_EPISODE_BASE, WorldConfig
 from drivedistill.world.lidar import box_walls, ray_cast, roadside, splat
 from drivedistill.world.roadmap import poses_to_ego, to_world, world_to_ego
-from drivedistill.world.route import route_centerline, route_command
+from drivedistill.world.route import route_centerline, route_command, route_lanes
 from drivedistill.world.scenarios import EVENTS_OF, JUNCTION, World, build_world, network
 from drivedistill.world.surface import fillet_pieces, seam_pieces
 
@@ -387,15 +387,18 @@ def _scene(cfg: WorldConfig, world: World, log: _Log, eid: str, k: int) -> Scene
     # on route: the route's edges and the edges the ego drove along where no route lane held it
     # (`_record_driven`) — NAVSIM's route holds the roadblocks the logged ego passes, while a roundabout
     # entry here ends beside the ring edge before the route's (the ego's centre on it was "oncoming" for DDC)
-    route_set = set(world.route_edges) | log.driven
+    # — and the edges the route centreline crosses where its lanes do not meet (`world.route.route_lanes`)
+    route_lanes_k, crossed = route_lanes(
+        roadmap, world.route_edges, log.lane[k], world.scenario == "racetrack"
+    )
+    route_set = set(world.route_edges) | log.driven | crossed
     junctions = []
     if world.scenario in JUNCTION:
         centre, radius = JUNCTION[world.scenario]
         ang = np.linspace(0, 2 * np.pi, 24, endpoint=False)
         circle = centre + radius * 0.6 * np.stack([np.cos(ang), np.sin(ang)], 1)
         junctions.append(world_to_ego(circle, pose).astype(np.float32))
-    cyclic = world.scenario == "racetrack"
-    route = route_centerline(roadmap, world.route_edges, log.lane[k], pose, cyclic)
+    route = route_centerline(roadmap, route_lanes_k, pose)
     command = route_command(world.scenario, roadmap, world.route_edges, log.lane[k], log.s_on_lane[k])
     window = set().union(*log.events[j : j + NUM_FUTURE * KEY])
     event = next((e for e in EVENT_PRIORITY if e in window), None)

@@ -10,9 +10,11 @@ stopped car or a curve ahead must be read from the camera, not from the command.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
+from shapely.geometry import LineString, Polygon
 
 from drivedistill.types import Command
 from drivedistill.world.roadmap import LaneKey, RoadMap, world_to_ego
@@ -21,6 +23,7 @@ from drivedistill.world.scenarios import is_junction_edge
 COMMAND_DISTANCE = 30.0  # [m] before a junction where its turn becomes the command
 TURN_THRESHOLD = math.radians(30.0)
 ROUTE_BEHIND, ROUTE_AHEAD = 15.0, 90.0  # [m] extent of the route centreline
+JOIN = 0.5  # [m] lane ends this close meet
 
 
 def _edge_sequence(
@@ -39,16 +42,60 @@ def _lane_key(roadmap: RoadMap, edge: tuple[str, str], lane_id: int) -> LaneKey:
     return (edge[0], edge[1], min(lane_id, max(ids)))
 
 
-def route_centerline(
-    roadmap: RoadMap, route_edges: list[tuple[str, str]], lane_index: LaneKey, pose: np.ndarray, cyclic: bool
-) -> np.ndarray:
-    """(R, 2) centreline of the route in the ego lane, from 15 m behind to 90 m ahead, in the frame of
-    `pose` (world x, y, yaw) [m]."""
-    seq = _edge_sequence(route_edges, lane_index[:2], cyclic)
-    pts = np.concatenate(
-        [roadmap.center[roadmap.lane_slice(_lane_key(roadmap, e, lane_index[2]))] for e in seq[:8]]
-    )
-    local = world_to_ego(pts, pose)
+def _points(roadmap: RoadMap, key: LaneKey) -> np.ndarray:
+    return roadmap.center[roadmap.lane_slice(key)]
+
+
+def _nearest(roadmap: RoadMap, edge: tuple[str, str], point: np.ndarray, tip: int) -> LaneKey:
+    """The lane of `edge` whose start (tip 0) or end (tip -1) is nearest `point`."""
+    keys = [k for k in roadmap.keys if k[:2] == edge]
+    return min(keys, key=lambda k: float(np.hypot(*(_points(roadmap, k)[tip] - point))))
+
+
+def _crossed_edges(roadmap: RoadMap, a: np.ndarray, b: np.ndarray) -> set[tuple[str, str]]:
+    """Edges whose lane strips the straight join from `a` to `b` runs over for more than JOIN metres."""
+    chord = LineString([a, b])
+    out = set()
+    for key in roadmap.keys:
+        sl = roadmap.lane_slice(key)
+        strip = Polygon(np.concatenate([roadmap.left[sl], roadmap.right[sl][::-1]]))
+        if strip.intersection(chord).length > JOIN:
+            out.add(key[:2])
+    return out
+
+
+def route_lanes(
+    roadmap: RoadMap, route_edges: list[tuple[str, str]], lane_index: LaneKey, cyclic: bool
+) -> tuple[list[LaneKey], set[tuple[str, str]]]:
+    """The route's lanes from the edge before the ego's onwards (≤ 8 edges), and the other edges the route
+    centreline runs over where consecutive lanes do not meet.
+
+    Each lane is joined to its neighbour — the next edge's lane whose start is nearest the previous lane's
+    end, the edge before's lane whose end is nearest the current lane's start — the lane graph highway-env's
+    networks lack: lane numbers do not carry over (the roundabout's entry, lane 0, joins the ring's outer
+    lane 1, not the inner one 7.7 m away). Where lanes still do not meet, the centreline joins them
+    straight: a roundabout entry ends 2 m outside the ring lane *before* its route's (5.6 m from the next
+    lane's start), an exit starts beside the ring lane *after* it; the ring edges that join crosses carry
+    the ego the same way and are on route for the metric scene (DDC read them as oncoming)."""
+    seq = _edge_sequence(route_edges, lane_index[:2], cyclic)[:8]
+    j = seq.index(lane_index[:2])
+    lanes = [_lane_key(roadmap, lane_index[:2], lane_index[2])]
+    for edge in seq[j + 1 :]:
+        lanes.append(_nearest(roadmap, edge, _points(roadmap, lanes[-1])[-1], 0))
+    if j == 1:
+        lanes.insert(0, _nearest(roadmap, seq[0], _points(roadmap, lanes[0])[0], -1))
+    crossed: set[tuple[str, str]] = set()
+    for a, b in itertools.pairwise(lanes):
+        end, start = _points(roadmap, a)[-1], _points(roadmap, b)[0]
+        if np.hypot(*(end - start)) > JOIN:
+            crossed |= _crossed_edges(roadmap, end, start) - {a[:2], b[:2]}
+    return lanes, crossed
+
+
+def route_centerline(roadmap: RoadMap, lanes: list[LaneKey], pose: np.ndarray) -> np.ndarray:
+    """(R, 2) centreline through the route's lanes (`route_lanes`) from 15 m behind the ego to 90 m ahead,
+    in the frame of `pose` (world x, y, yaw) [m]."""
+    local = world_to_ego(np.concatenate([_points(roadmap, k) for k in lanes]), pose)
     arc = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(local, axis=0).T))])
     s_ego = arc[int(np.argmin(np.hypot(local[:, 0], local[:, 1])))]
     keep = (arc >= s_ego - ROUTE_BEHIND) & (arc <= s_ego + ROUTE_AHEAD)

@@ -121,7 +121,7 @@ def test_roundabout_route_runs_through_on_route_lanes(destination: str) -> None:
 
     from drivedistill.geometry.planar import resample_polyline
     from drivedistill.world.route import route_centerline, route_lanes
-    from drivedistill.world.scenarios import network
+    from drivedistill.world.scenarios import RING, network
 
     net, roadmap, _ = network("roundabout")
     path = net.shortest_path("ser", destination)
@@ -132,6 +132,8 @@ def test_roundabout_route_runs_through_on_route_lanes(destination: str) -> None:
             lanes, crossed = route_lanes(roadmap, route, (*edge, lane_id), cyclic=False)
             if edge == ("ses", "se"):
                 assert lanes[lanes.index(("ses", "se", 0)) + 1] == ("se", "ex", 1)
+            # what a join crosses is a ring edge (the ring runs one way), never an entry or exit
+            assert all(e[0] in RING and e[1] in RING for e in crossed), crossed
             on_route = set(route) | crossed
             off_route = shapely.union_all(
                 [
@@ -144,3 +146,28 @@ def test_roundabout_route_runs_through_on_route_lanes(destination: str) -> None:
             line = resample_polyline(route_centerline(roadmap, lanes, pose).astype(np.float64), 0.25)
             oncoming = [p for p in line if off_route.contains(shapely.Point(p))]
             assert not oncoming, (edge, lane_id, oncoming[:3])
+
+
+def test_route_and_command_follow_the_route_where_the_ego_lane_leaves_it() -> None:
+    """Validation episode 1000023 turns left at the intersection. Waiting at the stop line, the ego's
+    highway-env lane was the straight-on edge beside the turn (f015): the route was built from that edge
+    alone (22 m straight on) and the command said STRAIGHT. The route now starts from the ego's lane on its
+    route (`world.route.route_lane`): every sample's command is LEFT and its route ends far to the left."""
+    from drivedistill.types import Command
+    from drivedistill.world.bev import BevConfig
+    from drivedistill.world.camera import CameraConfig
+    from drivedistill.world.config import WorldConfig
+    from drivedistill.world.episode import run_episode
+
+    cfg = WorldConfig(
+        num_episodes=50,
+        val_episodes=25,
+        camera=CameraConfig(height=16, width=32),
+        bev=BevConfig(height=16, width=16, resolution=4.0),
+    )
+    episode = run_episode(cfg, 1_000_023)
+    assert episode.scenes[0].meta["scenario"] == "intersection"
+    for scene in episode.scenes:
+        assert scene.privileged is not None
+        assert scene.agent_input.command == Command.LEFT, scene.token
+        assert scene.privileged.map.route[-1, 1] > 40.0, (scene.token, scene.privileged.map.route[-1])

@@ -29,7 +29,7 @@ from drivedistill.types import NUM_FUTURE, NUM_PAST, AgentInput
 from drivedistill.world.config import SIM_HZ, WorldConfig
 from drivedistill.world.episode import KEY, Tracks, choose_event, ego_pose, observe, sensor_rng, snapshot
 from drivedistill.world.roadmap import poses_to_ego, world_to_ego
-from drivedistill.world.route import route_command
+from drivedistill.world.route import route_command, route_lane
 from drivedistill.world.scenarios import World, build_world, network
 
 MAX_STEER = math.pi / 3  # [rad] highway-env's steering limit
@@ -158,9 +158,7 @@ class ClosedLoopEnv:
             [self.trace.speeds[j], (self.trace.speeds[j] - self.trace.speeds[j - 1]) * SIM_HZ, dyaw * SIM_HZ],
             np.float32,
         )
-        ego = self.world.ego
-        lane = ego.lane_index
-        s_on = float(ego.lane.local_coordinates(ego.position)[0])
+        lane, s_on = route_lane(self.world.road.network, self.world.route_edges, self.world.ego)
         roadmap = network(self.world.scenario)[1]
         command = route_command(self.world.scenario, roadmap, self.world.route_edges, lane, s_on)
         return AgentInput(camera, bev, past.astype(np.float32), status, int(command))

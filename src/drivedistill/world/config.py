@@ -28,7 +28,9 @@ from drivedistill.world.lidar import LidarConfig
 #    lane held the ego.
 # 9: the route centreline follows connected lanes (a roundabout entry continues on the ring's outer lane, not
 #    the inner one 7.7 m away); the ring edges its straight joins cross at entries and exits are on route.
-WORLD_CODE_VERSION = 9
+# 10: the route (centreline, command) starts from the ego's lane on its route, not highway-env's closest lane
+#     (the straight-on edge at a stop line before a turn, the ring edge before the route's past an entry).
+WORLD_CODE_VERSION = 10
 
 SCENARIOS = ("highway", "merge", "roundabout", "intersection", "racetrack")
 SCRIPTED_EVENTS = ("lead_brake", "stop_and_go", "cut_in", "stopped_vehicle", "cross_traffic")

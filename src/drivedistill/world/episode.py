@@ -37,7 +37,7 @@ from drivedistill.world.camera import CameraScene, render_camera
 from drivedistill.world.config import SIM_HZ, VAL_EPISODE_BASE, WorldConfig
 from drivedistill.world.lidar import box_walls, ray_cast, roadside, splat
 from drivedistill.world.roadmap import poses_to_ego, to_world, world_to_ego
-from drivedistill.world.route import route_centerline, route_command, route_lanes
+from drivedistill.world.route import route_centerline, route_command, route_lane, route_lanes
 from drivedistill.world.scenarios import EVENTS_OF, JUNCTION, World, build_world, network
 from drivedistill.world.surface import fillet_pieces, seam_pieces
 
@@ -203,6 +203,7 @@ class _Log:
     labelled_bev: list[np.ndarray] = field(default_factory=list)
     points: list[np.ndarray] = field(default_factory=list)
     agents: list[np.ndarray] = field(default_factory=list)
+    # the ego's lane on its route and its arc length there, at keyframes (`world.route.route_lane`)
     lane: list[tuple[str, str, int]] = field(default_factory=list)
     s_on_lane: list[float] = field(default_factory=list)
     # edges the ego drove along where no lane of its route held it (`_record_driven`)
@@ -265,8 +266,9 @@ def run_episode(cfg: WorldConfig, episode_index: int) -> EpisodeResult:
             log.bev.append(bev)
             log.labelled_bev.append(labelled)
             log.agents.append(snap)
-            log.lane.append(world.ego.lane_index)
-            log.s_on_lane.append(float(world.ego.lane.local_coordinates(world.ego.position)[0]))
+            lane, s_on_lane = route_lane(world.road.network, world.route_edges, world.ego)
+            log.lane.append(lane)
+            log.s_on_lane.append(s_on_lane)
             n_vehicles += len(snap)
         if step == cfg.num_steps or collided:
             break

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import Any
 
 import numpy as np
 from shapely.geometry import LineString, Polygon
@@ -100,6 +101,24 @@ def route_centerline(roadmap: RoadMap, lanes: list[LaneKey], pose: np.ndarray) -
     s_ego = arc[int(np.argmin(np.hypot(local[:, 0], local[:, 1])))]
     keep = (arc >= s_ego - ROUTE_BEHIND) & (arc <= s_ego + ROUTE_AHEAD)
     return local[keep].astype(np.float32)
+
+
+def route_lane(network: Any, route_edges: list[tuple[str, str]], vehicle: Any) -> tuple[LaneKey, float]:
+    """The lane of the route a vehicle is on and its arc length [m] along it (clamped to the lane): its own
+    lane where that lies on the route, else the route lane nearest it (highway-env's lane distance: the
+    lateral offset plus any distance beyond the lane's ends). highway-env's closest lane leaves the route
+    where lanes overlap: at an intersection's stop line it is the straight-on edge beside the route's turn,
+    past a roundabout entry the ring edge before the route's — and a route (its centreline, its command)
+    built from there ran straight on where the route turns (version 10)."""
+    lane_index = tuple(vehicle.lane_index)
+    if lane_index[:2] not in route_edges:
+        keys = [(a, b, i) for a, b in route_edges for i in range(len(network.graph[a][b]))]
+        lane_index = min(
+            keys, key=lambda k: float(network.get_lane(k).distance(vehicle.position)), default=lane_index
+        )
+    lane = network.get_lane(lane_index)
+    s = float(lane.local_coordinates(vehicle.position)[0])
+    return (str(lane_index[0]), str(lane_index[1]), int(lane_index[2])), min(max(s, 0.0), float(lane.length))
 
 
 def route_command(

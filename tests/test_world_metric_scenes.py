@@ -6,12 +6,29 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from typing import Any
 
 import numpy as np
 import pytest
 
 from drivedistill.world import surface
 from drivedistill.world.scenarios import speed_limit
+
+
+def _validation_episode(index: int) -> Any:
+    """A default-world validation episode with tiny sensors (the expert's driving does not depend on them)."""
+    from drivedistill.world.bev import BevConfig
+    from drivedistill.world.camera import CameraConfig
+    from drivedistill.world.config import WorldConfig
+    from drivedistill.world.episode import run_episode
+
+    cfg = WorldConfig(
+        num_episodes=50,
+        val_episodes=25,
+        camera=CameraConfig(height=16, width=32),
+        bev=BevConfig(height=16, width=16, resolution=4.0),
+    )
+    return run_episode(cfg, index)
 
 
 @pytest.mark.parametrize("scenario", ["roundabout", "intersection"])
@@ -45,19 +62,9 @@ def test_roundabout_expert_drives_on_route_and_on_the_road() -> None:
     from drivedistill.geometry.metric_scene import centre_plan_to_rear_axle
     from drivedistill.metrics.pdms import PDMSConfig, score_plans
     from drivedistill.metrics.plans import metric_scene_of
-    from drivedistill.world.bev import BevConfig
-    from drivedistill.world.camera import CameraConfig
-    from drivedistill.world.config import WorldConfig
     from drivedistill.world.ego import REAR_AXLE_BEHIND_CENTRE as D
-    from drivedistill.world.episode import run_episode
 
-    cfg = WorldConfig(
-        num_episodes=50,
-        val_episodes=25,
-        camera=CameraConfig(height=16, width=32),
-        bev=BevConfig(height=16, width=16, resolution=4.0),
-    )
-    episode = run_episode(cfg, 1_000_022)
+    episode = _validation_episode(1_000_022)
     assert episode.scenes[0].meta["scenario"] == "roundabout"
     metric = [metric_scene_of(s) for s in episode.scenes]
     assert all(m.speed_limit == 20.0 for m in metric)
@@ -154,18 +161,8 @@ def test_route_and_command_follow_the_route_where_the_ego_lane_leaves_it() -> No
     alone (22 m straight on) and the command said STRAIGHT. The route now starts from the ego's lane on its
     route (`world.route.route_lane`): every sample's command is LEFT and its route ends far to the left."""
     from drivedistill.types import Command
-    from drivedistill.world.bev import BevConfig
-    from drivedistill.world.camera import CameraConfig
-    from drivedistill.world.config import WorldConfig
-    from drivedistill.world.episode import run_episode
 
-    cfg = WorldConfig(
-        num_episodes=50,
-        val_episodes=25,
-        camera=CameraConfig(height=16, width=32),
-        bev=BevConfig(height=16, width=16, resolution=4.0),
-    )
-    episode = run_episode(cfg, 1_000_023)
+    episode = _validation_episode(1_000_023)
     assert episode.scenes[0].meta["scenario"] == "intersection"
     for scene in episode.scenes:
         assert scene.privileged is not None

@@ -143,12 +143,7 @@ def test_roundabout_route_runs_through_on_route_lanes(destination: str) -> None:
             assert all(e[0] in RING and e[1] in RING for e in crossed), crossed
             on_route = set(route) | crossed
             off_route = shapely.union_all(
-                [
-                    shapely.Polygon(np.concatenate([roadmap.left[sl], roadmap.right[sl][::-1]]))
-                    for key in roadmap.keys
-                    if key[:2] not in on_route
-                    for sl in [roadmap.lane_slice(key)]
-                ]
+                [shapely.Polygon(roadmap.strip(key)) for key in roadmap.keys if key[:2] not in on_route]
             ).buffer(-0.01)
             line = resample_polyline(route_centerline(roadmap, lanes, pose).astype(np.float64), 0.25)
             oncoming = [p for p in line if off_route.contains(shapely.Point(p))]

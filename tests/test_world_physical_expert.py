@@ -19,13 +19,7 @@ from drivedistill.world.surface import SEAM_CLOSING, seams
 
 def _strips(scenario: str) -> list[shapely.Polygon]:
     roadmap = network(scenario)[1]
-    out = []
-    for li in range(len(roadmap.keys)):
-        lo, hi = np.searchsorted(roadmap.lane_of, [li, li + 1])
-        out.append(
-            shapely.Polygon(np.concatenate([roadmap.left[lo:hi], roadmap.right[lo:hi][::-1]])).buffer(0)
-        )
-    return out
+    return [shapely.Polygon(roadmap.strip(key)).buffer(0) for key in roadmap.keys]
 
 
 def test_seams_fill_gaps_between_lanes_and_move_no_road_edge() -> None:

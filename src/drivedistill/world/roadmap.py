@@ -125,6 +125,11 @@ class RoadMap:
         lo, hi = np.searchsorted(self.lane_of, [li, li + 1])
         return slice(int(lo), int(hi))
 
+    def strip(self, key: LaneKey) -> np.ndarray:
+        """(2P, 2) outline of lane `key`'s surface strip: its left edge, then its right edge reversed."""
+        sl = self.lane_slice(key)
+        return np.concatenate([self.left[sl], self.right[sl][::-1]])
+
     def crop(
         self, pose: np.ndarray, radius: float, min_x: float = -math.inf
     ) -> tuple[list[int], list[np.ndarray], list[np.ndarray], list[np.ndarray]]:

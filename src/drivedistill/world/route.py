@@ -58,9 +58,7 @@ def _crossed_edges(roadmap: RoadMap, a: np.ndarray, b: np.ndarray) -> set[tuple[
     chord = LineString([a, b])
     out = set()
     for key in roadmap.keys:
-        sl = roadmap.lane_slice(key)
-        strip = Polygon(np.concatenate([roadmap.left[sl], roadmap.right[sl][::-1]]))
-        if strip.intersection(chord).length > JOIN:
+        if Polygon(roadmap.strip(key)).intersection(chord).length > JOIN:
             out.add(key[:2])
     return out
 

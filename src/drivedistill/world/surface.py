@@ -105,9 +105,8 @@ def _lane_union(scenario: str, buffer: float) -> Any:
 
     roadmap = network(scenario)[1]
     strips = []
-    for li in range(len(roadmap.keys)):
-        lo, hi = np.searchsorted(roadmap.lane_of, [li, li + 1])
-        ring = np.concatenate([roadmap.left[lo:hi], roadmap.right[lo:hi][::-1]])
+    for key in roadmap.keys:
+        ring = roadmap.strip(key)
         if len(ring) >= 3:
             strips.append(shapely.Polygon(ring).buffer(buffer))
     return shapely.union_all(strips)
